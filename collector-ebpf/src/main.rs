@@ -1,4 +1,30 @@
+//! sockq's eBPF programs. Built for `bpfel-unknown-none` in release mode by
+//! `collector/build.rs` and embedded into the `sockq` binary.
+//!
+//! One module per hook, named after it. Programs only read kernel memory through
+//! offsets resolved from BTF by userspace (`collector_common::layout`), aggregate in
+//! maps, and send rare events through a ring buffer; nothing here can panic.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod inet_sock_set_state;
+#[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Host builds (clippy, `cargo build --workspace`) see an empty binary.
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

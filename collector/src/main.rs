@@ -1,1 +1,79 @@
-fn main() {}
+//! The `sockq` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use sockq::{
+    cli::{Cli, Command, listeners},
+    daemon, doctor, inventory, privileges, probes,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run(args) => {
+            if let Some(missing) = privileges::check(&privileges::FOR_RUN) {
+                eprintln!("sockq: {missing}");
+                return ExitCode::FAILURE;
+            }
+            let config = daemon::RunConfig {
+                metrics_addr: args.metrics_addr,
+                interval: args.interval,
+            };
+            match daemon::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sockq: {}", probes::error_chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Listeners(args) => {
+            if let Some(missing) = privileges::check(&privileges::FOR_RUN) {
+                tracing::warn!("{missing}; showing only what this user can see");
+            }
+            let listeners = match inventory::scan() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("sockq: {}", probes::error_chain(&e));
+                    return ExitCode::FAILURE;
+                }
+            };
+            if args.json {
+                match serde_json::to_string_pretty(&listeners) {
+                    Ok(json) => emit(&format!("{json}\n")),
+                    Err(e) => {
+                        eprintln!("sockq: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                emit(&listeners::render_table(&listeners));
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Doctor => {
+            let checks = doctor::run();
+            emit(&doctor::render(&checks));
+            if checks.iter().any(|c| c.verdict == doctor::Verdict::Fail) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`sockq listeners | head`) is not an error worth
+/// a panic.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}

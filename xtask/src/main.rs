@@ -1,1 +1,193 @@
-fn main(){}
+//! `cargo xtask`: set-up, build, run and test sockq on a fresh machine.
+//!
+//! - `setup`: installs what the eBPF build needs (Debian's Rust with its library
+//!   source, LLVM 22, bpf-linker) and the tools the tests use, printing each step;
+//! - `build`: setup, then builds sockq (eBPF in release mode, embedded);
+//! - `run`: build, then `sockq run` as root with defaults;
+//! - `test`: setup, then every test: unit tests, then the privileged integration
+//!   tests that load the real programs into the real kernel.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set-up, build, run and test sockq", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and test tools if missing (Debian/Ubuntu, as root).
+    Setup,
+    /// Set up, then build sockq with its eBPF programs embedded.
+    Build {
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build (release), then run `sockq run` with the given arguments.
+    Run {
+        /// Arguments passed to `sockq run` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run all tests: unit tests and privileged integration tests.
+    Test {
+        /// Only run tests whose name contains this string.
+        filter: Option<String>,
+    },
+    /// cargo fmt --check and cargo clippy -D warnings over the workspace.
+    Lint,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli.command) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    let root = workspace_root()?;
+    match task {
+        Task::Setup => setup::ensure().map(|_| ()),
+        Task::Build { release } => {
+            let env = setup::ensure()?;
+            build(&root, &env, release).map(|_| ())
+        }
+        Task::Run { args } => {
+            let env = setup::ensure()?;
+            let bin = build(&root, &env, true)?;
+            step(&format!("starting {} run {}", bin.display(), args.join(" ")));
+            let err = exec(Command::new(&bin).arg("run").args(&args));
+            Err(err).context("starting sockq")
+        }
+        Task::Test { filter } => {
+            let env = setup::ensure()?;
+            test(&root, &env, filter.as_deref())
+        }
+        Task::Lint => lint(&root),
+    }
+}
+
+/// Prints a step of long work so the user sees progress.
+pub fn step(what: &str) {
+    println!("==> {what}");
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn cargo(root: &Path, env: &setup::BuildEnv) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    cmd.env("SOCKQ_BPF_TOOLCHAIN", &env.bpf_toolchain);
+    cmd
+}
+
+fn build(root: &Path, env: &setup::BuildEnv, release: bool) -> Result<PathBuf> {
+    step(&format!(
+        "building sockq ({}; eBPF toolchain `{}`)",
+        if release { "release" } else { "debug" },
+        env.bpf_toolchain
+    ));
+    let mut cmd = cargo(root, env);
+    cmd.args(["build", "--package", "collector", "--bin", "sockq"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let bin = root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("sockq");
+    if !bin.exists() {
+        bail!("build finished but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+fn test(root: &Path, env: &setup::BuildEnv, filter: Option<&str>) -> Result<()> {
+    let bin = build(root, env, false)?;
+
+    step("unit tests (no privileges needed)");
+    let mut cmd = cargo(root, env);
+    cmd.args(["test", "--workspace", "--exclude", "sockq-tests", "--exclude", "collector-ebpf"]);
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    run(&mut cmd)?;
+
+    if !nix_is_root() {
+        bail!(
+            "the integration tests load eBPF programs and create network namespaces: \
+             run `sudo -E cargo xtask test` (or as root)"
+        );
+    }
+    step("integration tests (real eBPF programs, real kernel, own network namespaces)");
+    let mut cmd = cargo(root, env);
+    cmd.env("SOCKQ_BIN", &bin);
+    cmd.args(["test", "--package", "sockq-tests", "--"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    run(&mut cmd)
+}
+
+fn lint(root: &Path) -> Result<()> {
+    step("cargo fmt --check");
+    run(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]))?;
+    step("cargo clippy -D warnings");
+    run(Command::new("cargo").current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--exclude",
+        "collector-ebpf",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn exec(cmd: &mut Command) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    cmd.exec()
+}

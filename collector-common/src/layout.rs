@@ -1,0 +1,45 @@
+//! Kernel struct field offsets, resolved by userspace from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`) and handed to the eBPF programs as the read-only global
+//! [`KERNEL_OFFSETS_SYMBOL`]. Rust eBPF programs have no CO-RE field relocations; this
+//! keeps one object portable across kernels whose `struct sock` differs.
+
+/// Name of the global in the eBPF object that holds [`KernelOffsets`].
+pub const KERNEL_OFFSETS_SYMBOL: &str = "KERNEL_OFFSETS";
+
+/// Byte offsets into kernel structs and tracepoint records. A size of 0 means
+/// "not available on this kernel": the program skips what depends on it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock` -> `__sk_common.skc_family` (u16).
+    pub sk_family: u32,
+    /// `struct sock` -> `__sk_common.skc_num` (u16, local port, host byte order).
+    pub sk_num: u32,
+    /// `struct sock` -> `__sk_common.skc_rcv_saddr` (IPv4 local address, network order).
+    pub sk_rcv_saddr: u32,
+    /// `struct sock` -> `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub sk_v6_rcv_saddr: u32,
+    /// `struct sock` -> `__sk_common.skc_net.net` (`struct net *`).
+    pub sk_net: u32,
+    /// `struct net` -> `ns.inum` (u32): the namespace inode userspace sees.
+    pub net_ns_inum: u32,
+    /// `struct sock` -> `sk_protocol`.
+    pub sk_protocol: u32,
+    /// Size in bytes of `sk_protocol` (2 on current kernels, 1 where it is an 8-bit
+    /// bitfield on a byte boundary, 0 when it cannot be read: no protocol filter).
+    pub sk_protocol_size: u32,
+    /// Classic tracepoint `sock/inet_sock_set_state` record: offset of `skaddr`.
+    pub tp_state_skaddr: u32,
+    /// ... of `oldstate` (int).
+    pub tp_state_oldstate: u32,
+    /// ... of `newstate` (int).
+    pub tp_state_newstate: u32,
+    /// Nonzero once userspace has filled this struct; programs do nothing before.
+    pub valid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.
+unsafe impl aya::Pod for KernelOffsets {}

@@ -1,0 +1,11 @@
+//! Indices of the per-CPU `STATS` array: the programs' own counters, above all every
+//! event they could not deliver.
+
+/// A listener event could not be reserved in the ring buffer (full).
+pub const STAT_EVENTS_LOST: u32 = 0;
+/// A transition could not be counted because `TRANSITIONS` was full.
+pub const STAT_TRANSITIONS_FULL: u32 = 1;
+/// A kernel read (`bpf_probe_read_kernel`) failed.
+pub const STAT_READ_ERRORS: u32 = 2;
+/// Number of slots in `STATS`.
+pub const STATS_LEN: u32 = 4;

@@ -1,0 +1,140 @@
+//! Hook: `sock:inet_sock_set_state` (every TCP state change; since Linux 4.16).
+//!
+//! Attached as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate,
+//! int newstate)`, cheapest) where that loads, else as a classic tracepoint whose record
+//! offsets userspace reads from tracefs. Both entry points share [`on_state_change`]:
+//! - counts the transition in `TRANSITIONS` per (netns, from, to), in the kernel;
+//! - for a socket entering or leaving LISTEN, sends a `ListenerEvent` with the current
+//!   thread (the one that called `listen()` or `close()`) through `EVENTS`.
+//!
+//! Reads from `struct sock`: family, local port/address, protocol, `skc_net`.
+//! The kernel: <https://elixir.bootlin.com/linux/v6.18/source/include/trace/events/sock.h>
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use collector_common::{
+    layout::KernelOffsets,
+    listener::{AF_INET, AF_INET6, ListenerEvent},
+    stats::{STAT_EVENTS_LOST, STAT_TRANSITIONS_FULL},
+    tcp_state::{IPPROTO_TCP, TCP_LISTEN, TransitionKey},
+};
+
+use crate::{
+    kernel::{offsets, read, sock_netns, sock_protocol},
+    maps::{EVENTS, TRANSITIONS, bump_stat},
+};
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let _ = on_state_change(sk, old, new);
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
+    let _ = try_tracepoint(&ctx);
+    0
+}
+
+fn try_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
+    let o = offsets();
+    let base = ctx.as_ptr() as *const u8;
+    let sk: *const u8 = read(base, o.tp_state_skaddr)?;
+    let old: i32 = read(base, o.tp_state_oldstate)?;
+    let new: i32 = read(base, o.tp_state_newstate)?;
+    on_state_change(sk, old, new)
+}
+
+#[inline(always)]
+fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
+    let o = offsets();
+    if o.valid == 0 {
+        return Ok(());
+    }
+    // SCTP also reports through this tracepoint; keep TCP only.
+    if let Some(protocol) = sock_protocol(sk, &o)
+        && protocol != IPPROTO_TCP
+    {
+        return Ok(());
+    }
+    let netns = sock_netns(sk, &o);
+    let (from, to) = (old as u8, new as u8);
+    count_transition(TransitionKey {
+        netns,
+        from,
+        to,
+        _pad: [0; 2],
+    });
+    if from == TCP_LISTEN || to == TCP_LISTEN {
+        send_listener_event(sk, &o, netns, from, to)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn count_transition(key: TransitionKey) {
+    if let Some(count) = TRANSITIONS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, written only by this CPU while the program runs.
+        unsafe { *count += 1 };
+        return;
+    }
+    if TRANSITIONS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // Another CPU inserted the key first (EEXIST), or the map is full.
+    match TRANSITIONS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        Some(count) => unsafe { *count += 1 },
+        None => bump_stat(STAT_TRANSITIONS_FULL),
+    }
+}
+
+#[inline(always)]
+fn send_listener_event(
+    sk: *const u8,
+    o: &KernelOffsets,
+    netns: u32,
+    from: u8,
+    to: u8,
+) -> Result<(), i64> {
+    let family: u16 = read(sk, o.sk_family)?;
+    let port: u16 = read(sk, o.sk_num)?;
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = read(sk, o.sk_rcv_saddr)?;
+        addr[..4].copy_from_slice(&v4);
+    } else if family == AF_INET6 {
+        addr = read(sk, o.sk_v6_rcv_saddr)?;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let Some(mut entry) = EVENTS.reserve::<ListenerEvent>(0) else {
+        bump_stat(STAT_EVENTS_LOST);
+        return Ok(());
+    };
+    entry.write(ListenerEvent {
+        sk: sk as u64,
+        // SAFETY: a helper without preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        netns,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        family,
+        port,
+        addr,
+        old_state: from,
+        new_state: to,
+        _pad: [0; 2],
+        comm,
+    });
+    entry.submit(0);
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The command line: one clap definition, one module per subcommand that needs more
+//! than a call into the library.
+
+pub mod listeners;
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+/// sockq: live, per-listener view of TCP accept queues, SYN backlogs and drops,
+/// tied to the processes that own them.
+#[derive(Debug, Parser)]
+#[command(name = "sockq", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the eBPF probes, poll every listener in every network
+    /// namespace, serve Prometheus metrics, and log notable events. Needs root.
+    Run(RunArgs),
+    /// Print every TCP listener on the host once: accept queue length/limit, SYN
+    /// queue, drops and owners. Run as root to see every network namespace.
+    Listeners(ListenersArgs),
+    /// Check what works on this kernel and why: privileges, BTF, tracefs, program
+    /// types, and whether each probe attaches (by trying it).
+    Doctor,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address of the Prometheus endpoint (`/metrics`). Keep it on loopback unless a
+    /// firewall protects it: the metrics name processes and ports.
+    #[arg(long, env = "SOCKQ_METRICS_ADDR", default_value = "127.0.0.1:9750")]
+    pub metrics_addr: SocketAddr,
+    /// Seconds between listener inventories (sock_diag in every namespace). Listener
+    /// changes reported by the probes trigger an inventory at once.
+    #[arg(long, env = "SOCKQ_INTERVAL", default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListenersArgs {
+    /// Print JSON (an array of listeners) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(0.05..=3600.0).contains(&secs) {
+        return Err(format!("{secs} s is outside 0.05..3600 s"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn interval_is_validated() {
+        assert_eq!(parse_interval("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("abc").is_err());
+        assert!(parse_interval("NaN").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let cli = Cli::try_parse_from(["sockq", "run"]).expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:9750");
+        assert_eq!(args.interval, Duration::from_secs(1));
+    }
+}

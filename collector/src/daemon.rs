@@ -1,0 +1,318 @@
+//! `sockq run`: the daemon. Loads and attaches the probes, keeps the listener
+//! inventory current (sock_diag every interval, and at once when a probe reports a
+//! listener opening or closing), and serves the snapshot on the metrics port.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use collector_common::listener::{AF_INET, AF_INET6, ListenerEvent};
+use tokio::{io::unix::AsyncFd, sync::Notify};
+
+use crate::{
+    exposition::BuildInfo,
+    http, inventory,
+    model::{Listener, ProbeStatus, Snapshot, tcp_state_name},
+    probes::{self, Probes},
+    text, tracefs,
+};
+
+/// Settings of `sockq run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub metrics_addr: SocketAddr,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install the signal handler")]
+    Signal(#[source] std::io::Error),
+}
+
+pub fn run(config: RunConfig) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
+    // Bind first: a port in use is the most common start-up failure; say so before
+    // touching the kernel.
+    let listener = http::bind(config.metrics_addr).await?;
+    let local = listener.local_addr().map_err(|e| {
+        DaemonError::Http(http::HttpError::Bind {
+            addr: config.metrics_addr,
+            source: e,
+        })
+    })?;
+
+    let tracefs_root = match tracefs::ensure_mounted() {
+        Ok(root) => Some(root),
+        Err(e) => {
+            tracing::warn!("{e}; classic tracepoint fallbacks are unavailable");
+            None
+        }
+    };
+    let (probes, events) = load_probes(tracefs_root);
+
+    let state = http::SharedState::new(build_info());
+    {
+        let mut snap = Snapshot {
+            probes: probe_status(probes.as_ref()),
+            ..Snapshot::default()
+        };
+        snap.listeners = Vec::new();
+        state.replace(snap);
+    }
+
+    let refresh = Arc::new(Notify::new());
+    if let Some(events) = events {
+        tokio::spawn(read_listener_events(events, Arc::clone(&refresh)));
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let state = state.clone();
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            };
+            http::serve(listener, state, shutdown).await
+        })
+    };
+    tracing::info!("serving metrics on http://{local}/metrics");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signal)?;
+    let mut poller = Poller::new(probes);
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = refresh.notified() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        let snapshot = poller.poll().await;
+        state.replace(snapshot);
+    }
+    tracing::info!("shutting down; detaching probes");
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Err(e)) => tracing::warn!("metrics server: {e}"),
+        Err(e) => tracing::warn!("metrics server task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    drop(poller); // detaches the programs
+    Ok(())
+}
+
+fn build_info() -> BuildInfo {
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel_release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+fn load_probes(tracefs_root: Option<PathBuf>) -> (Option<Probes>, Option<RingBuf<MapData>>) {
+    let loaded = probes::kernel_offsets(tracefs_root.as_deref())
+        .and_then(|offsets| Probes::load(&offsets, tracefs_root.as_deref()));
+    match loaded {
+        Ok((probes, events)) => {
+            for s in probes.status() {
+                if s.attached {
+                    tracing::info!("probe {} attached ({})", s.name, s.detail);
+                } else {
+                    tracing::warn!("probe {} not attached: {}", s.name, s.detail);
+                }
+            }
+            (Some(probes), Some(events))
+        }
+        Err(e) => {
+            tracing::error!(
+                "eBPF probes unavailable, continuing with sock_diag polling only: {}",
+                probes::error_chain(&e)
+            );
+            (None, None)
+        }
+    }
+}
+
+fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
+    match probes {
+        Some(p) => p.status().to_vec(),
+        None => vec![ProbeStatus {
+            name: "inet_sock_set_state",
+            attached: false,
+            detail: "eBPF unavailable".into(),
+        }],
+    }
+}
+
+/// Builds each snapshot; remembers the previous listeners to log changes.
+struct Poller {
+    probes: Option<Probes>,
+    known: BTreeMap<(u64, u64), String>,
+    first: bool,
+}
+
+impl Poller {
+    fn new(probes: Option<Probes>) -> Self {
+        Self {
+            probes,
+            known: BTreeMap::new(),
+            first: true,
+        }
+    }
+
+    async fn poll(&mut self) -> Snapshot {
+        let listeners = match tokio::task::spawn_blocking(inventory::scan).await {
+            Ok(Ok(listeners)) => listeners,
+            Ok(Err(e)) => {
+                tracing::warn!("listener inventory failed: {}", probes::error_chain(&e));
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!("listener inventory task failed: {e}");
+                Vec::new()
+            }
+        };
+        self.log_changes(&listeners);
+        let mut snapshot = Snapshot {
+            listeners,
+            probes: probe_status(self.probes.as_ref()),
+            ..Snapshot::default()
+        };
+        if let Some(p) = &self.probes {
+            match p.transitions() {
+                Ok(t) => snapshot.transitions = t,
+                Err(e) => tracing::warn!("reading transitions: {}", probes::error_chain(&e)),
+            }
+            match p.program_stats() {
+                Ok(s) => snapshot.events_lost = s.events_lost + s.transitions_full,
+                Err(e) => tracing::warn!("reading program stats: {}", probes::error_chain(&e)),
+            }
+        }
+        snapshot
+    }
+
+    fn log_changes(&mut self, listeners: &[Listener]) {
+        let current: BTreeMap<(u64, u64), String> = listeners
+            .iter()
+            .map(|l| ((l.netns, l.inode), describe(l)))
+            .collect();
+        if !self.first {
+            for (key, what) in &current {
+                if !self.known.contains_key(key) {
+                    tracing::info!("listener appeared: {what}");
+                }
+            }
+            for (key, what) in &self.known {
+                if !current.contains_key(key) {
+                    tracing::info!("listener gone: {what}");
+                }
+            }
+        } else {
+            tracing::info!("{} TCP listeners found", current.len());
+        }
+        self.first = false;
+        self.known = current;
+    }
+}
+
+fn describe(l: &Listener) -> String {
+    let owners: Vec<String> = l
+        .owners
+        .iter()
+        .map(|o| format!("{}/\"{}\"", o.pid, text::escape(&o.comm)))
+        .collect();
+    format!(
+        "{} netns {} socket {} owners [{}]",
+        l.listen_addr(),
+        l.netns,
+        l.inode,
+        owners.join(", ")
+    )
+}
+
+/// Logs each listener lifecycle event and asks for an inventory refresh.
+async fn read_listener_events(ring: RingBuf<MapData>, refresh: Arc<Notify>) {
+    let mut fd = match AsyncFd::new(ring) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("cannot poll the event ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("event ring buffer: {e}");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let mut any = false;
+        while let Some(item) = ring.next() {
+            if let Some(ev) = probes::decode_listener_event(&item) {
+                log_listener_event(&ev);
+                any = true;
+            }
+        }
+        guard.clear_ready();
+        if any {
+            refresh.notify_one();
+        }
+    }
+}
+
+fn log_listener_event(ev: &ListenerEvent) {
+    let addr = event_addr(ev);
+    let comm = text::escape_bytes(text::comm_bytes(&ev.comm));
+    tracing::info!(
+        "{} {} -> {}: {} netns {} by pid {} tid {} comm \"{}\"",
+        if ev.new_state == collector_common::tcp_state::TCP_LISTEN {
+            "listen"
+        } else {
+            "unlisten"
+        },
+        tcp_state_name(ev.old_state),
+        tcp_state_name(ev.new_state),
+        addr,
+        ev.netns,
+        ev.pid,
+        ev.tid,
+        comm
+    );
+}
+
+fn event_addr(ev: &ListenerEvent) -> String {
+    match ev.family {
+        AF_INET => {
+            let ip = std::net::Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]);
+            SocketAddr::new(ip.into(), ev.port).to_string()
+        }
+        AF_INET6 => {
+            SocketAddr::new(std::net::Ipv6Addr::from(ev.addr).into(), ev.port).to_string()
+        }
+        other => format!("family {other} port {}", ev.port),
+    }
+}

@@ -1,0 +1,251 @@
+//! `sockq doctor`: what works on this kernel and why. Every answer comes from probing
+//! the running kernel (loading and attaching the real programs, dumping sock_diag),
+//! never from its version number.
+
+use std::fmt::Write as _;
+
+use aya::{programs::ProgramType, sys::is_program_supported};
+
+use crate::{inventory, kernel_layout, privileges, probes, tracefs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub topic: String,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(verdict: Verdict, topic: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            verdict,
+            topic: topic.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Tracepoints sockq uses now or will use, and what each is for.
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
+    ("sock", "inet_sock_set_state", "TCP state transitions, listener lifecycle"),
+    ("sock", "sk_data_ready", "accept queue depth at every enqueue"),
+    ("skb", "kfree_skb", "drop reasons"),
+    ("tcp", "tcp_retransmit_synack", "SYN-ACK retransmits"),
+    ("syscalls", "sys_exit_accept4", "accept wait, acceptor threads"),
+];
+
+/// Runs every check. Loading programs needs privileges; without them those checks
+/// say so instead of failing the whole report.
+pub fn run() -> Vec<Check> {
+    let mut checks = Vec::new();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    checks.push(Check::new(Verdict::Ok, "kernel", format!("Linux {release}")));
+
+    let privileged = privilege_checks(&mut checks);
+
+    let offsets_ok = match kernel_layout::Layout::from_running_kernel()
+        .and_then(|layout| layout.kernel_offsets())
+    {
+        Ok(o) => {
+            checks.push(Check::new(
+                Verdict::Ok,
+                "BTF",
+                format!(
+                    "{} parsed; struct sock offsets resolved (skc_family at byte {}, \
+                     skc_num at {}, skc_net at {})",
+                    kernel_layout::VMLINUX_BTF,
+                    o.sk_family,
+                    o.sk_num,
+                    o.sk_net
+                ),
+            ));
+            true
+        }
+        Err(e) => {
+            checks.push(Check::new(Verdict::Fail, "BTF", probes::error_chain(&e)));
+            false
+        }
+    };
+
+    let tracefs_root = tracefs::find();
+    match &tracefs_root {
+        Some(root) => {
+            checks.push(Check::new(Verdict::Ok, "tracefs", format!("mounted at {}", root.display())));
+            for (category, name, purpose) in TRACEPOINTS {
+                let (verdict, state) = if tracefs::tracepoint_exists(root, category, name) {
+                    (Verdict::Ok, "present")
+                } else {
+                    (Verdict::Warn, "absent on this kernel")
+                };
+                checks.push(Check::new(
+                    verdict,
+                    format!("tracepoint {category}:{name}"),
+                    format!("{state} ({purpose})"),
+                ));
+            }
+        }
+        None => checks.push(Check::new(
+            Verdict::Warn,
+            "tracefs",
+            "not mounted; `sockq run` mounts it at /sys/kernel/tracing (or run \
+             `mount -t tracefs nodev /sys/kernel/tracing`); raw tracepoints do not need it",
+        )),
+    }
+
+    if privileged {
+        program_type_checks(&mut checks);
+    }
+
+    if privileged && offsets_ok {
+        match probes::kernel_offsets(tracefs_root.as_deref())
+            .and_then(|o| probes::Probes::load(&o, tracefs_root.as_deref()))
+        {
+            Ok((loaded, _events)) => {
+                for s in loaded.status() {
+                    let (verdict, detail) = if s.attached {
+                        (Verdict::Ok, format!("attaches as {}", s.detail))
+                    } else {
+                        (Verdict::Fail, format!("does not attach: {}", s.detail))
+                    };
+                    checks.push(Check::new(verdict, format!("probe {}", s.name), detail));
+                }
+            }
+            Err(e) => checks.push(Check::new(Verdict::Fail, "probes", probes::error_chain(&e))),
+        }
+    } else {
+        checks.push(Check::new(
+            Verdict::Fail,
+            "probes",
+            if privileged {
+                "not loaded: kernel offsets unavailable (see BTF)"
+            } else {
+                "not loaded: needs the privileges above"
+            },
+        ));
+    }
+
+    match inventory::scan() {
+        Ok(listeners) => {
+            let namespaces: std::collections::BTreeSet<_> =
+                listeners.iter().map(|l| l.netns).collect();
+            checks.push(Check::new(
+                Verdict::Ok,
+                "sock_diag",
+                format!(
+                    "{} TCP listeners in {} network namespaces{}",
+                    listeners.len(),
+                    namespaces.len(),
+                    if privileged { "" } else { " (only those this user can enter)" }
+                ),
+            ));
+        }
+        Err(e) => checks.push(Check::new(Verdict::Fail, "sock_diag", probes::error_chain(&e))),
+    }
+
+    checks.push(memlock_check());
+    checks
+}
+
+fn privilege_checks(checks: &mut Vec<Check>) -> bool {
+    let eff = match privileges::effective() {
+        Ok(eff) => eff,
+        Err(e) => {
+            checks.push(Check::new(Verdict::Fail, "privileges", e.to_string()));
+            return false;
+        }
+    };
+    let missing = privileges::missing(eff, &privileges::FOR_RUN);
+    for cap in privileges::FOR_RUN {
+        let has = !missing.contains(&cap);
+        checks.push(Check::new(
+            if has { Verdict::Ok } else { Verdict::Fail },
+            cap.name,
+            format!("{} (to {})", if has { "present" } else { "MISSING" }, cap.why),
+        ));
+    }
+    missing.is_empty()
+}
+
+fn program_type_checks(checks: &mut Vec<Check>) {
+    let types = [
+        (ProgramType::RawTracePoint, "raw_tracepoint", "preferred for every probe"),
+        (ProgramType::TracePoint, "tracepoint", "fallback where raw tracepoints fail"),
+        (ProgramType::KProbe, "kprobe", "alternative for hooks without a tracepoint"),
+        (ProgramType::Tracing, "fentry/tp_btf", "cheapest hooks where available"),
+    ];
+    for (ty, name, purpose) in types {
+        let (verdict, detail) = match is_program_supported(ty) {
+            Ok(true) => (Verdict::Ok, format!("supported ({purpose})")),
+            Ok(false) => (Verdict::Warn, format!("not supported by this kernel ({purpose})")),
+            Err(e) => (Verdict::Warn, format!("probe failed: {}", probes::error_chain(&e))),
+        };
+        checks.push(Check::new(verdict, format!("program type {name}"), detail));
+    }
+}
+
+fn memlock_check() -> Check {
+    use nix::sys::resource::{Resource, getrlimit};
+    match getrlimit(Resource::RLIMIT_MEMLOCK) {
+        Ok((soft, _)) => Check::new(
+            Verdict::Ok,
+            "memlock",
+            format!(
+                "RLIMIT_MEMLOCK {}; kernels 5.11+ charge eBPF memory to the memory cgroup \
+                 instead, and where raising the limit is refused sockq only warns",
+                if soft == nix::sys::resource::RLIM_INFINITY {
+                    "unlimited".to_owned()
+                } else {
+                    format!("{soft} bytes")
+                }
+            ),
+        ),
+        Err(e) => Check::new(Verdict::Warn, "memlock", format!("getrlimit failed: {e}")),
+    }
+}
+
+/// The report as text, one line per check.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.verdict {
+            Verdict::Ok => "[ ok ]",
+            Verdict::Warn => "[warn]",
+            Verdict::Fail => "[FAIL]",
+        };
+        let _ = writeln!(out, "{tag} {:<38} {}", c.topic, c.detail);
+    }
+    let fails = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    let _ = if fails == 0 {
+        writeln!(out, "sockq can run with all its probes on this machine.")
+    } else {
+        writeln!(out, "{fails} problem(s) above; `sockq run` needs them fixed.")
+    };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_tags_and_summarises() {
+        let checks = vec![
+            Check::new(Verdict::Ok, "BTF", "fine"),
+            Check::new(Verdict::Fail, "CAP_BPF", "MISSING"),
+        ];
+        let text = render(&checks);
+        assert!(text.contains("[ ok ] BTF"), "{text}");
+        assert!(text.contains("[FAIL] CAP_BPF"), "{text}");
+        assert!(text.contains("1 problem(s)"), "{text}");
+    }
+}

@@ -1,0 +1,402 @@
+//! Kernel struct layout: field offsets resolved at start-up from the running kernel's
+//! BTF (`/sys/kernel/btf/vmlinux`, `CONFIG_DEBUG_INFO_BTF=y`, Linux 5.4+), handed to
+//! the eBPF programs as [`KernelOffsets`]. Rust eBPF programs have no CO-RE field
+//! relocations; this is what keeps one object portable across kernels.
+//!
+//! Parsing is btf-rs's; this module only walks member paths, descending into
+//! anonymous structs and unions the way C member access does.
+
+use std::path::{Path, PathBuf};
+
+use btf_rs::{Btf, Type};
+use fallible_iterator::FallibleIterator as _;
+use collector_common::layout::KernelOffsets;
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "kernel BTF not found at {path}: sockq needs a kernel built with CONFIG_DEBUG_INFO_BTF=y \
+         (Linux 5.4 or later; most distributions enable it)"
+    )]
+    BtfMissing { path: PathBuf },
+    #[error("cannot parse kernel BTF at {path}")]
+    BtfParse {
+        path: PathBuf,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("kernel BTF: struct `{strukt}` has no member path `{path}`")]
+    NoMember { strukt: String, path: String },
+    #[error("kernel BTF: `{strukt}.{path}` is a bitfield; sockq cannot read it")]
+    Bitfield { strukt: String, path: String },
+    #[error("kernel BTF: `{strukt}.{path}` is at a bit offset that is not a byte boundary")]
+    Unaligned { strukt: String, path: String },
+    #[error("kernel BTF lookup of `{what}` failed")]
+    Lookup {
+        what: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+}
+
+/// A member found by [`Layout::member`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// Offset from the start of the outer struct, in bits.
+    pub bit_offset: u32,
+    /// Width in bits when the member is a bitfield.
+    pub bitfield_size: Option<u32>,
+}
+
+impl Field {
+    /// Byte offset of a whole-byte, non-bitfield member.
+    fn byte_offset(self, strukt: &str, path: &str) -> Result<u32, LayoutError> {
+        if self.bitfield_size.is_some_and(|size| size != 0) {
+            return Err(LayoutError::Bitfield {
+                strukt: strukt.into(),
+                path: path.into(),
+            });
+        }
+        if self.bit_offset % 8 != 0 {
+            return Err(LayoutError::Unaligned {
+                strukt: strukt.into(),
+                path: path.into(),
+            });
+        }
+        Ok(self.bit_offset / 8)
+    }
+}
+
+/// The kernel's type information.
+pub struct Layout {
+    btf: Btf,
+}
+
+impl Layout {
+    /// Reads the running kernel's BTF.
+    pub fn from_running_kernel() -> Result<Self, LayoutError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, LayoutError> {
+        if !path.exists() {
+            return Err(LayoutError::BtfMissing { path: path.into() });
+        }
+        let btf = Btf::from_file(path).map_err(|source| LayoutError::BtfParse {
+            path: path.into(),
+            source,
+        })?;
+        Ok(Self { btf })
+    }
+
+    /// Parses BTF from memory (tests, fuzzing).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, LayoutError> {
+        let btf = Btf::from_bytes(bytes).map_err(|source| LayoutError::BtfParse {
+            path: PathBuf::from("<memory>"),
+            source,
+        })?;
+        Ok(Self { btf })
+    }
+
+    /// Resolves a dotted member path (`__sk_common.skc_num`) inside `struct strukt`.
+    /// A path component may live inside anonymous structs or unions, as in C.
+    pub fn member(&self, strukt: &str, path: &str) -> Result<Field, LayoutError> {
+        let mut current = self.find_struct(strukt)?;
+        let mut field = Field {
+            bit_offset: 0,
+            bitfield_size: None,
+        };
+        let components: Vec<&str> = path.split('.').collect();
+        for (i, name) in components.iter().enumerate() {
+            let (member_field, member_type) = self
+                .find_member(&current, name, 0)?
+                .ok_or_else(|| LayoutError::NoMember {
+                    strukt: strukt.into(),
+                    path: path.into(),
+                })?;
+            field.bit_offset += member_field.bit_offset;
+            field.bitfield_size = member_field.bitfield_size;
+            if i + 1 < components.len() {
+                current = match self.strip(member_type)? {
+                    Type::Struct(s) | Type::Union(s) => s,
+                    _ => {
+                        return Err(LayoutError::NoMember {
+                            strukt: strukt.into(),
+                            path: path.into(),
+                        });
+                    }
+                };
+            }
+        }
+        Ok(field)
+    }
+
+    /// Byte offset of a whole-byte member.
+    pub fn offset(&self, strukt: &str, path: &str) -> Result<u32, LayoutError> {
+        self.member(strukt, path)?.byte_offset(strukt, path)
+    }
+
+    /// The value of an enumerator (`SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`), if present.
+    pub fn enum_value(&self, enumerator: &str) -> Result<Option<i64>, LayoutError> {
+        let mut types = self.btf.type_iter();
+        while let Some(ty) = types.next().map_err(|source| LayoutError::Lookup {
+            what: format!("enumerator `{enumerator}`"),
+            source,
+        })? {
+            match &ty {
+                Type::Enum(e) => {
+                    for m in &e.members {
+                        if self.name_of(m)? == enumerator {
+                            return Ok(Some(i64::from(m.val())));
+                        }
+                    }
+                }
+                Type::Enum64(e) => {
+                    for m in &e.members {
+                        if self.name_of(m)? == enumerator {
+                            return Ok(i64::try_from(m.val()).ok());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn name_of(&self, t: &dyn btf_rs::BtfType) -> Result<String, LayoutError> {
+        self.btf.resolve_name(t).map_err(|source| LayoutError::Lookup {
+            what: "a name".into(),
+            source,
+        })
+    }
+
+    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, LayoutError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| LayoutError::NoStruct(name.into()))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| LayoutError::NoStruct(name.into()))
+    }
+
+    /// Finds `name` among the members of `s`, looking through anonymous members.
+    /// Returns its field (offset relative to `s`) and type.
+    fn find_member(
+        &self,
+        s: &btf_rs::Struct,
+        name: &str,
+        depth: u32,
+    ) -> Result<Option<(Field, Type)>, LayoutError> {
+        // Anonymous nesting in real kernels is a few levels deep; the bound keeps
+        // malformed (cyclic) BTF from recursing forever.
+        if depth > 16 {
+            return Ok(None);
+        }
+        for m in &s.members {
+            let member_name = self.name_of(m)?;
+            let member_type =
+                self.btf
+                    .resolve_chained_type(m)
+                    .map_err(|source| LayoutError::Lookup {
+                        what: format!("the type of member `{member_name}`"),
+                        source,
+                    })?;
+            let here = Field {
+                bit_offset: m.bit_offset(),
+                bitfield_size: m.bitfield_size(),
+            };
+            if member_name == name {
+                return Ok(Some((here, member_type)));
+            }
+            if member_name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = self.strip(member_type)?
+                && let Some((f, t)) = self.find_member(&inner, name, depth + 1)?
+            {
+                let field = Field {
+                    bit_offset: here.bit_offset + f.bit_offset,
+                    bitfield_size: f.bitfield_size,
+                };
+                return Ok(Some((field, t)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut t: Type) -> Result<Type, LayoutError> {
+        for _ in 0..32 {
+            match &t {
+                Type::Typedef(_)
+                | Type::Volatile(_)
+                | Type::Const(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    let Some(inner) = t.as_btf_type() else {
+                        return Ok(t);
+                    };
+                    t = self
+                        .btf
+                        .resolve_chained_type(inner)
+                        .map_err(|source| LayoutError::Lookup {
+                            what: "a typedef".into(),
+                            source,
+                        })?;
+                }
+                _ => return Ok(t),
+            }
+        }
+        Ok(t)
+    }
+
+    /// Everything the eBPF programs need, for this kernel. Tracepoint record offsets
+    /// come from tracefs, not BTF: the caller fills them (see `tracefs`).
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets, LayoutError> {
+        let (sk_protocol, sk_protocol_size) = self.sk_protocol()?;
+        Ok(KernelOffsets {
+            sk_family: self.offset("sock", "__sk_common.skc_family")?,
+            sk_num: self.offset("sock", "__sk_common.skc_num")?,
+            sk_rcv_saddr: self.offset("sock", "__sk_common.skc_rcv_saddr")?,
+            sk_v6_rcv_saddr: self.offset("sock", "__sk_common.skc_v6_rcv_saddr")?,
+            sk_net: self.offset("sock", "__sk_common.skc_net.net")?,
+            net_ns_inum: self.offset("net", "ns.inum")?,
+            sk_protocol,
+            sk_protocol_size,
+            tp_state_skaddr: 0,
+            tp_state_oldstate: 0,
+            tp_state_newstate: 0,
+            valid: 1,
+        })
+    }
+
+    /// `sk_protocol` is a u16 since Linux 5.6 and an 8-bit bitfield before; an 8-bit
+    /// bitfield on a byte boundary reads as a u8. Anything else: (0, 0), no filter.
+    fn sk_protocol(&self) -> Result<(u32, u32), LayoutError> {
+        let field = self.member("sock", "sk_protocol")?;
+        Ok(match field.bitfield_size {
+            Some(8) if field.bit_offset % 8 == 0 => (field.bit_offset / 8, 1),
+            None | Some(0) if field.bit_offset % 8 == 0 => (field.bit_offset / 8, 2),
+            _ => (0, 0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> Option<Layout> {
+        match Layout::from_running_kernel() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn resolves_sock_fields_of_the_running_kernel() {
+        let Some(layout) = running() else { return };
+        let o = layout.kernel_offsets().expect("offsets");
+        // struct sock starts with struct sock_common; these live in its first 64 bytes
+        // on every kernel since 4.x, and the family/port are 2-byte aligned.
+        assert!(o.sk_family < 64 && o.sk_family % 2 == 0, "{o:?}");
+        assert!(o.sk_num < 64 && o.sk_num % 2 == 0, "{o:?}");
+        assert!(o.sk_v6_rcv_saddr > o.sk_rcv_saddr, "{o:?}");
+        assert_eq!(o.sk_protocol_size, 2, "{o:?}");
+        assert_eq!(o.valid, 1);
+    }
+
+    #[test]
+    fn agrees_with_bpftool_where_available() {
+        // The kernel's own view of the layout, independently of btf-rs.
+        let Some(layout) = running() else { return };
+        let Ok(out) = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
+            .output()
+        else {
+            eprintln!("skipping: bpftool not installed");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Find "STRUCT 'sock' size=..." then its "'sk_ack_backlog' type_id=.. bits_offset=N".
+        let mut in_sock = false;
+        let mut expected = None;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                in_sock = line.contains("STRUCT 'sock' ");
+                continue;
+            }
+            if in_sock && line.trim_start().starts_with("'sk_ack_backlog'") {
+                expected = line
+                    .split("bits_offset=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<u32>().ok());
+            }
+        }
+        let Some(expected) = expected else {
+            eprintln!("skipping: bpftool output had no sock.sk_ack_backlog");
+            return;
+        };
+        let field = layout.member("sock", "sk_ack_backlog").expect("member");
+        assert_eq!(field.bit_offset, expected);
+    }
+
+    #[test]
+    fn finds_members_inside_anonymous_unions() {
+        let Some(layout) = running() else { return };
+        // skc_num sits in an anonymous struct inside an anonymous union of sock_common.
+        let num = layout.offset("sock_common", "skc_num").expect("skc_num");
+        let dport = layout.offset("sock_common", "skc_dport").expect("skc_dport");
+        assert_eq!(num, dport + 2);
+    }
+
+    #[test]
+    fn missing_members_and_structs_are_errors() {
+        let Some(layout) = running() else { return };
+        assert!(matches!(
+            layout.offset("sock", "no_such_member"),
+            Err(LayoutError::NoMember { .. })
+        ));
+        assert!(matches!(
+            layout.offset("no_such_struct_sockq", "x"),
+            Err(LayoutError::NoStruct(_))
+        ));
+        let reason = layout
+            .enum_value("SKB_DROP_REASON_NOT_SPECIFIED")
+            .expect("enum lookup");
+        assert!(reason.is_some());
+    }
+
+    #[test]
+    fn missing_btf_file_says_what_is_needed() {
+        let err = Layout::from_file(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .expect("error");
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+
+    #[test]
+    fn malformed_btf_is_an_error_not_a_panic() {
+        for bytes in [
+            &b""[..],
+            &b"garbage"[..],
+            &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0][..],
+            &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        ] {
+            assert!(Layout::from_bytes(bytes).is_err(), "{bytes:?}");
+        }
+    }
+}

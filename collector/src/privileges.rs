@@ -1,0 +1,130 @@
+//! What sockq needs from the kernel's permission model, checked up front so a missing
+//! privilege is one clear line rather than an obscure EPERM later.
+//!
+//! Capabilities come from `CapEff` in `/proc/self/status` (capabilities(7)).
+
+/// A capability sockq uses, and what for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    pub name: &'static str,
+    pub bit: u32,
+    pub why: &'static str,
+}
+
+pub const CAP_DAC_READ_SEARCH: Capability = Capability {
+    name: "CAP_DAC_READ_SEARCH",
+    bit: 2,
+    why: "read other users' /proc/PID/fd to find listener owners",
+};
+pub const CAP_SYS_PTRACE: Capability = Capability {
+    name: "CAP_SYS_PTRACE",
+    bit: 19,
+    why: "read other processes' /proc/PID/fd and /proc/PID/ns/net",
+};
+pub const CAP_SYS_ADMIN: Capability = Capability {
+    name: "CAP_SYS_ADMIN",
+    bit: 21,
+    why: "enter every network namespace (setns) to list its listeners, mount tracefs",
+};
+pub const CAP_PERFMON: Capability = Capability {
+    name: "CAP_PERFMON",
+    bit: 38,
+    why: "attach tracing eBPF programs",
+};
+pub const CAP_BPF: Capability = Capability {
+    name: "CAP_BPF",
+    bit: 39,
+    why: "load eBPF programs and maps",
+};
+
+/// Everything `sockq run` needs. (`CAP_SYS_ADMIN` also covers BPF and PERFMON on
+/// kernels older than 5.8; requiring all of them keeps the message simple.)
+pub const FOR_RUN: [Capability; 5] = [
+    CAP_BPF,
+    CAP_PERFMON,
+    CAP_SYS_ADMIN,
+    CAP_SYS_PTRACE,
+    CAP_DAC_READ_SEARCH,
+];
+
+/// The effective capability set of this process.
+pub fn effective() -> Result<u64, std::io::Error> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_cap_eff(&status).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "no parsable CapEff line in /proc/self/status",
+        )
+    })
+}
+
+/// Parses the `CapEff:` hex mask out of a `/proc/PID/status` text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// The capabilities of `needed` missing from the mask `effective`.
+pub fn missing(effective: u64, needed: &[Capability]) -> Vec<Capability> {
+    needed
+        .iter()
+        .copied()
+        .filter(|c| effective & (1u64 << c.bit) == 0)
+        .collect()
+}
+
+/// One line naming what is missing, or `None` when everything is there.
+pub fn check(needed: &[Capability]) -> Option<String> {
+    let eff = match effective() {
+        Ok(eff) => eff,
+        Err(e) => return Some(format!("cannot read this process's capabilities: {e}")),
+    };
+    let missing = missing(eff, needed);
+    if missing.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
+    let root = if nix::unistd::geteuid().is_root() {
+        "running as root but"
+    } else {
+        "not running as root:"
+    };
+    Some(format!(
+        "sockq needs root privileges; {root} missing {} (run it with sudo, or grant these \
+         capabilities; `sockq doctor` explains each)",
+        names.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tcat\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
+                          CapEff:\t000001fffeffffff\nCapBnd:\t000001ffffffffff\n";
+
+    #[test]
+    fn parses_cap_eff() {
+        assert_eq!(parse_cap_eff(STATUS), Some(0x0000_01ff_feff_ffff));
+        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
+        assert_eq!(parse_cap_eff(""), None);
+    }
+
+    #[test]
+    fn names_what_is_missing() {
+        // Everything but CAP_SYS_RESOURCE (bit 24): nothing sockq needs is missing.
+        assert!(missing(0x0000_01ff_feff_ffff, &FOR_RUN).is_empty());
+        // An unprivileged user: all missing, in order.
+        let names: Vec<_> = missing(0, &FOR_RUN).iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]
+        );
+        // Only CAP_BPF missing.
+        let only_bpf = !(1u64 << 39) & 0x0000_01ff_ffff_ffff;
+        let names: Vec<_> = missing(only_bpf, &FOR_RUN).iter().map(|c| c.name).collect();
+        assert_eq!(names, ["CAP_BPF"]);
+    }
+}
