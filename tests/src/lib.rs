@@ -1,0 +1,409 @@
+//! Harness for sockq's privileged integration tests: network namespaces of our own,
+//! scenario programs run inside them, the real `sockq` binary, and the kernel's own
+//! accounting (`ss`, `/proc/net/netstat`, `/proc/net/snmp`) as the oracle.
+//!
+//! Every helper panics with a message naming what failed: these run only in tests.
+#![expect(clippy::missing_panics_doc, reason = "test harness: panicking is how it reports")]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The `sockq` binary under test (`SOCKQ_BIN`, set by `cargo xtask test`), else the
+/// debug build in the workspace's target directory.
+pub fn sockq_bin() -> PathBuf {
+    std::env::var_os("SOCKQ_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sockq"),
+        PathBuf::from,
+    )
+}
+
+/// The scenario program built with these tests.
+pub fn scenario_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sockq-scenario"))
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests load eBPF programs and create network namespaces: run as root \
+         (`cargo xtask test`)"
+    );
+}
+
+/// A network namespace created for one test (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Netns {
+    pub fn new(test: &str) -> Self {
+        require_root();
+        let name = format!(
+            "sockq-{test}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Self { name }
+    }
+
+    /// The namespace's inode, as sockq labels it.
+    pub fn inode(&self) -> u64 {
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .unwrap_or_else(|e| panic!("stat /run/netns/{}: {e}", self.name))
+            .ino()
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs a command inside the namespace and returns its stdout.
+    pub fn output(&self, program: &str, args: &[&str]) -> String {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The namespace's `/proc/net/netstat` and `/proc/net/snmp` counters as
+    /// "TcpExt.ListenDrops" -> value.
+    pub fn counters(&self) -> HashMap<String, u64> {
+        let mut all = parse_proc_net_pairs(&self.output("cat", &["/proc/net/netstat"]));
+        all.extend(parse_proc_net_pairs(&self.output("cat", &["/proc/net/snmp"])));
+        all
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        *self
+            .counters()
+            .get(name)
+            .unwrap_or_else(|| panic!("no counter {name} in {}", self.name))
+    }
+
+    /// Starts a scenario program inside the namespace and waits for its first line.
+    pub fn scenario(&self, args: &[&str]) -> Scenario {
+        let mut child = self
+            .command(scenario_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting scenario {args:?}: {e}"));
+        let stdout = child.stdout.take().expect("scenario stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading scenario {args:?}: {e}"));
+        assert!(
+            line.starts_with("ready") || line.starts_with("done"),
+            "scenario {args:?} said {line:?}"
+        );
+        let stdin = child.stdin.take();
+        Scenario {
+            child,
+            stdin,
+            first_line: line.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A running scenario program; closing its stdin ends it.
+pub struct Scenario {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub first_line: String,
+}
+
+impl Scenario {
+    /// The scenario's pid (`ip netns exec` execs the program in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes stdin and waits for the program to exit.
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("waiting for scenario");
+        assert!(status.success(), "scenario exited with {status}");
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Parses `/proc/net/netstat` / `/proc/net/snmp`: pairs of header and value lines.
+pub fn parse_proc_net_pairs(text: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((prefix, names)), Some((_, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse::<i64>() {
+                out.insert(format!("{prefix}.{n}"), v.max(0) as u64);
+            }
+        }
+    }
+    out
+}
+
+/// A free TCP port on 127.0.0.1 in this (the host's) namespace.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `sockq run`, stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    pub fn start(interval: &str) -> Self {
+        require_root();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = Command::new(sockq_bin())
+            .args(["run", "--metrics-addr", &addr.to_string(), "--interval", interval])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", sockq_bin().display()));
+        let mut daemon = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("sockq run exited early with {status}");
+            }
+            if let Some(body) = try_get(addr, "/metrics")
+                && body.contains("sockq_probe_attached")
+                && body.contains("sockq_listen_accept_queue_length")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sockq did not serve /metrics within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let body = try_get(self.addr, "/metrics").expect("GET /metrics");
+        Metrics::parse(&body)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        try_get(self.addr, "/metrics").expect("GET /metrics")
+    }
+
+    /// Polls until `check` accepts the metrics, or panics with the last failure.
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&Metrics) -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.metrics();
+            match check(&m) {
+                Ok(v) => return v,
+                Err(why) if Instant::now() >= deadline => {
+                    panic!("after {timeout:?}: {why}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET; `None` when nothing answers.
+pub fn try_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_owned())
+}
+
+/// One sample of the exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed Prometheus text exposition (enough for our own output: no timestamps).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, HashMap::new()),
+            };
+            samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        Self { samples }
+    }
+
+    /// Samples of `name` whose labels include every `(key, value)` in `matching`.
+    pub fn find(&self, name: &str, matching: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && matching
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    /// The single sample matching, or an error saying how many matched.
+    pub fn one(&self, name: &str, matching: &[(&str, &str)]) -> Result<f64, String> {
+        match self.find(name, matching).as_slice() {
+            [s] => Ok(s.value),
+            other => Err(format!("{} samples of {name}{matching:?}", other.len())),
+        }
+    }
+}
+
+/// Parses `a="x",b="y\"z"` with Prometheus escapes (`\\`, `\"`, `\n`).
+fn parse_labels(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let name: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if name.is_empty() {
+            break;
+        }
+        assert_eq!(chars.next(), Some('"'), "label {name} in {s:?}");
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.insert(name.trim_start_matches(',').to_owned(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    out
+}
+
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_netstat_pairs() {
+        let text = "TcpExt: SyncookiesSent ListenDrops\nTcpExt: 0 15\nIpExt: InNoRoutes\nIpExt: 3\n";
+        let m = parse_proc_net_pairs(text);
+        assert_eq!(m.get("TcpExt.ListenDrops"), Some(&15));
+        assert_eq!(m.get("IpExt.InNoRoutes"), Some(&3));
+    }
+
+    #[test]
+    fn parses_exposition_with_escapes() {
+        let m = Metrics::parse(
+            "# HELP x y\nsockq_listener_info{netns=\"1\",comm=\"a\\\"b\\\\c\\nd\"} 1\nsockq_build_info 1\n",
+        );
+        assert_eq!(m.samples.len(), 2);
+        assert_eq!(m.samples[0].labels.get("comm").map(String::as_str), Some("a\"b\\c\nd"));
+        assert_eq!(m.samples[0].labels.get("netns").map(String::as_str), Some("1"));
+    }
+}

@@ -1,0 +1,124 @@
+//! Scenario programs for the integration tests: precise socket behaviour the tests
+//! then observe through sockq and through the kernel's own accounting. Each prints
+//! one line (`ready ...` or `done ...`) on stdout when its setup is complete, then
+//! (where it keeps sockets open) waits until stdin is closed.
+//!
+//! Usage:
+//!   sockq-scenario backlog ADDR BACKLOG CONNECTS  listen(BACKLOG), CONNECTS
+//!                                                 non-blocking connects, never accept
+//!   sockq-scenario listen ADDR                    listen and hold until stdin closes
+//!   sockq-scenario churn ADDR COUNT               COUNT connections: connect, accept,
+//!                                                 client closes, server reads EOF, closes
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::ExitCode,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["backlog", addr, backlog, connects] => backlog_scenario(addr, backlog, connects),
+        ["listen", addr] => listen_scenario(addr),
+        ["churn", addr, count] => churn_scenario(addr, count),
+        _ => Err(format!("usage: see the module docs; got {args:?}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockq-scenario: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("bad {what}: {s}"))
+}
+
+fn listener(addr: &str, backlog: i32) -> Result<(Socket, SocketAddr), String> {
+    let addr: SocketAddr = parse(addr, "address")?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("socket: {e}"))?;
+    socket.set_reuse_address(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    socket.bind(&addr.into()).map_err(|e| format!("bind {addr}: {e}"))?;
+    socket.listen(backlog).map_err(|e| format!("listen: {e}"))?;
+    let local = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or("no local address")?;
+    Ok((socket, local))
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn wait_for_stdin_close() {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = std::io::stdin().read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn backlog_scenario(addr: &str, backlog: &str, connects: &str) -> Result<(), String> {
+    let backlog: i32 = parse(backlog, "backlog")?;
+    let connects: usize = parse(connects, "connect count")?;
+    let (_listener, local) = listener(addr, backlog)?;
+    let mut clients = Vec::new();
+    for _ in 0..connects {
+        let c = Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("socket: {e}"))?;
+        c.set_nonblocking(true).map_err(|e| format!("nonblocking: {e}"))?;
+        match c.connect(&SockAddr::from(local)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(format!("connect: {e}")),
+        }
+        clients.push(c);
+    }
+    // Let the handshakes that can complete do so before reporting ready.
+    std::thread::sleep(Duration::from_millis(300));
+    say(&format!("ready {local}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn listen_scenario(addr: &str) -> Result<(), String> {
+    let (_listener, local) = listener(addr, 128)?;
+    say(&format!("ready {local}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn churn_scenario(addr: &str, count: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let (listener, local) = listener(addr, 128)?;
+    let listener: std::net::TcpListener = listener.into();
+    for i in 0..count {
+        let client = TcpStream::connect(local).map_err(|e| format!("connect {i}: {e}"))?;
+        let (mut server, _) = listener.accept().map_err(|e| format!("accept {i}: {e}"))?;
+        drop(client); // the client closes first: FIN_WAIT1 -> FIN_WAIT2 -> (TIME_WAIT)
+        let mut buf = [0u8; 16];
+        loop {
+            match server.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(format!("read {i}: {e}")),
+            }
+        }
+        drop(server); // CLOSE_WAIT -> LAST_ACK -> CLOSE
+    }
+    drop(listener);
+    say(&format!("done {local} {count}"));
+    Ok(())
+}
