@@ -4,8 +4,9 @@
 //! int newstate)`, cheapest) where that loads, else as a classic tracepoint whose record
 //! offsets userspace reads from tracefs. Both entry points share [`on_state_change`]:
 //! - counts the transition in `TRANSITIONS` per (netns, from, to), in the kernel;
-//! - for a socket entering or leaving LISTEN, sends a `ListenerEvent` with the current
-//!   thread (the one that called `listen()` or `close()`) through `EVENTS`.
+//! - for a socket entering LISTEN or going from LISTEN to CLOSE, sends a
+//!   `ListenerEvent` with the current thread (the one that called `listen()` or
+//!   `close()`) through `EVENTS`. Rare: nothing per connection reaches the ring buffer.
 //!
 //! Reads from `struct sock`: family, local port/address, protocol, `skc_net`.
 //! The kernel: <https://elixir.bootlin.com/linux/v6.18/source/include/trace/events/sock.h>
@@ -21,7 +22,7 @@ use collector_common::{
     layout::KernelOffsets,
     listener::{AF_INET, AF_INET6, ListenerEvent},
     stats::{STAT_EVENTS_LOST, STAT_TRANSITIONS_FULL},
-    tcp_state::{IPPROTO_TCP, TCP_LISTEN, TransitionKey},
+    tcp_state::{IPPROTO_TCP, TCP_CLOSE, TCP_LISTEN, TransitionKey},
 };
 
 use crate::{
@@ -73,7 +74,9 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
         to,
         _pad: [0; 2],
     });
-    if from == TCP_LISTEN || to == TCP_LISTEN {
+    // A listener opening (-> LISTEN) or closing (LISTEN -> CLOSE). Children cloned from
+    // a listener start as LISTEN -> SYN_RECV: per connection, not an event.
+    if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
         send_listener_event(sk, &o, netns, from, to)?;
     }
     Ok(())

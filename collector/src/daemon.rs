@@ -68,7 +68,7 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
     };
     let (probes, events) = load_probes(tracefs_root);
 
-    let state = http::SharedState::new(build_info());
+    let state = http::SharedState::new(BuildInfo::detect());
     {
         let mut snap = Snapshot {
             probes: probe_status(probes.as_ref()),
@@ -120,15 +120,6 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
     }
     drop(poller); // detaches the programs
     Ok(())
-}
-
-fn build_info() -> BuildInfo {
-    BuildInfo {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel_release: nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    }
 }
 
 fn load_probes(tracefs_root: Option<PathBuf>) -> (Option<Probes>, Option<RingBuf<MapData>>) {
@@ -254,7 +245,11 @@ fn describe(l: &Listener) -> String {
 
 /// Logs each listener lifecycle event and asks for an inventory refresh.
 async fn read_listener_events(ring: RingBuf<MapData>, refresh: Arc<Notify>) {
-    let mut fd = match AsyncFd::new(ring) {
+    // SAFETY: RingBuf owns its map fd for its whole life and always returns that fd.
+    let registered = unsafe {
+        AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
             tracing::warn!("cannot poll the event ring buffer: {e}");
@@ -288,11 +283,11 @@ fn log_listener_event(ev: &ListenerEvent) {
     let addr = event_addr(ev);
     let comm = text::escape_bytes(text::comm_bytes(&ev.comm));
     tracing::info!(
-        "{} {} -> {}: {} netns {} by pid {} tid {} comm \"{}\"",
+        "listener {} ({} -> {}): {} netns {} by pid {} tid {} comm \"{}\"",
         if ev.new_state == collector_common::tcp_state::TCP_LISTEN {
-            "listen"
+            "opened"
         } else {
-            "unlisten"
+            "closed"
         },
         tcp_state_name(ev.old_state),
         tcp_state_name(ev.new_state),

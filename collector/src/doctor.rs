@@ -184,14 +184,37 @@ fn program_type_checks(checks: &mut Vec<Check>) {
         (ProgramType::Tracing, "fentry/tp_btf", "cheapest hooks where available"),
     ];
     for (ty, name, purpose) in types {
-        let (verdict, detail) = match is_program_supported(ty) {
+        let (verdict, mut detail) = match is_program_supported(ty) {
             Ok(true) => (Verdict::Ok, format!("supported ({purpose})")),
             Ok(false) => (Verdict::Warn, format!("not supported by this kernel ({purpose})")),
-            Err(e) => (Verdict::Warn, format!("probe failed: {}", probes::error_chain(&e))),
+            Err(e) => (
+                Verdict::Warn,
+                format!(
+                    "not available: loading one fails ({}) ({purpose})",
+                    probes::error_chain(&e)
+                ),
+            ),
+        };
+        // The kprobe program type also serves uprobes, so it loads even where the
+        // kernel has no kprobes; attaching needs the kprobe PMU (CONFIG_KPROBE_EVENTS).
+        let verdict = if ty == ProgramType::KProbe
+            && verdict == Verdict::Ok
+            && !std::path::Path::new(KPROBE_PMU).exists()
+        {
+            detail = format!(
+                "the program type loads, but kprobes cannot attach: no {KPROBE_PMU} \
+                 (kernel built without CONFIG_KPROBES)"
+            );
+            Verdict::Warn
+        } else {
+            verdict
         };
         checks.push(Check::new(verdict, format!("program type {name}"), detail));
     }
 }
+
+/// Present when the kernel can create kprobes through perf.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 fn memlock_check() -> Check {
     use nix::sys::resource::{Resource, getrlimit};

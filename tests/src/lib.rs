@@ -25,9 +25,17 @@ pub fn sockq_bin() -> PathBuf {
     )
 }
 
-/// The scenario program built with these tests.
+/// The scenario program, which cargo builds next to the test executables
+/// (`target/<profile>/sockq-scenario`, the tests live in `target/<profile>/deps`).
 pub fn scenario_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sockq-scenario"))
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("test executable inside target/<profile>/deps");
+    let bin = profile_dir.join("sockq-scenario");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
 }
 
 pub fn require_root() {
