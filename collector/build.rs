@@ -15,6 +15,7 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    emit_git_commit();
     println!("cargo:rerun-if-env-changed=SOCKQ_BPF_TOOLCHAIN");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
@@ -34,7 +35,10 @@ fn main() -> anyhow::Result<()> {
 
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // The eBPF crate also compiles the shared types; rebuild when they change.
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("../collector-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../collector-common").display()
+    );
     let ebpf_dir = manifest_dir
         .parent()
         .ok_or_else(|| anyhow!("collector has no parent directory"))?
@@ -57,4 +61,26 @@ fn main() -> anyhow::Result<()> {
              or set AYA_BUILD_SKIP=1 to build without eBPF"
         )
     })
+}
+
+/// `SOCKQ_GIT_COMMIT` for `sockq_build_info`, when built from a git checkout.
+fn emit_git_commit() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for watched in [".git/HEAD", ".git/refs/heads"] {
+        let path = root.join(watched);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_hexdigit()));
+    if let Some(commit) = commit {
+        println!("cargo:rustc-env=SOCKQ_GIT_COMMIT={commit}");
+    }
 }

@@ -2,13 +2,7 @@
 //! inventory current (sock_diag every interval, and at once when a probe reports a
 //! listener opening or closing), and serves the snapshot on the metrics port.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use collector_common::listener::{AF_INET, AF_INET6, ListenerEvent};
@@ -139,7 +133,7 @@ fn load_probes(tracefs_root: Option<PathBuf>) -> (Option<Probes>, Option<RingBuf
         Err(e) => {
             tracing::error!(
                 "eBPF probes unavailable, continuing with sock_diag polling only: {}",
-                probes::error_chain(&e)
+                crate::error_chain(&e)
             );
             (None, None)
         }
@@ -177,7 +171,7 @@ impl Poller {
         let listeners = match tokio::task::spawn_blocking(inventory::scan).await {
             Ok(Ok(listeners)) => listeners,
             Ok(Err(e)) => {
-                tracing::warn!("listener inventory failed: {}", probes::error_chain(&e));
+                tracing::warn!("listener inventory failed: {}", crate::error_chain(&e));
                 Vec::new()
             }
             Err(e) => {
@@ -194,11 +188,11 @@ impl Poller {
         if let Some(p) = &self.probes {
             match p.transitions() {
                 Ok(t) => snapshot.transitions = t,
-                Err(e) => tracing::warn!("reading transitions: {}", probes::error_chain(&e)),
+                Err(e) => tracing::warn!("reading transitions: {}", crate::error_chain(&e)),
             }
             match p.program_stats() {
                 Ok(s) => snapshot.events_lost = s.events_lost + s.transitions_full,
-                Err(e) => tracing::warn!("reading program stats: {}", probes::error_chain(&e)),
+                Err(e) => tracing::warn!("reading program stats: {}", crate::error_chain(&e)),
             }
         }
         snapshot
@@ -246,9 +240,8 @@ fn describe(l: &Listener) -> String {
 /// Logs each listener lifecycle event and asks for an inventory refresh.
 async fn read_listener_events(ring: RingBuf<MapData>, refresh: Arc<Notify>) {
     // SAFETY: RingBuf owns its map fd for its whole life and always returns that fd.
-    let registered = unsafe {
-        AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
@@ -305,9 +298,7 @@ fn event_addr(ev: &ListenerEvent) -> String {
             let ip = std::net::Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]);
             SocketAddr::new(ip.into(), ev.port).to_string()
         }
-        AF_INET6 => {
-            SocketAddr::new(std::net::Ipv6Addr::from(ev.addr).into(), ev.port).to_string()
-        }
+        AF_INET6 => SocketAddr::new(std::net::Ipv6Addr::from(ev.addr).into(), ev.port).to_string(),
         other => format!("family {other} port {}", ev.port),
     }
 }

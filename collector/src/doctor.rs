@@ -35,11 +35,23 @@ impl Check {
 
 /// Tracepoints sockq uses now or will use, and what each is for.
 const TRACEPOINTS: [(&str, &str, &str); 5] = [
-    ("sock", "inet_sock_set_state", "TCP state transitions, listener lifecycle"),
-    ("sock", "sk_data_ready", "accept queue depth at every enqueue"),
+    (
+        "sock",
+        "inet_sock_set_state",
+        "TCP state transitions, listener lifecycle",
+    ),
+    (
+        "sock",
+        "sk_data_ready",
+        "accept queue depth at every enqueue",
+    ),
     ("skb", "kfree_skb", "drop reasons"),
     ("tcp", "tcp_retransmit_synack", "SYN-ACK retransmits"),
-    ("syscalls", "sys_exit_accept4", "accept wait, acceptor threads"),
+    (
+        "syscalls",
+        "sys_exit_accept4",
+        "accept wait, acceptor threads",
+    ),
 ];
 
 /// Runs every check. Loading programs needs privileges; without them those checks
@@ -49,7 +61,11 @@ pub fn run() -> Vec<Check> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    checks.push(Check::new(Verdict::Ok, "kernel", format!("Linux {release}")));
+    checks.push(Check::new(
+        Verdict::Ok,
+        "kernel",
+        format!("Linux {release}"),
+    ));
 
     let privileged = privilege_checks(&mut checks);
 
@@ -72,7 +88,7 @@ pub fn run() -> Vec<Check> {
             true
         }
         Err(e) => {
-            checks.push(Check::new(Verdict::Fail, "BTF", probes::error_chain(&e)));
+            checks.push(Check::new(Verdict::Fail, "BTF", crate::error_chain(&e)));
             false
         }
     };
@@ -80,7 +96,11 @@ pub fn run() -> Vec<Check> {
     let tracefs_root = tracefs::find();
     match &tracefs_root {
         Some(root) => {
-            checks.push(Check::new(Verdict::Ok, "tracefs", format!("mounted at {}", root.display())));
+            checks.push(Check::new(
+                Verdict::Ok,
+                "tracefs",
+                format!("mounted at {}", root.display()),
+            ));
             for (category, name, purpose) in TRACEPOINTS {
                 let (verdict, state) = if tracefs::tracepoint_exists(root, category, name) {
                     (Verdict::Ok, "present")
@@ -120,7 +140,7 @@ pub fn run() -> Vec<Check> {
                     checks.push(Check::new(verdict, format!("probe {}", s.name), detail));
                 }
             }
-            Err(e) => checks.push(Check::new(Verdict::Fail, "probes", probes::error_chain(&e))),
+            Err(e) => checks.push(Check::new(Verdict::Fail, "probes", crate::error_chain(&e))),
         }
     } else {
         checks.push(Check::new(
@@ -145,11 +165,19 @@ pub fn run() -> Vec<Check> {
                     "{} TCP listeners in {} network namespaces{}",
                     listeners.len(),
                     namespaces.len(),
-                    if privileged { "" } else { " (only those this user can enter)" }
+                    if privileged {
+                        ""
+                    } else {
+                        " (only those this user can enter)"
+                    }
                 ),
             ));
         }
-        Err(e) => checks.push(Check::new(Verdict::Fail, "sock_diag", probes::error_chain(&e))),
+        Err(e) => checks.push(Check::new(
+            Verdict::Fail,
+            "sock_diag",
+            crate::error_chain(&e),
+        )),
     }
 
     checks.push(memlock_check());
@@ -170,7 +198,11 @@ fn privilege_checks(checks: &mut Vec<Check>) -> bool {
         checks.push(Check::new(
             if has { Verdict::Ok } else { Verdict::Fail },
             cap.name,
-            format!("{} (to {})", if has { "present" } else { "MISSING" }, cap.why),
+            format!(
+                "{} (to {})",
+                if has { "present" } else { "MISSING" },
+                cap.why
+            ),
         ));
     }
     missing.is_empty()
@@ -178,20 +210,39 @@ fn privilege_checks(checks: &mut Vec<Check>) -> bool {
 
 fn program_type_checks(checks: &mut Vec<Check>) {
     let types = [
-        (ProgramType::RawTracePoint, "raw_tracepoint", "preferred for every probe"),
-        (ProgramType::TracePoint, "tracepoint", "fallback where raw tracepoints fail"),
-        (ProgramType::KProbe, "kprobe", "alternative for hooks without a tracepoint"),
-        (ProgramType::Tracing, "fentry/tp_btf", "cheapest hooks where available"),
+        (
+            ProgramType::RawTracePoint,
+            "raw_tracepoint",
+            "preferred for every probe",
+        ),
+        (
+            ProgramType::TracePoint,
+            "tracepoint",
+            "fallback where raw tracepoints fail",
+        ),
+        (
+            ProgramType::KProbe,
+            "kprobe",
+            "alternative for hooks without a tracepoint",
+        ),
+        (
+            ProgramType::Tracing,
+            "fentry/tp_btf",
+            "cheapest hooks where available",
+        ),
     ];
     for (ty, name, purpose) in types {
         let (verdict, mut detail) = match is_program_supported(ty) {
             Ok(true) => (Verdict::Ok, format!("supported ({purpose})")),
-            Ok(false) => (Verdict::Warn, format!("not supported by this kernel ({purpose})")),
+            Ok(false) => (
+                Verdict::Warn,
+                format!("not supported by this kernel ({purpose})"),
+            ),
             Err(e) => (
                 Verdict::Warn,
                 format!(
                     "not available: loading one fails ({}) ({purpose})",
-                    probes::error_chain(&e)
+                    crate::error_chain(&e)
                 ),
             ),
         };
@@ -251,7 +302,10 @@ pub fn render(checks: &[Check]) -> String {
     let _ = if fails == 0 {
         writeln!(out, "sockq can run with all its probes on this machine.")
     } else {
-        writeln!(out, "{fails} problem(s) above; `sockq run` needs them fixed.")
+        writeln!(
+            out,
+            "{fails} problem(s) above; `sockq run` needs them fixed."
+        )
     };
     out
 }

@@ -1,0 +1,529 @@
+//! Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
+//!
+//! The prometheus-client crate does the writing, label escaping included (`\`, `"`
+//! and newline in a process name chosen by whoever runs it; the crate escapes since
+//! 0.25.2, 0.24 wrote them verbatim, and the tests catch a regression): [`render`]
+//! turns the snapshot into owned metric families, registers them as a [`Collector`]
+//! in a fresh [`Registry`] and encodes that.
+//!
+//! Two details keep the output valid for the Prometheus text format, which is what
+//! [`CONTENT_TYPE`] announces and what `promtool check metrics` checks:
+//! - the crate's counters follow OpenMetrics, whose family name has no `_total` and
+//!   whose samples get `_total` appended; the text format wants one name for both.
+//!   Counters here are therefore described under their full `..._total` name and
+//!   their sample written without a suffix (see `PlainCounter`);
+//! - the OpenMetrics `# EOF` trailer is not written ([`encode_registry`]).
+//!
+//! Every label combination appears once: identical series (two unknown TCP states
+//! mapping to `UNKNOWN`, an owner listed twice) are merged before encoding.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, text::encode_registry},
+    metrics::{MetricType, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::model::{Snapshot, tcp_state_name};
+
+/// The `Content-Type` of what [`render`] produces.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What `sockq_build_info` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// sockq's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The commit sockq was built from, or `unknown`.
+    pub git_commit: String,
+    /// `uname -r` of the running kernel, or `unknown`.
+    pub kernel_release: String,
+}
+
+impl BuildInfo {
+    /// This build, on the kernel it runs on: the version from Cargo, the commit from
+    /// `SOCKQ_GIT_COMMIT` at build time (if set), the release from
+    /// `/proc/sys/kernel/osrelease`.
+    pub fn detect() -> Self {
+        let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| UNKNOWN.to_owned());
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            git_commit: option_env!("SOCKQ_GIT_COMMIT")
+                .unwrap_or(UNKNOWN)
+                .to_owned(),
+            kernel_release,
+        }
+    }
+}
+
+const UNKNOWN: &str = "unknown";
+
+/// Why a snapshot could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpositionError {
+    /// The encoder refused a value or label (`std::fmt::Error` carries no detail).
+    #[error(
+        "encoding the Prometheus text exposition failed ({listeners} listeners, \
+         {transitions} transition series)"
+    )]
+    Encode {
+        listeners: usize,
+        transitions: usize,
+        #[source]
+        source: std::fmt::Error,
+    },
+}
+
+/// Renders `snapshot` and `build` as Prometheus text exposition format 0.0.4.
+pub fn render(snapshot: &Snapshot, build: &BuildInfo) -> Result<String, ExpositionError> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector::new(snapshot, build)));
+    let mut out = String::new();
+    encode_registry(&mut out, &registry).map_err(|source| ExpositionError::Encode {
+        listeners: snapshot.listeners.len(),
+        transitions: snapshot.transitions.len(),
+        source,
+    })?;
+    Ok(out)
+}
+
+/// Labels of one series, in output order.
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family, owned so that it can live in a `'static` [`Collector`].
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    series: Vec<(Labels, u64)>,
+}
+
+impl Family {
+    fn gauge(name: &'static str, help: &'static str) -> Self {
+        let (kind, series) = (MetricType::Gauge, Vec::new());
+        Self {
+            name,
+            help,
+            kind,
+            series,
+        }
+    }
+
+    fn counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            kind: MetricType::Counter,
+            ..Self::gauge(name, help)
+        }
+    }
+
+    fn push(&mut self, labels: Labels, value: impl Into<u64>) {
+        self.series.push((labels, value.into()));
+    }
+}
+
+/// A counter sample written under the family's own name. The crate's
+/// `ConstCounter` would append `_total` to a name that already ends in it
+/// (OpenMetrics style), which the Prometheus text format reads as an untyped
+/// metric without help.
+#[derive(Debug)]
+struct PlainCounter(u64);
+
+impl EncodeMetric for PlainCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.0)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// The snapshot as metric families, ready to encode on each call.
+#[derive(Debug)]
+struct SnapshotCollector {
+    families: Vec<Family>,
+}
+
+const HELP_ACCEPT_LEN: &str = "Connections fully established and waiting for accept() on this \
+    listening socket: the kernel's sk_ack_backlog, reported by sock_diag as idiag_rqueue \
+    (ss -lnt Recv-Q).";
+const HELP_ACCEPT_LIMIT: &str = "Longest accept queue this listening socket may have: \
+    min(listen() backlog, net.core.somaxconn), the kernel's sk_max_ack_backlog, reported by \
+    sock_diag as idiag_wqueue (ss -lnt Send-Q).";
+const HELP_SYN_LEN: &str = "Handshakes in progress for this listener: request sockets \
+    (state NEW_SYN_RECV, the SYN queue) whose port and namespace match it, counted from a \
+    sock_diag dump.";
+const HELP_DROPS: &str = "Packets this listening socket dropped since it was created: the \
+    kernel's sk_drops (sock_diag INET_DIAG_SKMEMINFO, ss -tm d<N>), raised by \
+    tcp_listendrop() when a SYN or handshake ACK is dropped, e.g. because the accept queue \
+    is full; the per-socket share of TcpExtListenDrops.";
+const HELP_INFO: &str = "Always 1: a process (pid, comm from /proc/PID/comm) holding a file \
+    descriptor of this listening socket, found in /proc/PID/fd. pid and comm are empty when \
+    no holder was found.";
+const HELP_TRANSITIONS: &str = "TCP state changes of sockets in this network namespace, by \
+    old and new state, counted by sockq's eBPF program on the sock:inet_sock_set_state \
+    tracepoint since the program was loaded.";
+const HELP_LOST: &str = "Events sockq's eBPF programs could not record: listener events \
+    that found the ring buffer full, and state transitions that found the in-kernel \
+    transition map full; they are missing from the other metrics.";
+const HELP_PROBE: &str = "Whether the named eBPF probe is attached to the kernel (1) or not \
+    (0); `sockq doctor` says why not.";
+const HELP_BUILD: &str = "Always 1: the sockq version and commit, and the release (uname -r) \
+    of the kernel it runs on.";
+
+impl SnapshotCollector {
+    fn new(snapshot: &Snapshot, build: &BuildInfo) -> Self {
+        let mut accept_len = Family::gauge("sockq_listen_accept_queue_length", HELP_ACCEPT_LEN);
+        let mut accept_limit = Family::gauge("sockq_listen_accept_queue_limit", HELP_ACCEPT_LIMIT);
+        let mut syn_len = Family::gauge("sockq_listen_syn_queue_length", HELP_SYN_LEN);
+        let mut drops = Family::counter("sockq_listen_drops_total", HELP_DROPS);
+        let mut info = Family::gauge("sockq_listener_info", HELP_INFO);
+
+        let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
+        listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
+        for l in listeners {
+            let identity: Labels = vec![
+                ("netns", l.netns.to_string()),
+                ("listen_addr", l.listen_addr()),
+                ("socket", l.inode.to_string()),
+            ];
+            accept_len.push(identity.clone(), l.accept_queue_len);
+            accept_limit.push(identity.clone(), l.accept_queue_limit);
+            syn_len.push(identity.clone(), l.syn_queue_len);
+            drops.push(identity.clone(), l.drops);
+
+            let owners: BTreeSet<(u32, &str)> =
+                l.owners.iter().map(|o| (o.pid, o.comm.as_str())).collect();
+            if owners.is_empty() {
+                info.push(owner_labels(&identity, String::new(), ""), 1_u8);
+            }
+            for (pid, comm) in owners {
+                info.push(owner_labels(&identity, pid.to_string(), comm), 1_u8);
+            }
+        }
+
+        let mut transitions =
+            Family::counter("sockq_tcp_state_transitions_total", HELP_TRANSITIONS);
+        let mut merged: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
+        for (key, count) in &snapshot.transitions {
+            let slot = merged
+                .entry((key.netns, tcp_state_name(key.from), tcp_state_name(key.to)))
+                .or_default();
+            *slot = slot.saturating_add(*count);
+        }
+        for ((netns, from, to), count) in merged {
+            let labels = vec![
+                ("netns", netns.to_string()),
+                ("from", from.to_owned()),
+                ("to", to.to_owned()),
+            ];
+            transitions.push(labels, count);
+        }
+
+        let mut lost = Family::counter("sockq_events_lost_total", HELP_LOST);
+        lost.push(Vec::new(), snapshot.events_lost);
+
+        let mut probes = Family::gauge("sockq_probe_attached", HELP_PROBE);
+        let mut attached: BTreeMap<&str, bool> = BTreeMap::new();
+        for p in &snapshot.probes {
+            *attached.entry(p.name).or_default() |= p.attached;
+        }
+        for (name, up) in attached {
+            probes.push(vec![("probe", name.to_owned())], up);
+        }
+
+        let mut build_info = Family::gauge("sockq_build_info", HELP_BUILD);
+        build_info.push(
+            vec![
+                ("version", build.version.clone()),
+                ("git_commit", build.git_commit.clone()),
+                ("kernel_release", build.kernel_release.clone()),
+            ],
+            1_u8,
+        );
+
+        Self {
+            families: vec![
+                accept_len,
+                accept_limit,
+                syn_len,
+                drops,
+                info,
+                transitions,
+                lost,
+                probes,
+                build_info,
+            ],
+        }
+    }
+}
+
+fn owner_labels(identity: &Labels, pid: String, comm: &str) -> Labels {
+    let mut labels = identity.clone();
+    labels.push(("pid", pid));
+    labels.push(("comm", comm.to_owned()));
+    labels
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in self.families.iter().filter(|f| !f.series.is_empty()) {
+            let mut metric_encoder =
+                encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            // An unlabeled sample goes through the family encoder unwrapped: wrapping
+            // it in an empty label set would write `name{} value`.
+            if let [(labels, value)] = family.series.as_slice()
+                && labels.is_empty()
+            {
+                encode_value(family.kind, *value, metric_encoder)?;
+                continue;
+            }
+            for (labels, value) in &family.series {
+                encode_value(family.kind, *value, metric_encoder.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(
+    kind: MetricType,
+    value: u64,
+    encoder: MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Counter => PlainCounter(value).encode(encoder),
+        _ => ConstGauge::new(value).encode(encoder),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        path::Path,
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use crate::model::{Listener, Owner, ProbeStatus, TransitionKey};
+
+    const HOSTILE_COMM: &str = "a\"b\\c\nd{}";
+
+    fn build() -> BuildInfo {
+        BuildInfo {
+            version: "0.1.0".to_owned(),
+            git_commit: "abc123".to_owned(),
+            kernel_release: "6.1.0-test".to_owned(),
+        }
+    }
+
+    fn listener(addr: IpAddr, port: u16, inode: u64, owners: Vec<Owner>) -> Listener {
+        Listener {
+            netns: 4026531840,
+            addr,
+            port,
+            inode,
+            cookie: inode * 7,
+            accept_queue_len: 3,
+            accept_queue_limit: 4096,
+            syn_queue_len: 2,
+            drops: 17,
+            owners,
+        }
+    }
+
+    fn fixture() -> Snapshot {
+        let mut snapshot = Snapshot {
+            listeners: vec![
+                listener(
+                    IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    8080,
+                    222,
+                    vec![
+                        Owner {
+                            pid: 42,
+                            comm: HOSTILE_COMM.to_owned(),
+                        },
+                        Owner {
+                            pid: 43,
+                            comm: "nginx\r\t".to_owned(),
+                        },
+                        Owner {
+                            pid: 42,
+                            comm: HOSTILE_COMM.to_owned(),
+                        },
+                    ],
+                ),
+                listener(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 22, 111, Vec::new()),
+            ],
+            events_lost: 5,
+            probes: vec![
+                ProbeStatus {
+                    name: "inet_sock_set_state",
+                    attached: true,
+                    detail: "raw_tracepoint".to_owned(),
+                },
+                ProbeStatus {
+                    name: "listen_overflow",
+                    attached: false,
+                    detail: "no BTF".to_owned(),
+                },
+            ],
+            ..Snapshot::default()
+        };
+        for (from, to, count) in [(10, 12, 1), (2, 1, 9), (200, 201, 3), (202, 203, 4)] {
+            snapshot.transitions.insert(
+                TransitionKey {
+                    netns: 4026531840,
+                    from,
+                    to,
+                },
+                count,
+            );
+        }
+        snapshot
+    }
+
+    /// Runs `promtool check metrics` on `text`; `None` when promtool is missing.
+    fn promtool(text: &str) -> Option<(bool, String)> {
+        let promtool = Path::new("/usr/bin/promtool");
+        if !promtool.exists() {
+            eprintln!("/usr/bin/promtool not installed: skipping the promtool check");
+            return None;
+        }
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        child
+            .stdin
+            .take()
+            .expect("promtool stdin")
+            .write_all(text.as_bytes())
+            .expect("write to promtool");
+        let out = child.wait_with_output().expect("wait for promtool");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some((out.status.success() && report.trim().is_empty(), report))
+    }
+
+    #[test]
+    fn fixture_passes_promtool() {
+        let text = render(&fixture(), &build()).expect("render");
+        if let Some((ok, report)) = promtool(&text) {
+            assert!(
+                ok,
+                "promtool complained:\n{report}\n--- exposition:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_snapshot_is_valid() {
+        let text = render(&Snapshot::default(), &build()).expect("render");
+        assert!(!text.contains("sockq_listen_"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(text.contains("sockq_events_lost_total 0\n"), "{text}");
+        assert!(text.contains(
+            "sockq_build_info{version=\"0.1.0\",git_commit=\"abc123\",\
+             kernel_release=\"6.1.0-test\"} 1\n"
+        ));
+        if let Some((ok, report)) = promtool(&text) {
+            assert!(
+                ok,
+                "promtool complained:\n{report}\n--- exposition:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_comm_is_escaped() {
+        let text = render(&fixture(), &build()).expect("render");
+        let expected = r#"comm="a\"b\\c\nd{}""#;
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+        // Every line is a comment or a sample: the newline did not split one.
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# ") || line.starts_with("sockq_"),
+                "stray line {line:?}"
+            );
+        }
+        // The duplicated owner is one series.
+        assert_eq!(text.matches(expected).count(), 1, "{text}");
+    }
+
+    #[test]
+    fn series_and_names() {
+        let text = render(&fixture(), &build()).expect("render");
+        let v6 = r#"netns="4026531840",listen_addr="[::1]:8080",socket="222""#;
+        let v4 = r#"netns="4026531840",listen_addr="0.0.0.0:22",socket="111""#;
+        for expected in [
+            "# TYPE sockq_listen_drops_total counter\n".to_owned(),
+            "# TYPE sockq_listen_accept_queue_length gauge\n".to_owned(),
+            "# TYPE sockq_tcp_state_transitions_total counter\n".to_owned(),
+            "# TYPE sockq_events_lost_total counter\n".to_owned(),
+            format!("sockq_listen_accept_queue_length{{{v6}}} 3\n"),
+            format!("sockq_listen_accept_queue_limit{{{v6}}} 4096\n"),
+            format!("sockq_listen_syn_queue_length{{{v4}}} 2\n"),
+            format!("sockq_listen_drops_total{{{v4}}} 17\n"),
+            format!("sockq_listener_info{{{v4},pid=\"\",comm=\"\"}} 1\n"),
+            format!("sockq_listener_info{{{v6},pid=\"43\",comm=\"nginx\r\t\"}} 1\n"),
+            "sockq_tcp_state_transitions_total{netns=\"4026531840\",from=\"LISTEN\",\
+             to=\"NEW_SYN_RECV\"} 1\n"
+                .to_owned(),
+            "sockq_tcp_state_transitions_total{netns=\"4026531840\",from=\"SYN_SENT\",\
+             to=\"ESTABLISHED\"} 9\n"
+                .to_owned(),
+            // Two unknown transitions merge into one series.
+            "sockq_tcp_state_transitions_total{netns=\"4026531840\",from=\"UNKNOWN\",\
+             to=\"UNKNOWN\"} 7\n"
+                .to_owned(),
+            "sockq_events_lost_total 5\n".to_owned(),
+            "sockq_probe_attached{probe=\"inet_sock_set_state\"} 1\n".to_owned(),
+            "sockq_probe_attached{probe=\"listen_overflow\"} 0\n".to_owned(),
+        ] {
+            assert!(text.contains(&expected), "{expected:?} not in:\n{text}");
+        }
+        assert!(!text.contains("_total_total"), "{text}");
+        assert_eq!(text.matches("sockq_listener_info{").count(), 3, "{text}");
+        // Every family has help and type.
+        assert_eq!(text.matches("# HELP ").count(), 9, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 9, "{text}");
+    }
+
+    #[test]
+    fn large_counters_are_exact() {
+        let snapshot = Snapshot {
+            events_lost: u64::MAX,
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot, &build()).expect("render");
+        assert!(
+            text.contains(&format!("sockq_events_lost_total {}\n", u64::MAX)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn detect_fills_every_field() {
+        let info = BuildInfo::detect();
+        assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+        assert!(!info.git_commit.is_empty());
+        assert!(!info.kernel_release.is_empty());
+    }
+}

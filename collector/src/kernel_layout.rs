@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, Type};
-use fallible_iterator::FallibleIterator as _;
 use collector_common::layout::KernelOffsets;
+use fallible_iterator::FallibleIterator as _;
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -62,7 +62,7 @@ impl Field {
                 path: path.into(),
             });
         }
-        if self.bit_offset % 8 != 0 {
+        if !self.bit_offset.is_multiple_of(8) {
             return Err(LayoutError::Unaligned {
                 strukt: strukt.into(),
                 path: path.into(),
@@ -113,12 +113,12 @@ impl Layout {
         };
         let components: Vec<&str> = path.split('.').collect();
         for (i, name) in components.iter().enumerate() {
-            let (member_field, member_type) = self
-                .find_member(&current, name, 0)?
-                .ok_or_else(|| LayoutError::NoMember {
-                    strukt: strukt.into(),
-                    path: path.into(),
-                })?;
+            let (member_field, member_type) =
+                self.find_member(&current, name, 0)?
+                    .ok_or_else(|| LayoutError::NoMember {
+                        strukt: strukt.into(),
+                        path: path.into(),
+                    })?;
             field.bit_offset += member_field.bit_offset;
             field.bitfield_size = member_field.bitfield_size;
             if i + 1 < components.len() {
@@ -170,10 +170,12 @@ impl Layout {
     }
 
     fn name_of(&self, t: &dyn btf_rs::BtfType) -> Result<String, LayoutError> {
-        self.btf.resolve_name(t).map_err(|source| LayoutError::Lookup {
-            what: "a name".into(),
-            source,
-        })
+        self.btf
+            .resolve_name(t)
+            .map_err(|source| LayoutError::Lookup {
+                what: "a name".into(),
+                source,
+            })
     }
 
     fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, LayoutError> {
@@ -245,13 +247,12 @@ impl Layout {
                     let Some(inner) = t.as_btf_type() else {
                         return Ok(t);
                     };
-                    t = self
-                        .btf
-                        .resolve_chained_type(inner)
-                        .map_err(|source| LayoutError::Lookup {
+                    t = self.btf.resolve_chained_type(inner).map_err(|source| {
+                        LayoutError::Lookup {
                             what: "a typedef".into(),
                             source,
-                        })?;
+                        }
+                    })?;
                 }
                 _ => return Ok(t),
             }
@@ -284,8 +285,8 @@ impl Layout {
     fn sk_protocol(&self) -> Result<(u32, u32), LayoutError> {
         let field = self.member("sock", "sk_protocol")?;
         Ok(match field.bitfield_size {
-            Some(8) if field.bit_offset % 8 == 0 => (field.bit_offset / 8, 1),
-            None | Some(0) if field.bit_offset % 8 == 0 => (field.bit_offset / 8, 2),
+            Some(8) if field.bit_offset.is_multiple_of(8) => (field.bit_offset / 8, 1),
+            None | Some(0) if field.bit_offset.is_multiple_of(8) => (field.bit_offset / 8, 2),
             _ => (0, 0),
         })
     }
@@ -311,8 +312,8 @@ mod tests {
         let o = layout.kernel_offsets().expect("offsets");
         // struct sock starts with struct sock_common; these live in its first 64 bytes
         // on every kernel since 4.x, and the family/port are 2-byte aligned.
-        assert!(o.sk_family < 64 && o.sk_family % 2 == 0, "{o:?}");
-        assert!(o.sk_num < 64 && o.sk_num % 2 == 0, "{o:?}");
+        assert!(o.sk_family < 64 && o.sk_family.is_multiple_of(2), "{o:?}");
+        assert!(o.sk_num < 64 && o.sk_num.is_multiple_of(2), "{o:?}");
         assert!(o.sk_v6_rcv_saddr > o.sk_rcv_saddr, "{o:?}");
         assert_eq!(o.sk_protocol_size, 2, "{o:?}");
         assert_eq!(o.valid, 1);
@@ -359,7 +360,9 @@ mod tests {
         let Some(layout) = running() else { return };
         // skc_num sits in an anonymous struct inside an anonymous union of sock_common.
         let num = layout.offset("sock_common", "skc_num").expect("skc_num");
-        let dport = layout.offset("sock_common", "skc_dport").expect("skc_dport");
+        let dport = layout
+            .offset("sock_common", "skc_dport")
+            .expect("skc_dport");
         assert_eq!(num, dport + 2);
     }
 
@@ -394,7 +397,10 @@ mod tests {
             &b""[..],
             &b"garbage"[..],
             &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0][..],
-            &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[
+                0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0,
+                0,
+            ][..],
         ] {
             assert!(Layout::from_bytes(bytes).is_err(), "{bytes:?}");
         }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use sockq::{
     cli::{Cli, Command, listeners},
-    daemon, doctor, inventory, privileges, probes,
+    daemon, doctor, inventory, privileges,
 };
 
 fn main() -> ExitCode {
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             match daemon::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("sockq: {}", probes::error_chain(&e));
+                    eprintln!("sockq: {}", sockq::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             let listeners = match inventory::scan() {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("sockq: {}", probes::error_chain(&e));
+                    eprintln!("sockq: {}", sockq::error_chain(&e));
                     return ExitCode::FAILURE;
                 }
             };

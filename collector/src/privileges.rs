@@ -120,7 +120,13 @@ mod tests {
         let names: Vec<_> = missing(0, &FOR_RUN).iter().map(|c| c.name).collect();
         assert_eq!(
             names,
-            ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]
+            [
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_SYS_ADMIN",
+                "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH"
+            ]
         );
         // Only CAP_BPF missing.
         let only_bpf = !(1u64 << 39) & 0x0000_01ff_ffff_ffff;

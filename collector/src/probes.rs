@@ -118,12 +118,25 @@ impl Probes {
             return Err(ProbeError::NothingAttached(why));
         }
 
-        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
-            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
-        let transitions = PerCpuHashMap::try_from(take_map(&mut ebpf, "TRANSITIONS")?)
-            .map_err(|source| ProbeError::Map { name: "TRANSITIONS", source })?;
-        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
-            .map_err(|source| ProbeError::Map { name: "STATS", source })?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
+            ProbeError::Map {
+                name: "EVENTS",
+                source,
+            }
+        })?;
+        let transitions =
+            PerCpuHashMap::try_from(take_map(&mut ebpf, "TRANSITIONS")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "TRANSITIONS",
+                    source,
+                }
+            })?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(|source| {
+            ProbeError::Map {
+                name: "STATS",
+                source,
+            }
+        })?;
         Ok((
             Self {
                 _ebpf: ebpf,
@@ -165,7 +178,10 @@ impl Probes {
             let per_cpu = self
                 .stats
                 .get(&index, 0)
-                .map_err(|source| ProbeError::Map { name: "STATS", source })?;
+                .map_err(|source| ProbeError::Map {
+                    name: "STATS",
+                    source,
+                })?;
             Ok(per_cpu.iter().copied().fold(0, u64::wrapping_add))
         };
         Ok(ProgramStats {
@@ -223,8 +239,9 @@ fn attach_raw(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), St
         .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| error_chain(&e))?;
-    prog.attach(tracepoint).map_err(|e| error_chain(&e))?;
+    prog.load().map_err(|e| crate::error_chain(&e))?;
+    prog.attach(tracepoint)
+        .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
 
@@ -239,21 +256,10 @@ fn attach_classic(
         .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| error_chain(&e))?;
-    prog.attach(category, name).map_err(|e| error_chain(&e))?;
+    prog.load().map_err(|e| crate::error_chain(&e))?;
+    prog.attach(category, name)
+        .map_err(|e| crate::error_chain(&e))?;
     Ok(())
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Decodes one ring buffer record; `None` when its size is not a `ListenerEvent`'s.

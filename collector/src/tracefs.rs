@@ -68,7 +68,11 @@ pub fn field_offsets(
     category: &str,
     name: &str,
 ) -> Result<HashMap<String, u32>, TracefsError> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::ReadFormat {
         path: path.clone(),
         source,
@@ -88,7 +92,11 @@ pub fn require(
         .get(field)
         .copied()
         .ok_or_else(|| TracefsError::MissingField {
-            path: tracefs.join("events").join(category).join(name).join("format"),
+            path: tracefs
+                .join("events")
+                .join(category)
+                .join(name)
+                .join("format"),
             field: field.into(),
         })
 }
@@ -115,7 +123,11 @@ pub fn parse_format(text: &str) -> HashMap<String, u32> {
         let Some(last) = decl.split_whitespace().last() else {
             continue;
         };
-        let name = last.split('[').next().unwrap_or(last).trim_start_matches('*');
+        let name = last
+            .split('[')
+            .next()
+            .unwrap_or(last)
+            .trim_start_matches('*');
         if !name.is_empty() {
             fields.insert(name.to_owned(), offset);
         }

@@ -3,7 +3,10 @@
 //! accounting (`ss`, `/proc/net/netstat`, `/proc/net/snmp`) as the oracle.
 //!
 //! Every helper panics with a message naming what failed: these run only in tests.
-#![expect(clippy::missing_panics_doc, reason = "test harness: panicking is how it reports")]
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "test harness: panicking is how it reports"
+)]
 
 use std::{
     collections::HashMap,
@@ -102,7 +105,9 @@ impl Netns {
     /// "TcpExt.ListenDrops" -> value.
     pub fn counters(&self) -> HashMap<String, u64> {
         let mut all = parse_proc_net_pairs(&self.output("cat", &["/proc/net/netstat"]));
-        all.extend(parse_proc_net_pairs(&self.output("cat", &["/proc/net/snmp"])));
+        all.extend(parse_proc_net_pairs(
+            &self.output("cat", &["/proc/net/snmp"]),
+        ));
         all
     }
 
@@ -142,7 +147,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -216,7 +223,13 @@ impl Daemon {
         require_root();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let child = Command::new(sockq_bin())
-            .args(["run", "--metrics-addr", &addr.to_string(), "--interval", interval])
+            .args([
+                "run",
+                "--metrics-addr",
+                &addr.to_string(),
+                "--interval",
+                interval,
+            ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -234,7 +247,10 @@ impl Daemon {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "sockq did not serve /metrics within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "sockq did not serve /metrics within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         daemon
@@ -318,7 +334,9 @@ impl Metrics {
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("value in {line:?}"));
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, HashMap::new()),
@@ -385,7 +403,9 @@ fn parse_labels(s: &str) -> HashMap<String, String> {
 }
 
 pub fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -399,7 +419,8 @@ mod tests {
 
     #[test]
     fn parses_netstat_pairs() {
-        let text = "TcpExt: SyncookiesSent ListenDrops\nTcpExt: 0 15\nIpExt: InNoRoutes\nIpExt: 3\n";
+        let text =
+            "TcpExt: SyncookiesSent ListenDrops\nTcpExt: 0 15\nIpExt: InNoRoutes\nIpExt: 3\n";
         let m = parse_proc_net_pairs(text);
         assert_eq!(m.get("TcpExt.ListenDrops"), Some(&15));
         assert_eq!(m.get("IpExt.InNoRoutes"), Some(&3));
@@ -411,7 +432,13 @@ mod tests {
             "# HELP x y\nsockq_listener_info{netns=\"1\",comm=\"a\\\"b\\\\c\\nd\"} 1\nsockq_build_info 1\n",
         );
         assert_eq!(m.samples.len(), 2);
-        assert_eq!(m.samples[0].labels.get("comm").map(String::as_str), Some("a\"b\\c\nd"));
-        assert_eq!(m.samples[0].labels.get("netns").map(String::as_str), Some("1"));
+        assert_eq!(
+            m.samples[0].labels.get("comm").map(String::as_str),
+            Some("a\"b\\c\nd")
+        );
+        assert_eq!(
+            m.samples[0].labels.get("netns").map(String::as_str),
+            Some("1")
+        );
     }
 }

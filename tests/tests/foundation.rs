@@ -31,13 +31,21 @@ fn sockq_listener(netns: u64, port: u16) -> serde_json::Value {
         .args(["listeners", "--json"])
         .output()
         .expect("running sockq listeners");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON array");
     let mine: Vec<_> = all
         .into_iter()
         .filter(|l| l["netns"].as_u64() == Some(netns) && l["port"].as_u64() == Some(port.into()))
         .collect();
-    assert_eq!(mine.len(), 1, "listeners on port {port} in netns {netns}: {mine:?}");
+    assert_eq!(
+        mine.len(),
+        1,
+        "listeners on port {port} in netns {netns}: {mine:?}"
+    );
     mine.into_iter().next().expect("one")
 }
 
@@ -66,7 +74,11 @@ fn accept_queue_and_drops_match_the_kernel() {
             assert_eq!(drops, after - base_drops, "drops vs ListenDrops delta: {l}");
             let owners = l["owners"].as_array().expect("owners");
             assert_eq!(owners.len(), 1, "{l}");
-            assert_eq!(owners[0]["pid"].as_u64(), Some(scenario.pid().into()), "{l}");
+            assert_eq!(
+                owners[0]["pid"].as_u64(),
+                Some(scenario.pid().into()),
+                "{l}"
+            );
             assert_eq!(owners[0]["comm"].as_str(), Some("sockq-scenario"), "{l}");
             break;
         }
@@ -77,7 +89,10 @@ fn accept_queue_and_drops_match_the_kernel() {
     // The daemon's metrics tell the same story.
     let daemon = Daemon::start("0.2");
     let netns_label = netns.to_string();
-    let labels = [("netns", netns_label.as_str()), ("listen_addr", "127.0.0.1:7001")];
+    let labels = [
+        ("netns", netns_label.as_str()),
+        ("listen_addr", "127.0.0.1:7001"),
+    ];
     daemon.wait_for(Duration::from_secs(15), |m| {
         let before = ns.counter("TcpExt.ListenDrops");
         let len = m.one("sockq_listen_accept_queue_length", &labels)?;
@@ -93,7 +108,12 @@ fn accept_queue_and_drops_match_the_kernel() {
         let pid = scenario.pid().to_string();
         m.one(
             "sockq_listener_info",
-            &[labels[0], labels[1], ("pid", pid.as_str()), ("comm", "sockq-scenario")],
+            &[
+                labels[0],
+                labels[1],
+                ("pid", pid.as_str()),
+                ("comm", "sockq-scenario"),
+            ],
         )?;
         Ok(())
     });
@@ -109,7 +129,8 @@ fn state_transitions_count_exactly_what_connections_cause() {
     let active = ns.counter("Tcp.ActiveOpens");
     let passive = ns.counter("Tcp.PassiveOpens");
 
-    ns.scenario(&["churn", "127.0.0.1:7002", &K.to_string()]).finish();
+    ns.scenario(&["churn", "127.0.0.1:7002", &K.to_string()])
+        .finish();
 
     // RFC 793's state machine for a connection the client closes first, both ends
     // in this namespace, plus the listener opening and closing once.
@@ -151,7 +172,9 @@ fn state_transitions_count_exactly_what_connections_cause() {
         if seen == want {
             Ok(())
         } else {
-            Err(format!("transitions in netns {netns}: got {seen:?}, want {want:?}"))
+            Err(format!(
+                "transitions in netns {netns}: got {seen:?}, want {want:?}"
+            ))
         }
     });
 }
@@ -162,12 +185,18 @@ fn a_listener_is_seen_appearing_and_disappearing_within_one_poll() {
     let netns = ns.inode().to_string();
     let daemon = Daemon::start("1");
     let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7003")];
-    assert!(daemon.metrics().find("sockq_listen_accept_queue_length", &labels).is_empty());
+    assert!(
+        daemon
+            .metrics()
+            .find("sockq_listen_accept_queue_length", &labels)
+            .is_empty()
+    );
 
     let scenario = ns.scenario(&["listen", "127.0.0.1:7003"]);
     let started = Instant::now();
     daemon.wait_for(Duration::from_secs(1), |m| {
-        m.one("sockq_listen_accept_queue_length", &labels).map(|_| ())
+        m.one("sockq_listen_accept_queue_length", &labels)
+            .map(|_| ())
     });
     eprintln!("listener appeared after {:?}", started.elapsed());
 
@@ -208,7 +237,10 @@ fn metrics_are_valid_exposition() {
         "sockq_probe_attached",
         "sockq_build_info",
     ] {
-        assert!(text.contains(&format!("\n{name}")), "{name} missing from /metrics");
+        assert!(
+            text.contains(&format!("\n{name}")),
+            "{name} missing from /metrics"
+        );
     }
     assert!(
         text.contains("sockq_probe_attached{probe=\"inet_sock_set_state\"} 1"),
@@ -240,7 +272,10 @@ fn metrics_are_valid_exposition() {
 #[test]
 fn doctor_reports_what_attaches_here() {
     require_root();
-    let out = Command::new(sockq_bin()).arg("doctor").output().expect("sockq doctor");
+    let out = Command::new(sockq_bin())
+        .arg("doctor")
+        .output()
+        .expect("sockq doctor");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("probe inet_sock_set_state") && text.contains("attaches as raw_tracepoint"),
@@ -255,15 +290,27 @@ fn run_without_privileges_is_one_clear_line() {
     require_root();
     // setpriv (util-linux) drops to nobody with no capabilities.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(sockq_bin())
         .args(["run", "--metrics-addr", "127.0.0.1:0"])
         .output()
         .expect("setpriv");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "expected one line, got:\n{stderr}");
-    assert!(stderr.contains("CAP_BPF") && stderr.contains("not running as root"), "{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line, got:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("not running as root"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -68,7 +68,11 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Run { args } => {
             let env = setup::ensure()?;
             let bin = build(&root, &env, true)?;
-            step(&format!("starting {} run {}", bin.display(), args.join(" ")));
+            step(&format!(
+                "starting {} run {}",
+                bin.display(),
+                args.join(" ")
+            ));
             let err = exec(Command::new(&bin).arg("run").args(&args));
             Err(err).context("starting sockq")
         }
@@ -124,20 +128,31 @@ fn build(root: &Path, env: &setup::BuildEnv, release: bool) -> Result<PathBuf> {
 
 fn test(root: &Path, env: &setup::BuildEnv, filter: Option<&str>) -> Result<()> {
     let bin = build(root, env, false)?;
+    let mut totals = TestTotals::default();
 
     step("unit tests (no privileges needed)");
     let mut cmd = cargo(root, env);
-    cmd.args(["test", "--workspace", "--exclude", "sockq-tests", "--exclude", "collector-ebpf"]);
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sockq-tests",
+        "--exclude",
+        "collector-ebpf",
+    ]);
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    run(&mut cmd)?;
+    let unit = run_tests(&mut cmd, &mut totals);
 
     if !nix_is_root() {
         bail!(
             "the integration tests load eBPF programs and create network namespaces: \
              run `sudo -E cargo xtask test` (or as root)"
         );
+    }
+    if let Err(e) = &unit {
+        eprintln!("xtask: unit tests failed ({e:#}); running the integration tests anyway");
     }
     step("integration tests (real eBPF programs, real kernel, own network namespaces)");
     let mut cmd = cargo(root, env);
@@ -146,12 +161,65 @@ fn test(root: &Path, env: &setup::BuildEnv, filter: Option<&str>) -> Result<()> 
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    run(&mut cmd)
+    let integration = run_tests(&mut cmd, &mut totals);
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    unit.and(integration)
+}
+
+/// Test counts summed over every `test result:` line cargo printed.
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    /// Adds `test result: ok. 7 passed; 0 failed; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test`, echoing its output live and counting its results.
+fn run_tests(cmd: &mut Command, totals: &mut TestTotals) -> Result<()> {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
 }
 
 fn lint(root: &Path) -> Result<()> {
     step("cargo fmt --check");
-    run(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["fmt", "--all", "--check"]))?;
     step("cargo clippy -D warnings");
     run(Command::new("cargo").current_dir(root).args([
         "clippy",

@@ -22,7 +22,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Packages for building bpf-linker against LLVM 22.
-const LLVM_PACKAGES: [&str; 4] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LLVM_PACKAGES: [&str; 4] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 /// Debian's Rust with its library source (for `-Z build-std=core`).
 const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// Tools the tests use as oracles and peers: `ss`/`ip` (iproute2), `promtool`
@@ -98,7 +103,11 @@ fn is_installed(package: &str) -> bool {
 }
 
 fn install_packages(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !is_installed(p)).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p))
+        .collect();
     if missing.is_empty() {
         step("Debian packages: all present");
         return Ok(());
@@ -116,7 +125,10 @@ fn install_packages(packages: &[&str]) -> Result<()> {
     if !is_root() {
         bail!("missing packages; as root run: {command}   (then rerun this command)");
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     run(Command::new("apt-get")
         .arg("update")
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
@@ -140,7 +152,9 @@ fn link_debian_toolchain() -> Result<()> {
     if listed {
         return Ok(());
     }
-    step(&format!("linking Debian's Rust (/usr) into rustup as `{DEBIAN_TOOLCHAIN}`"));
+    step(&format!(
+        "linking Debian's Rust (/usr) into rustup as `{DEBIAN_TOOLCHAIN}`"
+    ));
     run(Command::new("rustup").args(["toolchain", "link", DEBIAN_TOOLCHAIN, "/usr"]))
 }
 

@@ -6,7 +6,9 @@ use crate::{model::Listener, text::escape};
 
 /// The table, one line per listener, widths fitted to the content.
 pub fn render_table(listeners: &[Listener]) -> String {
-    let header = ["NETNS", "LISTEN", "ACCEPTQ", "SYNQ", "DROPS", "SOCKET", "OWNERS"];
+    let header = [
+        "NETNS", "LISTEN", "ACCEPTQ", "SYNQ", "DROPS", "SOCKET", "OWNERS",
+    ];
     let rows: Vec<[String; 7]> = listeners
         .iter()
         .map(|l| {

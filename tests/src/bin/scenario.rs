@@ -21,7 +21,12 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["backlog", addr, backlog, connects] => backlog_scenario(addr, backlog, connects),
         ["listen", addr] => listen_scenario(addr),
         ["churn", addr, count] => churn_scenario(addr, count),
@@ -44,8 +49,12 @@ fn listener(addr: &str, backlog: i32) -> Result<(Socket, SocketAddr), String> {
     let addr: SocketAddr = parse(addr, "address")?;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| format!("socket: {e}"))?;
-    socket.set_reuse_address(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
-    socket.bind(&addr.into()).map_err(|e| format!("bind {addr}: {e}"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| format!("bind {addr}: {e}"))?;
     socket.listen(backlog).map_err(|e| format!("listen: {e}"))?;
     let local = socket
         .local_addr()
@@ -76,9 +85,14 @@ fn backlog_scenario(addr: &str, backlog: &str, connects: &str) -> Result<(), Str
     let (_listener, local) = listener(addr, backlog)?;
     let mut clients = Vec::new();
     for _ in 0..connects {
-        let c = Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| format!("socket: {e}"))?;
-        c.set_nonblocking(true).map_err(|e| format!("nonblocking: {e}"))?;
+        let c = Socket::new(
+            Domain::for_address(local),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(|e| format!("socket: {e}"))?;
+        c.set_nonblocking(true)
+            .map_err(|e| format!("nonblocking: {e}"))?;
         match c.connect(&SockAddr::from(local)) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
