@@ -338,6 +338,8 @@ mod tests {
             syn_queue_len: 2,
             drops: 17,
             owners,
+            kernel: None,
+            queue_full: false,
         }
     }
 

@@ -362,6 +362,8 @@ mod tests {
                     pid: 1,
                     comm: "x".to_owned(),
                 }],
+                kernel: None,
+                queue_full: false,
             }],
             ..Snapshot::default()
         });

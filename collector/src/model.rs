@@ -19,7 +19,7 @@ pub struct Owner {
 }
 
 /// One TCP listening socket as sock_diag reports it, plus its owners.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listener {
     pub netns: NetnsInode,
     pub addr: IpAddr,
@@ -37,6 +37,10 @@ pub struct Listener {
     /// The listener's `sk_drops` (`INET_DIAG_SKMEMINFO`, `ss -m` `d<N>`).
     pub drops: u64,
     pub owners: Vec<Owner>,
+    /// What the eBPF programs measured on this listener, when they are attached.
+    pub kernel: Option<ListenerKernelStats>,
+    /// A full-accept-queue episode is in progress (see `episodes`).
+    pub queue_full: bool,
 }
 
 impl Listener {
@@ -44,6 +48,76 @@ impl Listener {
     pub fn listen_addr(&self) -> String {
         std::net::SocketAddr::new(self.addr, self.port).to_string()
     }
+}
+
+/// Counts per bucket of a histogram. `bounds[i]` is bucket i's upper bound
+/// (inclusive); `counts` has one more entry than `bounds`, for values above the last
+/// bound. Not cumulative: exporters accumulate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The smallest bucket bound below which at least `q` of the observations fall
+    /// (`None` for an empty histogram, +Inf when it is in the overflow bucket).
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let wanted = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= wanted {
+                return Some(self.bounds.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+}
+
+/// What sockq's eBPF programs measured on one listener since they were loaded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ListenerKernelStats {
+    /// Connections queued for `accept()` (`sock:sk_data_ready` on the listener).
+    pub enqueues: u64,
+    /// Enqueues after which the queue was over its limit: the queue was full.
+    pub full_enqueues: u64,
+    /// Deepest accept queue seen at an enqueue.
+    pub max_depth: u32,
+    /// Accept queue depth right after each enqueue.
+    pub depth: Histogram,
+    /// Connections taken by `accept()`/`accept4()` whose queueing was seen.
+    pub accepts: u64,
+    /// Seconds from enqueue (handshake complete) to the `accept()` that returned it.
+    pub accept_wait: Histogram,
+    /// SYN-ACKs the listener retransmitted (`tcp:tcp_retransmit_synack`).
+    pub synack_retransmits: u64,
+    /// The backlog the application passed to `listen()`, when sockq saw the call.
+    pub backlog_arg: Option<u32>,
+    /// Seconds the oldest connection still in the accept queue has waited, when
+    /// known.
+    pub oldest_wait: Option<f64>,
+}
+
+/// Accepts by one thread on one listener.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Acceptor {
+    /// Socket inode of the listener.
+    pub socket: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread's name; attacker-controlled.
+    pub comm: String,
+    pub accepts: u64,
 }
 
 /// TCP states with the kernel's numbering (`include/net/tcp_states.h`).
@@ -90,4 +164,6 @@ pub struct Snapshot {
     pub transitions: BTreeMap<TransitionKey, u64>,
     pub events_lost: u64,
     pub probes: Vec<ProbeStatus>,
+    /// Threads that accepted connections, per listener.
+    pub acceptors: Vec<Acceptor>,
 }

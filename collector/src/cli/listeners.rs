@@ -79,6 +79,8 @@ mod tests {
                 pid: 7,
                 comm: "evil\n\x1b[2J".into(),
             }],
+            kernel: None,
+            queue_full: false,
         };
         let t = render_table(&[l]);
         assert!(t.starts_with("NETNS"), "{t}");

@@ -188,6 +188,8 @@ pub fn scan_netns_sockets(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
             syn_queue_len,
             drops: l.drops,
             owners: Vec::new(),
+            kernel: None,
+            queue_full: false,
         })
         .collect())
 }
