@@ -36,9 +36,45 @@ pub struct KernelOffsets {
     pub tp_state_newstate: u32,
     /// Nonzero once userspace has filled this struct; programs do nothing before.
     pub valid: u32,
+    /// `struct sock` -> `__sk_common.skc_state` (u8).
+    pub sk_state: u32,
+    /// `struct sock` -> `sk_ack_backlog` (u32): accept queue length.
+    pub sk_ack_backlog: u32,
+    /// `struct sock` -> `sk_max_ack_backlog` (u32): accept queue limit.
+    pub sk_max_ack_backlog: u32,
+    /// `struct sock` -> `sk_socket` (`struct socket *`).
+    pub sk_socket: u32,
+    /// `struct socket` -> the inode number of the socket (`socket_alloc.vfs_inode.i_ino`
+    /// relative to `socket_alloc.socket`; u64).
+    pub socket_ino: u32,
+    /// `struct socket` -> `sk`.
+    pub socket_sk: u32,
+    /// `struct sock` (as `inet_connection_sock`) -> `icsk_accept_queue.rskq_accept_tail`.
+    pub icsk_accept_tail: u32,
+    /// `struct request_sock` -> `sk` (the child socket).
+    pub request_sock_sk: u32,
+    /// `struct task_struct` -> `files`.
+    pub task_files: u32,
+    /// `struct files_struct` -> `fdt`.
+    pub files_fdt: u32,
+    /// `struct fdtable` -> `max_fds` (u32).
+    pub fdt_max_fds: u32,
+    /// `struct fdtable` -> `fd` (`struct file **`).
+    pub fdt_fd: u32,
+    /// `struct file` -> `private_data` (a `struct socket *` for sockets).
+    pub file_private_data: u32,
+    /// Classic tracepoint `syscalls/sys_exit_accept4` record: offset of `ret`.
+    pub tp_accept4_ret: u32,
+    /// ... `syscalls/sys_exit_accept`: `ret`.
+    pub tp_accept_ret: u32,
+    /// ... `syscalls/sys_enter_listen`: `fd`.
+    pub tp_listen_fd: u32,
+    /// ... `syscalls/sys_enter_listen`: `backlog`.
+    pub tp_listen_backlog: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 120);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -6,5 +6,6 @@
 
 pub mod layout;
 pub mod listener;
+pub mod queue;
 pub mod stats;
 pub mod tcp_state;

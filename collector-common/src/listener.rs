@@ -8,9 +8,17 @@ pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
+/// Every record in `EVENTS` starts with a `u32` kind.
+pub const EVENT_LISTENER: u32 = 1;
+/// A [`crate::queue::QueueFullEvent`].
+pub const EVENT_QUEUE_FULL: u32 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerEvent {
+    /// [`EVENT_LISTENER`].
+    pub kind: u32,
+    pub _pad0: u32,
     /// Kernel address of the socket: identifies it while it lives (never exported).
     pub sk: u64,
     /// `bpf_ktime_get_ns` at the transition.
@@ -31,7 +39,7 @@ pub struct ListenerEvent {
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<ListenerEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<ListenerEvent>() == 80);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) with explicit padding; any bit pattern is valid.

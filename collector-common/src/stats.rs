@@ -7,5 +7,7 @@ pub const STAT_EVENTS_LOST: u32 = 0;
 pub const STAT_TRANSITIONS_FULL: u32 = 1;
 /// A kernel read (`bpf_probe_read_kernel`) failed.
 pub const STAT_READ_ERRORS: u32 = 2;
+/// A listener's accept-queue counters could not be created (map full).
+pub const STAT_LISTENERS_FULL: u32 = 3;
 /// Number of slots in `STATS`.
-pub const STATS_LEN: u32 = 4;
+pub const STATS_LEN: u32 = 8;

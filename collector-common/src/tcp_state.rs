@@ -4,6 +4,7 @@
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_RECV: u8 = 3;
 pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LISTEN: u8 = 10;
 
 /// `IPPROTO_TCP`.

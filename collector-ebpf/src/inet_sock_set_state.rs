@@ -20,14 +20,16 @@ use aya_ebpf::{
 };
 use collector_common::{
     layout::KernelOffsets,
-    listener::{AF_INET, AF_INET6, ListenerEvent},
+    listener::{AF_INET, AF_INET6, EVENT_LISTENER, ListenerEvent},
     stats::{STAT_EVENTS_LOST, STAT_TRANSITIONS_FULL},
-    tcp_state::{IPPROTO_TCP, TCP_CLOSE, TCP_LISTEN, TransitionKey},
+    tcp_state::{
+        IPPROTO_TCP, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TransitionKey,
+    },
 };
 
 use crate::{
     kernel::{offsets, read, sock_netns, sock_protocol},
-    maps::{EVENTS, TRANSITIONS, bump_stat},
+    maps::{EVENTS, QUEUED, TRANSITIONS, bump_stat},
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -78,6 +80,11 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
     // a listener start as LISTEN -> SYN_RECV: per connection, not an event.
     if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
         send_listener_event(sk, &o, netns, from, to)?;
+    } else if to == TCP_CLOSE && (from == TCP_ESTABLISHED || from == TCP_CLOSE_WAIT) {
+        // A reset: if this was a connection still queued for accept(), forget it.
+        // (Accepted connections were removed by accept; normal closes end in
+        // LAST_ACK or FIN_WAIT2 -> CLOSE and never were in QUEUED.)
+        let _ = QUEUED.remove(&(sk as u64));
     }
     Ok(())
 }
@@ -124,6 +131,8 @@ fn send_listener_event(
         return Ok(());
     };
     entry.write(ListenerEvent {
+        kind: EVENT_LISTENER,
+        _pad0: 0,
         sk: sk as u64,
         // SAFETY: a helper without preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },

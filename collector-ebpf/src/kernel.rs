@@ -20,6 +20,24 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     tp_state_oldstate: 0,
     tp_state_newstate: 0,
     valid: 0,
+    sk_state: 0,
+    sk_ack_backlog: 0,
+    sk_max_ack_backlog: 0,
+    sk_socket: 0,
+    socket_ino: 0,
+    socket_sk: 0,
+    icsk_accept_tail: 0,
+    request_sock_sk: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    tp_accept4_ret: 0,
+    tp_accept_ret: 0,
+    tp_listen_fd: 0,
+    tp_listen_backlog: 0,
+    _pad: 0,
 };
 
 #[inline(always)]
@@ -63,4 +81,44 @@ pub fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
         1 => read::<u8>(sk, o.sk_protocol).ok().map(u16::from),
         _ => None,
     }
+}
+
+/// The inode number of the socket `sk` belongs to (`SOCK_INODE(sk->sk_socket)->i_ino`),
+/// or 0 for a socket without one (a child not yet accepted).
+#[inline(always)]
+pub fn sock_inode(sk: *const u8, o: &KernelOffsets) -> u64 {
+    let Ok(socket) = read::<*const u8>(sk, o.sk_socket) else {
+        return 0;
+    };
+    if socket.is_null() {
+        return 0;
+    }
+    read::<u64>(socket, o.socket_ino).unwrap_or(0)
+}
+
+/// The `struct sock` behind file descriptor `fd` of the current task
+/// (task->files->fdt->fd[fd]->private_data->sk). The caller knows `fd` is a socket
+/// (a successful accept() or listen() on it).
+#[inline(always)]
+pub fn fd_sock(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
+    // SAFETY: a helper without preconditions; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let files: *const u8 = read(task, o.task_files).ok()?;
+    let fdt: *const u8 = read(files, o.files_fdt).ok()?;
+    let max_fds: u32 = read(fdt, o.fdt_max_fds).ok()?;
+    if fd >= u64::from(max_fds) || fd > 0x0fff_ffff {
+        return None;
+    }
+    let fd_array: *const u8 = read(fdt, o.fdt_fd).ok()?;
+    let file: *const u8 = read(fd_array, (fd * 8) as u32).ok()?;
+    if file.is_null() {
+        return None;
+    }
+    let socket: *const u8 = read(file, o.file_private_data).ok()?;
+    if socket.is_null() {
+        return None;
+    }
+    let sk: *const u8 = read(socket, o.socket_sk).ok()?;
+    (!sk.is_null()).then_some(sk)
 }

@@ -6,13 +6,25 @@
 //! maps, and send rare events through a ring buffer; nothing here can panic.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds on shared map values (`maps::atomic_add`); the eBPF build runs with
+// RUSTC_BOOTSTRAP for -Z build-std anyway.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd"))]
 
+#[cfg(target_arch = "bpf")]
+mod accept;
 #[cfg(target_arch = "bpf")]
 mod inet_sock_set_state;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
+mod listen;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod sk_data_ready;
+#[cfg(target_arch = "bpf")]
+mod tcp_retransmit_synack;
 
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]

@@ -1,13 +1,20 @@
 //! The maps shared by the programs. Names are part of the contract with userspace
 //! (`collector::probes`).
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use collector_common::{
     listener::EVENTS_RING_BYTES,
-    stats::STATS_LEN,
+    queue::{
+        ACCEPTORS_MAX_ENTRIES, AcceptorKey, LISTENERS_MAX_ENTRIES, ListenerQueue,
+        QUEUED_MAX_ENTRIES, QueuedChild,
+    },
+    stats::{STAT_LISTENERS_FULL, STATS_LEN},
     tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
 };
 
@@ -29,5 +36,69 @@ pub fn bump_stat(index: u32) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Accept-queue counters per listener (socket inode), shared by all CPUs.
+#[map]
+pub static LISTENER_QUEUES: LruHashMap<u64, ListenerQueue> =
+    LruHashMap::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
+
+/// One all-zero `ListenerQueue`, the initial value of new entries (too large for the
+/// 512-byte eBPF stack). Never written.
+#[map]
+static ZERO_QUEUE: Array<ListenerQueue> = Array::with_max_entries(1, 0);
+
+/// Connections queued for accept() and not yet accepted, by child socket address.
+#[map]
+pub static QUEUED: LruHashMap<u64, QueuedChild> =
+    LruHashMap::with_max_entries(QUEUED_MAX_ENTRIES, 0);
+
+/// Accepts per (listener, thread).
+#[map]
+pub static ACCEPTORS: LruHashMap<AcceptorKey, u64> =
+    LruHashMap::with_max_entries(ACCEPTORS_MAX_ENTRIES, 0);
+
+/// Adds `v` to a counter other CPUs may update at the same time.
+#[inline(always)]
+pub fn atomic_add(counter: *mut u64, v: u64) {
+    // The BPF target has no compare-and-swap, so core's AtomicU64 lacks fetch_add;
+    // the intrinsic lowers to the BPF atomic add instruction.
+    // SAFETY: `counter` points into a map value, valid and 8-byte aligned while the
+    // program runs; concurrent updates go through atomics only.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
+}
+
+/// The counters of listener `inode`, created (zeroed) on first use.
+#[inline(always)]
+pub fn listener_queue(inode: u64, netns: u32) -> Option<*mut ListenerQueue> {
+    if let Some(q) = LISTENER_QUEUES.get_ptr_mut(&inode) {
+        return Some(q);
+    }
+    let zero = ZERO_QUEUE.get(0)?;
+    // EEXIST when another CPU created it first: fine, look it up again.
+    if LISTENER_QUEUES.insert(&inode, zero, BPF_NOEXIST as u64).is_err()
+        && LISTENER_QUEUES.get_ptr_mut(&inode).is_none()
+    {
+        bump_stat(STAT_LISTENERS_FULL);
+        return None;
+    }
+    let q = LISTENER_QUEUES.get_ptr_mut(&inode)?;
+    // SAFETY: a valid map value pointer.
+    unsafe { (*q).netns = netns };
+    Some(q)
+}
+
+/// Adds one accept to (listener, thread), creating the entry on first use.
+#[inline(always)]
+pub fn count_acceptor(key: &AcceptorKey) {
+    if let Some(n) = ACCEPTORS.get_ptr_mut(key) {
+        atomic_add(n, 1);
+        return;
+    }
+    if ACCEPTORS.insert(key, &1, BPF_NOEXIST as u64).is_err()
+        && let Some(n) = ACCEPTORS.get_ptr_mut(key)
+    {
+        atomic_add(n, 1);
     }
 }

@@ -2,18 +2,27 @@
 //! inventory current (sock_diag every interval, and at once when a probe reports a
 //! listener opening or closing), and serves the snapshot on the metrics port.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
-use collector_common::listener::{AF_INET, AF_INET6, ListenerEvent};
+use collector_common::{
+    listener::{AF_INET, AF_INET6, ListenerEvent},
+    queue::AcceptorKey,
+};
 use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use crate::{
     exposition::BuildInfo,
     http, inventory,
-    model::{Listener, ProbeStatus, Snapshot, tcp_state_name},
-    probes::{self, Probes},
-    text, tracefs,
+    model::{Acceptor, Listener, ProbeStatus, Snapshot, tcp_state_name},
+    probes::{self, Event, Probes},
+    queue_stats, text, tracefs,
 };
 
 /// Settings of `sockq run`.
@@ -143,11 +152,14 @@ fn load_probes(tracefs_root: Option<PathBuf>) -> (Option<Probes>, Option<RingBuf
 fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
     match probes {
         Some(p) => p.status().to_vec(),
-        None => vec![ProbeStatus {
-            name: "inet_sock_set_state",
-            attached: false,
-            detail: "eBPF unavailable".into(),
-        }],
+        None => probes::PROBES
+            .iter()
+            .map(|spec| ProbeStatus {
+                name: spec.name,
+                attached: false,
+                detail: "eBPF unavailable".into(),
+            })
+            .collect(),
     }
 }
 
@@ -186,13 +198,31 @@ impl Poller {
             ..Snapshot::default()
         };
         if let Some(p) = &self.probes {
-            match p.transitions() {
-                Ok(t) => snapshot.transitions = t,
-                Err(e) => tracing::warn!("reading transitions: {}", crate::error_chain(&e)),
-            }
-            match p.program_stats() {
-                Ok(s) => snapshot.events_lost = s.events_lost + s.transitions_full,
-                Err(e) => tracing::warn!("reading program stats: {}", crate::error_chain(&e)),
+            match p.read() {
+                Ok(view) => {
+                    // Walking the queued connections costs a syscall per entry: only
+                    // when some queue is full, where the oldest wait matters.
+                    let any_full = snapshot
+                        .listeners
+                        .iter()
+                        .any(|l| l.accept_queue_len > l.accept_queue_limit);
+                    let oldest = if any_full {
+                        p.oldest_queued()
+                    } else {
+                        HashMap::new()
+                    };
+                    queue_stats::attach_to_listeners(
+                        &mut snapshot.listeners,
+                        &view.queues,
+                        &oldest,
+                        monotonic_ns(),
+                    );
+                    snapshot.acceptors = acceptors(&snapshot.listeners, &view.acceptors);
+                    snapshot.transitions = view.transitions;
+                    let s = view.stats;
+                    snapshot.events_lost = s.events_lost + s.transitions_full + s.listeners_full;
+                }
+                Err(e) => tracing::warn!("reading the probes' maps: {}", crate::error_chain(&e)),
             }
         }
         snapshot
@@ -237,6 +267,33 @@ fn describe(l: &Listener) -> String {
     )
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// The accepting threads of the listeners in the inventory, with their names.
+fn acceptors(listeners: &[Listener], counts: &[(AcceptorKey, u64)]) -> Vec<Acceptor> {
+    let inodes: std::collections::HashSet<u64> = listeners.iter().map(|l| l.inode).collect();
+    let mut out: Vec<Acceptor> = counts
+        .iter()
+        .filter(|(k, _)| inodes.contains(&k.listener))
+        .map(|(k, n)| Acceptor {
+            socket: k.listener,
+            pid: k.pid,
+            tid: k.tid,
+            comm: std::fs::read(format!("/proc/{}/task/{}/comm", k.pid, k.tid))
+                .map(|c| String::from_utf8_lossy(c.strip_suffix(b"\n").unwrap_or(&c)).into_owned())
+                .unwrap_or_default(),
+            accepts: *n,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Logs each listener lifecycle event and asks for an inventory refresh.
 async fn read_listener_events(ring: RingBuf<MapData>, refresh: Arc<Notify>) {
     // SAFETY: RingBuf owns its map fd for its whole life and always returns that fd.
@@ -260,10 +317,18 @@ async fn read_listener_events(ring: RingBuf<MapData>, refresh: Arc<Notify>) {
         let ring = guard.get_inner_mut();
         let mut any = false;
         while let Some(item) = ring.next() {
-            if let Some(ev) = probes::decode_listener_event(&item) {
-                log_listener_event(&ev);
-                any = true;
+            match probes::decode_event(&item) {
+                Some(Event::Listener(ev)) => log_listener_event(&ev),
+                Some(Event::QueueFull(ev)) => tracing::debug!(
+                    "accept queue full: socket {} netns {} depth {} limit {}",
+                    ev.listener,
+                    ev.netns,
+                    ev.depth,
+                    ev.limit
+                ),
+                None => continue,
             }
+            any = true;
         }
         guard.clear_ready();
         if any {

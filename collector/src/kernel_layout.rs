@@ -277,7 +277,42 @@ impl Layout {
             tp_state_oldstate: 0,
             tp_state_newstate: 0,
             valid: 1,
+            sk_state: self.offset("sock", "__sk_common.skc_state")?,
+            sk_ack_backlog: self.offset("sock", "sk_ack_backlog")?,
+            sk_max_ack_backlog: self.offset("sock", "sk_max_ack_backlog")?,
+            sk_socket: self.offset("sock", "sk_socket")?,
+            socket_ino: self.socket_ino()?,
+            socket_sk: self.offset("socket", "sk")?,
+            icsk_accept_tail: self.offset(
+                "inet_connection_sock",
+                "icsk_accept_queue.rskq_accept_tail",
+            )?,
+            request_sock_sk: self.offset("request_sock", "sk")?,
+            task_files: self.offset("task_struct", "files")?,
+            files_fdt: self.offset("files_struct", "fdt")?,
+            fdt_max_fds: self.offset("fdtable", "max_fds")?,
+            fdt_fd: self.offset("fdtable", "fd")?,
+            file_private_data: self.offset("file", "private_data")?,
+            tp_accept4_ret: 0,
+            tp_accept_ret: 0,
+            tp_listen_fd: 0,
+            tp_listen_backlog: 0,
+            _pad: 0,
         })
+    }
+
+    /// A socket's inode lives right after its `struct socket` in `struct socket_alloc`
+    /// (`SOCK_INODE()`); this is the offset of `i_ino` from the `struct socket`.
+    fn socket_ino(&self) -> Result<u32, LayoutError> {
+        let socket = self.offset("socket_alloc", "socket")?;
+        let inode = self.offset("socket_alloc", "vfs_inode")?;
+        let ino = self.offset("inode", "i_ino")?;
+        (inode + ino)
+            .checked_sub(socket)
+            .ok_or_else(|| LayoutError::NoMember {
+                strukt: "socket_alloc".into(),
+                path: "vfs_inode.i_ino after socket".into(),
+            })
     }
 
     /// `sk_protocol` is a u16 since Linux 5.6 and an 8-bit bitfield before; an 8-bit

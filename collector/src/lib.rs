@@ -21,6 +21,7 @@ pub mod kernel_layout;
 pub mod model;
 pub mod privileges;
 pub mod probes;
+pub mod queue_stats;
 pub mod text;
 pub mod tracefs;
 

@@ -2,21 +2,27 @@
 //! mechanism that works here (probed at run time, never by kernel version), and reading
 //! what the programs aggregate.
 //!
-//! Probes and their mechanisms, best first:
+//! Probes and their mechanisms, best first (see [`PROBES`]):
 //! - `inet_sock_set_state`: raw tracepoint (Linux 4.17+), else classic tracepoint
-//!   `sock/inet_sock_set_state` (4.16+, needs tracefs).
+//!   `sock/inet_sock_set_state` (4.16+, needs tracefs);
+//! - `sk_data_ready`: raw tracepoint (6.3+): accept queue depth at every enqueue and
+//!   the enqueue time of each connection;
+//! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
+//! - `sys_exit_accept4`, `sys_exit_accept`, `sys_enter_listen`: classic syscall
+//!   tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`).
 
 use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
 use collector_common::{
     layout::{KERNEL_OFFSETS_SYMBOL, KernelOffsets},
-    listener::ListenerEvent,
-    stats::{STAT_EVENTS_LOST, STAT_READ_ERRORS, STAT_TRANSITIONS_FULL},
+    listener::{EVENT_LISTENER, EVENT_QUEUE_FULL, ListenerEvent},
+    queue::{AcceptorKey, ListenerQueue, QueueFullEvent, QueuedChild},
+    stats::{STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_READ_ERRORS, STAT_TRANSITIONS_FULL},
     tcp_state::TransitionKey as RawTransitionKey,
 };
 
@@ -58,12 +64,102 @@ pub enum ProbeError {
 /// Counters the programs keep about themselves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProgramStats {
-    /// Listener events that found the ring buffer full.
+    /// Events that found the ring buffer full.
     pub events_lost: u64,
     /// Transitions not counted because the transition map was full.
     pub transitions_full: u64,
+    /// Listeners whose accept-queue counters could not be created (map full).
+    pub listeners_full: u64,
     /// Failed kernel reads.
     pub read_errors: u64,
+}
+
+/// One way to attach a probe.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    /// `raw_tp/<tracepoint>`.
+    Raw {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
+    /// `tracepoint/<category>/<name>`; its record layout comes from tracefs.
+    Classic {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+/// A probe and its mechanisms, best first.
+pub struct ProbeSpec {
+    pub name: &'static str,
+    hooks: &'static [Hook],
+}
+
+/// Every probe sockq attaches.
+pub const PROBES: [ProbeSpec; 6] = [
+    ProbeSpec {
+        name: "inet_sock_set_state",
+        hooks: &[
+            Hook::Raw {
+                program: "inet_sock_set_state_raw",
+                tracepoint: "inet_sock_set_state",
+            },
+            Hook::Classic {
+                program: "inet_sock_set_state_tp",
+                category: "sock",
+                name: "inet_sock_set_state",
+            },
+        ],
+    },
+    ProbeSpec {
+        name: "sk_data_ready",
+        hooks: &[Hook::Raw {
+            program: "sk_data_ready",
+            tracepoint: "sk_data_ready",
+        }],
+    },
+    ProbeSpec {
+        name: "tcp_retransmit_synack",
+        hooks: &[Hook::Raw {
+            program: "tcp_retransmit_synack",
+            tracepoint: "tcp_retransmit_synack",
+        }],
+    },
+    ProbeSpec {
+        name: "sys_exit_accept4",
+        hooks: &[Hook::Classic {
+            program: "sys_exit_accept4",
+            category: "syscalls",
+            name: "sys_exit_accept4",
+        }],
+    },
+    ProbeSpec {
+        name: "sys_exit_accept",
+        hooks: &[Hook::Classic {
+            program: "sys_exit_accept",
+            category: "syscalls",
+            name: "sys_exit_accept",
+        }],
+    },
+    ProbeSpec {
+        name: "sys_enter_listen",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_listen",
+            category: "syscalls",
+            name: "sys_enter_listen",
+        }],
+    },
+];
+
+/// What userspace reads from the kernel at each poll.
+pub struct KernelView {
+    pub transitions: BTreeMap<TransitionKey, u64>,
+    /// Accept-queue counters by listener socket inode.
+    pub queues: std::collections::HashMap<u64, ListenerQueue>,
+    /// Accepts by (listener inode, pid, tid).
+    pub acceptors: Vec<(AcceptorKey, u64)>,
+    pub stats: ProgramStats,
 }
 
 /// The loaded object and the maps userspace reads.
@@ -73,29 +169,40 @@ pub struct Probes {
     status: Vec<ProbeStatus>,
     transitions: PerCpuHashMap<MapData, RawTransitionKey, u64>,
     stats: PerCpuArray<MapData, u64>,
+    queues: HashMap<MapData, u64, ListenerQueue>,
+    queued: HashMap<MapData, u64, QueuedChild>,
+    acceptors: HashMap<MapData, AcceptorKey, u64>,
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
-/// tracepoint record layout from tracefs when it is mounted.
+/// tracepoint record layouts from tracefs when it is mounted.
 pub fn kernel_offsets(tracefs_root: Option<&Path>) -> Result<KernelOffsets, ProbeError> {
     let layout = Layout::from_running_kernel()?;
-    let mut offsets = layout.kernel_offsets()?;
+    let mut o = layout.kernel_offsets()?;
     if let Some(root) = tracefs_root {
-        match tracefs::field_offsets(root, "sock", "inet_sock_set_state") {
-            Ok(fields) => {
-                offsets.tp_state_skaddr = fields.get("skaddr").copied().unwrap_or(0);
-                offsets.tp_state_oldstate = fields.get("oldstate").copied().unwrap_or(0);
-                offsets.tp_state_newstate = fields.get("newstate").copied().unwrap_or(0);
+        let field = |category: &str, name: &str, field: &str| -> u32 {
+            match tracefs::field_offsets(root, category, name) {
+                Ok(fields) => fields.get(field).copied().unwrap_or(0),
+                Err(e) => {
+                    tracing::debug!("no classic tracepoint layout for {category}:{name}: {e}");
+                    0
+                }
             }
-            Err(e) => tracing::debug!("no classic tracepoint layout: {e}"),
-        }
+        };
+        o.tp_state_skaddr = field("sock", "inet_sock_set_state", "skaddr");
+        o.tp_state_oldstate = field("sock", "inet_sock_set_state", "oldstate");
+        o.tp_state_newstate = field("sock", "inet_sock_set_state", "newstate");
+        o.tp_accept4_ret = field("syscalls", "sys_exit_accept4", "ret");
+        o.tp_accept_ret = field("syscalls", "sys_exit_accept", "ret");
+        o.tp_listen_fd = field("syscalls", "sys_enter_listen", "fd");
+        o.tp_listen_backlog = field("syscalls", "sys_enter_listen", "backlog");
     }
-    Ok(offsets)
+    Ok(o)
 }
 
 impl Probes {
     /// Loads the object, attaches every probe it can, and takes the ring buffer of
-    /// listener events. Fails only when nothing at all can be attached.
+    /// events. Fails only when nothing at all can be attached.
     pub fn load(
         offsets: &KernelOffsets,
         tracefs_root: Option<&Path>,
@@ -108,7 +215,10 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load { source })?;
 
-        let status = vec![attach_inet_sock_set_state(&mut ebpf, offsets, tracefs_root)];
+        let status: Vec<ProbeStatus> = PROBES
+            .iter()
+            .map(|spec| attach(&mut ebpf, spec, tracefs_root))
+            .collect();
         if status.iter().all(|s| !s.attached) {
             let why = status
                 .iter()
@@ -118,31 +228,27 @@ impl Probes {
             return Err(ProbeError::NothingAttached(why));
         }
 
-        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
-            ProbeError::Map {
-                name: "EVENTS",
-                source,
-            }
-        })?;
-        let transitions =
-            PerCpuHashMap::try_from(take_map(&mut ebpf, "TRANSITIONS")?).map_err(|source| {
-                ProbeError::Map {
-                    name: "TRANSITIONS",
-                    source,
-                }
-            })?;
-        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(|source| {
-            ProbeError::Map {
-                name: "STATS",
-                source,
-            }
-        })?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
+            .map_err(|source| map_error("EVENTS", source))?;
+        let transitions = PerCpuHashMap::try_from(take_map(&mut ebpf, "TRANSITIONS")?)
+            .map_err(|source| map_error("TRANSITIONS", source))?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
+            .map_err(|source| map_error("STATS", source))?;
+        let queues = HashMap::try_from(take_map(&mut ebpf, "LISTENER_QUEUES")?)
+            .map_err(|source| map_error("LISTENER_QUEUES", source))?;
+        let queued = HashMap::try_from(take_map(&mut ebpf, "QUEUED")?)
+            .map_err(|source| map_error("QUEUED", source))?;
+        let acceptors = HashMap::try_from(take_map(&mut ebpf, "ACCEPTORS")?)
+            .map_err(|source| map_error("ACCEPTORS", source))?;
         Ok((
             Self {
                 _ebpf: ebpf,
                 status,
                 transitions,
                 stats,
+                queues,
+                queued,
+                acceptors,
             },
             events,
         ))
@@ -152,16 +258,13 @@ impl Probes {
         &self.status
     }
 
-    /// TCP state transitions counted in the kernel, summed over CPUs.
-    pub fn transitions(&self) -> Result<BTreeMap<TransitionKey, u64>, ProbeError> {
-        let mut out = BTreeMap::new();
+    /// Everything the programs aggregated, read in one go.
+    pub fn read(&self) -> Result<KernelView, ProbeError> {
+        let mut transitions = BTreeMap::new();
         for entry in self.transitions.iter() {
-            let (key, per_cpu) = entry.map_err(|source| ProbeError::Map {
-                name: "TRANSITIONS",
-                source,
-            })?;
+            let (key, per_cpu) = entry.map_err(|source| map_error("TRANSITIONS", source))?;
             let total: u64 = per_cpu.iter().copied().fold(0, u64::wrapping_add);
-            out.insert(
+            transitions.insert(
                 TransitionKey {
                     netns: u64::from(key.netns),
                     from: key.from,
@@ -170,7 +273,34 @@ impl Probes {
                 total,
             );
         }
-        Ok(out)
+        let mut queues = std::collections::HashMap::new();
+        for entry in self.queues.iter() {
+            // An entry evicted between get_next_key and lookup is simply skipped.
+            if let Ok((inode, q)) = entry {
+                queues.insert(inode, q);
+            }
+        }
+        let acceptors = self.acceptors.iter().filter_map(Result::ok).collect();
+        Ok(KernelView {
+            transitions,
+            queues,
+            acceptors,
+            stats: self.program_stats()?,
+        })
+    }
+
+    /// For each listener inode, the enqueue time (`CLOCK_MONOTONIC` nanoseconds) of
+    /// its oldest connection still waiting for accept(). Walks the whole `QUEUED`
+    /// map: call it only when some queue is full.
+    pub fn oldest_queued(&self) -> std::collections::HashMap<u64, u64> {
+        let mut oldest = std::collections::HashMap::new();
+        for (_, child) in self.queued.iter().filter_map(Result::ok) {
+            oldest
+                .entry(child.listener)
+                .and_modify(|t: &mut u64| *t = (*t).min(child.enqueued_ns))
+                .or_insert(child.enqueued_ns);
+        }
+        oldest
     }
 
     pub fn program_stats(&self) -> Result<ProgramStats, ProbeError> {
@@ -178,58 +308,69 @@ impl Probes {
             let per_cpu = self
                 .stats
                 .get(&index, 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "STATS",
-                    source,
-                })?;
+                .map_err(|source| map_error("STATS", source))?;
             Ok(per_cpu.iter().copied().fold(0, u64::wrapping_add))
         };
         Ok(ProgramStats {
             events_lost: read(STAT_EVENTS_LOST)?,
             transitions_full: read(STAT_TRANSITIONS_FULL)?,
+            listeners_full: read(STAT_LISTENERS_FULL)?,
             read_errors: read(STAT_READ_ERRORS)?,
         })
     }
+}
+
+fn map_error(name: &'static str, source: aya::maps::MapError) -> ProbeError {
+    ProbeError::Map { name, source }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
-/// Raw tracepoint first; the classic tracepoint when that fails.
-fn attach_inet_sock_set_state(
-    ebpf: &mut Ebpf,
-    offsets: &KernelOffsets,
-    tracefs_root: Option<&Path>,
-) -> ProbeStatus {
-    const NAME: &str = "inet_sock_set_state";
-    let raw_error = match attach_raw(ebpf, "inet_sock_set_state_raw", NAME) {
-        Ok(()) => return attached(NAME, "raw_tracepoint"),
-        Err(e) => e,
-    };
-    tracing::debug!("raw tracepoint {NAME}: {raw_error}; trying the classic tracepoint");
-    let classic = if tracefs_root.is_none() {
-        Err("tracefs is not mounted".to_owned())
-    } else if offsets.tp_state_skaddr == 0 {
-        Err("its tracefs format could not be read".to_owned())
-    } else {
-        attach_classic(ebpf, "inet_sock_set_state_tp", "sock", NAME)
-    };
-    match classic {
-        Ok(()) => attached(NAME, "tracepoint"),
-        Err(classic_error) => ProbeStatus {
-            name: NAME,
-            attached: false,
-            detail: format!("raw tracepoint: {raw_error}; tracepoint: {classic_error}"),
-        },
+/// Tries each hook of `spec` in order; the first that loads and attaches wins.
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) -> ProbeStatus {
+    let mut failures = Vec::new();
+    for hook in spec.hooks {
+        let result = match *hook {
+            Hook::Raw {
+                program,
+                tracepoint,
+            } => attach_raw(ebpf, program, tracepoint).map(|()| "raw_tracepoint"),
+            Hook::Classic {
+                program,
+                category,
+                name,
+            } => match tracefs_root {
+                None => Err("tracefs is not mounted".to_owned()),
+                Some(root) if !tracefs::tracepoint_exists(root, category, name) => {
+                    Err(format!("this kernel has no tracepoint {category}:{name}"))
+                }
+                Some(_) => attach_classic(ebpf, program, category, name).map(|()| "tracepoint"),
+            },
+        };
+        match result {
+            Ok(mechanism) => {
+                return ProbeStatus {
+                    name: spec.name,
+                    attached: true,
+                    detail: mechanism.to_owned(),
+                };
+            }
+            Err(e) => {
+                let kind = match hook {
+                    Hook::Raw { .. } => "raw tracepoint",
+                    Hook::Classic { .. } => "tracepoint",
+                };
+                tracing::debug!("probe {}: {kind}: {e}", spec.name);
+                failures.push(format!("{kind}: {e}"));
+            }
+        }
     }
-}
-
-fn attached(name: &'static str, mechanism: &str) -> ProbeStatus {
     ProbeStatus {
-        name,
-        attached: true,
-        detail: mechanism.to_owned(),
+        name: spec.name,
+        attached: false,
+        detail: failures.join("; "),
     }
 }
 
@@ -240,8 +381,7 @@ fn attach_raw(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), St
         .try_into()
         .map_err(|e| format!("{e}"))?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
-    prog.attach(tracepoint)
-        .map_err(|e| crate::error_chain(&e))?;
+    prog.attach(tracepoint).map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
 
@@ -257,19 +397,35 @@ fn attach_classic(
         .try_into()
         .map_err(|e| format!("{e}"))?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
-    prog.attach(category, name)
-        .map_err(|e| crate::error_chain(&e))?;
+    prog.attach(category, name).map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
 
-/// Decodes one ring buffer record; `None` when its size is not a `ListenerEvent`'s.
-pub fn decode_listener_event(bytes: &[u8]) -> Option<ListenerEvent> {
-    if bytes.len() < std::mem::size_of::<ListenerEvent>() {
+/// A record from the `EVENTS` ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Listener(ListenerEvent),
+    QueueFull(QueueFullEvent),
+}
+
+/// Decodes one ring buffer record by its leading kind; `None` for an unknown kind
+/// or a record too short for it.
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    match kind {
+        EVENT_LISTENER => read_pod::<ListenerEvent>(bytes).map(Event::Listener),
+        EVENT_QUEUE_FULL => read_pod::<QueueFullEvent>(bytes).map(Event::QueueFull),
+        _ => None,
+    }
+}
+
+fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
         return None;
     }
-    // SAFETY: the length is checked above, ListenerEvent is Pod (any bit pattern is
-    // valid) and read_unaligned imposes no alignment requirement.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ListenerEvent>()) })
+    // SAFETY: the length is checked above, T is Pod (any bit pattern is valid) and
+    // read_unaligned imposes no alignment requirement.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 #[cfg(test)]
@@ -277,10 +433,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_records_are_rejected() {
-        assert!(decode_listener_event(&[0u8; 10]).is_none());
-        let bytes = [0u8; std::mem::size_of::<ListenerEvent>()];
-        let ev = decode_listener_event(&bytes).expect("decodes");
-        assert_eq!(ev.port, 0);
+    fn records_decode_by_kind() {
+        assert!(decode_event(&[]).is_none());
+        assert!(decode_event(&[1, 0, 0, 0, 0]).is_none(), "too short for a listener event");
+        let mut bytes = vec![0u8; std::mem::size_of::<QueueFullEvent>()];
+        bytes[..4].copy_from_slice(&EVENT_QUEUE_FULL.to_ne_bytes());
+        bytes[24..28].copy_from_slice(&5u32.to_ne_bytes());
+        match decode_event(&bytes) {
+            Some(Event::QueueFull(e)) => assert_eq!(e.depth, 5),
+            other => panic!("{other:?}"),
+        }
+        bytes[..4].copy_from_slice(&99u32.to_ne_bytes());
+        assert!(decode_event(&bytes).is_none());
+    }
+
+    #[test]
+    fn every_probe_has_a_hook() {
+        for p in &PROBES {
+            assert!(!p.hooks.is_empty(), "{}", p.name);
+        }
     }
 }

@@ -9,6 +9,10 @@
 //!   sockq-scenario listen ADDR                    listen and hold until stdin closes
 //!   sockq-scenario churn ADDR COUNT               COUNT connections: connect, accept,
 //!                                                 client closes, server reads EOF, closes
+//!   sockq-scenario slow-accept ADDR COUNT MS      accept each connection after MS ms
+//!   sockq-scenario reuseport ADDR SHARDS CONNECTS SO_REUSEPORT group, one shard accepts
+//!   sockq-scenario syn-queue ADDR CONNECTS        TCP_DEFER_ACCEPT: handshakes stay in the
+//!                                                 SYN queue
 
 use std::{
     io::{Read as _, Write as _},
@@ -30,6 +34,9 @@ fn main() -> ExitCode {
         ["backlog", addr, backlog, connects] => backlog_scenario(addr, backlog, connects),
         ["listen", addr] => listen_scenario(addr),
         ["churn", addr, count] => churn_scenario(addr, count),
+        ["slow-accept", addr, count, delay_ms] => slow_accept_scenario(addr, count, delay_ms),
+        ["reuseport", addr, shards, connects] => reuseport_scenario(addr, shards, connects),
+        ["syn-queue", addr, connects] => syn_queue_scenario(addr, connects),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -134,5 +141,99 @@ fn churn_scenario(addr: &str, count: &str) -> Result<(), String> {
     }
     drop(listener);
     say(&format!("done {local} {count}"));
+    Ok(())
+}
+
+/// Accepts one connection every DELAY_MS: the client connects again only after the
+/// previous connection was accepted, so each one waits DELAY_MS in the queue.
+fn slow_accept_scenario(addr: &str, count: &str, delay_ms: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let delay = Duration::from_millis(parse(delay_ms, "delay")?);
+    let (listener, local) = listener(addr, 128)?;
+    let listener: std::net::TcpListener = listener.into();
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        for i in 0..count {
+            std::thread::sleep(delay);
+            let (mut conn, _) = listener.accept().map_err(|e| format!("accept {i}: {e}"))?;
+            conn.write_all(b"x").map_err(|e| format!("write {i}: {e}"))?;
+        }
+        Ok(())
+    });
+    for i in 0..count {
+        let mut client = TcpStream::connect(local).map_err(|e| format!("connect {i}: {e}"))?;
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).map_err(|e| format!("read {i}: {e}"))?;
+    }
+    server.join().map_err(|_| "server thread panicked".to_owned())??;
+    say(&format!("done {local} {count}"));
+    Ok(())
+}
+
+/// SHARDS listeners on ADDR with SO_REUSEPORT; only the first accepts (and keeps
+/// accepting), the others never do. CONNECTS clients connect and stay connected.
+fn reuseport_scenario(addr: &str, shards: &str, connects: &str) -> Result<(), String> {
+    let shards: usize = parse(shards, "shards")?;
+    let connects: usize = parse(connects, "connects")?;
+    let addr: SocketAddr = parse(addr, "address")?;
+    let mut listeners = Vec::new();
+    for _ in 0..shards {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("socket: {e}"))?;
+        s.set_reuse_port(true).map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+        s.bind(&addr.into()).map_err(|e| format!("bind {addr}: {e}"))?;
+        s.listen(1024).map_err(|e| format!("listen: {e}"))?;
+        listeners.push(s);
+    }
+    let busy: std::net::TcpListener = listeners.remove(0).into();
+    std::thread::spawn(move || {
+        let mut accepted = Vec::new();
+        while let Ok((conn, _)) = busy.accept() {
+            accepted.push(conn);
+        }
+    });
+    let mut clients = Vec::new();
+    for i in 0..connects {
+        // Each connection from a new source port: the group's hash spreads them.
+        clients.push(TcpStream::connect(addr).map_err(|e| format!("connect {i}: {e}"))?);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    say(&format!("ready {addr} {connects}"));
+    wait_for_stdin_close();
+    drop(listeners);
+    Ok(())
+}
+
+/// A listener with TCP_DEFER_ACCEPT: handshakes whose client sends no data stay
+/// request sockets (the SYN queue) and the listener keeps retransmitting SYN-ACKs.
+/// CONNECTS clients connect and never send.
+fn syn_queue_scenario(addr: &str, connects: &str) -> Result<(), String> {
+    let connects: usize = parse(connects, "connects")?;
+    let (socket, local) = listener(addr, 128)?;
+    set_defer_accept(&socket, 30)?;
+    let mut clients = Vec::new();
+    for i in 0..connects {
+        clients.push(TcpStream::connect(local).map_err(|e| format!("connect {i}: {e}"))?);
+    }
+    say(&format!("ready {local} {connects}"));
+    wait_for_stdin_close();
+    drop(socket);
+    Ok(())
+}
+
+fn set_defer_accept(socket: &Socket, seconds: libc::c_int) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt on a valid socket with a c_int value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("TCP_DEFER_ACCEPT: {}", std::io::Error::last_os_error()));
+    }
     Ok(())
 }

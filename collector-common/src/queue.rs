@@ -1,0 +1,195 @@
+//! The accept queue, measured in the kernel per listening socket: depth at every
+//! enqueue, time from enqueue to `accept()`, SYN-ACK retransmits, the `listen()`
+//! backlog, and accepts per thread. Keyed by socket inode, which sock_diag and
+//! `/proc/PID/fd` also report, so userspace joins them with its inventory.
+//!
+//! The histogram bucket functions live here so the eBPF programs and userspace agree
+//! on them, and so they are unit-tested on the host.
+
+/// Capacity of `LISTENER_QUEUES` (LRU: the least recently active listener goes first).
+pub const LISTENERS_MAX_ENTRIES: u32 = 4096;
+/// Capacity of `QUEUED` (LRU): connections queued and not yet accepted.
+pub const QUEUED_MAX_ENTRIES: u32 = 65536;
+/// Capacity of `ACCEPTORS` (LRU): (listener, thread) pairs.
+pub const ACCEPTORS_MAX_ENTRIES: u32 = 16384;
+
+/// Buckets of the depth-at-enqueue histogram: bucket `i` holds depths in
+/// [2^i, 2^(i+1)), the last one everything above.
+pub const DEPTH_BUCKETS: usize = 16;
+/// Buckets of the accept-wait histogram (microseconds): 4 per power of two, see
+/// [`wait_bucket`].
+pub const WAIT_BUCKETS: usize = 104;
+
+/// Per-listener counters, updated with atomic adds from every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerQueue {
+    /// Connections queued for accept().
+    pub enqueues: u64,
+    /// Enqueues after which the queue held more than its limit (it was full).
+    pub full_enqueues: u64,
+    /// accept()/accept4() calls that returned a connection queued while sockq watched.
+    pub accepts: u64,
+    /// SYN-ACK retransmits for handshakes of this listener.
+    pub synack_retransmits: u64,
+    /// Sum of accept waits, nanoseconds.
+    pub wait_sum_ns: u64,
+    /// `bpf_ktime_get_ns` of the last queue-full event sent (rate limit).
+    pub last_full_event_ns: u64,
+    /// Sum of the depths seen at enqueues (the depth histogram's sum).
+    pub depth_sum: u64,
+    /// Deepest queue seen right after an enqueue.
+    pub max_depth: u32,
+    /// Backlog argument of the last `listen()` on this socket, 0 if unseen.
+    pub backlog_arg: u32,
+    pub netns: u32,
+    pub _pad: u32,
+    pub depth_hist: [u64; DEPTH_BUCKETS],
+    pub wait_hist: [u64; WAIT_BUCKETS],
+}
+
+impl ListenerQueue {
+    pub const ZERO: Self = Self {
+        enqueues: 0,
+        full_enqueues: 0,
+        accepts: 0,
+        synack_retransmits: 0,
+        wait_sum_ns: 0,
+        last_full_event_ns: 0,
+        depth_sum: 0,
+        max_depth: 0,
+        backlog_arg: 0,
+        netns: 0,
+        _pad: 0,
+        depth_hist: [0; DEPTH_BUCKETS],
+        wait_hist: [0; WAIT_BUCKETS],
+    };
+}
+
+const _: () = assert!(
+    core::mem::size_of::<ListenerQueue>() == 72 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8
+);
+
+/// A connection in some listener's accept queue, by child socket address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedChild {
+    pub enqueued_ns: u64,
+    /// Inode of the listener it was queued on.
+    pub listener: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<QueuedChild>() == 16);
+
+/// Key of `ACCEPTORS`: one thread accepting on one listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AcceptorKey {
+    pub listener: u64,
+    pub pid: u32,
+    pub tid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<AcceptorKey>() == 16);
+
+/// Sent when an enqueue leaves a listener's queue over its limit (at most once a
+/// second per listener): userspace refreshes its inventory at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueFullEvent {
+    /// [`crate::listener::EVENT_QUEUE_FULL`].
+    pub kind: u32,
+    pub netns: u32,
+    pub listener: u64,
+    pub timestamp_ns: u64,
+    pub depth: u32,
+    pub limit: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<QueueFullEvent>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), integer fields with explicit padding; any bit pattern
+    // is valid.
+    unsafe impl aya::Pod for super::ListenerQueue {}
+    unsafe impl aya::Pod for super::QueuedChild {}
+    unsafe impl aya::Pod for super::AcceptorKey {}
+    unsafe impl aya::Pod for super::QueueFullEvent {}
+}
+
+/// floor(log2(v)) for v >= 1; 0 for 0. Loop-free for the verifier.
+#[inline(always)]
+pub fn log2(v: u64) -> u32 {
+    if v == 0 { 0 } else { 63 - v.leading_zeros() }
+}
+
+/// Depth histogram bucket: [2^i, 2^(i+1)).
+#[inline(always)]
+pub fn depth_bucket(depth: u32) -> usize {
+    let b = log2(u64::from(depth)) as usize;
+    if b >= DEPTH_BUCKETS { DEPTH_BUCKETS - 1 } else { b }
+}
+
+/// Accept-wait bucket for a wait of `us` microseconds. Values below 4 have a bucket
+/// each; above, every power of two is split in 4 equal parts (at most 25% wide), up
+/// to the last bucket, which holds everything from about 58 s.
+#[inline(always)]
+pub fn wait_bucket(us: u64) -> usize {
+    if us < 4 {
+        return us as usize;
+    }
+    let k = log2(us) as usize; // >= 2
+    let sub = ((us >> (k - 2)) & 3) as usize;
+    let b = 4 * (k - 1) + sub;
+    if b >= WAIT_BUCKETS { WAIT_BUCKETS - 1 } else { b }
+}
+
+/// Exclusive upper bound, in microseconds, of accept-wait bucket `b` (the last
+/// bucket has none: `u64::MAX`).
+pub fn wait_bucket_upper_us(b: usize) -> u64 {
+    if b + 1 >= WAIT_BUCKETS {
+        return u64::MAX;
+    }
+    if b < 4 {
+        return b as u64 + 1;
+    }
+    let k = b / 4 + 1;
+    let sub = (b % 4) as u64;
+    (4 + sub + 1) << (k - 2)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn wait_buckets_are_contiguous_and_ordered() {
+        let mut lower = 0u64;
+        for b in 0..WAIT_BUCKETS - 1 {
+            let upper = wait_bucket_upper_us(b);
+            assert!(upper > lower, "bucket {b}");
+            assert_eq!(wait_bucket(lower), b, "lower edge {lower} of bucket {b}");
+            assert_eq!(wait_bucket(upper - 1), b, "upper edge {upper} of bucket {b}");
+            // No bucket is wider than a quarter of its lower bound (beyond the
+            // exact ones): quantiles read from it are within 25%.
+            if lower >= 4 {
+                assert!((upper - lower) * 4 <= lower, "bucket {b} [{lower}, {upper})");
+            }
+            lower = upper;
+        }
+        assert_eq!(wait_bucket(u64::MAX), WAIT_BUCKETS - 1);
+        assert!(wait_bucket_upper_us(WAIT_BUCKETS - 2) > 50_000_000);
+    }
+
+    #[test]
+    fn depth_buckets() {
+        assert_eq!(depth_bucket(0), 0);
+        assert_eq!(depth_bucket(1), 0);
+        assert_eq!(depth_bucket(2), 1);
+        assert_eq!(depth_bucket(3), 1);
+        assert_eq!(depth_bucket(4), 2);
+        assert_eq!(depth_bucket(u32::MAX), DEPTH_BUCKETS - 1);
+    }
+}

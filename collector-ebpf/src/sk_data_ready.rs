@@ -1,0 +1,124 @@
+//! Hook: `sock:sk_data_ready` (Linux 6.3+), raw tracepoint, `TP_PROTO(const struct
+//! sock *sk)`.
+//!
+//! Fires whenever a socket is told data is ready: for a listener, each time a
+//! connection that completed its handshake is queued for `accept()`. It also fires
+//! for every data segment on established sockets, so the first thing read is the
+//! socket's state, and everything that is not a listener leaves at once.
+//!
+//! For a listener, reads `sk_ack_backlog` (depth after the enqueue) and
+//! `sk_max_ack_backlog` (limit) and aggregates them in `LISTENER_QUEUES`: depth
+//! histogram, maximum, full enqueues (depth > limit, the kernel's
+//! `sk_acceptq_is_full`). The connection just queued is the accept queue's tail
+//! (`icsk_accept_queue.rskq_accept_tail->sk`): it is stamped in `QUEUED` so the
+//! accept() that takes it measures its wait. A full queue sends one `QueueFullEvent`
+//! per listener per second.
+//!
+//! Kernels without this tracepoint (6.1) lack depth-at-enqueue and accept wait; the
+//! rest of sockq works.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext,
+};
+use collector_common::{
+    listener::EVENT_QUEUE_FULL,
+    queue::{QueueFullEvent, QueuedChild, depth_bucket},
+    stats::STAT_EVENTS_LOST,
+    tcp_state::TCP_LISTEN,
+};
+
+use crate::{
+    kernel::{offsets, read, sock_inode, sock_netns},
+    maps::{EVENTS, QUEUED, atomic_add, bump_stat, listener_queue},
+};
+
+/// Minimum time between two queue-full events of one listener.
+const FULL_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+
+#[raw_tracepoint(tracepoint = "sk_data_ready")]
+pub fn sk_data_ready(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let _ = try_sk_data_ready(sk);
+    0
+}
+
+#[inline(always)]
+fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
+    let o = offsets();
+    if o.valid == 0 {
+        return Ok(());
+    }
+    let state: u8 = read(sk, o.sk_state)?;
+    if state != TCP_LISTEN {
+        return Ok(());
+    }
+    let depth: u32 = read(sk, o.sk_ack_backlog)?;
+    let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
+    let inode = sock_inode(sk, &o);
+    if inode == 0 {
+        return Ok(());
+    }
+    let netns = sock_netns(sk, &o);
+    let Some(q) = listener_queue(inode, netns) else {
+        return Ok(());
+    };
+    // SAFETY: `q` is a valid map value pointer; counters only change through atomics,
+    // `max_depth` and `last_full_event_ns` are best-effort (a lost race loses a max
+    // or sends one extra event).
+    unsafe {
+        atomic_add(&raw mut (*q).enqueues, 1);
+        atomic_add(&raw mut (*q).depth_sum, u64::from(depth));
+        if let Some(slot) = (*q).depth_hist.get_mut(depth_bucket(depth)) {
+            atomic_add(slot, 1);
+        }
+        if depth > (*q).max_depth {
+            (*q).max_depth = depth;
+        }
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // The connection just queued: the tail of the accept queue.
+    if let Ok(req) = read::<*const u8>(sk, o.icsk_accept_tail)
+        && !req.is_null()
+        && let Ok(child) = read::<*const u8>(req, o.request_sock_sk)
+        && !child.is_null()
+    {
+        let stamp = QueuedChild {
+            enqueued_ns: now,
+            listener: inode,
+        };
+        let _ = QUEUED.insert(&(child as u64), &stamp, 0);
+    }
+
+    if depth > limit {
+        // SAFETY: as above.
+        let last = unsafe {
+            atomic_add(&raw mut (*q).full_enqueues, 1);
+            (*q).last_full_event_ns
+        };
+        if now.wrapping_sub(last) >= FULL_EVENT_INTERVAL_NS || last == 0 {
+            // SAFETY: as above.
+            unsafe { (*q).last_full_event_ns = now };
+            send_full_event(netns, inode, now, depth, limit);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn send_full_event(netns: u32, listener: u64, now: u64, depth: u32, limit: u32) {
+    let Some(mut entry) = EVENTS.reserve::<QueueFullEvent>(0) else {
+        bump_stat(STAT_EVENTS_LOST);
+        return;
+    };
+    entry.write(QueueFullEvent {
+        kind: EVENT_QUEUE_FULL,
+        netns,
+        listener,
+        timestamp_ns: now,
+        depth,
+        limit,
+    });
+    entry.submit(0);
+}
