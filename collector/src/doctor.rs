@@ -93,7 +93,26 @@ pub fn run() -> Vec<Check> {
         }
     };
 
-    let tracefs_root = tracefs::find();
+    // `sockq run` mounts tracefs when it is missing; do the same so the report says
+    // what run would get.
+    let tracefs_root = match (tracefs::find(), privileged) {
+        (Some(root), _) => Some(root),
+        (None, true) => match tracefs::ensure_mounted() {
+            Ok(root) => {
+                checks.push(Check::new(
+                    Verdict::Ok,
+                    "tracefs",
+                    format!("was not mounted; mounted it at {} as `sockq run` does", root.display()),
+                ));
+                Some(root)
+            }
+            Err(e) => {
+                checks.push(Check::new(Verdict::Warn, "tracefs", e.to_string()));
+                None
+            }
+        },
+        (None, false) => None,
+    };
     match &tracefs_root {
         Some(root) => {
             checks.push(Check::new(

@@ -1,5 +1,7 @@
 //! The daemon's HTTP endpoint: `GET /metrics` (Prometheus text exposition of the
-//! current [`Snapshot`]), `GET /` (a pointer to it), 404 for any other path.
+//! current [`Snapshot`]), `GET /events/recent[?after=SEQ]` (notable events as JSON
+//! lines, see [`crate::event_log`]), `GET /` (a pointer to them), 404 for any other
+//! path.
 //!
 //! axum serves each connection on its own task, so a slow or broken client never
 //! delays another scrape. What it does not bound is how long such a client may hold
@@ -22,7 +24,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -35,6 +37,7 @@ use tokio::{
 };
 
 use crate::{
+    event_log::EventLog,
     exposition::{self, BuildInfo, CONTENT_TYPE, ExpositionError},
     model::Snapshot,
 };
@@ -91,6 +94,7 @@ pub struct SharedState {
 struct Inner {
     snapshot: RwLock<Snapshot>,
     build: BuildInfo,
+    events: EventLog,
 }
 
 impl SharedState {
@@ -100,6 +104,7 @@ impl SharedState {
             inner: Arc::new(Inner {
                 snapshot: RwLock::new(Snapshot::default()),
                 build,
+                events: EventLog::default(),
             }),
         }
     }
@@ -126,6 +131,11 @@ impl SharedState {
 
     pub fn build(&self) -> &BuildInfo {
         &self.inner.build
+    }
+
+    /// The log of notable events served at `/events/recent`.
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
     }
 
     /// Renders the current snapshot, holding the read lock only while encoding.
@@ -199,13 +209,32 @@ fn router(state: SharedState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
+        .route("/events/recent", get(recent_events))
         .with_state(state)
 }
 
 async fn index() -> &'static str {
     "sockq: per-listener socket and kernel-queue observability\n\
      \n\
-     Prometheus metrics: /metrics\n"
+     Prometheus metrics: /metrics\n\
+     Notable events (JSON lines): /events/recent?after=SEQ\n"
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn recent_events(
+    State(state): State<SharedState>,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        state.events().since(query.after),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use sockq::{
-    cli::{Cli, Command, listeners},
+    cli::{Cli, Command, events, listeners},
     daemon, doctor, inventory, privileges,
 };
 
@@ -60,6 +60,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Events(args) => match events::run(args.metrics_addr, !args.no_follow) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sockq: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Doctor => {
             let checks = doctor::run();
             emit(&doctor::render(&checks));

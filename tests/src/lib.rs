@@ -261,6 +261,15 @@ impl Daemon {
         Metrics::parse(&body)
     }
 
+    /// The daemon's recent notable events (`GET /events/recent`), one JSON object each.
+    pub fn recent_events(&self) -> Vec<serde_json::Value> {
+        let body = try_get(self.addr, "/events/recent").expect("GET /events/recent");
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event {l:?}: {e}")))
+            .collect()
+    }
+
     pub fn metrics_text(&self) -> String {
         try_get(self.addr, "/metrics").expect("GET /metrics")
     }
@@ -318,6 +327,38 @@ pub struct Sample {
     pub name: String,
     pub labels: HashMap<String, String>,
     pub value: f64,
+}
+
+/// The `q` quantile of a Prometheus histogram from its cumulative `_bucket` samples,
+/// interpolated linearly inside the bucket as PromQL's `histogram_quantile` does.
+pub fn histogram_quantile(q: f64, buckets: &[&Sample]) -> Option<f64> {
+    let mut points: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|s| {
+            let le = s.labels.get("le").map(String::as_str).unwrap_or("+Inf");
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, s.value))
+        })
+        .collect::<Option<_>>()?;
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = points.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut prev_le, mut prev_count) = (0.0, 0.0);
+    for (le, count) in points {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev_le);
+            }
+            let inside = count - prev_count;
+            let frac = if inside > 0.0 { (rank - prev_count) / inside } else { 1.0 };
+            return Some(prev_le + (le - prev_le) * frac);
+        }
+        (prev_le, prev_count) = (le, count);
+    }
+    None
 }
 
 /// A parsed Prometheus text exposition (enough for our own output: no timestamps).

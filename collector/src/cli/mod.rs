@@ -1,6 +1,7 @@
 //! The command line: one clap definition, one module per subcommand that needs more
 //! than a call into the library.
 
+pub mod events;
 pub mod listeners;
 
 use std::{net::SocketAddr, time::Duration};
@@ -24,9 +25,22 @@ pub enum Command {
     /// Print every TCP listener on the host once: accept queue length/limit, SYN
     /// queue, drops and owners. Run as root to see every network namespace.
     Listeners(ListenersArgs),
+    /// Print the running daemon's notable events (full accept queues, ...) as JSON
+    /// lines, then follow new ones. Schema: see `sockq run`'s README section.
+    Events(EventsArgs),
     /// Check what works on this kernel and why: privileges, BTF, tracefs, program
     /// types, and whether each probe attaches (by trying it).
     Doctor,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Metrics address of the running `sockq run`.
+    #[arg(long, env = "SOCKQ_METRICS_ADDR", default_value = "127.0.0.1:9750")]
+    pub metrics_addr: SocketAddr,
+    /// Print the events the daemon holds and exit instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 #[derive(Debug, clap::Args)]

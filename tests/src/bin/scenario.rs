@@ -9,7 +9,8 @@
 //!   sockq-scenario listen ADDR                    listen and hold until stdin closes
 //!   sockq-scenario churn ADDR COUNT               COUNT connections: connect, accept,
 //!                                                 client closes, server reads EOF, closes
-//!   sockq-scenario slow-accept ADDR COUNT MS      accept each connection after MS ms
+//!   sockq-scenario slow-accept ADDR COUNT MS      accept each connection after MS ms;
+//!                                                 ready when all are accepted, then hold
 //!   sockq-scenario reuseport ADDR SHARDS CONNECTS SO_REUSEPORT group, one shard accepts
 //!   sockq-scenario syn-queue ADDR CONNECTS        TCP_DEFER_ACCEPT: handshakes stay in the
 //!                                                 SYN queue
@@ -151,21 +152,24 @@ fn slow_accept_scenario(addr: &str, count: &str, delay_ms: &str) -> Result<(), S
     let delay = Duration::from_millis(parse(delay_ms, "delay")?);
     let (listener, local) = listener(addr, 128)?;
     let listener: std::net::TcpListener = listener.into();
-    let server = std::thread::spawn(move || -> Result<(), String> {
+    let server = std::thread::spawn(move || -> Result<std::net::TcpListener, String> {
         for i in 0..count {
             std::thread::sleep(delay);
             let (mut conn, _) = listener.accept().map_err(|e| format!("accept {i}: {e}"))?;
             conn.write_all(b"x").map_err(|e| format!("write {i}: {e}"))?;
         }
-        Ok(())
+        Ok(listener)
     });
     for i in 0..count {
         let mut client = TcpStream::connect(local).map_err(|e| format!("connect {i}: {e}"))?;
         let mut byte = [0u8; 1];
         client.read_exact(&mut byte).map_err(|e| format!("read {i}: {e}"))?;
     }
-    server.join().map_err(|_| "server thread panicked".to_owned())??;
-    say(&format!("done {local} {count}"));
+    let listener = server.join().map_err(|_| "server thread panicked".to_owned())??;
+    // Keep the listener open so its counters stay observable.
+    say(&format!("ready {local} {count}"));
+    wait_for_stdin_close();
+    drop(listener);
     Ok(())
 }
 

@@ -1,0 +1,216 @@
+//! The accept queue and SYN backlog, per listener, against the kernel's own
+//! accounting: sock_diag (`ss`), the namespace's `/proc/net/netstat`, and the
+//! scenario programs' known behaviour. Each test in its own network namespace.
+
+use std::time::{Duration, Instant};
+
+use sockq_tests::{Daemon, Netns, histogram_quantile};
+
+/// `ss -ltneH` in the namespace: (inode, Recv-Q) of each listener on `port`.
+fn ss_listeners(ns: &Netns, port: u16) -> Vec<(u64, u32)> {
+    let out = ns.output("ss", &["-ltneH", "sport", &format!("= :{port}")]);
+    out.lines()
+        .map(|line| {
+            let mut f = line.split_whitespace();
+            let _state = f.next();
+            let recv_q: u32 = f.next().and_then(|v| v.parse().ok()).expect("Recv-Q");
+            let inode = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ino:").and_then(|i| i.parse().ok()))
+                .unwrap_or_else(|| panic!("no ino: in {line:?}"));
+            (inode, recv_q)
+        })
+        .collect()
+}
+
+#[test]
+fn overflow_is_one_episode_within_a_second_with_exact_drops() {
+    let ns = Netns::new("episode");
+    let netns = ns.inode().to_string();
+    let daemon = Daemon::start("1");
+    let base = ns.counter("TcpExt.ListenDrops");
+
+    let started = Instant::now();
+    let scenario = ns.scenario(&["backlog", "127.0.0.1:7011", "2", "8"]);
+    let is_mine = |e: &serde_json::Value| {
+        e["type"] == "accept_queue_full"
+            && e["netns"].as_u64().map(|n| n.to_string()) == Some(netns.clone())
+            && e["listen_addr"] == "127.0.0.1:7011"
+    };
+    let start_event = loop {
+        if let Some(e) = daemon
+            .recent_events()
+            .into_iter()
+            .find(|e| is_mine(e) && e["phase"] == "start")
+        {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "no accept_queue_full start event within 1 s of the overflow"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("episode reported after {:?}: {start_event}", started.elapsed());
+    assert_eq!(start_event["schema"], 1, "{start_event}");
+    assert_eq!(start_event["limit"], 2, "{start_event}");
+    assert_eq!(
+        start_event["owners"][0]["pid"].as_u64(),
+        Some(u64::from(scenario.pid())),
+        "{start_event}"
+    );
+    assert!(
+        start_event["fix"].as_str().is_some_and(|f| !f.is_empty()),
+        "{start_event}"
+    );
+
+    // The clients keep retransmitting SYNs into the full queue: the drops keep
+    // growing, the episode must not be reported again, and sockq's drop count must
+    // equal the kernel's at a moment the kernel's holds still.
+    let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7011")];
+    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_for(Duration::from_secs(10), |m| {
+        let before = ns.counter("TcpExt.ListenDrops");
+        let drops = m.one("sockq_listen_drops_total", &labels)?;
+        let full = m.one("sockq_listen_accept_queue_full", &labels)?;
+        let after = ns.counter("TcpExt.ListenDrops");
+        let expected = (after - base) as f64;
+        if before != after || drops != expected || full != 1.0 {
+            return Err(format!("drops {drops} vs ListenDrops delta {expected}, full {full}"));
+        }
+        Ok(())
+    });
+    let starts = daemon
+        .recent_events()
+        .into_iter()
+        .filter(|e| is_mine(e) && e["phase"] == "start")
+        .count();
+    assert_eq!(starts, 1, "one episode, one start event");
+
+    // Ending the scenario closes the listener: the episode ends.
+    scenario.finish();
+    daemon.wait_for(Duration::from_secs(5), |_| {
+        let ends = daemon
+            .recent_events()
+            .into_iter()
+            .filter(|e| is_mine(e) && e["phase"] == "end")
+            .count();
+        if ends == 1 { Ok(()) } else { Err(format!("{ends} end events")) }
+    });
+}
+
+#[test]
+fn accept_wait_is_the_time_spent_queued() {
+    const CONNECTIONS: u64 = 10;
+    let ns = Netns::new("acceptwait");
+    let netns = ns.inode().to_string();
+    let daemon = Daemon::start("0.2");
+    let scenario = ns.scenario(&["slow-accept", "127.0.0.1:7012", &CONNECTIONS.to_string(), "200"]);
+    let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7012")];
+    let pid = scenario.pid().to_string();
+    daemon.wait_for(Duration::from_secs(5), |m| {
+        let count = m.one("sockq_accept_wait_seconds_count", &labels)?;
+        let accepts = m.one("sockq_listen_accepts_total", &labels)?;
+        if count != CONNECTIONS as f64 || accepts != CONNECTIONS as f64 {
+            return Err(format!("{count} waits, {accepts} accepts, want {CONNECTIONS}"));
+        }
+        let buckets = m.find("sockq_accept_wait_seconds_bucket", &labels);
+        let median = histogram_quantile(0.5, &buckets).ok_or("empty histogram")?;
+        assert!(
+            (0.200..=0.260).contains(&median),
+            "accept wait median {median} s, the server sleeps 200 ms before each accept"
+        );
+        let mean = m.one("sockq_accept_wait_seconds_sum", &labels)? / count;
+        assert!((0.195..=0.260).contains(&mean), "mean accept wait {mean} s");
+        // Every accept came from the scenario's one server thread.
+        let per_thread = m.find(
+            "sockq_acceptor_accepts_total",
+            &[labels[0], labels[1], ("pid", pid.as_str())],
+        );
+        assert_eq!(per_thread.len(), 1, "{per_thread:?}");
+        assert_eq!(per_thread[0].value, CONNECTIONS as f64);
+        assert_ne!(per_thread[0].labels["tid"], pid, "accepts come from the server thread");
+        Ok(())
+    });
+    scenario.finish();
+}
+
+#[test]
+fn syn_queue_matches_ss_and_synack_retransmits_grow() {
+    const HANDSHAKES: usize = 5;
+    let ns = Netns::new("synqueue");
+    let netns = ns.inode().to_string();
+    let daemon = Daemon::start("0.2");
+    let scenario = ns.scenario(&["syn-queue", "127.0.0.1:7013", &HANDSHAKES.to_string()]);
+    let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7013")];
+    // `ss state syn-recv` lists the request sockets: the kernel's SYN queue.
+    let ss_syn_recv = || {
+        ns.output("ss", &["-tnH", "state", "syn-recv", "sport", "= :7013"])
+            .lines()
+            .count()
+    };
+    daemon.wait_for(Duration::from_secs(5), |m| {
+        let before = ss_syn_recv();
+        let sockq = m.one("sockq_listen_syn_queue_length", &labels)?;
+        let after = ss_syn_recv();
+        if before != after || sockq != before as f64 || before != HANDSHAKES {
+            return Err(format!("sockq SYN queue {sockq}, ss syn-recv {before}/{after}"));
+        }
+        Ok(())
+    });
+    // The listener keeps retransmitting SYN-ACKs for handshakes that never complete;
+    // the namespace's TCPSynRetrans counts them too.
+    daemon.wait_for(Duration::from_secs(5), |m| {
+        let retrans = m.one("sockq_listen_synack_retransmits_total", &labels)?;
+        let kernel = ns.counter("TcpExt.TCPSynRetrans");
+        if retrans >= HANDSHAKES as f64 && retrans <= kernel as f64 {
+            Ok(())
+        } else {
+            Err(format!("SYN-ACK retransmits {retrans}, TCPSynRetrans {kernel}"))
+        }
+    });
+    scenario.finish();
+}
+
+#[test]
+fn reuseport_shards_are_reported_one_by_one() {
+    const CONNECTS: usize = 40;
+    let ns = Netns::new("reuseport");
+    let netns = ns.inode().to_string();
+    let daemon = Daemon::start("0.2");
+    let scenario = ns.scenario(&["reuseport", "127.0.0.1:7014", "4", &CONNECTS.to_string()]);
+    let addr = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7014")];
+    daemon.wait_for(Duration::from_secs(5), |m| {
+        let ss = ss_listeners(&ns, 7014);
+        if ss.len() != 4 {
+            return Err(format!("ss shows {} shards", ss.len()));
+        }
+        if m.one("sockq_listen_group_sockets", &addr)? != 4.0 {
+            return Err("group size is not 4".into());
+        }
+        let mut busy = 0;
+        let mut idle_queued = 0;
+        for (inode, recv_q) in &ss {
+            let socket = inode.to_string();
+            let labels = [addr[0], addr[1], ("socket", socket.as_str())];
+            let depth = m.one("sockq_listen_accept_queue_length", &labels)?;
+            if depth != f64::from(*recv_q) {
+                return Err(format!("shard {inode}: sockq depth {depth}, ss Recv-Q {recv_q}"));
+            }
+            let accepts = m.one("sockq_listen_accepts_total", &labels)?;
+            if accepts > 0.0 {
+                busy += 1;
+                assert!(depth <= 1.0, "the accepting shard stays near empty: {depth}");
+            } else {
+                idle_queued += *recv_q as usize;
+            }
+        }
+        if busy != 1 {
+            return Err(format!("{busy} shards accepted"));
+        }
+        // Whatever the busy shard did not take waits in the idle shards' queues.
+        assert!(idle_queued > 0 && idle_queued < CONNECTS, "{idle_queued} queued");
+        Ok(())
+    });
+    scenario.finish();
+}
