@@ -66,9 +66,8 @@ impl ListenerQueue {
     };
 }
 
-const _: () = assert!(
-    core::mem::size_of::<ListenerQueue>() == 72 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8
-);
+const _: () =
+    assert!(core::mem::size_of::<ListenerQueue>() == 72 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8);
 
 /// A connection in some listener's accept queue, by child socket address.
 #[repr(C)]
@@ -128,7 +127,11 @@ pub fn log2(v: u64) -> u32 {
 #[inline(always)]
 pub fn depth_bucket(depth: u32) -> usize {
     let b = log2(u64::from(depth)) as usize;
-    if b >= DEPTH_BUCKETS { DEPTH_BUCKETS - 1 } else { b }
+    if b >= DEPTH_BUCKETS {
+        DEPTH_BUCKETS - 1
+    } else {
+        b
+    }
 }
 
 /// Accept-wait bucket for a wait of `us` microseconds. Values below 4 have a bucket
@@ -142,7 +145,11 @@ pub fn wait_bucket(us: u64) -> usize {
     let k = log2(us) as usize; // >= 2
     let sub = ((us >> (k - 2)) & 3) as usize;
     let b = 4 * (k - 1) + sub;
-    if b >= WAIT_BUCKETS { WAIT_BUCKETS - 1 } else { b }
+    if b >= WAIT_BUCKETS {
+        WAIT_BUCKETS - 1
+    } else {
+        b
+    }
 }
 
 /// Exclusive upper bound, in microseconds, of accept-wait bucket `b` (the last
@@ -171,11 +178,18 @@ mod tests {
             let upper = wait_bucket_upper_us(b);
             assert!(upper > lower, "bucket {b}");
             assert_eq!(wait_bucket(lower), b, "lower edge {lower} of bucket {b}");
-            assert_eq!(wait_bucket(upper - 1), b, "upper edge {upper} of bucket {b}");
+            assert_eq!(
+                wait_bucket(upper - 1),
+                b,
+                "upper edge {upper} of bucket {b}"
+            );
             // No bucket is wider than a quarter of its lower bound (beyond the
             // exact ones): quantiles read from it are within 25%.
             if lower >= 4 {
-                assert!((upper - lower) * 4 <= lower, "bucket {b} [{lower}, {upper})");
+                assert!(
+                    (upper - lower) * 4 <= lower,
+                    "bucket {b} [{lower}, {upper})"
+                );
             }
             lower = upper;
         }

@@ -36,7 +36,13 @@ fn try_listen(ctx: &TracePointContext) -> Result<(), i64> {
         // The kernel reads backlog as an int; negative values mean "the maximum".
         let backlog = backlog as i32;
         // SAFETY: a valid map value pointer.
-        unsafe { (*q).backlog_arg = if backlog < 0 { u32::MAX } else { backlog as u32 } };
+        unsafe {
+            (*q).backlog_arg = if backlog < 0 {
+                u32::MAX
+            } else {
+                backlog as u32
+            }
+        };
     }
     Ok(())
 }

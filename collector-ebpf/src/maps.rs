@@ -77,7 +77,9 @@ pub fn listener_queue(inode: u64, netns: u32) -> Option<*mut ListenerQueue> {
     }
     let zero = ZERO_QUEUE.get(0)?;
     // EEXIST when another CPU created it first: fine, look it up again.
-    if LISTENER_QUEUES.insert(&inode, zero, BPF_NOEXIST as u64).is_err()
+    if LISTENER_QUEUES
+        .insert(&inode, zero, BPF_NOEXIST as u64)
+        .is_err()
         && LISTENER_QUEUES.get_ptr_mut(&inode).is_none()
     {
         bump_stat(STAT_LISTENERS_FULL);

@@ -17,9 +17,7 @@
 //! Kernels without this tracepoint (6.1) lack depth-at-enqueue and accept wait; the
 //! rest of sockq works.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
 use collector_common::{
     listener::EVENT_QUEUE_FULL,
     queue::{QueueFullEvent, QueuedChild, depth_bucket},

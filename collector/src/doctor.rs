@@ -102,7 +102,10 @@ pub fn run() -> Vec<Check> {
                 checks.push(Check::new(
                     Verdict::Ok,
                     "tracefs",
-                    format!("was not mounted; mounted it at {} as `sockq run` does", root.display()),
+                    format!(
+                        "was not mounted; mounted it at {} as `sockq run` does",
+                        root.display()
+                    ),
                 ));
                 Some(root)
             }

@@ -69,8 +69,8 @@ mod tests {
         assert_eq!(log.push(serde_json::json!("bare")), 2);
         let all = log.since(0);
         assert_eq!(all.lines().count(), 2);
-        let first: serde_json::Value = serde_json::from_str(all.lines().next().unwrap_or_default())
-            .expect("json");
+        let first: serde_json::Value =
+            serde_json::from_str(all.lines().next().unwrap_or_default()).expect("json");
         assert_eq!(first["seq"], 1);
         assert_eq!(first["type"], "a");
         assert_eq!(log.since(1).lines().count(), 1);

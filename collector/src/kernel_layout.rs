@@ -283,10 +283,8 @@ impl Layout {
             sk_socket: self.offset("sock", "sk_socket")?,
             socket_ino: self.socket_ino()?,
             socket_sk: self.offset("socket", "sk")?,
-            icsk_accept_tail: self.offset(
-                "inet_connection_sock",
-                "icsk_accept_queue.rskq_accept_tail",
-            )?,
+            icsk_accept_tail: self
+                .offset("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail")?,
             request_sock_sk: self.offset("request_sock", "sk")?,
             task_files: self.offset("task_struct", "files")?,
             files_fdt: self.offset("files_struct", "fdt")?,

@@ -381,7 +381,8 @@ fn attach_raw(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), St
         .try_into()
         .map_err(|e| format!("{e}"))?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
-    prog.attach(tracepoint).map_err(|e| crate::error_chain(&e))?;
+    prog.attach(tracepoint)
+        .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
 
@@ -397,7 +398,8 @@ fn attach_classic(
         .try_into()
         .map_err(|e| format!("{e}"))?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
-    prog.attach(category, name).map_err(|e| crate::error_chain(&e))?;
+    prog.attach(category, name)
+        .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
 
@@ -435,7 +437,10 @@ mod tests {
     #[test]
     fn records_decode_by_kind() {
         assert!(decode_event(&[]).is_none());
-        assert!(decode_event(&[1, 0, 0, 0, 0]).is_none(), "too short for a listener event");
+        assert!(
+            decode_event(&[1, 0, 0, 0, 0]).is_none(),
+            "too short for a listener event"
+        );
         let mut bytes = vec![0u8; std::mem::size_of::<QueueFullEvent>()];
         bytes[..4].copy_from_slice(&EVENT_QUEUE_FULL.to_ne_bytes());
         bytes[24..28].copy_from_slice(&5u32.to_ne_bytes());

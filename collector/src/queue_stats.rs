@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use collector_common::queue::{
-    DEPTH_BUCKETS, ListenerQueue, WAIT_BUCKETS, wait_bucket_upper_us,
-};
+use collector_common::queue::{DEPTH_BUCKETS, ListenerQueue, WAIT_BUCKETS, wait_bucket_upper_us};
 
 use crate::model::{Histogram, Listener, ListenerKernelStats};
 

@@ -336,7 +336,11 @@ pub fn histogram_quantile(q: f64, buckets: &[&Sample]) -> Option<f64> {
         .iter()
         .map(|s| {
             let le = s.labels.get("le").map(String::as_str).unwrap_or("+Inf");
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, s.value))
         })
         .collect::<Option<_>>()?;
@@ -353,7 +357,11 @@ pub fn histogram_quantile(q: f64, buckets: &[&Sample]) -> Option<f64> {
                 return Some(prev_le);
             }
             let inside = count - prev_count;
-            let frac = if inside > 0.0 { (rank - prev_count) / inside } else { 1.0 };
+            let frac = if inside > 0.0 {
+                (rank - prev_count) / inside
+            } else {
+                1.0
+            };
             return Some(prev_le + (le - prev_le) * frac);
         }
         (prev_le, prev_count) = (le, count);

@@ -51,7 +51,10 @@ fn overflow_is_one_episode_within_a_second_with_exact_drops() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    eprintln!("episode reported after {:?}: {start_event}", started.elapsed());
+    eprintln!(
+        "episode reported after {:?}: {start_event}",
+        started.elapsed()
+    );
     assert_eq!(start_event["schema"], 1, "{start_event}");
     assert_eq!(start_event["limit"], 2, "{start_event}");
     assert_eq!(
@@ -76,7 +79,9 @@ fn overflow_is_one_episode_within_a_second_with_exact_drops() {
         let after = ns.counter("TcpExt.ListenDrops");
         let expected = (after - base) as f64;
         if before != after || drops != expected || full != 1.0 {
-            return Err(format!("drops {drops} vs ListenDrops delta {expected}, full {full}"));
+            return Err(format!(
+                "drops {drops} vs ListenDrops delta {expected}, full {full}"
+            ));
         }
         Ok(())
     });
@@ -95,7 +100,11 @@ fn overflow_is_one_episode_within_a_second_with_exact_drops() {
             .into_iter()
             .filter(|e| is_mine(e) && e["phase"] == "end")
             .count();
-        if ends == 1 { Ok(()) } else { Err(format!("{ends} end events")) }
+        if ends == 1 {
+            Ok(())
+        } else {
+            Err(format!("{ends} end events"))
+        }
     });
 }
 
@@ -105,14 +114,21 @@ fn accept_wait_is_the_time_spent_queued() {
     let ns = Netns::new("acceptwait");
     let netns = ns.inode().to_string();
     let daemon = Daemon::start("0.2");
-    let scenario = ns.scenario(&["slow-accept", "127.0.0.1:7012", &CONNECTIONS.to_string(), "200"]);
+    let scenario = ns.scenario(&[
+        "slow-accept",
+        "127.0.0.1:7012",
+        &CONNECTIONS.to_string(),
+        "200",
+    ]);
     let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7012")];
     let pid = scenario.pid().to_string();
     daemon.wait_for(Duration::from_secs(5), |m| {
         let count = m.one("sockq_accept_wait_seconds_count", &labels)?;
         let accepts = m.one("sockq_listen_accepts_total", &labels)?;
         if count != CONNECTIONS as f64 || accepts != CONNECTIONS as f64 {
-            return Err(format!("{count} waits, {accepts} accepts, want {CONNECTIONS}"));
+            return Err(format!(
+                "{count} waits, {accepts} accepts, want {CONNECTIONS}"
+            ));
         }
         let buckets = m.find("sockq_accept_wait_seconds_bucket", &labels);
         let median = histogram_quantile(0.5, &buckets).ok_or("empty histogram")?;
@@ -129,7 +145,10 @@ fn accept_wait_is_the_time_spent_queued() {
         );
         assert_eq!(per_thread.len(), 1, "{per_thread:?}");
         assert_eq!(per_thread[0].value, CONNECTIONS as f64);
-        assert_ne!(per_thread[0].labels["tid"], pid, "accepts come from the server thread");
+        assert_ne!(
+            per_thread[0].labels["tid"], pid,
+            "accepts come from the server thread"
+        );
         Ok(())
     });
     scenario.finish();
@@ -154,7 +173,9 @@ fn syn_queue_matches_ss_and_synack_retransmits_grow() {
         let sockq = m.one("sockq_listen_syn_queue_length", &labels)?;
         let after = ss_syn_recv();
         if before != after || sockq != before as f64 || before != HANDSHAKES {
-            return Err(format!("sockq SYN queue {sockq}, ss syn-recv {before}/{after}"));
+            return Err(format!(
+                "sockq SYN queue {sockq}, ss syn-recv {before}/{after}"
+            ));
         }
         Ok(())
     });
@@ -166,7 +187,9 @@ fn syn_queue_matches_ss_and_synack_retransmits_grow() {
         if retrans >= HANDSHAKES as f64 && retrans <= kernel as f64 {
             Ok(())
         } else {
-            Err(format!("SYN-ACK retransmits {retrans}, TCPSynRetrans {kernel}"))
+            Err(format!(
+                "SYN-ACK retransmits {retrans}, TCPSynRetrans {kernel}"
+            ))
         }
     });
     scenario.finish();
@@ -195,12 +218,17 @@ fn reuseport_shards_are_reported_one_by_one() {
             let labels = [addr[0], addr[1], ("socket", socket.as_str())];
             let depth = m.one("sockq_listen_accept_queue_length", &labels)?;
             if depth != f64::from(*recv_q) {
-                return Err(format!("shard {inode}: sockq depth {depth}, ss Recv-Q {recv_q}"));
+                return Err(format!(
+                    "shard {inode}: sockq depth {depth}, ss Recv-Q {recv_q}"
+                ));
             }
             let accepts = m.one("sockq_listen_accepts_total", &labels)?;
             if accepts > 0.0 {
                 busy += 1;
-                assert!(depth <= 1.0, "the accepting shard stays near empty: {depth}");
+                assert!(
+                    depth <= 1.0,
+                    "the accepting shard stays near empty: {depth}"
+                );
             } else {
                 idle_queued += *recv_q as usize;
             }
@@ -209,7 +237,10 @@ fn reuseport_shards_are_reported_one_by_one() {
             return Err(format!("{busy} shards accepted"));
         }
         // Whatever the busy shard did not take waits in the idle shards' queues.
-        assert!(idle_queued > 0 && idle_queued < CONNECTS, "{idle_queued} queued");
+        assert!(
+            idle_queued > 0 && idle_queued < CONNECTS,
+            "{idle_queued} queued"
+        );
         Ok(())
     });
     scenario.finish();

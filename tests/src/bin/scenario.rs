@@ -156,16 +156,21 @@ fn slow_accept_scenario(addr: &str, count: &str, delay_ms: &str) -> Result<(), S
         for i in 0..count {
             std::thread::sleep(delay);
             let (mut conn, _) = listener.accept().map_err(|e| format!("accept {i}: {e}"))?;
-            conn.write_all(b"x").map_err(|e| format!("write {i}: {e}"))?;
+            conn.write_all(b"x")
+                .map_err(|e| format!("write {i}: {e}"))?;
         }
         Ok(listener)
     });
     for i in 0..count {
         let mut client = TcpStream::connect(local).map_err(|e| format!("connect {i}: {e}"))?;
         let mut byte = [0u8; 1];
-        client.read_exact(&mut byte).map_err(|e| format!("read {i}: {e}"))?;
+        client
+            .read_exact(&mut byte)
+            .map_err(|e| format!("read {i}: {e}"))?;
     }
-    let listener = server.join().map_err(|_| "server thread panicked".to_owned())??;
+    let listener = server
+        .join()
+        .map_err(|_| "server thread panicked".to_owned())??;
     // Keep the listener open so its counters stay observable.
     say(&format!("ready {local} {count}"));
     wait_for_stdin_close();
@@ -183,8 +188,10 @@ fn reuseport_scenario(addr: &str, shards: &str, connects: &str) -> Result<(), St
     for _ in 0..shards {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| format!("socket: {e}"))?;
-        s.set_reuse_port(true).map_err(|e| format!("SO_REUSEPORT: {e}"))?;
-        s.bind(&addr.into()).map_err(|e| format!("bind {addr}: {e}"))?;
+        s.set_reuse_port(true)
+            .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+        s.bind(&addr.into())
+            .map_err(|e| format!("bind {addr}: {e}"))?;
         s.listen(1024).map_err(|e| format!("listen: {e}"))?;
         listeners.push(s);
     }
@@ -237,7 +244,10 @@ fn set_defer_accept(socket: &Socket, seconds: libc::c_int) -> Result<(), String>
         )
     };
     if rc != 0 {
-        return Err(format!("TCP_DEFER_ACCEPT: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "TCP_DEFER_ACCEPT: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

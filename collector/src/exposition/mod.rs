@@ -19,9 +19,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod queues;
+
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, text::encode_registry},
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet, text::encode_registry},
     metrics::{MetricType, gauge::ConstGauge},
     registry::Registry,
 };
@@ -96,13 +98,39 @@ pub fn render(snapshot: &Snapshot, build: &BuildInfo) -> Result<String, Expositi
 /// Labels of one series, in output order.
 type Labels = Vec<(&'static str, String)>;
 
+/// One sample's value.
+#[derive(Debug, Clone)]
+enum Value {
+    Int(u64),
+    Float(f64),
+    Histogram(HistogramValue),
+}
+
+/// A histogram sample: per-bucket (not cumulative) counts, the last bound +Inf.
+#[derive(Debug, Clone)]
+struct HistogramValue {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for HistogramValue {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// One metric family, owned so that it can live in a `'static` [`Collector`].
 #[derive(Debug)]
 struct Family {
     name: &'static str,
     help: &'static str,
     kind: MetricType,
-    series: Vec<(Labels, u64)>,
+    series: Vec<(Labels, Value)>,
 }
 
 impl Family {
@@ -123,8 +151,23 @@ impl Family {
         }
     }
 
+    fn histogram(name: &'static str, help: &'static str) -> Self {
+        Self {
+            kind: MetricType::Histogram,
+            ..Self::gauge(name, help)
+        }
+    }
+
     fn push(&mut self, labels: Labels, value: impl Into<u64>) {
-        self.series.push((labels, value.into()));
+        self.series.push((labels, Value::Int(value.into())));
+    }
+
+    fn push_float(&mut self, labels: Labels, value: f64) {
+        self.series.push((labels, Value::Float(value)));
+    }
+
+    fn push_histogram(&mut self, labels: Labels, value: HistogramValue) {
+        self.series.push((labels, Value::Histogram(value)));
     }
 }
 
@@ -189,11 +232,7 @@ impl SnapshotCollector {
         let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
         listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
         for l in listeners {
-            let identity: Labels = vec![
-                ("netns", l.netns.to_string()),
-                ("listen_addr", l.listen_addr()),
-                ("socket", l.inode.to_string()),
-            ];
+            let identity = listener_labels(l);
             accept_len.push(identity.clone(), l.accept_queue_len);
             accept_limit.push(identity.clone(), l.accept_queue_limit);
             syn_len.push(identity.clone(), l.syn_queue_len);
@@ -249,19 +288,10 @@ impl SnapshotCollector {
             1_u8,
         );
 
-        Self {
-            families: vec![
-                accept_len,
-                accept_limit,
-                syn_len,
-                drops,
-                info,
-                transitions,
-                lost,
-                probes,
-                build_info,
-            ],
-        }
+        let mut families = vec![accept_len, accept_limit, syn_len, drops, info];
+        families.extend(queues::families(snapshot));
+        families.extend([transitions, lost, probes, build_info]);
+        Self { families }
     }
 }
 
@@ -282,11 +312,11 @@ impl Collector for SnapshotCollector {
             if let [(labels, value)] = family.series.as_slice()
                 && labels.is_empty()
             {
-                encode_value(family.kind, *value, metric_encoder)?;
+                encode_value(family.kind, value, metric_encoder)?;
                 continue;
             }
             for (labels, value) in &family.series {
-                encode_value(family.kind, *value, metric_encoder.encode_family(labels)?)?;
+                encode_value(family.kind, value, metric_encoder.encode_family(labels)?)?;
             }
         }
         Ok(())
@@ -295,13 +325,24 @@ impl Collector for SnapshotCollector {
 
 fn encode_value(
     kind: MetricType,
-    value: u64,
+    value: &Value,
     encoder: MetricEncoder,
 ) -> Result<(), std::fmt::Error> {
-    match kind {
-        MetricType::Counter => PlainCounter(value).encode(encoder),
-        _ => ConstGauge::new(value).encode(encoder),
+    match (kind, value) {
+        (_, Value::Histogram(h)) => h.encode(encoder),
+        (MetricType::Counter, Value::Int(v)) => PlainCounter(*v).encode(encoder),
+        (_, Value::Int(v)) => ConstGauge::new(*v).encode(encoder),
+        (_, Value::Float(v)) => ConstGauge::new(*v).encode(encoder),
     }
+}
+
+/// The labels that identify a listener.
+fn listener_labels(l: &crate::model::Listener) -> Labels {
+    vec![
+        ("netns", l.netns.to_string()),
+        ("listen_addr", l.listen_addr()),
+        ("socket", l.inode.to_string()),
+    ]
 }
 
 #[cfg(test)]
@@ -393,6 +434,50 @@ mod tests {
             );
         }
         snapshot
+    }
+
+    /// The fixture with what the eBPF programs add: kernel stats on one listener
+    /// (histograms included) and acceptor threads.
+    fn fixture_with_kernel_stats() -> Snapshot {
+        use collector_common::queue::{ListenerQueue, depth_bucket, wait_bucket};
+        let mut snapshot = fixture();
+        let mut q = ListenerQueue::ZERO;
+        for (depth, wait_us) in [(1u32, 150u64), (3, 200_000), (5, 2_000_000)] {
+            q.enqueues += 1;
+            q.depth_sum += u64::from(depth);
+            q.depth_hist[depth_bucket(depth)] += 1;
+            q.accepts += 1;
+            q.wait_sum_ns += wait_us * 1000;
+            q.wait_hist[wait_bucket(wait_us)] += 1;
+        }
+        q.backlog_arg = 511;
+        snapshot.listeners[0].kernel = Some(crate::queue_stats::kernel_stats(&q, Some(0.25)));
+        snapshot.listeners[0].queue_full = true;
+        snapshot.acceptors = vec![crate::model::Acceptor {
+            socket: 222,
+            pid: 42,
+            tid: 44,
+            comm: HOSTILE_COMM.to_owned(),
+            accepts: 3,
+        }];
+        snapshot
+    }
+
+    #[test]
+    fn kernel_stats_pass_promtool() {
+        let text = render(&fixture_with_kernel_stats(), &build()).expect("render");
+        for expected in [
+            "sockq_accept_wait_seconds_count{netns=\"4026531840\",listen_addr=\"[::1]:8080\",socket=\"222\"} 3\n",
+            "sockq_listen_accept_queue_depth_bucket{le=\"+Inf\",netns=\"4026531840\",listen_addr=\"[::1]:8080\",socket=\"222\"} 3\n",
+            "sockq_listen_backlog{netns=\"4026531840\",listen_addr=\"[::1]:8080\",socket=\"222\"} 511\n",
+            "sockq_listen_accept_queue_full{netns=\"4026531840\",listen_addr=\"[::1]:8080\",socket=\"222\"} 1\n",
+            "tid=\"44\",comm=\"a\\\"b\\\\c\\nd{}\"} 3\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+        }
+        if let Some((ok, report)) = promtool(&text) {
+            assert!(ok, "promtool check metrics failed:\n{report}\n{text}");
+        }
     }
 
     /// Runs `promtool check metrics` on `text`; `None` when promtool is missing.
@@ -503,9 +588,10 @@ mod tests {
         }
         assert!(!text.contains("_total_total"), "{text}");
         assert_eq!(text.matches("sockq_listener_info{").count(), 3, "{text}");
-        // Every family has help and type.
-        assert_eq!(text.matches("# HELP ").count(), 9, "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 9, "{text}");
+        // Every family has help and type: the nine above, plus the full-queue gauge
+        // and the SO_REUSEPORT group size (no kernel stats in this snapshot).
+        assert_eq!(text.matches("# HELP ").count(), 11, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 11, "{text}");
     }
 
     #[test]

@@ -1,0 +1,216 @@
+//! The accept queue as sockq's eBPF programs measured it, per listener: enqueues,
+//! depth at enqueue, accepts and their wait, SYN-ACK retransmits, the `listen()`
+//! backlog, full-queue episodes; SO_REUSEPORT group sizes; accepts per thread.
+
+use std::collections::BTreeMap;
+
+use super::{Family, HistogramValue, Labels, listener_labels};
+use crate::model::{Histogram, Snapshot};
+
+/// Accept-wait buckets exported: from 50 µs up, each bound at least this factor
+/// above the previous (the kernel's buckets are at most 25% wide; exporting every
+/// one would cost ~100 series per listener).
+const WAIT_MIN_BOUND: f64 = 50e-6;
+const WAIT_RATIO: f64 = 1.3;
+/// Threads listed per listener in `sockq_acceptor_accepts_total`; the rest are summed
+/// into one `tid="other"` series so a thread-per-connection server cannot blow up
+/// the series count.
+pub const MAX_ACCEPTORS_PER_LISTENER: usize = 32;
+
+const HELP_FULL: &str = "1 while a full-accept-queue episode is in progress on this listener \
+    (queue over its limit, or drops growing), 0 otherwise; see `sockq events`.";
+const HELP_GROUP: &str = "Listening sockets sharing this address and port in this namespace \
+    (more than 1: an SO_REUSEPORT group whose shards are reported one by one).";
+const HELP_ENQUEUES: &str = "Connections queued for accept() on this listener since sockq \
+    started, counted on the sock:sk_data_ready tracepoint.";
+const HELP_FULL_ENQUEUES: &str = "Enqueues after which this listener's accept queue held more \
+    than its limit (the kernel's sk_acceptq_is_full): from then on new handshakes are dropped.";
+const HELP_MAX_DEPTH: &str = "Deepest accept queue seen right after an enqueue since sockq \
+    started (sk_ack_backlog at sock:sk_data_ready).";
+const HELP_DEPTH: &str = "Accept queue depth right after each enqueue (sk_ack_backlog at \
+    sock:sk_data_ready): catches spikes between scrapes.";
+const HELP_ACCEPTS: &str = "Connections accept()/accept4() returned from this listener whose \
+    queueing sockq saw (not counted: io_uring accepts, connections queued before sockq started).";
+const HELP_WAIT: &str = "Time each accepted connection waited in the accept queue: from the \
+    enqueue (handshake complete, sock:sk_data_ready) to the accept()/accept4() that returned it \
+    (syscalls:sys_exit_accept4).";
+const HELP_SYNACK: &str = "SYN-ACKs this listener retransmitted (tcp:tcp_retransmit_synack): \
+    handshakes whose final ACK did not arrive in time.";
+const HELP_BACKLOG: &str = "The backlog argument the application passed to listen() \
+    (syscalls:sys_enter_listen), before the kernel caps it at net.core.somaxconn. Only for \
+    listen() calls made while sockq ran.";
+const HELP_OLDEST: &str = "Seconds the oldest connection still in this listener's accept queue \
+    has waited; reported while the queue is full.";
+const HELP_ACCEPTOR: &str = "Connections accepted from this listener by one thread (pid, tid, \
+    comm of the thread). At most 32 threads per listener; the rest are summed under \
+    tid=\"other\".";
+
+pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
+    let mut full = Family::gauge("sockq_listen_accept_queue_full", HELP_FULL);
+    let mut group = Family::gauge("sockq_listen_group_sockets", HELP_GROUP);
+    let mut enqueues = Family::counter("sockq_listen_enqueues_total", HELP_ENQUEUES);
+    let mut full_enqueues = Family::counter(
+        "sockq_listen_accept_queue_full_enqueues_total",
+        HELP_FULL_ENQUEUES,
+    );
+    let mut max_depth = Family::gauge("sockq_listen_accept_queue_max_depth", HELP_MAX_DEPTH);
+    let mut depth = Family::histogram("sockq_listen_accept_queue_depth", HELP_DEPTH);
+    let mut accepts = Family::counter("sockq_listen_accepts_total", HELP_ACCEPTS);
+    let mut wait = Family::histogram("sockq_accept_wait_seconds", HELP_WAIT);
+    let mut synack = Family::counter("sockq_listen_synack_retransmits_total", HELP_SYNACK);
+    let mut backlog = Family::gauge("sockq_listen_backlog", HELP_BACKLOG);
+    let mut oldest = Family::gauge("sockq_listen_oldest_wait_seconds", HELP_OLDEST);
+
+    let mut groups: BTreeMap<(u64, String), u64> = BTreeMap::new();
+    let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
+    listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
+    for l in &listeners {
+        *groups.entry((l.netns, l.listen_addr())).or_default() += 1;
+        let id = listener_labels(l);
+        full.push(id.clone(), l.queue_full);
+        let Some(k) = &l.kernel else { continue };
+        enqueues.push(id.clone(), k.enqueues);
+        full_enqueues.push(id.clone(), k.full_enqueues);
+        max_depth.push(id.clone(), k.max_depth);
+        accepts.push(id.clone(), k.accepts);
+        synack.push(id.clone(), k.synack_retransmits);
+        if k.enqueues > 0 {
+            depth.push_histogram(id.clone(), coarsen(&k.depth, 0.0, 1.0));
+        }
+        if k.accept_wait.count() > 0 {
+            wait.push_histogram(
+                id.clone(),
+                coarsen(&k.accept_wait, WAIT_MIN_BOUND, WAIT_RATIO),
+            );
+        }
+        if let Some(b) = k.backlog_arg {
+            backlog.push(id.clone(), b);
+        }
+        if let Some(w) = k.oldest_wait {
+            oldest.push_float(id.clone(), w);
+        }
+    }
+    for ((netns, listen_addr), n) in groups {
+        group.push(
+            vec![("netns", netns.to_string()), ("listen_addr", listen_addr)],
+            n,
+        );
+    }
+    let acceptors = acceptor_family(snapshot);
+    vec![
+        full,
+        group,
+        enqueues,
+        full_enqueues,
+        max_depth,
+        depth,
+        accepts,
+        wait,
+        synack,
+        backlog,
+        oldest,
+        acceptors,
+    ]
+}
+
+/// Accepts per thread, capped per listener.
+fn acceptor_family(snapshot: &Snapshot) -> Family {
+    let mut family = Family::counter("sockq_acceptor_accepts_total", HELP_ACCEPTOR);
+    for l in &snapshot.listeners {
+        let mut threads: Vec<_> = snapshot
+            .acceptors
+            .iter()
+            .filter(|a| a.socket == l.inode)
+            .collect();
+        // Busiest first, so the cap keeps the threads that matter.
+        threads.sort_by(|a, b| b.accepts.cmp(&a.accepts).then(a.tid.cmp(&b.tid)));
+        let id = listener_labels(l);
+        let mut other = 0u64;
+        for (i, a) in threads.iter().enumerate() {
+            if i < MAX_ACCEPTORS_PER_LISTENER {
+                family.push(
+                    thread_labels(&id, a.pid.to_string(), a.tid.to_string(), &a.comm),
+                    a.accepts,
+                );
+            } else {
+                other = other.saturating_add(a.accepts);
+            }
+        }
+        if threads.len() > MAX_ACCEPTORS_PER_LISTENER {
+            family.push(thread_labels(&id, String::new(), "other".into(), ""), other);
+        }
+    }
+    family
+}
+
+fn thread_labels(id: &Labels, pid: String, tid: String, comm: &str) -> Labels {
+    let mut labels = id.clone();
+    labels.push(("pid", pid));
+    labels.push(("tid", tid));
+    labels.push(("comm", comm.to_owned()));
+    labels
+}
+
+/// Re-buckets a histogram onto a subset of its bounds: the first bound at or above
+/// `min`, then each next bound at least `ratio` times the last one kept. Counts are
+/// exact at the kept bounds (they are bounds of the original).
+fn coarsen(h: &Histogram, min: f64, ratio: f64) -> HistogramValue {
+    let mut kept: Vec<f64> = Vec::new();
+    for &b in &h.bounds {
+        let keep = match kept.last() {
+            None => b >= min,
+            Some(&last) => b >= last * ratio,
+        };
+        if keep {
+            kept.push(b);
+        }
+    }
+    let mut buckets: Vec<(f64, u64)> = kept.iter().map(|&b| (b, 0)).collect();
+    buckets.push((f64::INFINITY, 0));
+    for (i, &count) in h.counts.iter().enumerate() {
+        let upper = h.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+        let slot = buckets
+            .iter()
+            .position(|&(b, _)| b >= upper)
+            .unwrap_or(buckets.len() - 1);
+        buckets[slot].1 += count;
+    }
+    HistogramValue {
+        sum: h.sum,
+        count: h.count(),
+        buckets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coarsening_keeps_counts_exact_at_kept_bounds() {
+        let h = Histogram {
+            bounds: vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0],
+            counts: vec![1, 1, 1, 1, 1, 1, 1],
+            sum: 30.0,
+        };
+        let c = coarsen(&h, 2.0, 1.9);
+        let bounds: Vec<f64> = c.buckets.iter().map(|b| b.0).collect();
+        assert_eq!(bounds, [2.0, 4.0, 8.0, f64::INFINITY]);
+        let counts: Vec<u64> = c.buckets.iter().map(|b| b.1).collect();
+        // <=2: two observations; (2,4]: two; (4,8]: two; above: one.
+        assert_eq!(counts, [2, 2, 2, 1]);
+        assert_eq!(c.count, 7);
+    }
+
+    #[test]
+    fn every_depth_bound_is_kept_with_ratio_one() {
+        let h = Histogram {
+            bounds: vec![1.0, 3.0, 7.0],
+            counts: vec![5, 0, 1, 2],
+            sum: 20.0,
+        };
+        let c = coarsen(&h, 0.0, 1.0);
+        assert_eq!(c.buckets.len(), 4);
+        assert_eq!(c.buckets[3], (f64::INFINITY, 2));
+    }
+}
