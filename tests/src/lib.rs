@@ -71,6 +71,48 @@ impl Netns {
         Self { name }
     }
 
+    /// Connects this namespace to `other` with a veth pair: this side gets
+    /// `10.77.N.1/24`, the other `10.77.N.2/24` (N distinct per pair in this process).
+    /// Returns (this side's address, the other's).
+    pub fn link(&self, other: &Netns) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let (a, b) = (format!("sqa{n}"), format!("sqb{n}"));
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            &a,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &other.name,
+        ]));
+        let here = std::net::Ipv4Addr::new(10, 77, n as u8, 1);
+        let there = std::net::Ipv4Addr::new(10, 77, n as u8, 2);
+        for (ns, dev, ip) in [(self, &a, here), (other, &b, there)] {
+            run_ok(Command::new("ip").args([
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]));
+            run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", dev, "up"]));
+        }
+        (here, there)
+    }
+
+    /// Runs `ip ARGS` inside this namespace (`ip -n NAME ARGS`).
+    pub fn ip(&self, args: &[&str]) {
+        run_ok(Command::new("ip").args(["-n", &self.name]).args(args));
+    }
+
     /// The namespace's inode, as sockq labels it.
     pub fn inode(&self) -> u64 {
         std::fs::metadata(format!("/run/netns/{}", self.name))

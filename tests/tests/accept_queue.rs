@@ -157,14 +157,40 @@ fn accept_wait_is_the_time_spent_queued() {
 #[test]
 fn syn_queue_matches_ss_and_synack_retransmits_grow() {
     const HANDSHAKES: usize = 5;
-    let ns = Netns::new("synqueue");
-    let netns = ns.inode().to_string();
+    // A client in another namespace whose handshakes never complete: the server's
+    // route back to it goes through a neighbour that does not exist, so every
+    // SYN-ACK is lost, the request sockets stay in the SYN queue and the listener
+    // keeps retransmitting SYN-ACKs.
+    let server = Netns::new("synq-server");
+    let client = Netns::new("synq-client");
+    let (server_ip, client_ip) = server.link(&client);
+    let dead_end = std::net::Ipv4Addr::new(
+        server_ip.octets()[0],
+        server_ip.octets()[1],
+        server_ip.octets()[2],
+        99,
+    );
+    server.ip(&[
+        "route",
+        "add",
+        &format!("{client_ip}/32"),
+        "via",
+        &dead_end.to_string(),
+    ]);
+    let netns = server.inode().to_string();
     let daemon = Daemon::start("0.2");
-    let scenario = ns.scenario(&["syn-queue", "127.0.0.1:7013", &HANDSHAKES.to_string()]);
-    let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7013")];
+    let listen_addr = format!("{server_ip}:7013");
+    let listener = server.scenario(&["listen", &listen_addr]);
+    let clients = client.scenario(&["connect", &listen_addr, &HANDSHAKES.to_string()]);
+    let labels = [
+        ("netns", netns.as_str()),
+        ("listen_addr", listen_addr.as_str()),
+    ];
+
     // `ss state syn-recv` lists the request sockets: the kernel's SYN queue.
     let ss_syn_recv = || {
-        ns.output("ss", &["-tnH", "state", "syn-recv", "sport", "= :7013"])
+        server
+            .output("ss", &["-tnH", "state", "syn-recv", "sport", "= :7013"])
             .lines()
             .count()
     };
@@ -179,20 +205,22 @@ fn syn_queue_matches_ss_and_synack_retransmits_grow() {
         }
         Ok(())
     });
-    // The listener keeps retransmitting SYN-ACKs for handshakes that never complete;
-    // the namespace's TCPSynRetrans counts them too.
-    daemon.wait_for(Duration::from_secs(5), |m| {
+    // Every retransmitted SYN-ACK is counted for this listener, and the namespace's
+    // own TCPSynRetrans (which counts nothing else here) agrees.
+    daemon.wait_for(Duration::from_secs(6), |m| {
+        let before = server.counter("TcpExt.TCPSynRetrans");
         let retrans = m.one("sockq_listen_synack_retransmits_total", &labels)?;
-        let kernel = ns.counter("TcpExt.TCPSynRetrans");
-        if retrans >= HANDSHAKES as f64 && retrans <= kernel as f64 {
+        let after = server.counter("TcpExt.TCPSynRetrans");
+        if retrans >= (2 * HANDSHAKES) as f64 && before == after && retrans == after as f64 {
             Ok(())
         } else {
             Err(format!(
-                "SYN-ACK retransmits {retrans}, TCPSynRetrans {kernel}"
+                "SYN-ACK retransmits {retrans}, TCPSynRetrans {before}/{after}"
             ))
         }
     });
-    scenario.finish();
+    clients.finish();
+    listener.finish();
 }
 
 #[test]

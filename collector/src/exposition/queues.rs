@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use super::{Family, HistogramValue, Labels, listener_labels};
 use crate::model::{Histogram, Snapshot};
 
-/// Accept-wait buckets exported: from 50 µs up, each bound at least this factor
-/// above the previous (the kernel's buckets are at most 25% wide; exporting every
-/// one would cost ~100 series per listener).
-const WAIT_MIN_BOUND: f64 = 50e-6;
-const WAIT_RATIO: f64 = 1.3;
+/// Accept-wait buckets exported: from 64 µs up, the kernel's bounds of the form 2^k
+/// or 3·2^(k-1) microseconds (steps of x1.5 and x1.33). The kernel's own buckets are
+/// four times finer; exporting every one would cost ~100 series per listener.
+const WAIT_MIN_BOUND: f64 = 64e-6;
 /// Threads listed per listener in `sockq_acceptor_accepts_total`; the rest are summed
 /// into one `tid="other"` series so a thread-per-connection server cannot blow up
 /// the series count.
@@ -75,13 +74,10 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         accepts.push(id.clone(), k.accepts);
         synack.push(id.clone(), k.synack_retransmits);
         if k.enqueues > 0 {
-            depth.push_histogram(id.clone(), coarsen(&k.depth, 0.0, 1.0));
+            depth.push_histogram(id.clone(), coarsen(&k.depth, |_| true));
         }
         if k.accept_wait.count() > 0 {
-            wait.push_histogram(
-                id.clone(),
-                coarsen(&k.accept_wait, WAIT_MIN_BOUND, WAIT_RATIO),
-            );
+            wait.push_histogram(id.clone(), coarsen(&k.accept_wait, keep_wait_bound));
         }
         if let Some(b) = k.backlog_arg {
             backlog.push(id.clone(), b);
@@ -151,20 +147,17 @@ fn thread_labels(id: &Labels, pid: String, tid: String, comm: &str) -> Labels {
     labels
 }
 
-/// Re-buckets a histogram onto a subset of its bounds: the first bound at or above
-/// `min`, then each next bound at least `ratio` times the last one kept. Counts are
-/// exact at the kept bounds (they are bounds of the original).
-fn coarsen(h: &Histogram, min: f64, ratio: f64) -> HistogramValue {
-    let mut kept: Vec<f64> = Vec::new();
-    for &b in &h.bounds {
-        let keep = match kept.last() {
-            None => b >= min,
-            Some(&last) => b >= last * ratio,
-        };
-        if keep {
-            kept.push(b);
-        }
-    }
+/// Whether an accept-wait bound (seconds) is exported: see [`WAIT_MIN_BOUND`].
+fn keep_wait_bound(seconds: f64) -> bool {
+    let us = (seconds * 1e6).round() as u64;
+    seconds >= WAIT_MIN_BOUND
+        && (us.is_power_of_two() || (us % 3 == 0 && (us / 3).is_power_of_two()))
+}
+
+/// Re-buckets a histogram onto the subset of its bounds that `keep` accepts. Counts
+/// are exact at the kept bounds (they are bounds of the original).
+fn coarsen(h: &Histogram, keep: impl Fn(f64) -> bool) -> HistogramValue {
+    let kept: Vec<f64> = h.bounds.iter().copied().filter(|&b| keep(b)).collect();
     let mut buckets: Vec<(f64, u64)> = kept.iter().map(|&b| (b, 0)).collect();
     buckets.push((f64::INFINITY, 0));
     for (i, &count) in h.counts.iter().enumerate() {
@@ -193,7 +186,7 @@ mod tests {
             counts: vec![1, 1, 1, 1, 1, 1, 1],
             sum: 30.0,
         };
-        let c = coarsen(&h, 2.0, 1.9);
+        let c = coarsen(&h, |b| b == 2.0 || b == 4.0 || b == 8.0);
         let bounds: Vec<f64> = c.buckets.iter().map(|b| b.0).collect();
         assert_eq!(bounds, [2.0, 4.0, 8.0, f64::INFINITY]);
         let counts: Vec<u64> = c.buckets.iter().map(|b| b.1).collect();
@@ -203,13 +196,35 @@ mod tests {
     }
 
     #[test]
-    fn every_depth_bound_is_kept_with_ratio_one() {
+    fn wait_bounds_step_by_a_third_or_a_half() {
+        let fine =
+            crate::queue_stats::wait_histogram(&collector_common::queue::ListenerQueue::ZERO);
+        let kept: Vec<f64> = fine
+            .bounds
+            .iter()
+            .copied()
+            .filter(|&b| keep_wait_bound(b))
+            .collect();
+        assert_eq!(kept[0], 64e-6);
+        assert!(
+            kept.contains(&0.196608) && kept.contains(&0.262144),
+            "{kept:?}"
+        );
+        for pair in kept.windows(2) {
+            let ratio = pair[1] / pair[0];
+            assert!((1.3..=1.5 + 1e-9).contains(&ratio), "{pair:?}");
+        }
+        assert!(kept.len() < 45, "{} buckets", kept.len());
+    }
+
+    #[test]
+    fn every_depth_bound_is_kept() {
         let h = Histogram {
             bounds: vec![1.0, 3.0, 7.0],
             counts: vec![5, 0, 1, 2],
             sum: 20.0,
         };
-        let c = coarsen(&h, 0.0, 1.0);
+        let c = coarsen(&h, |_| true);
         assert_eq!(c.buckets.len(), 4);
         assert_eq!(c.buckets[3], (f64::INFINITY, 2));
     }

@@ -14,6 +14,8 @@
 //!   sockq-scenario reuseport ADDR SHARDS CONNECTS SO_REUSEPORT group, one shard accepts
 //!   sockq-scenario syn-queue ADDR CONNECTS        TCP_DEFER_ACCEPT: handshakes stay in the
 //!                                                 SYN queue
+//!   sockq-scenario connect ADDR CONNECTS          CONNECTS non-blocking connects to a
+//!                                                 remote ADDR, held until stdin closes
 
 use std::{
     io::{Read as _, Write as _},
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         ["slow-accept", addr, count, delay_ms] => slow_accept_scenario(addr, count, delay_ms),
         ["reuseport", addr, shards, connects] => reuseport_scenario(addr, shards, connects),
         ["syn-queue", addr, connects] => syn_queue_scenario(addr, connects),
+        ["connect", addr, connects] => connect_scenario(addr, connects),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -115,6 +118,27 @@ fn backlog_scenario(addr: &str, backlog: &str, connects: &str) -> Result<(), Str
     Ok(())
 }
 
+fn connect_scenario(addr: &str, connects: &str) -> Result<(), String> {
+    let addr: SocketAddr = parse(addr, "address")?;
+    let connects: usize = parse(connects, "connect count")?;
+    let mut clients = Vec::new();
+    for _ in 0..connects {
+        let c = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("socket: {e}"))?;
+        c.set_nonblocking(true)
+            .map_err(|e| format!("nonblocking: {e}"))?;
+        match c.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(format!("connect: {e}")),
+        }
+        clients.push(c);
+    }
+    say(&format!("ready {addr} {connects}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
 fn listen_scenario(addr: &str) -> Result<(), String> {
     let (_listener, local) = listener(addr, 128)?;
     say(&format!("ready {local}"));
@@ -145,8 +169,8 @@ fn churn_scenario(addr: &str, count: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Accepts one connection every DELAY_MS: the client connects again only after the
-/// previous connection was accepted, so each one waits DELAY_MS in the queue.
+/// Accepts each connection DELAY_MS after it was queued: the client connects again
+/// only after the previous connection was accepted, so each waits DELAY_MS.
 fn slow_accept_scenario(addr: &str, count: &str, delay_ms: &str) -> Result<(), String> {
     let count: usize = parse(count, "count")?;
     let delay = Duration::from_millis(parse(delay_ms, "delay")?);
@@ -154,6 +178,8 @@ fn slow_accept_scenario(addr: &str, count: &str, delay_ms: &str) -> Result<(), S
     let listener: std::net::TcpListener = listener.into();
     let server = std::thread::spawn(move || -> Result<std::net::TcpListener, String> {
         for i in 0..count {
+            // Wait until a connection is queued, then let it wait DELAY_MS.
+            wait_readable(&listener).map_err(|e| format!("poll {i}: {e}"))?;
             std::thread::sleep(delay);
             let (mut conn, _) = listener.accept().map_err(|e| format!("accept {i}: {e}"))?;
             conn.write_all(b"x")
@@ -248,6 +274,21 @@ fn set_defer_accept(socket: &Socket, seconds: libc::c_int) -> Result<(), String>
             "TCP_DEFER_ACCEPT: {}",
             std::io::Error::last_os_error()
         ));
+    }
+    Ok(())
+}
+
+/// Blocks until `listener` has a connection to accept.
+fn wait_readable(listener: &std::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, infinite timeout.
+    if unsafe { libc::poll(&raw mut pfd, 1, -1) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
