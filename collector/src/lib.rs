@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod doctor;
+pub mod episodes;
 pub mod event_log;
 pub mod exposition;
 pub mod http;

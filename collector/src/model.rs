@@ -166,4 +166,19 @@ pub struct Snapshot {
     pub probes: Vec<ProbeStatus>,
     /// Threads that accepted connections, per listener.
     pub acceptors: Vec<Acceptor>,
+    /// Per-namespace kernel counters and sysctls.
+    pub netns: Vec<NetnsStats>,
+}
+
+/// One network namespace's own TCP counters and listener-related sysctls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NetnsStats {
+    pub netns: NetnsInode,
+    /// Counters from the namespace's `/proc/net/netstat` and `/proc/net/snmp`, by
+    /// sockq's snake_case name (`listen_drops` for TcpExt ListenDrops).
+    pub counters: BTreeMap<String, u64>,
+    pub somaxconn: Option<u32>,
+    pub tcp_max_syn_backlog: Option<u32>,
+    pub tcp_syncookies: Option<u32>,
+    pub tcp_abort_on_overflow: Option<u32>,
 }

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod netns;
 mod queues;
 
 use prometheus_client::{
@@ -290,6 +291,7 @@ impl SnapshotCollector {
 
         let mut families = vec![accept_len, accept_limit, syn_len, drops, info];
         families.extend(queues::families(snapshot));
+        families.extend(netns::families(snapshot));
         families.extend([transitions, lost, probes, build_info]);
         Self { families }
     }
@@ -453,6 +455,19 @@ mod tests {
         q.backlog_arg = 511;
         snapshot.listeners[0].kernel = Some(crate::queue_stats::kernel_stats(&q, Some(0.25)));
         snapshot.listeners[0].queue_full = true;
+        snapshot.netns = vec![crate::model::NetnsStats {
+            netns: 4026531840,
+            counters: [
+                ("listen_drops".to_owned(), 17),
+                ("tcp_syn_retrans".to_owned(), 3),
+            ]
+            .into_iter()
+            .collect(),
+            somaxconn: Some(4096),
+            tcp_max_syn_backlog: None,
+            tcp_syncookies: Some(1),
+            tcp_abort_on_overflow: Some(0),
+        }];
         snapshot.acceptors = vec![crate::model::Acceptor {
             socket: 222,
             pid: 42,
@@ -472,6 +487,8 @@ mod tests {
             "sockq_listen_backlog{netns=\"4026531840\",listen_addr=\"[::1]:8080\",socket=\"222\"} 511\n",
             "sockq_listen_accept_queue_full{netns=\"4026531840\",listen_addr=\"[::1]:8080\",socket=\"222\"} 1\n",
             "tid=\"44\",comm=\"a\\\"b\\\\c\\nd{}\"} 3\n",
+            "sockq_netstat_listen_drops_total{netns=\"4026531840\"} 17\n",
+            "sockq_netns_somaxconn{netns=\"4026531840\"} 4096\n",
         ] {
             assert!(text.contains(expected), "{expected:?} not in:\n{text}");
         }

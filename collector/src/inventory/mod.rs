@@ -10,6 +10,7 @@
 //! The entry point is [`scan`]; [`scan_netns`] does the same for one namespace.
 
 pub mod netns;
+pub mod netns_stats;
 pub mod netstat;
 pub mod owners;
 pub mod sock_diag;

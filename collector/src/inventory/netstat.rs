@@ -61,8 +61,9 @@ pub fn read_netstat(pid: u32) -> Result<Netstat, InventoryError> {
     parse_netstat(&text).map_err(|source| InventoryError::Netstat { path, source })
 }
 
-/// Parses the `/proc/net/netstat` format. Blank lines are ignored; a section
-/// appearing twice keeps the last values.
+/// Parses the `/proc/net/netstat` format (also that of `/proc/net/snmp`, whose
+/// negative fields are skipped). Blank lines are ignored; a section appearing twice
+/// keeps the last values.
 pub fn parse_netstat(text: &str) -> Result<Netstat, NetstatParseError> {
     let mut counters = Netstat::new();
     let mut lines = text
@@ -99,6 +100,10 @@ pub fn parse_netstat(text: &str) -> Result<Netstat, NetstatParseError> {
             });
         }
         for (name, value) in names.into_iter().zip(values) {
+            // /proc/net/snmp has signed fields (`Tcp: MaxConn -1`): not counters.
+            if value.starts_with('-') && value.parse::<i64>().is_ok() {
+                continue;
+            }
             let number = value
                 .parse::<u64>()
                 .map_err(|_| NetstatParseError::NotANumber {
@@ -176,8 +181,10 @@ MPTcpExt: 7
                 value: "x".into()
             })
         );
+        // A signed field (`Tcp: MaxConn -1` in /proc/net/snmp) is not a counter: skipped.
+        assert_eq!(parse_netstat("TcpExt: A\nTcpExt: -1\n"), Ok(Netstat::new()));
         assert!(matches!(
-            parse_netstat("TcpExt: A\nTcpExt: -1\n"),
+            parse_netstat("TcpExt: A\nTcpExt: -x\n"),
             Err(NetstatParseError::NotANumber { .. })
         ));
         assert_eq!(
