@@ -18,6 +18,7 @@ use collector_common::{
 use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use crate::{
+    episodes::{EpisodeEvent, EpisodeTracker, Limits},
     exposition::BuildInfo,
     http, inventory,
     model::{Acceptor, Listener, ProbeStatus, Snapshot, tcp_state_name},
@@ -111,8 +112,20 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
-        let snapshot = poller.poll().await;
+        let (snapshot, events) = poller.poll().await;
         state.replace(snapshot);
+        for event in events {
+            match event.phase {
+                "start" => tracing::warn!("{}", event.message),
+                _ => tracing::info!("{}", event.message),
+            }
+            match serde_json::to_value(&event) {
+                Ok(json) => {
+                    state.events().push(json);
+                }
+                Err(e) => tracing::warn!("encoding an event: {e}"),
+            }
+        }
     }
     tracing::info!("shutting down; detaching probes");
     let _ = stop_tx.send(true);
@@ -168,6 +181,8 @@ struct Poller {
     probes: Option<Probes>,
     known: BTreeMap<(u64, u64), String>,
     first: bool,
+    episodes: EpisodeTracker,
+    last_listeners: Vec<Listener>,
 }
 
 impl Poller {
@@ -176,19 +191,29 @@ impl Poller {
             probes,
             known: BTreeMap::new(),
             first: true,
+            episodes: EpisodeTracker::default(),
+            last_listeners: Vec::new(),
         }
     }
 
-    async fn poll(&mut self) -> Snapshot {
-        let listeners = match tokio::task::spawn_blocking(inventory::scan).await {
-            Ok(Ok(listeners)) => listeners,
-            Ok(Err(e)) => {
+    async fn poll(&mut self) -> (Snapshot, Vec<EpisodeEvent>) {
+        let scanned = tokio::task::spawn_blocking(|| {
+            (
+                inventory::scan(),
+                inventory::netns_stats::scan_netns_stats(),
+            )
+        })
+        .await;
+        let (listeners, netns) = match scanned {
+            Ok((Ok(listeners), netns)) => (listeners, netns),
+            Ok((Err(e), netns)) => {
+                // Keep the last inventory rather than report every listener gone.
                 tracing::warn!("listener inventory failed: {}", crate::error_chain(&e));
-                Vec::new()
+                (self.last_listeners.clone(), netns)
             }
             Err(e) => {
                 tracing::warn!("listener inventory task failed: {e}");
-                Vec::new()
+                (self.last_listeners.clone(), Vec::new())
             }
         };
         self.log_changes(&listeners);
@@ -225,7 +250,29 @@ impl Poller {
                 Err(e) => tracing::warn!("reading the probes' maps: {}", crate::error_chain(&e)),
             }
         }
-        snapshot
+        let limits: HashMap<u64, Limits> = netns
+            .iter()
+            .map(|n| {
+                let limits = Limits {
+                    somaxconn: n.somaxconn,
+                    max_syn_backlog: n.tcp_max_syn_backlog,
+                    syncookies: n.tcp_syncookies,
+                };
+                (n.netns, limits)
+            })
+            .collect();
+        let events = self.episodes.update(
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+            &snapshot.listeners,
+            |netns| limits.get(&netns).copied().unwrap_or_default(),
+        );
+        for l in &mut snapshot.listeners {
+            l.queue_full = self.episodes.is_full(l.netns, l.inode);
+        }
+        snapshot.netns = netns;
+        self.last_listeners.clone_from(&snapshot.listeners);
+        (snapshot, events)
     }
 
     fn log_changes(&mut self, listeners: &[Listener]) {

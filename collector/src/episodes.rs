@@ -4,12 +4,14 @@
 //! The kernel considers an accept queue full when it holds more than its limit
 //! (`sk_acceptq_is_full`: `sk_ack_backlog > sk_max_ack_backlog`); from then on, new
 //! handshakes are dropped and counted in the listener's `sk_drops`. An episode
-//! **starts** at the first poll that finds the queue over its limit, its drops grown
-//! since the previous poll, or (with the eBPF probes) a full enqueue since the previous
-//! poll: a queue that filled and drained between two polls still shows in its drops.
-//! It **ends** at the first poll that finds the queue drained (empty, or at most half
-//! its limit) with no new drops, or the listener gone. Drops a listener had before
-//! sockq first saw it do not open an episode.
+//! **starts** at the first poll that finds the queue over its limit, or finds that it
+//! was full since the previous poll: with the eBPF probes, an enqueue that left the
+//! queue over its limit (`full_enqueues`); without them, grown drops. (`sk_drops` also
+//! counts other discards, such as retransmitted SYNs for handshakes already in
+//! progress, so the probes' signal is preferred.) It **ends** at the first poll that
+//! finds the queue drained (empty, or at most half its limit) and no new sign of
+//! overflow, or the listener gone. What a listener dropped before sockq first saw it
+//! does not open an episode.
 //!
 //! Pure logic: the caller passes the clock in.
 
@@ -133,10 +135,13 @@ impl EpisodeTracker {
                 self.tracked.insert(key, t);
                 continue;
             };
-            let dropped = l.drops > t.drops;
-            let filled = full_enqueues > t.full_enqueues;
+            // Was the queue full at some point since the previous poll?
+            let overflowed = match &l.kernel {
+                Some(_) => full_enqueues > t.full_enqueues,
+                None => l.drops > t.drops,
+            };
             match &t.episode {
-                None if is_over_limit(l) || dropped || filled => {
+                None if is_over_limit(l) || overflowed => {
                     let episode = Episode {
                         started: now,
                         drops_at_start: t.drops,
@@ -155,7 +160,7 @@ impl EpisodeTracker {
                     ));
                     t.episode = Some(episode);
                 }
-                Some(ep) if !dropped && is_drained(l) => {
+                Some(ep) if !overflowed && is_drained(l) => {
                     let drops = l.drops.saturating_sub(ep.drops_at_start);
                     let duration = now.saturating_duration_since(ep.started);
                     let during = accepts_since(l, ep.accepts_at_start);
@@ -491,6 +496,24 @@ mod tests {
         assert_eq!(e[0].drops_since_start, 3);
         // Drained and no more drops: the next poll ends it.
         assert_eq!(phases(&c.poll(&[listener(0, 128, 3)])), ["end"]);
+    }
+
+    #[test]
+    fn with_probes_full_enqueues_not_drops_signal_overflow() {
+        let probed = |len, drops, full_enqueues| {
+            let mut l = with_accepts(listener(len, 128, drops), 0);
+            if let Some(k) = l.kernel.as_mut() {
+                k.full_enqueues = full_enqueues;
+            }
+            l
+        };
+        let mut c = Clock::new();
+        c.poll(&[probed(0, 0, 0)]);
+        // Retransmitted SYNs for handshakes in progress raise sk_drops: no episode.
+        assert!(c.poll(&[probed(0, 5, 0)]).is_empty());
+        // An enqueue found the queue over its limit since the last poll: episode.
+        assert_eq!(phases(&c.poll(&[probed(0, 9, 1)])), ["start"]);
+        assert_eq!(phases(&c.poll(&[probed(0, 12, 1)])), ["end"]);
     }
 
     #[test]
