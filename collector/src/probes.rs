@@ -273,13 +273,8 @@ impl Probes {
                 total,
             );
         }
-        let mut queues = std::collections::HashMap::new();
-        for entry in self.queues.iter() {
-            // An entry evicted between get_next_key and lookup is simply skipped.
-            if let Ok((inode, q)) = entry {
-                queues.insert(inode, q);
-            }
-        }
+        // An entry evicted between get_next_key and lookup is simply skipped.
+        let queues = self.queues.iter().flatten().collect();
         let acceptors = self.acceptors.iter().filter_map(Result::ok).collect();
         Ok(KernelView {
             transitions,

@@ -151,7 +151,7 @@ fn thread_labels(id: &Labels, pid: String, tid: String, comm: &str) -> Labels {
 fn keep_wait_bound(seconds: f64) -> bool {
     let us = (seconds * 1e6).round() as u64;
     seconds >= WAIT_MIN_BOUND
-        && (us.is_power_of_two() || (us % 3 == 0 && (us / 3).is_power_of_two()))
+        && (us.is_power_of_two() || (us.is_multiple_of(3) && (us / 3).is_power_of_two()))
 }
 
 /// Re-buckets a histogram onto the subset of its bounds that `keep` accepts. Counts
