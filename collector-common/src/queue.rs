@@ -207,3 +207,21 @@ mod tests {
         assert_eq!(depth_bucket(u32::MAX), DEPTH_BUCKETS - 1);
     }
 }
+
+/// Capacity of `DROP_REASONS` (LRU): (listener, reason) pairs.
+pub const DROP_REASONS_MAX_ENTRIES: u32 = 4096;
+
+/// Key of `DROP_REASONS`: packets a listener dropped, by `enum skb_drop_reason`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub listener: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers with explicit padding; any bit pattern is valid.
+unsafe impl aya::Pod for DropKey {}

@@ -18,6 +18,8 @@ mod inet_sock_set_state;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
+mod kfree_skb;
+#[cfg(target_arch = "bpf")]
 mod listen;
 #[cfg(target_arch = "bpf")]
 mod maps;

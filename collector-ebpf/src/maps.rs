@@ -11,8 +11,8 @@ use aya_ebpf::{
 use collector_common::{
     listener::EVENTS_RING_BYTES,
     queue::{
-        ACCEPTORS_MAX_ENTRIES, AcceptorKey, LISTENERS_MAX_ENTRIES, ListenerQueue,
-        QUEUED_MAX_ENTRIES, QueuedChild,
+        ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES, DropKey,
+        LISTENERS_MAX_ENTRIES, ListenerQueue, QUEUED_MAX_ENTRIES, QueuedChild,
     },
     stats::{STAT_LISTENERS_FULL, STATS_LEN},
     tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
@@ -58,6 +58,11 @@ pub static QUEUED: LruHashMap<u64, QueuedChild> =
 #[map]
 pub static ACCEPTORS: LruHashMap<AcceptorKey, u64> =
     LruHashMap::with_max_entries(ACCEPTORS_MAX_ENTRIES, 0);
+
+/// Packets listeners dropped, per (listener, `enum skb_drop_reason`).
+#[map]
+pub static DROP_REASONS: LruHashMap<DropKey, u64> =
+    LruHashMap::with_max_entries(DROP_REASONS_MAX_ENTRIES, 0);
 
 /// Adds `v` to a counter other CPUs may update at the same time.
 #[inline(always)]

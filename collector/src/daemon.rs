@@ -183,6 +183,8 @@ struct Poller {
     first: bool,
     episodes: EpisodeTracker,
     last_listeners: Vec<Listener>,
+    /// `enum skb_drop_reason` names of this kernel.
+    reason_names: HashMap<u32, String>,
 }
 
 impl Poller {
@@ -193,6 +195,9 @@ impl Poller {
             first: true,
             episodes: EpisodeTracker::default(),
             last_listeners: Vec::new(),
+            reason_names: crate::kernel_layout::Layout::from_running_kernel()
+                .map(|l| l.drop_reason_names())
+                .unwrap_or_default(),
         }
     }
 
@@ -238,9 +243,13 @@ impl Poller {
                     };
                     queue_stats::attach_to_listeners(
                         &mut snapshot.listeners,
-                        &view.queues,
-                        &oldest,
-                        monotonic_ns(),
+                        &queue_stats::KernelCounters {
+                            queues: &view.queues,
+                            oldest_enqueue_ns: &oldest,
+                            now_ns: monotonic_ns(),
+                            drops: &view.drops,
+                            reason_names: &self.reason_names,
+                        },
                     );
                     snapshot.acceptors = acceptors(&snapshot.listeners, &view.acceptors);
                     snapshot.transitions = view.transitions;

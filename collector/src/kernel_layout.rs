@@ -169,6 +169,36 @@ impl Layout {
         Ok(None)
     }
 
+    /// The enumerators of `enum name` as (value, name), e.g. `skb_drop_reason`.
+    pub fn enum_members(&self, name: &str) -> Result<Vec<(i64, String)>, LayoutError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| LayoutError::NoStruct(name.into()))?;
+        for ty in types {
+            if let Type::Enum(e) = ty {
+                return e
+                    .members
+                    .iter()
+                    .map(|m| Ok((i64::from(m.val()), self.name_of(m)?)))
+                    .collect();
+            }
+        }
+        Err(LayoutError::NoStruct(name.into()))
+    }
+
+    /// `enum skb_drop_reason` as value -> short name (`TCP_LISTEN_OVERFLOW`).
+    pub fn drop_reason_names(&self) -> std::collections::HashMap<u32, String> {
+        self.enum_members("skb_drop_reason")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(v, n)| {
+                let short = n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_owned();
+                Some((u32::try_from(v).ok()?, short))
+            })
+            .collect()
+    }
+
     fn name_of(&self, t: &dyn btf_rs::BtfType) -> Result<String, LayoutError> {
         self.btf
             .resolve_name(t)
@@ -411,9 +441,14 @@ mod tests {
             Err(LayoutError::NoStruct(_))
         ));
         let reason = layout
-            .enum_value("SKB_DROP_REASON_NOT_SPECIFIED")
-            .expect("enum lookup");
-        assert!(reason.is_some());
+            .enum_value("SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+            .expect("enum lookup")
+            .expect("this kernel has the reason");
+        let names = layout.drop_reason_names();
+        assert_eq!(
+            names.get(&(reason as u32)).map(String::as_str),
+            Some("TCP_LISTEN_OVERFLOW")
+        );
     }
 
     #[test]

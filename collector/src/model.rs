@@ -106,6 +106,9 @@ pub struct ListenerKernelStats {
     /// Seconds the oldest connection still in the accept queue has waited, when
     /// known.
     pub oldest_wait: Option<f64>,
+    /// Packets the listener dropped by `skb:kfree_skb` reason (`TCP_LISTEN_OVERFLOW`:
+    /// a handshake's final ACK refused by a full accept queue).
+    pub drop_reasons: BTreeMap<String, u64>,
 }
 
 /// Accepts by one thread on one listener.

@@ -8,6 +8,8 @@
 //! - `sk_data_ready`: raw tracepoint (6.3+): accept queue depth at every enqueue and
 //!   the enqueue time of each connection;
 //! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
+//! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (6.13+): drop reasons per
+//!   listener;
 //! - `sys_exit_accept4`, `sys_exit_accept`, `sys_enter_listen`: classic syscall
 //!   tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`).
 
@@ -21,7 +23,7 @@ use aya::{
 use collector_common::{
     layout::{KERNEL_OFFSETS_SYMBOL, KernelOffsets},
     listener::{EVENT_LISTENER, EVENT_QUEUE_FULL, ListenerEvent},
-    queue::{AcceptorKey, ListenerQueue, QueueFullEvent, QueuedChild},
+    queue::{AcceptorKey, DropKey, ListenerQueue, QueueFullEvent, QueuedChild},
     stats::{STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_READ_ERRORS, STAT_TRANSITIONS_FULL},
     tcp_state::TransitionKey as RawTransitionKey,
 };
@@ -97,7 +99,7 @@ pub struct ProbeSpec {
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 6] = [
+pub const PROBES: [ProbeSpec; 7] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -124,6 +126,13 @@ pub const PROBES: [ProbeSpec; 6] = [
         hooks: &[Hook::Raw {
             program: "tcp_retransmit_synack",
             tracepoint: "tcp_retransmit_synack",
+        }],
+    },
+    ProbeSpec {
+        name: "kfree_skb",
+        hooks: &[Hook::Raw {
+            program: "kfree_skb",
+            tracepoint: "kfree_skb",
         }],
     },
     ProbeSpec {
@@ -159,6 +168,8 @@ pub struct KernelView {
     pub queues: std::collections::HashMap<u64, ListenerQueue>,
     /// Accepts by (listener inode, pid, tid).
     pub acceptors: Vec<(AcceptorKey, u64)>,
+    /// Drops by (listener inode, `enum skb_drop_reason`).
+    pub drops: Vec<(DropKey, u64)>,
     pub stats: ProgramStats,
 }
 
@@ -172,6 +183,7 @@ pub struct Probes {
     queues: HashMap<MapData, u64, ListenerQueue>,
     queued: HashMap<MapData, u64, QueuedChild>,
     acceptors: HashMap<MapData, AcceptorKey, u64>,
+    drops: HashMap<MapData, DropKey, u64>,
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
@@ -240,6 +252,8 @@ impl Probes {
             .map_err(|source| map_error("QUEUED", source))?;
         let acceptors = HashMap::try_from(take_map(&mut ebpf, "ACCEPTORS")?)
             .map_err(|source| map_error("ACCEPTORS", source))?;
+        let drops = HashMap::try_from(take_map(&mut ebpf, "DROP_REASONS")?)
+            .map_err(|source| map_error("DROP_REASONS", source))?;
         Ok((
             Self {
                 _ebpf: ebpf,
@@ -249,6 +263,7 @@ impl Probes {
                 queues,
                 queued,
                 acceptors,
+                drops,
             },
             events,
         ))
@@ -276,10 +291,12 @@ impl Probes {
         // An entry evicted between get_next_key and lookup is simply skipped.
         let queues = self.queues.iter().flatten().collect();
         let acceptors = self.acceptors.iter().filter_map(Result::ok).collect();
+        let drops = self.drops.iter().filter_map(Result::ok).collect();
         Ok(KernelView {
             transitions,
             queues,
             acceptors,
+            drops,
             stats: self.program_stats()?,
         })
     }

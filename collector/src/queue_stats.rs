@@ -2,9 +2,11 @@
 //! (`collector_common::queue::ListenerQueue`) into the model's
 //! [`ListenerKernelStats`], and attaching them to the inventory's listeners.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use collector_common::queue::{DEPTH_BUCKETS, ListenerQueue, WAIT_BUCKETS, wait_bucket_upper_us};
+use collector_common::queue::{
+    DEPTH_BUCKETS, DropKey, ListenerQueue, WAIT_BUCKETS, wait_bucket_upper_us,
+};
 
 use crate::model::{Histogram, Listener, ListenerKernelStats};
 
@@ -44,18 +46,39 @@ pub fn kernel_stats(q: &ListenerQueue, oldest_wait: Option<f64>) -> ListenerKern
         synack_retransmits: q.synack_retransmits,
         backlog_arg: (q.backlog_arg != 0).then_some(q.backlog_arg),
         oldest_wait,
+        drop_reasons: std::collections::BTreeMap::new(),
     }
 }
 
-/// Fills `Listener::kernel` for every listener the kernel has counters for.
-/// `oldest_enqueue_ns` maps listener inodes to the enqueue time of their oldest
-/// waiting connection; `now_ns` is `CLOCK_MONOTONIC`, the programs' clock.
-pub fn attach_to_listeners(
-    listeners: &mut [Listener],
-    queues: &HashMap<u64, ListenerQueue>,
-    oldest_enqueue_ns: &HashMap<u64, u64>,
-    now_ns: u64,
-) {
+/// What the probes counted, keyed by listener inode, ready to attach.
+pub struct KernelCounters<'a> {
+    pub queues: &'a HashMap<u64, ListenerQueue>,
+    /// Listener inode -> enqueue time of its oldest waiting connection
+    /// (`CLOCK_MONOTONIC` ns, the programs' clock).
+    pub oldest_enqueue_ns: &'a HashMap<u64, u64>,
+    pub now_ns: u64,
+    /// (listener inode, reason value) -> drops.
+    pub drops: &'a [(DropKey, u64)],
+    /// `enum skb_drop_reason` value -> name.
+    pub reason_names: &'a HashMap<u32, String>,
+}
+
+/// Fills `Listener::kernel` for every listener in the inventory.
+pub fn attach_to_listeners(listeners: &mut [Listener], k: &KernelCounters<'_>) {
+    let mut drops: HashMap<u64, BTreeMap<String, u64>> = HashMap::new();
+    for (key, n) in k.drops {
+        let name = k
+            .reason_names
+            .get(&key.reason)
+            .cloned()
+            .unwrap_or_else(|| format!("reason_{}", key.reason));
+        *drops
+            .entry(key.listener)
+            .or_default()
+            .entry(name)
+            .or_default() += n;
+    }
+    let (queues, oldest_enqueue_ns, now_ns) = (k.queues, k.oldest_enqueue_ns, k.now_ns);
     for l in listeners.iter_mut() {
         // An idle listener the probes never saw still has zero counters to show.
         let q = queues.get(&l.inode).copied().unwrap_or(ListenerQueue::ZERO);
@@ -63,7 +86,9 @@ pub fn attach_to_listeners(
             .then(|| oldest_enqueue_ns.get(&l.inode))
             .flatten()
             .map(|&t| now_ns.saturating_sub(t) as f64 / 1e9);
-        l.kernel = Some(kernel_stats(&q, oldest));
+        let mut stats = kernel_stats(&q, oldest);
+        stats.drop_reasons = drops.remove(&l.inode).unwrap_or_default();
+        l.kernel = Some(stats);
     }
 }
 

@@ -73,8 +73,8 @@ impl Netns {
 
     /// Connects this namespace to `other` with a veth pair: this side gets
     /// `10.77.N.1/24`, the other `10.77.N.2/24` (N distinct per pair in this process).
-    /// Returns (this side's address, the other's).
-    pub fn link(&self, other: &Netns) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    /// Returns (this side's address, the other's, the other side's device).
+    pub fn link(&self, other: &Netns) -> (std::net::Ipv4Addr, std::net::Ipv4Addr, String) {
         let n = NEXT.fetch_add(1, Ordering::Relaxed) % 250 + 1;
         let (a, b) = (format!("sqa{n}"), format!("sqb{n}"));
         run_ok(Command::new("ip").args([
@@ -105,7 +105,7 @@ impl Netns {
             ]));
             run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", dev, "up"]));
         }
-        (here, there)
+        (here, there, b)
     }
 
     /// Runs `ip ARGS` inside this namespace (`ip -n NAME ARGS`).

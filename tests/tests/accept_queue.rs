@@ -163,7 +163,7 @@ fn syn_queue_matches_ss_and_synack_retransmits_grow() {
     // keeps retransmitting SYN-ACKs.
     let server = Netns::new("synq-server");
     let client = Netns::new("synq-client");
-    let (server_ip, client_ip) = server.link(&client);
+    let (server_ip, client_ip, _) = server.link(&client);
     let dead_end = std::net::Ipv4Addr::new(
         server_ip.octets()[0],
         server_ip.octets()[1],
@@ -272,4 +272,80 @@ fn reuseport_shards_are_reported_one_by_one() {
         Ok(())
     });
     scenario.finish();
+}
+
+#[test]
+fn final_ack_overflows_are_counted_by_drop_reason() {
+    // Two handshakes wait in the SYN queue while the server's SYN-ACKs to their client
+    // address are lost; three other connections then fill the accept queue (limit 2,
+    // so 3 fit). When the way back opens, the retransmitted SYN-ACKs are answered and
+    // the final ACKs find the queue full: the kernel refuses them with
+    // SKB_DROP_REASON_TCP_LISTEN_OVERFLOW and counts each in ListenOverflows. SYNs
+    // refused by a full queue (ListenOverflows' other path, without a drop reason) do
+    // not happen: the clients' retransmitted SYNs hit their existing request sockets.
+    let server = Netns::new("ovf-server");
+    let client = Netns::new("ovf-client");
+    let (server_ip, client_ip, client_dev) = server.link(&client);
+    let octets = server_ip.octets();
+    let dead_end = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 99);
+    let other_client = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 3);
+    client.ip(&[
+        "addr",
+        "add",
+        &format!("{other_client}/24"),
+        "dev",
+        &client_dev,
+    ]);
+    let route = format!("{client_ip}/32");
+    server.ip(&["route", "add", &route, "via", &dead_end.to_string()]);
+    let netns = server.inode().to_string();
+    let daemon = Daemon::start("0.2");
+    let listen_addr = format!("{server_ip}:7015");
+    let listener = server.scenario(&["backlog", &listen_addr, "2", "0"]);
+    let base = server.counter("TcpExt.ListenOverflows");
+    let pending = client.scenario(&["connect", &listen_addr, "2", &client_ip.to_string()]);
+    let fillers = client.scenario(&["connect", &listen_addr, "3", &other_client.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (len, limit, _) = ss_listener_queue(&server, 7015);
+    assert_eq!(
+        (len, limit),
+        (3, 2),
+        "the accept queue is full before the route opens"
+    );
+    assert_eq!(
+        server.counter("TcpExt.ListenOverflows"),
+        base,
+        "no overflow yet"
+    );
+    server.ip(&["route", "del", &route]);
+
+    let labels = [
+        ("netns", netns.as_str()),
+        ("listen_addr", listen_addr.as_str()),
+        ("reason", "TCP_LISTEN_OVERFLOW"),
+    ];
+    daemon.wait_for(Duration::from_secs(8), |m| {
+        let before = server.counter("TcpExt.ListenOverflows") - base;
+        let sockq = m.one("sockq_listen_drop_reasons_total", &labels)?;
+        let after = server.counter("TcpExt.ListenOverflows") - base;
+        if sockq > 0.0 && before == after && sockq == after as f64 {
+            Ok(())
+        } else {
+            Err(format!(
+                "TCP_LISTEN_OVERFLOW drops {sockq}, ListenOverflows delta {before}/{after}"
+            ))
+        }
+    });
+    pending.finish();
+    fillers.finish();
+    listener.finish();
+}
+
+/// `ss -ltnH` in the namespace: (Recv-Q, Send-Q, 0) of the listener on `port`.
+fn ss_listener_queue(ns: &Netns, port: u16) -> (u32, u32, u32) {
+    let out = ns.output("ss", &["-ltnH", "sport", &format!("= :{port}")]);
+    let mut f = out.split_whitespace().skip(1);
+    let recv_q = f.next().and_then(|v| v.parse().ok()).expect("Recv-Q");
+    let send_q = f.next().and_then(|v| v.parse().ok()).expect("Send-Q");
+    (recv_q, send_q, 0)
 }

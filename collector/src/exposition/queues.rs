@@ -40,6 +40,10 @@ const HELP_BACKLOG: &str = "The backlog argument the application passed to liste
     listen() calls made while sockq ran.";
 const HELP_OLDEST: &str = "Seconds the oldest connection still in this listener's accept queue \
     has waited; reported while the queue is full.";
+const HELP_DROP_REASONS: &str = "Packets dropped by this listener, by skb:kfree_skb drop reason \
+    (enum skb_drop_reason; TCP_LISTEN_OVERFLOW is a handshake's final ACK refused by a full \
+    accept queue; SYNs refused by a full queue carry no reason and show only in \
+    sockq_listen_drops_total).";
 const HELP_ACCEPTOR: &str = "Connections accepted from this listener by one thread (pid, tid, \
     comm of the thread). At most 32 threads per listener; the rest are summed under \
     tid=\"other\".";
@@ -59,6 +63,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     let mut synack = Family::counter("sockq_listen_synack_retransmits_total", HELP_SYNACK);
     let mut backlog = Family::gauge("sockq_listen_backlog", HELP_BACKLOG);
     let mut oldest = Family::gauge("sockq_listen_oldest_wait_seconds", HELP_OLDEST);
+    let mut reasons = Family::counter("sockq_listen_drop_reasons_total", HELP_DROP_REASONS);
 
     let mut groups: BTreeMap<(u64, String), u64> = BTreeMap::new();
     let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
@@ -85,6 +90,11 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         if let Some(w) = k.oldest_wait {
             oldest.push_float(id.clone(), w);
         }
+        for (reason, n) in &k.drop_reasons {
+            let mut labels = id.clone();
+            labels.push(("reason", reason.clone()));
+            reasons.push(labels, *n);
+        }
     }
     for ((netns, listen_addr), n) in groups {
         group.push(
@@ -105,6 +115,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         synack,
         backlog,
         oldest,
+        reasons,
         acceptors,
     ]
 }

@@ -14,8 +14,9 @@
 //!   sockq-scenario reuseport ADDR SHARDS CONNECTS SO_REUSEPORT group, one shard accepts
 //!   sockq-scenario syn-queue ADDR CONNECTS        TCP_DEFER_ACCEPT: handshakes stay in the
 //!                                                 SYN queue
-//!   sockq-scenario connect ADDR CONNECTS          CONNECTS non-blocking connects to a
-//!                                                 remote ADDR, held until stdin closes
+//!   sockq-scenario connect ADDR CONNECTS [FROM]   CONNECTS non-blocking connects to a
+//!                                                 remote ADDR (from source address FROM),
+//!                                                 held until stdin closes
 
 use std::{
     io::{Read as _, Write as _},
@@ -40,7 +41,8 @@ fn main() -> ExitCode {
         ["slow-accept", addr, count, delay_ms] => slow_accept_scenario(addr, count, delay_ms),
         ["reuseport", addr, shards, connects] => reuseport_scenario(addr, shards, connects),
         ["syn-queue", addr, connects] => syn_queue_scenario(addr, connects),
-        ["connect", addr, connects] => connect_scenario(addr, connects),
+        ["connect", addr, connects] => connect_scenario(addr, connects, None),
+        ["connect", addr, connects, from] => connect_scenario(addr, connects, Some(from)),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -118,13 +120,18 @@ fn backlog_scenario(addr: &str, backlog: &str, connects: &str) -> Result<(), Str
     Ok(())
 }
 
-fn connect_scenario(addr: &str, connects: &str) -> Result<(), String> {
+fn connect_scenario(addr: &str, connects: &str, from: Option<&str>) -> Result<(), String> {
     let addr: SocketAddr = parse(addr, "address")?;
     let connects: usize = parse(connects, "connect count")?;
+    let from: Option<std::net::IpAddr> = from.map(|f| parse(f, "source address")).transpose()?;
     let mut clients = Vec::new();
     for _ in 0..connects {
         let c = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| format!("socket: {e}"))?;
+        if let Some(ip) = from {
+            c.bind(&SocketAddr::new(ip, 0).into())
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+        }
         c.set_nonblocking(true)
             .map_err(|e| format!("nonblocking: {e}"))?;
         match c.connect(&SockAddr::from(addr)) {
