@@ -7,6 +7,7 @@
 //! - `test`: setup, then every test: unit tests, then the privileged integration
 //!   tests that load the real programs into the real kernel.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -47,6 +48,16 @@ enum Task {
     },
     /// cargo fmt --check and cargo clippy -D warnings over the workspace.
     Lint,
+    /// Measure the cost of watching: connection storm with and without sockq and
+    /// with a bpftrace peer, per-program run time, daemon footprint, scrape latency.
+    Bench {
+        /// Seconds per storm.
+        #[arg(long, default_value = "5")]
+        seconds: f64,
+        /// Rounds; the variants alternate and medians are reported.
+        #[arg(long, default_value = "3")]
+        rounds: usize,
+    },
 }
 
 fn main() {
@@ -81,6 +92,30 @@ fn dispatch(task: Task) -> Result<()> {
             test(&root, &env, filter.as_deref())
         }
         Task::Lint => lint(&root),
+        Task::Bench { seconds, rounds } => {
+            let env = setup::ensure()?;
+            setup::install_packages(&["bpftrace"])?;
+            build(&root, &env, true)?;
+            step("building the scenario programs (release)");
+            run(cargo(&root, &env).args([
+                "build",
+                "--release",
+                "--package",
+                "sockq-tests",
+                "--bin",
+                "sockq-scenario",
+            ]))?;
+            if !nix_is_root() {
+                bail!(
+                    "the benchmark loads eBPF programs and creates network namespaces: run it as root"
+                );
+            }
+            bench::run(
+                &root,
+                &bench::release_bin(&root),
+                &bench::Options { seconds, rounds },
+            )
+        }
     }
 }
 

@@ -102,7 +102,7 @@ fn is_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn install_packages(packages: &[&str]) -> Result<()> {
+pub fn install_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

@@ -14,6 +14,13 @@
 //!   sockq-scenario reuseport ADDR SHARDS CONNECTS SO_REUSEPORT group, one shard accepts
 //!   sockq-scenario syn-queue ADDR CONNECTS        TCP_DEFER_ACCEPT: handshakes stay in the
 //!                                                 SYN queue
+//!   sockq-scenario storm ADDR SECONDS THREADS RATE  connect/accept/close storm for
+//!                                                 SECONDS with THREADS clients, at most
+//!                                                 RATE connections/s (0: unbounded);
+//!                                                 prints `done CONNECTIONS ELAPSED_S`
+//!   sockq-scenario listeners COUNT                COUNT listeners on 127.0.0.1, held
+//!   sockq-scenario listener-churn SECONDS         open and close listeners for SECONDS;
+//!                                                 prints `done LISTENERS`
 //!   sockq-scenario connect ADDR CONNECTS [FROM]   CONNECTS non-blocking connects to a
 //!                                                 remote ADDR (from source address FROM),
 //!                                                 held until stdin closes
@@ -41,6 +48,9 @@ fn main() -> ExitCode {
         ["slow-accept", addr, count, delay_ms] => slow_accept_scenario(addr, count, delay_ms),
         ["reuseport", addr, shards, connects] => reuseport_scenario(addr, shards, connects),
         ["syn-queue", addr, connects] => syn_queue_scenario(addr, connects),
+        ["storm", addr, seconds, threads, rate] => storm_scenario(addr, seconds, threads, rate),
+        ["listeners", count] => many_listeners_scenario(count),
+        ["listener-churn", seconds] => listener_churn_scenario(seconds),
         ["connect", addr, connects] => connect_scenario(addr, connects, None),
         ["connect", addr, connects, from] => connect_scenario(addr, connects, Some(from)),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
@@ -297,5 +307,106 @@ fn wait_readable(listener: &std::net::TcpListener) -> std::io::Result<()> {
     if unsafe { libc::poll(&raw mut pfd, 1, -1) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+fn storm_scenario(addr: &str, seconds: &str, threads: &str, rate: &str) -> Result<(), String> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    let seconds: f64 = parse(seconds, "seconds")?;
+    let threads: usize = parse(threads, "threads")?;
+    let rate: f64 = parse(rate, "rate")?;
+    let (listener, local) = listener(addr, 4096)?;
+    let listener: std::net::TcpListener = listener.into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((conn, _)) = listener.accept() {
+                    drop(conn);
+                }
+            }
+        })
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let start = std::time::Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let per_thread = if rate > 0.0 {
+        rate / threads as f64
+    } else {
+        0.0
+    };
+    let clients: Vec<_> = (0..threads)
+        .map(|_| {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                loop {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    if per_thread > 0.0 {
+                        let due = start + Duration::from_secs_f64(n as f64 / per_thread);
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                    let Ok(s) = Socket::new(Domain::for_address(local), Type::STREAM, None) else {
+                        continue;
+                    };
+                    if s.connect(&local.into()).is_ok() {
+                        // Close with RST: no TIME_WAIT, so ports never run out.
+                        let _ = s.set_linger(Some(Duration::ZERO));
+                        n += 1;
+                    }
+                }
+                done.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for c in clients {
+        let _ = c.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    // Unblock the acceptor.
+    let _ = TcpStream::connect(local);
+    let _ = server.join();
+    say(&format!(
+        "done {} {elapsed:.3}",
+        done.load(Ordering::Relaxed)
+    ));
+    Ok(())
+}
+
+fn many_listeners_scenario(count: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        held.push(
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listener {i}: {e}"))?,
+        );
+    }
+    say(&format!("ready {count}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn listener_churn_scenario(seconds: &str) -> Result<(), String> {
+    let seconds: f64 = parse(seconds, "seconds")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let mut n = 0u64;
+    while std::time::Instant::now() < deadline {
+        for _ in 0..100 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            drop(l);
+            n += 1;
+        }
+    }
+    say(&format!("done {n}"));
     Ok(())
 }
