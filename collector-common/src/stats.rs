@@ -9,5 +9,7 @@ pub const STAT_TRANSITIONS_FULL: u32 = 1;
 pub const STAT_READ_ERRORS: u32 = 2;
 /// A listener's accept-queue counters could not be created (map full).
 pub const STAT_LISTENERS_FULL: u32 = 3;
+/// A queued connection could not be stamped (`QUEUED` full): its accept wait is lost.
+pub const STAT_QUEUED_FULL: u32 = 4;
 /// Number of slots in `STATS`.
 pub const STATS_LEN: u32 = 8;

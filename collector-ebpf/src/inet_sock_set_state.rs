@@ -28,8 +28,8 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{offsets, read, sock_netns, sock_protocol},
-    maps::{EVENTS, QUEUED, TRANSITIONS, bump_stat},
+    kernel::{offsets, read, sock_inode, sock_netns, sock_protocol},
+    maps::{EVENTS, LISTENER_QUEUES, QUEUED, TRANSITIONS, bump_stat},
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -79,11 +79,18 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
     // A listener opening (-> LISTEN) or closing (LISTEN -> CLOSE). Children cloned from
     // a listener start as LISTEN -> SYN_RECV: per connection, not an event.
     if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
+        if from == TCP_LISTEN {
+            // The listener closes: its accept-queue counters go with it.
+            let _ = LISTENER_QUEUES.remove(&sock_inode(sk, &o));
+        }
         send_listener_event(sk, &o, netns, from, to)?;
-    } else if to == TCP_CLOSE && (from == TCP_ESTABLISHED || from == TCP_CLOSE_WAIT) {
-        // A reset: if this was a connection still queued for accept(), forget it.
-        // (Accepted connections were removed by accept; normal closes end in
-        // LAST_ACK or FIN_WAIT2 -> CLOSE and never were in QUEUED.)
+    } else if to == TCP_CLOSE
+        && (from == TCP_ESTABLISHED || from == TCP_CLOSE_WAIT)
+        && read::<u64>(sk, o.sk_socket).is_ok_and(|socket| socket == 0)
+    {
+        // A reset of a connection no process holds: one still queued for accept()
+        // (accept() attaches a struct socket). Forget its stamp. Accepted connections
+        // were removed by accept(); normal closes end in LAST_ACK or FIN_WAIT2.
         let _ = QUEUED.remove(&(sk as u64));
     }
     Ok(())

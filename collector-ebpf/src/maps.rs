@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use collector_common::{
     listener::EVENTS_RING_BYTES,
@@ -39,10 +39,12 @@ pub fn bump_stat(index: u32) {
     }
 }
 
-/// Accept-queue counters per listener (socket inode), shared by all CPUs.
+/// Accept-queue counters per listener (socket inode), shared by all CPUs. A plain
+/// (preallocated) hash: LRU maps cost several times more per lookup on the
+/// per-connection path. Entries are removed when the listener closes.
 #[map]
-pub static LISTENER_QUEUES: LruHashMap<u64, ListenerQueue> =
-    LruHashMap::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
+pub static LISTENER_QUEUES: HashMap<u64, ListenerQueue> =
+    HashMap::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
 
 /// One all-zero `ListenerQueue`, the initial value of new entries (too large for the
 /// 512-byte eBPF stack). Never written.
@@ -50,14 +52,15 @@ pub static LISTENER_QUEUES: LruHashMap<u64, ListenerQueue> =
 static ZERO_QUEUE: Array<ListenerQueue> = Array::with_max_entries(1, 0);
 
 /// Connections queued for accept() and not yet accepted, by child socket address.
+/// Removed at accept(), or when a queued child is reset; a full map is counted
+/// (`STAT_QUEUED_FULL`).
 #[map]
-pub static QUEUED: LruHashMap<u64, QueuedChild> =
-    LruHashMap::with_max_entries(QUEUED_MAX_ENTRIES, 0);
+pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_MAX_ENTRIES, 0);
 
-/// Accepts per (listener, thread).
+/// Accepts per (listener, thread). Userspace removes the entries of closed listeners.
 #[map]
-pub static ACCEPTORS: LruHashMap<AcceptorKey, u64> =
-    LruHashMap::with_max_entries(ACCEPTORS_MAX_ENTRIES, 0);
+pub static ACCEPTORS: HashMap<AcceptorKey, u64> =
+    HashMap::with_max_entries(ACCEPTORS_MAX_ENTRIES, 0);
 
 /// Packets listeners dropped, per (listener, `enum skb_drop_reason`).
 #[map]

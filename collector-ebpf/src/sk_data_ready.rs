@@ -21,7 +21,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawT
 use collector_common::{
     listener::EVENT_QUEUE_FULL,
     queue::{QueueFullEvent, QueuedChild, depth_bucket},
-    stats::STAT_EVENTS_LOST,
+    stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL},
     tcp_state::TCP_LISTEN,
 };
 
@@ -86,7 +86,9 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
             enqueued_ns: now,
             listener: inode,
         };
-        let _ = QUEUED.insert(&(child as u64), &stamp, 0);
+        if QUEUED.insert(&(child as u64), &stamp, 0).is_err() {
+            bump_stat(STAT_QUEUED_FULL);
+        }
     }
 
     if depth > limit {

@@ -227,7 +227,10 @@ impl Poller {
             probes: probe_status(self.probes.as_ref()),
             ..Snapshot::default()
         };
-        if let Some(p) = &self.probes {
+        if let Some(p) = &mut self.probes {
+            let live: std::collections::HashSet<u64> =
+                snapshot.listeners.iter().map(|l| l.inode).collect();
+            p.prune_acceptors(&live);
             match p.read() {
                 Ok(view) => {
                     // Walking the queued connections costs a syscall per entry: only
@@ -254,7 +257,8 @@ impl Poller {
                     snapshot.acceptors = acceptors(&snapshot.listeners, &view.acceptors);
                     snapshot.transitions = view.transitions;
                     let s = view.stats;
-                    snapshot.events_lost = s.events_lost + s.transitions_full + s.listeners_full;
+                    snapshot.events_lost =
+                        s.events_lost + s.transitions_full + s.listeners_full + s.queued_full;
                 }
                 Err(e) => tracing::warn!("reading the probes' maps: {}", crate::error_chain(&e)),
             }

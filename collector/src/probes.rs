@@ -24,7 +24,10 @@ use collector_common::{
     layout::{KERNEL_OFFSETS_SYMBOL, KernelOffsets},
     listener::{EVENT_LISTENER, EVENT_QUEUE_FULL, ListenerEvent},
     queue::{AcceptorKey, DropKey, ListenerQueue, QueueFullEvent, QueuedChild},
-    stats::{STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_READ_ERRORS, STAT_TRANSITIONS_FULL},
+    stats::{
+        STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
+        STAT_TRANSITIONS_FULL,
+    },
     tcp_state::TransitionKey as RawTransitionKey,
 };
 
@@ -72,6 +75,8 @@ pub struct ProgramStats {
     pub transitions_full: u64,
     /// Listeners whose accept-queue counters could not be created (map full).
     pub listeners_full: u64,
+    /// Queued connections whose accept wait could not be measured (map full).
+    pub queued_full: u64,
     /// Failed kernel reads.
     pub read_errors: u64,
 }
@@ -315,6 +320,19 @@ impl Probes {
         oldest
     }
 
+    /// Removes the per-thread accept counts of listeners that no longer exist.
+    pub fn prune_acceptors(&mut self, live: &std::collections::HashSet<u64>) {
+        let dead: Vec<AcceptorKey> = self
+            .acceptors
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.listener))
+            .collect();
+        for key in dead {
+            let _ = self.acceptors.remove(&key);
+        }
+    }
+
     pub fn program_stats(&self) -> Result<ProgramStats, ProbeError> {
         let read = |index: u32| -> Result<u64, ProbeError> {
             let per_cpu = self
@@ -327,6 +345,7 @@ impl Probes {
             events_lost: read(STAT_EVENTS_LOST)?,
             transitions_full: read(STAT_TRANSITIONS_FULL)?,
             listeners_full: read(STAT_LISTENERS_FULL)?,
+            queued_full: read(STAT_QUEUED_FULL)?,
             read_errors: read(STAT_READ_ERRORS)?,
         })
     }
