@@ -122,3 +122,15 @@ pub fn fd_sock(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
     let sk: *const u8 = read(socket, o.socket_sk).ok()?;
     (!sk.is_null()).then_some(sk)
 }
+
+/// The inode of `sk` if it is a listening socket, else `None`: the first test of
+/// every hook that also fires for ordinary sockets.
+#[inline(always)]
+pub fn listener_inode(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
+    let state: u8 = read(sk, o.sk_state).ok()?;
+    if state != collector_common::tcp_state::TCP_LISTEN {
+        return None;
+    }
+    let inode = sock_inode(sk, o);
+    (inode != 0).then_some(inode)
+}

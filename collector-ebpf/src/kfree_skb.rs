@@ -11,10 +11,10 @@
 //! rejects reading a fourth argument): the probe reports so.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use collector_common::{queue::DropKey, tcp_state::TCP_LISTEN};
+use collector_common::queue::DropKey;
 
 use crate::{
-    kernel::{offsets, read, sock_inode},
+    kernel::{listener_inode, offsets},
     maps::{DROP_REASONS, atomic_add},
 };
 
@@ -35,14 +35,9 @@ fn on_drop(sk: *const u8, reason: u32) -> Result<(), i64> {
     if o.valid == 0 {
         return Ok(());
     }
-    let state: u8 = read(sk, o.sk_state)?;
-    if state != TCP_LISTEN {
+    let Some(inode) = listener_inode(sk, &o) else {
         return Ok(());
-    }
-    let inode = sock_inode(sk, &o);
-    if inode == 0 {
-        return Ok(());
-    }
+    };
     let key = DropKey {
         listener: inode,
         reason,

@@ -22,11 +22,10 @@ use collector_common::{
     listener::EVENT_QUEUE_FULL,
     queue::{QueueFullEvent, QueuedChild, depth_bucket},
     stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL},
-    tcp_state::TCP_LISTEN,
 };
 
 use crate::{
-    kernel::{offsets, read, sock_inode, sock_netns},
+    kernel::{listener_inode, offsets, read, sock_netns},
     maps::{EVENTS, QUEUED, atomic_add, bump_stat, listener_queue},
 };
 
@@ -46,16 +45,11 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     if o.valid == 0 {
         return Ok(());
     }
-    let state: u8 = read(sk, o.sk_state)?;
-    if state != TCP_LISTEN {
+    let Some(inode) = listener_inode(sk, &o) else {
         return Ok(());
-    }
+    };
     let depth: u32 = read(sk, o.sk_ack_backlog)?;
     let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
-    let inode = sock_inode(sk, &o);
-    if inode == 0 {
-        return Ok(());
-    }
     let netns = sock_netns(sk, &o);
     let Some(q) = listener_queue(inode, netns) else {
         return Ok(());

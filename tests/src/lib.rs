@@ -108,6 +108,22 @@ impl Netns {
         (here, there, b)
     }
 
+    /// Links this (server) namespace to `client` and routes the way back to the
+    /// client's address through a neighbour that does not exist: every packet the
+    /// server sends it (SYN-ACKs) is lost until the route is deleted. Returns the
+    /// server address, the client address, the client's device and the route.
+    pub fn link_with_lost_replies(
+        &self,
+        client: &Netns,
+    ) -> (std::net::Ipv4Addr, std::net::Ipv4Addr, String, String) {
+        let (server_ip, client_ip, client_dev) = self.link(client);
+        let [a, b, c, _] = server_ip.octets();
+        let dead_end = std::net::Ipv4Addr::new(a, b, c, 99).to_string();
+        let route = format!("{client_ip}/32");
+        self.ip(&["route", "add", &route, "via", &dead_end]);
+        (server_ip, client_ip, client_dev, route)
+    }
+
     /// Runs `ip ARGS` inside this namespace (`ip -n NAME ARGS`).
     pub fn ip(&self, args: &[&str]) {
         run_ok(Command::new("ip").args(["-n", &self.name]).args(args));

@@ -163,20 +163,7 @@ fn syn_queue_matches_ss_and_synack_retransmits_grow() {
     // keeps retransmitting SYN-ACKs.
     let server = Netns::new("synq-server");
     let client = Netns::new("synq-client");
-    let (server_ip, client_ip, _) = server.link(&client);
-    let dead_end = std::net::Ipv4Addr::new(
-        server_ip.octets()[0],
-        server_ip.octets()[1],
-        server_ip.octets()[2],
-        99,
-    );
-    server.ip(&[
-        "route",
-        "add",
-        &format!("{client_ip}/32"),
-        "via",
-        &dead_end.to_string(),
-    ]);
+    let (server_ip, _, _, _) = server.link_with_lost_replies(&client);
     let netns = server.inode().to_string();
     let daemon = Daemon::start("0.2");
     let listen_addr = format!("{server_ip}:7013");
@@ -285,10 +272,9 @@ fn final_ack_overflows_are_counted_by_drop_reason() {
     // not happen: the clients' retransmitted SYNs hit their existing request sockets.
     let server = Netns::new("ovf-server");
     let client = Netns::new("ovf-client");
-    let (server_ip, client_ip, client_dev) = server.link(&client);
-    let octets = server_ip.octets();
-    let dead_end = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 99);
-    let other_client = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 3);
+    let (server_ip, client_ip, client_dev, route) = server.link_with_lost_replies(&client);
+    let [a, b, c, _] = server_ip.octets();
+    let other_client = std::net::Ipv4Addr::new(a, b, c, 3);
     client.ip(&[
         "addr",
         "add",
@@ -296,8 +282,6 @@ fn final_ack_overflows_are_counted_by_drop_reason() {
         "dev",
         &client_dev,
     ]);
-    let route = format!("{client_ip}/32");
-    server.ip(&["route", "add", &route, "via", &dead_end.to_string()]);
     let netns = server.inode().to_string();
     let daemon = Daemon::start("0.2");
     let listen_addr = format!("{server_ip}:7015");
