@@ -71,7 +71,9 @@ pub struct KernelOffsets {
     pub tp_listen_fd: u32,
     /// ... `syscalls/sys_enter_listen`: `backlog`.
     pub tp_listen_backlog: u32,
-    pub _pad: u32,
+    /// Nonzero when every accept-queue offset above (from `sk_state` on) resolved;
+    /// the accept-queue programs do nothing otherwise.
+    pub queue_valid: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 120);

@@ -40,7 +40,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64> {
     let o = offsets();
-    if o.valid == 0 || ret_offset == 0 {
+    if o.queue_valid == 0 || ret_offset == 0 {
         return Ok(());
     }
     let ret: i64 = read(ctx.as_ptr() as *const u8, ret_offset)?;

@@ -79,12 +79,13 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
     // A listener opening (-> LISTEN) or closing (LISTEN -> CLOSE). Children cloned from
     // a listener start as LISTEN -> SYN_RECV: per connection, not an event.
     if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
-        if from == TCP_LISTEN {
+        if from == TCP_LISTEN && o.queue_valid != 0 {
             // The listener closes: its accept-queue counters go with it.
             let _ = LISTENER_QUEUES.remove(&sock_inode(sk, &o));
         }
         send_listener_event(sk, &o, netns, from, to)?;
     } else if to == TCP_CLOSE
+        && o.queue_valid != 0
         && (from == TCP_ESTABLISHED || from == TCP_CLOSE_WAIT)
         && read::<u64>(sk, o.sk_socket).is_ok_and(|socket| socket == 0)
     {

@@ -37,7 +37,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     tp_accept_ret: 0,
     tp_listen_fd: 0,
     tp_listen_backlog: 0,
-    _pad: 0,
+    queue_valid: 0,
 };
 
 #[inline(always)]

@@ -32,7 +32,7 @@ fn on_drop(sk: *const u8, reason: u32) -> Result<(), i64> {
         return Ok(());
     }
     let o = offsets();
-    if o.valid == 0 {
+    if o.queue_valid == 0 {
         return Ok(());
     }
     let Some(inode) = listener_inode(sk, &o) else {

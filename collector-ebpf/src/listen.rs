@@ -19,7 +19,7 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_listen(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
-    if o.valid == 0 || o.tp_listen_fd == 0 {
+    if o.queue_valid == 0 || o.tp_listen_fd == 0 {
         return Ok(());
     }
     let base = ctx.as_ptr() as *const u8;

@@ -42,7 +42,7 @@ pub fn sk_data_ready(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     let o = offsets();
-    if o.valid == 0 {
+    if o.queue_valid == 0 {
         return Ok(());
     }
     let Some(inode) = listener_inode(sk, &o) else {

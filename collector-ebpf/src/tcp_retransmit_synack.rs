@@ -14,7 +14,7 @@ use crate::{
 pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let o = offsets();
-    if o.valid == 0 {
+    if o.queue_valid == 0 {
         return 0;
     }
     let inode = sock_inode(sk, &o);

@@ -139,8 +139,8 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
 }
 
 fn load_probes(tracefs_root: Option<PathBuf>) -> (Option<Probes>, Option<RingBuf<MapData>>) {
-    let loaded = probes::kernel_offsets(tracefs_root.as_deref())
-        .and_then(|offsets| Probes::load(&offsets, tracefs_root.as_deref()));
+    let loaded = probes::kernel_info(tracefs_root.as_deref())
+        .and_then(|kernel| Probes::load(&kernel, tracefs_root.as_deref()));
     match loaded {
         Ok((probes, events)) => {
             for s in probes.status() {
@@ -183,8 +183,6 @@ struct Poller {
     first: bool,
     episodes: EpisodeTracker,
     last_listeners: Vec<Listener>,
-    /// `enum skb_drop_reason` names of this kernel.
-    reason_names: HashMap<u32, String>,
 }
 
 impl Poller {
@@ -195,9 +193,6 @@ impl Poller {
             first: true,
             episodes: EpisodeTracker::default(),
             last_listeners: Vec::new(),
-            reason_names: crate::kernel_layout::Layout::from_running_kernel()
-                .map(|l| l.drop_reason_names())
-                .unwrap_or_default(),
         }
     }
 
@@ -251,7 +246,7 @@ impl Poller {
                             oldest_enqueue_ns: &oldest,
                             now_ns: monotonic_ns(),
                             drops: &view.drops,
-                            reason_names: &self.reason_names,
+                            reason_names: p.drop_reason_names(),
                         },
                     );
                     snapshot.acceptors = acceptors(&snapshot.listeners, &view.acceptors);

@@ -69,10 +69,27 @@ pub fn run() -> Vec<Check> {
 
     let privileged = privilege_checks(&mut checks);
 
-    let offsets_ok = match kernel_layout::Layout::from_running_kernel()
-        .and_then(|layout| layout.kernel_offsets())
-    {
-        Ok(o) => {
+    let layout = kernel_layout::Layout::from_running_kernel();
+    let offsets_ok = match layout
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|layout| {
+            let o = layout
+                .kernel_offsets()
+                .map_err(|e| crate::error_chain(&e))?;
+            Ok((o, layout.queue_offsets_error()))
+        }) {
+        Ok((o, queue_error)) => {
+            if let Some(e) = queue_error {
+                checks.push(Check::new(
+                    Verdict::Warn,
+                    "BTF accept-queue fields",
+                    format!(
+                        "{}: the accept-queue probes stay off",
+                        crate::error_chain(&e)
+                    ),
+                ));
+            }
             checks.push(Check::new(
                 Verdict::Ok,
                 "BTF",
@@ -88,10 +105,11 @@ pub fn run() -> Vec<Check> {
             true
         }
         Err(e) => {
-            checks.push(Check::new(Verdict::Fail, "BTF", crate::error_chain(&e)));
+            checks.push(Check::new(Verdict::Fail, "BTF", e));
             false
         }
     };
+    drop(layout);
 
     // `sockq run` mounts tracefs when it is missing; do the same so the report says
     // what run would get.
@@ -149,8 +167,8 @@ pub fn run() -> Vec<Check> {
     }
 
     if privileged && offsets_ok {
-        match probes::kernel_offsets(tracefs_root.as_deref())
-            .and_then(|o| probes::Probes::load(&o, tracefs_root.as_deref()))
+        match probes::kernel_info(tracefs_root.as_deref())
+            .and_then(|k| probes::Probes::load(&k, tracefs_root.as_deref()))
         {
             Ok((loaded, _events)) => {
                 for s in loaded.status() {

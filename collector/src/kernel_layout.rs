@@ -292,9 +292,14 @@ impl Layout {
 
     /// Everything the eBPF programs need, for this kernel. Tracepoint record offsets
     /// come from tracefs, not BTF: the caller fills them (see `tracefs`).
+    ///
+    /// The socket basics every probe needs are required. The accept-queue fields are
+    /// not: where one is missing (an older or unusual kernel), `queue_valid` stays 0,
+    /// the accept-queue programs do nothing, and [`Self::queue_offsets_error`] says
+    /// why.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, LayoutError> {
         let (sk_protocol, sk_protocol_size) = self.sk_protocol()?;
-        Ok(KernelOffsets {
+        let mut o = KernelOffsets {
             sk_family: self.offset("sock", "__sk_common.skc_family")?,
             sk_num: self.offset("sock", "__sk_common.skc_num")?,
             sk_rcv_saddr: self.offset("sock", "__sk_common.skc_rcv_saddr")?,
@@ -303,30 +308,37 @@ impl Layout {
             net_ns_inum: self.offset("net", "ns.inum")?,
             sk_protocol,
             sk_protocol_size,
-            tp_state_skaddr: 0,
-            tp_state_oldstate: 0,
-            tp_state_newstate: 0,
             valid: 1,
-            sk_state: self.offset("sock", "__sk_common.skc_state")?,
-            sk_ack_backlog: self.offset("sock", "sk_ack_backlog")?,
-            sk_max_ack_backlog: self.offset("sock", "sk_max_ack_backlog")?,
-            sk_socket: self.offset("sock", "sk_socket")?,
-            socket_ino: self.socket_ino()?,
-            socket_sk: self.offset("socket", "sk")?,
-            icsk_accept_tail: self
-                .offset("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail")?,
-            request_sock_sk: self.offset("request_sock", "sk")?,
-            task_files: self.offset("task_struct", "files")?,
-            files_fdt: self.offset("files_struct", "fdt")?,
-            fdt_max_fds: self.offset("fdtable", "max_fds")?,
-            fdt_fd: self.offset("fdtable", "fd")?,
-            file_private_data: self.offset("file", "private_data")?,
-            tp_accept4_ret: 0,
-            tp_accept_ret: 0,
-            tp_listen_fd: 0,
-            tp_listen_backlog: 0,
-            _pad: 0,
-        })
+            ..KernelOffsets::default()
+        };
+        match self.queue_offsets(&mut o) {
+            Ok(()) => o.queue_valid = 1,
+            Err(e) => tracing::warn!("accept-queue probes disabled on this kernel: {e}"),
+        }
+        Ok(o)
+    }
+
+    /// Why the accept-queue offsets cannot be resolved here, if they cannot.
+    pub fn queue_offsets_error(&self) -> Option<LayoutError> {
+        self.queue_offsets(&mut KernelOffsets::default()).err()
+    }
+
+    fn queue_offsets(&self, o: &mut KernelOffsets) -> Result<(), LayoutError> {
+        o.sk_state = self.offset("sock", "__sk_common.skc_state")?;
+        o.sk_ack_backlog = self.offset("sock", "sk_ack_backlog")?;
+        o.sk_max_ack_backlog = self.offset("sock", "sk_max_ack_backlog")?;
+        o.sk_socket = self.offset("sock", "sk_socket")?;
+        o.socket_ino = self.socket_ino()?;
+        o.socket_sk = self.offset("socket", "sk")?;
+        o.icsk_accept_tail =
+            self.offset("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail")?;
+        o.request_sock_sk = self.offset("request_sock", "sk")?;
+        o.task_files = self.offset("task_struct", "files")?;
+        o.files_fdt = self.offset("files_struct", "fdt")?;
+        o.fdt_max_fds = self.offset("fdtable", "max_fds")?;
+        o.fdt_fd = self.offset("fdtable", "fd")?;
+        o.file_private_data = self.offset("file", "private_data")?;
+        Ok(())
     }
 
     /// A socket's inode lives right after its `struct socket` in `struct socket_alloc`
@@ -380,6 +392,7 @@ mod tests {
         assert!(o.sk_v6_rcv_saddr > o.sk_rcv_saddr, "{o:?}");
         assert_eq!(o.sk_protocol_size, 2, "{o:?}");
         assert_eq!(o.valid, 1);
+        assert_eq!(o.queue_valid, 1, "{:?}", layout.queue_offsets_error());
     }
 
     #[test]

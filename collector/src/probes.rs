@@ -101,6 +101,8 @@ enum Hook {
 pub struct ProbeSpec {
     pub name: &'static str,
     hooks: &'static [Hook],
+    /// Reads the accept-queue fields (`KernelOffsets::queue_valid`).
+    needs_queue_offsets: bool,
 }
 
 /// Every probe sockq attaches.
@@ -118,6 +120,7 @@ pub const PROBES: [ProbeSpec; 7] = [
                 name: "inet_sock_set_state",
             },
         ],
+        needs_queue_offsets: false,
     },
     ProbeSpec {
         name: "sk_data_ready",
@@ -125,6 +128,7 @@ pub const PROBES: [ProbeSpec; 7] = [
             program: "sk_data_ready",
             tracepoint: "sk_data_ready",
         }],
+        needs_queue_offsets: true,
     },
     ProbeSpec {
         name: "tcp_retransmit_synack",
@@ -132,6 +136,7 @@ pub const PROBES: [ProbeSpec; 7] = [
             program: "tcp_retransmit_synack",
             tracepoint: "tcp_retransmit_synack",
         }],
+        needs_queue_offsets: true,
     },
     ProbeSpec {
         name: "kfree_skb",
@@ -139,6 +144,7 @@ pub const PROBES: [ProbeSpec; 7] = [
             program: "kfree_skb",
             tracepoint: "kfree_skb",
         }],
+        needs_queue_offsets: true,
     },
     ProbeSpec {
         name: "sys_exit_accept4",
@@ -147,6 +153,7 @@ pub const PROBES: [ProbeSpec; 7] = [
             category: "syscalls",
             name: "sys_exit_accept4",
         }],
+        needs_queue_offsets: true,
     },
     ProbeSpec {
         name: "sys_exit_accept",
@@ -155,6 +162,7 @@ pub const PROBES: [ProbeSpec; 7] = [
             category: "syscalls",
             name: "sys_exit_accept",
         }],
+        needs_queue_offsets: true,
     },
     ProbeSpec {
         name: "sys_enter_listen",
@@ -163,6 +171,7 @@ pub const PROBES: [ProbeSpec; 7] = [
             category: "syscalls",
             name: "sys_enter_listen",
         }],
+        needs_queue_offsets: true,
     },
 ];
 
@@ -189,11 +198,20 @@ pub struct Probes {
     queued: HashMap<MapData, u64, QueuedChild>,
     acceptors: HashMap<MapData, AcceptorKey, u64>,
     drops: HashMap<MapData, DropKey, u64>,
+    drop_reasons: std::collections::HashMap<u32, String>,
+}
+
+/// What the programs and their readers need to know about this kernel, from one
+/// parse of its BTF.
+pub struct KernelInfo {
+    pub offsets: KernelOffsets,
+    /// `enum skb_drop_reason` value -> name.
+    pub drop_reasons: std::collections::HashMap<u32, String>,
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
 /// tracepoint record layouts from tracefs when it is mounted.
-pub fn kernel_offsets(tracefs_root: Option<&Path>) -> Result<KernelOffsets, ProbeError> {
+pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError> {
     let layout = Layout::from_running_kernel()?;
     let mut o = layout.kernel_offsets()?;
     if let Some(root) = tracefs_root {
@@ -214,16 +232,20 @@ pub fn kernel_offsets(tracefs_root: Option<&Path>) -> Result<KernelOffsets, Prob
         o.tp_listen_fd = field("syscalls", "sys_enter_listen", "fd");
         o.tp_listen_backlog = field("syscalls", "sys_enter_listen", "backlog");
     }
-    Ok(o)
+    Ok(KernelInfo {
+        offsets: o,
+        drop_reasons: layout.drop_reason_names(),
+    })
 }
 
 impl Probes {
     /// Loads the object, attaches every probe it can, and takes the ring buffer of
     /// events. Fails only when nothing at all can be attached.
     pub fn load(
-        offsets: &KernelOffsets,
+        kernel: &KernelInfo,
         tracefs_root: Option<&Path>,
     ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        let offsets = &kernel.offsets;
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -234,7 +256,19 @@ impl Probes {
 
         let status: Vec<ProbeStatus> = PROBES
             .iter()
-            .map(|spec| attach(&mut ebpf, spec, tracefs_root))
+            .map(|spec| {
+                if spec.needs_queue_offsets && offsets.queue_valid == 0 {
+                    ProbeStatus {
+                        name: spec.name,
+                        attached: false,
+                        detail: "this kernel's BTF lacks a field the accept-queue probes \
+                                 read (`sockq doctor` names it)"
+                            .into(),
+                    }
+                } else {
+                    attach(&mut ebpf, spec, tracefs_root)
+                }
+            })
             .collect();
         if status.iter().all(|s| !s.attached) {
             let why = status
@@ -269,6 +303,7 @@ impl Probes {
                 queued,
                 acceptors,
                 drops,
+                drop_reasons: kernel.drop_reasons.clone(),
             },
             events,
         ))
@@ -276,6 +311,11 @@ impl Probes {
 
     pub fn status(&self) -> &[ProbeStatus] {
         &self.status
+    }
+
+    /// This kernel's `enum skb_drop_reason` names, by value.
+    pub fn drop_reason_names(&self) -> &std::collections::HashMap<u32, String> {
+        &self.drop_reasons
     }
 
     /// Everything the programs aggregated, read in one go.
