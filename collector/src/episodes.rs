@@ -418,10 +418,7 @@ mod tests {
             accept_queue_limit: limit,
             syn_queue_len: 0,
             drops,
-            owners: vec![Owner {
-                pid: 9,
-                comm: "a\"b\\c\nd".into(),
-            }],
+            owners: vec![Owner::new(9, "a\"b\\c\nd")],
             kernel: None,
             queue_full: false,
         }

@@ -387,10 +387,7 @@ mod tests {
                 accept_queue_limit: 128,
                 syn_queue_len: 0,
                 drops: 0,
-                owners: vec![Owner {
-                    pid: 1,
-                    comm: "x".to_owned(),
-                }],
+                owners: vec![Owner::new(1, "x")],
                 kernel: None,
                 queue_full: false,
             }],

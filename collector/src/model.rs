@@ -16,6 +16,32 @@ pub struct Owner {
     /// `/proc/PID/comm` as the kernel holds it. Chosen by whoever runs the process:
     /// escape it wherever it is printed.
     pub comm: String,
+    /// `/proc/PID/cmdline`, arguments joined by spaces; attacker-controlled too.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Effective user name (or uid).
+    #[serde(default)]
+    pub user: String,
+    /// cgroup path.
+    #[serde(default)]
+    pub cgroup: String,
+    /// Short container id when the cgroup path names one, else empty.
+    #[serde(default)]
+    pub container: String,
+}
+
+impl Owner {
+    /// An owner known only by pid and comm.
+    pub fn new(pid: u32, comm: impl Into<String>) -> Self {
+        Self {
+            pid,
+            comm: comm.into(),
+            cmdline: String::new(),
+            user: String::new(),
+            cgroup: String::new(),
+            container: String::new(),
+        }
+    }
 }
 
 /// One TCP listening socket as sock_diag reports it, plus its owners.

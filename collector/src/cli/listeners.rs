@@ -75,10 +75,7 @@ mod tests {
             accept_queue_limit: 2,
             syn_queue_len: 0,
             drops: 15,
-            owners: vec![Owner {
-                pid: 7,
-                comm: "evil\n\x1b[2J".into(),
-            }],
+            owners: vec![Owner::new(7, "evil\n\x1b[2J")],
             kernel: None,
             queue_full: false,
         };

@@ -208,9 +208,9 @@ const HELP_DROPS: &str = "Packets this listening socket dropped since it was cre
     kernel's sk_drops (sock_diag INET_DIAG_SKMEMINFO, ss -tm d<N>), raised by \
     tcp_listendrop() when a SYN or handshake ACK is dropped, e.g. because the accept queue \
     is full; the per-socket share of TcpExtListenDrops.";
-const HELP_INFO: &str = "Always 1: a process (pid, comm from /proc/PID/comm) holding a file \
-    descriptor of this listening socket, found in /proc/PID/fd. pid and comm are empty when \
-    no holder was found.";
+const HELP_INFO: &str = "Always 1: a process (pid, comm from /proc/PID/comm, container id \
+    from its cgroup path) holding a file descriptor of this listening socket, found in \
+    /proc/PID/fd. pid and comm are empty when no holder was found.";
 const HELP_TRANSITIONS: &str = "TCP state changes of sockets in this network namespace, by \
     old and new state, counted by sockq's eBPF program on the sock:inet_sock_set_state \
     tracepoint since the program was loaded.";
@@ -239,13 +239,19 @@ impl SnapshotCollector {
             syn_len.push(identity.clone(), l.syn_queue_len);
             drops.push(identity.clone(), l.drops);
 
-            let owners: BTreeSet<(u32, &str)> =
-                l.owners.iter().map(|o| (o.pid, o.comm.as_str())).collect();
+            let owners: BTreeSet<(u32, &str, &str)> = l
+                .owners
+                .iter()
+                .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
+                .collect();
             if owners.is_empty() {
-                info.push(owner_labels(&identity, String::new(), ""), 1_u8);
+                info.push(owner_labels(&identity, String::new(), "", ""), 1_u8);
             }
-            for (pid, comm) in owners {
-                info.push(owner_labels(&identity, pid.to_string(), comm), 1_u8);
+            for (pid, comm, container) in owners {
+                info.push(
+                    owner_labels(&identity, pid.to_string(), comm, container),
+                    1_u8,
+                );
             }
         }
 
@@ -297,10 +303,11 @@ impl SnapshotCollector {
     }
 }
 
-fn owner_labels(identity: &Labels, pid: String, comm: &str) -> Labels {
+fn owner_labels(identity: &Labels, pid: String, comm: &str, container: &str) -> Labels {
     let mut labels = identity.clone();
     labels.push(("pid", pid));
     labels.push(("comm", comm.to_owned()));
+    labels.push(("container", container.to_owned()));
     labels
 }
 
@@ -394,18 +401,9 @@ mod tests {
                     8080,
                     222,
                     vec![
-                        Owner {
-                            pid: 42,
-                            comm: HOSTILE_COMM.to_owned(),
-                        },
-                        Owner {
-                            pid: 43,
-                            comm: "nginx\r\t".to_owned(),
-                        },
-                        Owner {
-                            pid: 42,
-                            comm: HOSTILE_COMM.to_owned(),
-                        },
+                        Owner::new(42, HOSTILE_COMM),
+                        Owner::new(43, "nginx\r\t"),
+                        Owner::new(42, HOSTILE_COMM),
                     ],
                 ),
                 listener(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 22, 111, Vec::new()),
@@ -585,8 +583,8 @@ mod tests {
             format!("sockq_listen_accept_queue_limit{{{v6}}} 4096\n"),
             format!("sockq_listen_syn_queue_length{{{v4}}} 2\n"),
             format!("sockq_listen_drops_total{{{v4}}} 17\n"),
-            format!("sockq_listener_info{{{v4},pid=\"\",comm=\"\"}} 1\n"),
-            format!("sockq_listener_info{{{v6},pid=\"43\",comm=\"nginx\r\t\"}} 1\n"),
+            format!("sockq_listener_info{{{v4},pid=\"\",comm=\"\",container=\"\"}} 1\n"),
+            format!("sockq_listener_info{{{v6},pid=\"43\",comm=\"nginx\r\t\",container=\"\"}} 1\n"),
             "sockq_tcp_state_transitions_total{netns=\"4026531840\",from=\"LISTEN\",\
              to=\"NEW_SYN_RECV\"} 1\n"
                 .to_owned(),

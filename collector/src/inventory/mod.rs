@@ -13,6 +13,7 @@ pub mod netns;
 pub mod netns_stats;
 pub mod netstat;
 pub mod owners;
+pub mod process;
 pub mod sock_diag;
 
 use std::{collections::HashSet, path::PathBuf};

@@ -43,6 +43,7 @@ pub fn socket_owners_in(proc_root: &Path, wanted: &HashSet<u64>) -> HashMap<u64,
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
+    let users = super::process::Users::load();
 
     for pid in pids {
         let process_dir = proc_root.join(pid.to_string());
@@ -60,14 +61,19 @@ pub fn socket_owners_in(proc_root: &Path, wanted: &HashSet<u64>) -> HashMap<u64,
         }
         held.sort_unstable();
         held.dedup();
-        let comm = read_comm(&process_dir);
+        let details = super::process::read_details(proc_root, pid, &users);
+        let owner = Owner {
+            pid,
+            comm: read_comm(&process_dir),
+            cmdline: details.cmdline,
+            user: details.user,
+            cgroup: details.cgroup,
+            container: details.container,
+        };
         for inode in held {
             // Pids are visited in increasing order, once each: every list stays
             // sorted by pid and free of duplicates.
-            owners.entry(inode).or_default().push(Owner {
-                pid,
-                comm: comm.clone(),
-            });
+            owners.entry(inode).or_default().push(owner.clone());
         }
     }
     owners

@@ -7,6 +7,8 @@
 //!   sockq-scenario backlog ADDR BACKLOG CONNECTS  listen(BACKLOG), CONNECTS
 //!                                                 non-blocking connects, never accept
 //!   sockq-scenario listen ADDR                    listen and hold until stdin closes
+//!   sockq-scenario named-listen HEX ADDR          rename the process (comm) to the bytes
+//!                                                 HEX encodes, then listen and hold
 //!   sockq-scenario churn ADDR COUNT               COUNT connections: connect, accept,
 //!                                                 client closes, server reads EOF, closes
 //!   sockq-scenario slow-accept ADDR COUNT MS      accept each connection after MS ms;
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     {
         ["backlog", addr, backlog, connects] => backlog_scenario(addr, backlog, connects),
         ["listen", addr] => listen_scenario(addr),
+        ["named-listen", name_hex, addr] => named_listen_scenario(name_hex, addr),
         ["churn", addr, count] => churn_scenario(addr, count),
         ["slow-accept", addr, count, delay_ms] => slow_accept_scenario(addr, count, delay_ms),
         ["reuseport", addr, shards, connects] => reuseport_scenario(addr, shards, connects),
@@ -409,4 +412,20 @@ fn listener_churn_scenario(seconds: &str) -> Result<(), String> {
     }
     say(&format!("done {n}"));
     Ok(())
+}
+
+fn named_listen_scenario(name_hex: &str, addr: &str) -> Result<(), String> {
+    let name: Vec<u8> = (0..name_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(name_hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad hex name {name_hex}"))?;
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) } != 0 {
+        return Err(format!("PR_SET_NAME: {}", std::io::Error::last_os_error()));
+    }
+    listen_scenario(addr)
 }
