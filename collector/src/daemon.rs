@@ -273,6 +273,7 @@ impl Poller {
             std::time::Instant::now(),
             std::time::SystemTime::now(),
             &snapshot.listeners,
+            &snapshot.acceptors,
             |netns| limits.get(&netns).copied().unwrap_or_default(),
         );
         for l in &mut snapshot.listeners {
@@ -343,10 +344,25 @@ fn acceptors(listeners: &[Listener], counts: &[(AcceptorKey, u64)]) -> Vec<Accep
                 .map(|c| String::from_utf8_lossy(c.strip_suffix(b"\n").unwrap_or(&c)).into_owned())
                 .unwrap_or_default(),
             accepts: *n,
+            state: std::fs::read_to_string(format!("/proc/{}/task/{}/stat", k.pid, k.tid))
+                .ok()
+                .and_then(|s| thread_state(&s))
+                .unwrap_or_default(),
+            wchan: std::fs::read_to_string(format!("/proc/{}/task/{}/wchan", k.pid, k.tid))
+                .ok()
+                .filter(|w| w != "0")
+                .unwrap_or_default(),
         })
         .collect();
     out.sort();
     out
+}
+
+/// The state letter of a `/proc/PID/task/TID/stat` line (the field after the
+/// parenthesised comm, which may itself contain spaces and parentheses).
+fn thread_state(stat: &str) -> Option<String> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 /// Logs each listener lifecycle event and asks for an inventory refresh.
@@ -420,5 +436,17 @@ fn event_addr(ev: &ListenerEvent) -> String {
         }
         AF_INET6 => SocketAddr::new(std::net::Ipv6Addr::from(ev.addr).into(), ev.port).to_string(),
         other => format!("family {other} port {}", ev.port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_state;
+
+    #[test]
+    fn state_after_a_hostile_comm() {
+        assert_eq!(thread_state("42 (a) b) D 1 2 3").as_deref(), Some("D"));
+        assert_eq!(thread_state("42 (x) S 1").as_deref(), Some("S"));
+        assert_eq!(thread_state("garbage"), None);
     }
 }

@@ -23,7 +23,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    model::{Listener, NetnsInode, Owner},
+    model::{Acceptor, Listener, NetnsInode, Owner},
     text,
 };
 
@@ -72,6 +72,9 @@ pub struct EpisodeEvent {
     /// The backlog the application passed to `listen()`, when seen.
     pub backlog_arg: Option<u32>,
     pub somaxconn: Option<u32>,
+    /// Threads that accepted from this listener, with their scheduler state and
+    /// wait channel at this poll (with the eBPF probes).
+    pub acceptors: Vec<Acceptor>,
     pub diagnosis: String,
     pub fix: String,
     /// One line for logs; process names escaped.
@@ -106,9 +109,17 @@ impl EpisodeTracker {
         now: Instant,
         wall: SystemTime,
         listeners: &[Listener],
+        acceptors: &[Acceptor],
         limits: impl Fn(NetnsInode) -> Limits,
     ) -> Vec<EpisodeEvent> {
         let time = rfc3339(wall);
+        let threads_of = |inode: u64| -> Vec<Acceptor> {
+            acceptors
+                .iter()
+                .filter(|a| a.socket == inode)
+                .cloned()
+                .collect()
+        };
         let mut events = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for l in listeners {
@@ -130,7 +141,9 @@ impl EpisodeTracker {
                         drops_at_start: l.drops,
                         accepts_at_start: accepts(l),
                     });
-                    events.push(event("start", &time, l, &limits(l.netns), 0, None, None));
+                    let mut e = event("start", &time, l, &limits(l.netns), 0, None, None);
+                    with_acceptors(&mut e, threads_of(l.inode));
+                    events.push(e);
                 }
                 self.tracked.insert(key, t);
                 continue;
@@ -164,7 +177,7 @@ impl EpisodeTracker {
                     let drops = l.drops.saturating_sub(ep.drops_at_start);
                     let duration = now.saturating_duration_since(ep.started);
                     let during = accepts_since(l, ep.accepts_at_start);
-                    events.push(event(
+                    let mut e = event(
                         "end",
                         &time,
                         l,
@@ -172,7 +185,9 @@ impl EpisodeTracker {
                         drops,
                         Some(duration),
                         during,
-                    ));
+                    );
+                    with_acceptors(&mut e, threads_of(l.inode));
+                    events.push(e);
                     t.episode = None;
                 }
                 _ => {}
@@ -292,10 +307,37 @@ fn event(
         accepts_during_episode: accepts_during,
         backlog_arg,
         somaxconn: limits.somaxconn,
+        acceptors: Vec::new(),
         diagnosis,
         fix,
         message,
     }
+}
+
+/// Attaches the listener's acceptor threads to an event, and says so in the
+/// diagnosis when every one of them sleeps uninterruptibly (state D).
+fn with_acceptors(e: &mut EpisodeEvent, threads: Vec<Acceptor>) {
+    if e.phase == "start" && !threads.is_empty() && threads.iter().all(|t| t.state == "D") {
+        let where_ = threads
+            .iter()
+            .map(|t| {
+                let wchan = if t.wchan.is_empty() {
+                    "?"
+                } else {
+                    t.wchan.as_str()
+                };
+                format!("tid {} in {}", t.tid, text::escape(wchan))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let note = format!(
+            "every acceptor thread is in uninterruptible sleep (state D: {where_}), \
+             typically blocked on disk or a lock"
+        );
+        e.diagnosis = format!("{note}; {}", e.diagnosis);
+        e.message = format!("{} [{note}]", e.message);
+    }
+    e.acceptors = threads;
 }
 
 /// Why the queue overflowed and what to do about it, from what is known.
@@ -436,6 +478,7 @@ mod tests {
         tracker: EpisodeTracker,
         start: Instant,
         t: u64,
+        acceptors: Vec<Acceptor>,
     }
 
     impl Clock {
@@ -444,6 +487,7 @@ mod tests {
                 tracker: EpisodeTracker::default(),
                 start: Instant::now(),
                 t: 0,
+                acceptors: Vec::new(),
             }
         }
 
@@ -451,7 +495,7 @@ mod tests {
             self.t += 1;
             let now = self.start + Duration::from_secs(self.t);
             self.tracker
-                .update(now, UNIX_EPOCH, l, |_| Limits::default())
+                .update(now, UNIX_EPOCH, l, &self.acceptors, |_| Limits::default())
         }
     }
 
@@ -547,6 +591,37 @@ mod tests {
         c.poll(&[with_accepts(listener(3, 2, 2), 14)]);
         let end = c.poll(&[with_accepts(listener(0, 2, 2), 15)]);
         assert_eq!(end[0].accepts_during_episode, Some(5));
+    }
+
+    #[test]
+    fn acceptors_in_state_d_are_named() {
+        let mut c = Clock::new();
+        c.acceptors = vec![Acceptor {
+            socket: 7,
+            pid: 9,
+            tid: 10,
+            comm: "acceptor".into(),
+            accepts: 4,
+            state: "D".into(),
+            wchan: "io_schedule".into(),
+        }];
+        let e = c.poll(&[listener(3, 2, 0)]).remove(0);
+        assert_eq!(e.acceptors.len(), 1);
+        assert!(
+            e.diagnosis
+                .starts_with("every acceptor thread is in uninterruptible sleep"),
+            "{}",
+            e.diagnosis
+        );
+        assert!(e.message.contains("tid 10 in io_schedule"), "{}", e.message);
+        // A sleeping-but-interruptible acceptor is not blamed.
+        let mut c = Clock::new();
+        c.acceptors = vec![Acceptor {
+            state: "S".into(),
+            ..e.acceptors[0].clone()
+        }];
+        let e = c.poll(&[listener(3, 2, 0)]).remove(0);
+        assert!(!e.diagnosis.contains("uninterruptible"), "{}", e.diagnosis);
     }
 
     #[test]

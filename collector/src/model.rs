@@ -147,6 +147,10 @@ pub struct Acceptor {
     /// The thread's name; attacker-controlled.
     pub comm: String,
     pub accepts: u64,
+    /// Scheduler state at the last poll (`R`, `S`, `D`, ...; `/proc/PID/task/TID/stat`).
+    pub state: String,
+    /// Where the thread sleeps in the kernel (`/proc/PID/task/TID/wchan`), if it does.
+    pub wchan: String,
 }
 
 /// TCP states with the kernel's numbering (`include/net/tcp_states.h`).

@@ -34,14 +34,20 @@ fn hostile_process_names_round_trip() {
         String::from_utf8(raw.strip_suffix(b"\n").unwrap_or(&raw).to_vec()).expect("utf-8")
     };
     let scenario = ns.scenario(&["named-listen", &hex(name.as_bytes()), "127.0.0.1:7021"]);
-    assert_eq!(kernel_comm_of(scenario.pid()), name, "the kernel holds the hostile name");
+    assert_eq!(
+        kernel_comm_of(scenario.pid()),
+        name,
+        "the kernel holds the hostile name"
+    );
 
     // JSON carries it exactly, with the owner's command line and user.
     let owners = json_owners(netns, 7021);
     assert_eq!(owners.len(), 1, "{owners:?}");
     assert_eq!(owners[0]["comm"].as_str(), Some(name));
     assert!(
-        owners[0]["cmdline"].as_str().is_some_and(|c| c.contains("named-listen")),
+        owners[0]["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("named-listen")),
         "{owners:?}"
     );
     assert_eq!(owners[0]["user"].as_str(), Some("root"), "{owners:?}");
@@ -63,12 +69,16 @@ fn hostile_process_names_round_trip() {
     });
     let text = daemon.metrics_text();
     assert!(
-        text.lines().all(|l| l.starts_with('#') || l.starts_with("sockq_") || l.is_empty()),
+        text.lines()
+            .all(|l| l.starts_with('#') || l.starts_with("sockq_") || l.is_empty()),
         "a line of /metrics does not start a sample:\n{text}"
     );
 
     // The table escapes it for the terminal.
-    let table = Command::new(sockq_bin()).arg("listeners").output().expect("table");
+    let table = Command::new(sockq_bin())
+        .arg("listeners")
+        .output()
+        .expect("table");
     let table = String::from_utf8_lossy(&table.stdout);
     let row = table
         .lines()

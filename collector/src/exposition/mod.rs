@@ -472,6 +472,8 @@ mod tests {
             tid: 44,
             comm: HOSTILE_COMM.to_owned(),
             accepts: 3,
+            state: "S".to_owned(),
+            wchan: String::new(),
         }];
         snapshot
     }
