@@ -112,13 +112,11 @@ impl EpisodeTracker {
         acceptors: &[Acceptor],
         limits: impl Fn(NetnsInode) -> Limits,
     ) -> Vec<EpisodeEvent> {
-        let time = rfc3339(wall);
-        let threads_of = |inode: u64| -> Vec<Acceptor> {
-            acceptors
-                .iter()
-                .filter(|a| a.socket == inode)
-                .cloned()
-                .collect()
+        let ctx = EventContext {
+            now,
+            time: rfc3339(wall),
+            acceptors,
+            limits: &limits,
         };
         let mut events = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -141,9 +139,8 @@ impl EpisodeTracker {
                         drops_at_start: l.drops,
                         accepts_at_start: accepts(l),
                     });
-                    let mut e = event("start", &time, l, &limits(l.netns), 0, None, None);
-                    with_acceptors(&mut e, threads_of(l.inode));
-                    events.push(e);
+                    let episode = t.episode.as_ref();
+                    events.extend(episode.map(|ep| ctx.start(l, ep)));
                 }
                 self.tracked.insert(key, t);
                 continue;
@@ -160,34 +157,11 @@ impl EpisodeTracker {
                         drops_at_start: t.drops,
                         accepts_at_start: accepts(&t.last),
                     };
-                    let during = accepts_since(l, episode.accepts_at_start);
-                    let drops = l.drops.saturating_sub(episode.drops_at_start);
-                    events.push(event(
-                        "start",
-                        &time,
-                        l,
-                        &limits(l.netns),
-                        drops,
-                        None,
-                        during,
-                    ));
+                    events.push(ctx.start(l, &episode));
                     t.episode = Some(episode);
                 }
                 Some(ep) if !overflowed && is_drained(l) => {
-                    let drops = l.drops.saturating_sub(ep.drops_at_start);
-                    let duration = now.saturating_duration_since(ep.started);
-                    let during = accepts_since(l, ep.accepts_at_start);
-                    let mut e = event(
-                        "end",
-                        &time,
-                        l,
-                        &limits(l.netns),
-                        drops,
-                        Some(duration),
-                        during,
-                    );
-                    with_acceptors(&mut e, threads_of(l.inode));
-                    events.push(e);
+                    events.push(ctx.end(l, ep));
                     t.episode = None;
                 }
                 _ => {}
@@ -207,17 +181,13 @@ impl EpisodeTracker {
             if let Some(t) = self.tracked.remove(&key)
                 && let Some(ep) = t.episode
             {
-                let l = &t.last;
-                let drops = l.drops.saturating_sub(ep.drops_at_start);
-                let duration = now.saturating_duration_since(ep.started);
-                let mut e = event(
-                    "end",
-                    &time,
-                    l,
-                    &limits(l.netns),
-                    drops,
-                    Some(duration),
-                    None,
+                // The last known state; accepts after it are unknown.
+                let mut e = ctx.end(
+                    &t.last,
+                    &Episode {
+                        accepts_at_start: None,
+                        ..ep
+                    },
                 );
                 e.diagnosis = "the listener was closed while its queue was full".into();
                 e.message = format!("{} (listener closed)", e.message);
@@ -232,6 +202,53 @@ impl EpisodeTracker {
         self.tracked
             .get(&(netns, inode))
             .is_some_and(|t| t.episode.is_some())
+    }
+}
+
+/// What every event of one poll shares.
+struct EventContext<'a, F: Fn(NetnsInode) -> Limits> {
+    now: Instant,
+    time: String,
+    acceptors: &'a [Acceptor],
+    limits: &'a F,
+}
+
+impl<F: Fn(NetnsInode) -> Limits> EventContext<'_, F> {
+    fn start(&self, l: &Listener, ep: &Episode) -> EpisodeEvent {
+        self.build("start", l, ep, None)
+    }
+
+    fn end(&self, l: &Listener, ep: &Episode) -> EpisodeEvent {
+        let duration = self.now.saturating_duration_since(ep.started);
+        self.build("end", l, ep, Some(duration))
+    }
+
+    fn build(
+        &self,
+        phase: &'static str,
+        l: &Listener,
+        ep: &Episode,
+        duration: Option<Duration>,
+    ) -> EpisodeEvent {
+        let drops = l.drops.saturating_sub(ep.drops_at_start);
+        let during = accepts_since(l, ep.accepts_at_start);
+        let mut e = event(
+            phase,
+            &self.time,
+            l,
+            &(self.limits)(l.netns),
+            drops,
+            duration,
+            during,
+        );
+        let threads = self
+            .acceptors
+            .iter()
+            .filter(|a| a.socket == l.inode)
+            .cloned()
+            .collect();
+        with_acceptors(&mut e, threads);
+        e
     }
 }
 
