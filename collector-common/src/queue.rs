@@ -38,6 +38,13 @@ pub struct ListenerQueue {
     pub last_full_event_ns: u64,
     /// Sum of the depths seen at enqueues (the depth histogram's sum).
     pub depth_sum: u64,
+    /// Sampled accepted connections whose first reads all came from the thread that
+    /// accepted them ...
+    pub read_by_acceptor: u64,
+    /// ... from one other thread ...
+    pub read_by_one_other: u64,
+    /// ... from several threads (messages spread over workers).
+    pub read_by_several: u64,
     /// Deepest queue seen right after an enqueue.
     pub max_depth: u32,
     /// Backlog argument of the last `listen()` on this socket, 0 if unseen.
@@ -57,6 +64,9 @@ impl ListenerQueue {
         wait_sum_ns: 0,
         last_full_event_ns: 0,
         depth_sum: 0,
+        read_by_acceptor: 0,
+        read_by_one_other: 0,
+        read_by_several: 0,
         max_depth: 0,
         backlog_arg: 0,
         netns: 0,
@@ -67,7 +77,7 @@ impl ListenerQueue {
 }
 
 const _: () =
-    assert!(core::mem::size_of::<ListenerQueue>() == 72 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8);
+    assert!(core::mem::size_of::<ListenerQueue>() == 96 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8);
 
 /// A connection in some listener's accept queue, by child socket address.
 #[repr(C)]
@@ -225,3 +235,31 @@ const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers with explicit padding; any bit pattern is valid.
 unsafe impl aya::Pod for DropKey {}
+
+/// Capacity of `READERS` (LRU): sampled accepted connections whose readers are
+/// being watched.
+pub const READERS_MAX_ENTRIES: u32 = 8192;
+/// Reads of a sampled connection observed before it is classified.
+pub const READS_TO_CLASSIFY: u32 = 4;
+/// One accepted connection in `SAMPLE_ONE_IN` is watched for its readers.
+pub const SAMPLE_ONE_IN: u32 = 4;
+
+/// Who reads a sampled accepted connection (value of `READERS`, keyed by the child
+/// socket address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReaderTrack {
+    pub listener: u64,
+    pub acceptor_tid: u32,
+    pub first_reader: u32,
+    pub reads: u32,
+    pub by_acceptor: u32,
+    pub by_others_than_first: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ReaderTrack>() == 32);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers with explicit padding; any bit pattern is valid.
+unsafe impl aya::Pod for ReaderTrack {}

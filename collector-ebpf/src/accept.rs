@@ -12,15 +12,15 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use collector_common::queue::{AcceptorKey, wait_bucket};
+use collector_common::queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket};
 
 use crate::{
     kernel::{fd_sock, offsets, read},
-    maps::{LISTENER_QUEUES, QUEUED, atomic_add, count_acceptor},
+    maps::{LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
@@ -69,10 +69,25 @@ fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64>
         }
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     count_acceptor(&AcceptorKey {
         listener: stamp.listener,
         pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
+        tid,
     });
+    // Watch who reads a sample of the accepted connections (sock_recv_length).
+    // SAFETY: a helper without preconditions.
+    if unsafe { bpf_get_prandom_u32() } % SAMPLE_ONE_IN == 0 {
+        let track = ReaderTrack {
+            listener: stamp.listener,
+            acceptor_tid: tid,
+            first_reader: 0,
+            reads: 0,
+            by_acceptor: 0,
+            by_others_than_first: 0,
+            _pad: 0,
+        };
+        let _ = READERS.insert(&key, &track, 0);
+    }
     Ok(())
 }

@@ -26,6 +26,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod sk_data_ready;
 #[cfg(target_arch = "bpf")]
+mod sock_recv_length;
+#[cfg(target_arch = "bpf")]
 mod tcp_retransmit_synack;
 
 #[cfg(target_arch = "bpf")]

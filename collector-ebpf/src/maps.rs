@@ -12,7 +12,8 @@ use collector_common::{
     listener::EVENTS_RING_BYTES,
     queue::{
         ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES, DropKey,
-        LISTENERS_MAX_ENTRIES, ListenerQueue, QUEUED_MAX_ENTRIES, QueuedChild,
+        LISTENERS_MAX_ENTRIES, ListenerQueue, QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES,
+        ReaderTrack,
     },
     stats::{STAT_LISTENERS_FULL, STATS_LEN},
     tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
@@ -61,6 +62,12 @@ pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_
 #[map]
 pub static ACCEPTORS: HashMap<AcceptorKey, u64> =
     HashMap::with_max_entries(ACCEPTORS_MAX_ENTRIES, 0);
+
+/// Sampled accepted connections whose readers are watched, by child socket address.
+/// LRU: a connection that never reads ages out.
+#[map]
+pub static READERS: LruHashMap<u64, ReaderTrack> =
+    LruHashMap::with_max_entries(READERS_MAX_ENTRIES, 0);
 
 /// Packets listeners dropped, per (listener, `enum skb_drop_reason`).
 #[map]

@@ -279,6 +279,7 @@ impl Poller {
         for l in &mut snapshot.listeners {
             l.queue_full = self.episodes.is_full(l.netns, l.inode);
         }
+        snapshot.patterns = crate::pattern::classify(&snapshot.listeners, &snapshot.acceptors);
         snapshot.netns = netns;
         self.last_listeners.clone_from(&snapshot.listeners);
         (snapshot, events)

@@ -21,6 +21,7 @@ pub mod http;
 pub mod inventory;
 pub mod kernel_layout;
 pub mod model;
+pub mod pattern;
 pub mod privileges;
 pub mod probes;
 pub mod queue_stats;

@@ -132,6 +132,11 @@ pub struct ListenerKernelStats {
     /// Seconds the oldest connection still in the accept queue has waited, when
     /// known.
     pub oldest_wait: Option<f64>,
+    /// Sampled accepted connections read only by the accepting thread, by one other
+    /// thread, by several threads (`sock:sock_recv_length`; see `pattern`).
+    pub read_by_acceptor: u64,
+    pub read_by_one_other: u64,
+    pub read_by_several: u64,
     /// Packets the listener dropped by `skb:kfree_skb` reason (`TCP_LISTEN_OVERFLOW`:
     /// a handshake's final ACK refused by a full accept queue).
     pub drop_reasons: BTreeMap<String, u64>,
@@ -201,6 +206,8 @@ pub struct Snapshot {
     pub acceptors: Vec<Acceptor>,
     /// Per-namespace kernel counters and sysctls.
     pub netns: Vec<NetnsStats>,
+    /// Execution pattern per listener socket inode.
+    pub patterns: BTreeMap<u64, crate::pattern::PatternReport>,
 }
 
 /// One network namespace's own TCP counters and listener-related sysctls.

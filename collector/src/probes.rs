@@ -10,6 +10,8 @@
 //! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
 //! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (6.13+): drop reasons per
 //!   listener;
+//! - `sock_recv_length`: raw tracepoint (6.4+): which threads read a sample of the
+//!   accepted connections (the execution pattern);
 //! - `sys_exit_accept4`, `sys_exit_accept`, `sys_enter_listen`: classic syscall
 //!   tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`).
 
@@ -106,7 +108,7 @@ pub struct ProbeSpec {
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 7] = [
+pub const PROBES: [ProbeSpec; 8] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -143,6 +145,14 @@ pub const PROBES: [ProbeSpec; 7] = [
         hooks: &[Hook::Raw {
             program: "kfree_skb",
             tracepoint: "kfree_skb",
+        }],
+        needs_queue_offsets: true,
+    },
+    ProbeSpec {
+        name: "sock_recv_length",
+        hooks: &[Hook::Raw {
+            program: "sock_recv_length",
+            tracepoint: "sock_recv_length",
         }],
         needs_queue_offsets: true,
     },

@@ -46,6 +46,9 @@ pub fn kernel_stats(q: &ListenerQueue, oldest_wait: Option<f64>) -> ListenerKern
         synack_retransmits: q.synack_retransmits,
         backlog_arg: (q.backlog_arg != 0).then_some(q.backlog_arg),
         oldest_wait,
+        read_by_acceptor: q.read_by_acceptor,
+        read_by_one_other: q.read_by_one_other,
+        read_by_several: q.read_by_several,
         drop_reasons: std::collections::BTreeMap::new(),
     }
 }

@@ -99,3 +99,34 @@ fn invalid_utf8_names_are_replaced_not_dropped() {
     assert_eq!(owners[0]["comm"].as_str(), Some("x\u{fffd}y\"z"));
     scenario.finish();
 }
+
+#[test]
+fn a_forked_listener_lists_both_owners_then_the_parent() {
+    let ns = Netns::new("fork");
+    let netns = ns.inode();
+    let scenario = ns.scenario(&["fork-listen", "127.0.0.1:7023", "1500"]);
+    let child: u64 = scenario
+        .first_line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .expect("child pid");
+    let parent = u64::from(scenario.pid());
+    let pids = |owners: Vec<serde_json::Value>| -> Vec<u64> {
+        let mut p: Vec<u64> = owners.iter().filter_map(|o| o["pid"].as_u64()).collect();
+        p.sort_unstable();
+        p
+    };
+    assert_eq!(pids(json_owners(netns, 7023)), vec![parent, child]);
+    // The child exits after 1.5 s; the parent keeps the listener.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = pids(json_owners(netns, 7023));
+        if now == vec![parent] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "owners {now:?}, want [{parent}]");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    scenario.finish();
+}

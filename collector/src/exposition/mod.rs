@@ -210,7 +210,9 @@ const HELP_DROPS: &str = "Packets this listening socket dropped since it was cre
     is full; the per-socket share of TcpExtListenDrops.";
 const HELP_INFO: &str = "Always 1: a process (pid, comm from /proc/PID/comm, container id \
     from its cgroup path) holding a file descriptor of this listening socket, found in \
-    /proc/PID/fd. pid and comm are empty when no holder was found.";
+    /proc/PID/fd, and the backend's execution pattern (single_thread, acceptor_handoff, \
+    acceptor_message_balancing, multi_acceptor, reuseport_shards or undetermined). pid and \
+    comm are empty when no holder was found.";
 const HELP_TRANSITIONS: &str = "TCP state changes of sockets in this network namespace, by \
     old and new state, counted by sockq's eBPF program on the sock:inet_sock_set_state \
     tracepoint since the program was loaded.";
@@ -244,14 +246,19 @@ impl SnapshotCollector {
                 .iter()
                 .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
                 .collect();
+            let pattern = snapshot
+                .patterns
+                .get(&l.inode)
+                .map_or("undetermined", |p| p.pattern.name());
             if owners.is_empty() {
-                info.push(owner_labels(&identity, String::new(), "", ""), 1_u8);
-            }
-            for (pid, comm, container) in owners {
                 info.push(
-                    owner_labels(&identity, pid.to_string(), comm, container),
+                    owner_labels(&identity, String::new(), "", "", pattern),
                     1_u8,
                 );
+            }
+            for (pid, comm, container) in owners {
+                let labels = owner_labels(&identity, pid.to_string(), comm, container, pattern);
+                info.push(labels, 1_u8);
             }
         }
 
@@ -303,11 +310,18 @@ impl SnapshotCollector {
     }
 }
 
-fn owner_labels(identity: &Labels, pid: String, comm: &str, container: &str) -> Labels {
+fn owner_labels(
+    identity: &Labels,
+    pid: String,
+    comm: &str,
+    container: &str,
+    pattern: &str,
+) -> Labels {
     let mut labels = identity.clone();
     labels.push(("pid", pid));
     labels.push(("comm", comm.to_owned()));
     labels.push(("container", container.to_owned()));
+    labels.push(("pattern", pattern.to_owned()));
     labels
 }
 
@@ -585,8 +599,12 @@ mod tests {
             format!("sockq_listen_accept_queue_limit{{{v6}}} 4096\n"),
             format!("sockq_listen_syn_queue_length{{{v4}}} 2\n"),
             format!("sockq_listen_drops_total{{{v4}}} 17\n"),
-            format!("sockq_listener_info{{{v4},pid=\"\",comm=\"\",container=\"\"}} 1\n"),
-            format!("sockq_listener_info{{{v6},pid=\"43\",comm=\"nginx\r\t\",container=\"\"}} 1\n"),
+            format!(
+                "sockq_listener_info{{{v4},pid=\"\",comm=\"\",container=\"\",pattern=\"undetermined\"}} 1\n"
+            ),
+            format!(
+                "sockq_listener_info{{{v6},pid=\"43\",comm=\"nginx\r\t\",container=\"\",pattern=\"undetermined\"}} 1\n"
+            ),
             "sockq_tcp_state_transitions_total{netns=\"4026531840\",from=\"LISTEN\",\
              to=\"NEW_SYN_RECV\"} 1\n"
                 .to_owned(),

@@ -44,6 +44,12 @@ const HELP_DROP_REASONS: &str = "Packets dropped by this listener, by skb:kfree_
     (enum skb_drop_reason; TCP_LISTEN_OVERFLOW is a handshake's final ACK refused by a full \
     accept queue; SYNs refused by a full queue carry no reason and show only in \
     sockq_listen_drops_total).";
+const HELP_ACCEPTOR_IMBALANCE: &str = "Accept share across the threads accepting from this \
+    listener: max / mean accepts per thread (1 is even).";
+const HELP_GROUP_IMBALANCE: &str = "Accept share across the sockets of an SO_REUSEPORT group: \
+    max / mean accepts per socket (1 is even; N sockets with one doing all the work give N).";
+const HELP_TRUNCATED: &str = "1 when this listener has more accepting threads than \
+    sockq_acceptor_accepts_total lists (the rest are summed under tid=\"other\").";
 const HELP_ACCEPTOR: &str = "Connections accepted from this listener by one thread (pid, tid, \
     comm of the thread). At most 32 threads per listener; the rest are summed under \
     tid=\"other\".";
@@ -96,13 +102,28 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
             reasons.push(labels, *n);
         }
     }
+    let mut group_imbalance = Family::gauge("sockq_listen_group_imbalance", HELP_GROUP_IMBALANCE);
     for ((netns, listen_addr), n) in groups {
+        if n > 1 {
+            let accepts: Vec<u64> = listeners
+                .iter()
+                .filter(|l| l.netns == netns && l.listen_addr() == listen_addr)
+                .map(|l| l.kernel.as_ref().map_or(0, |k| k.accepts))
+                .collect();
+            if let Some(ratio) = crate::pattern::imbalance(&accepts) {
+                let labels = vec![
+                    ("netns", netns.to_string()),
+                    ("listen_addr", listen_addr.clone()),
+                ];
+                group_imbalance.push_float(labels, ratio);
+            }
+        }
         group.push(
             vec![("netns", netns.to_string()), ("listen_addr", listen_addr)],
             n,
         );
     }
-    let acceptors = acceptor_family(snapshot);
+    let (acceptors, acceptor_imbalance, truncated) = acceptor_families(snapshot);
     vec![
         full,
         group,
@@ -117,12 +138,17 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         oldest,
         reasons,
         acceptors,
+        acceptor_imbalance,
+        truncated,
+        group_imbalance,
     ]
 }
 
-/// Accepts per thread, capped per listener.
-fn acceptor_family(snapshot: &Snapshot) -> Family {
+/// Accepts per thread (capped per listener), their imbalance, and the truncation flag.
+fn acceptor_families(snapshot: &Snapshot) -> (Family, Family, Family) {
     let mut family = Family::counter("sockq_acceptor_accepts_total", HELP_ACCEPTOR);
+    let mut imbalance = Family::gauge("sockq_listen_acceptor_imbalance", HELP_ACCEPTOR_IMBALANCE);
+    let mut truncated = Family::gauge("sockq_acceptor_series_truncated", HELP_TRUNCATED);
     for l in &snapshot.listeners {
         let mut threads: Vec<_> = snapshot
             .acceptors
@@ -143,11 +169,19 @@ fn acceptor_family(snapshot: &Snapshot) -> Family {
                 other = other.saturating_add(a.accepts);
             }
         }
-        if threads.len() > MAX_ACCEPTORS_PER_LISTENER {
+        let capped = threads.len() > MAX_ACCEPTORS_PER_LISTENER;
+        if capped {
             family.push(thread_labels(&id, String::new(), "other".into(), ""), other);
         }
+        if !threads.is_empty() {
+            truncated.push(id.clone(), capped);
+        }
+        let counts: Vec<u64> = threads.iter().map(|a| a.accepts).collect();
+        if let Some(ratio) = crate::pattern::imbalance(&counts) {
+            imbalance.push_float(id, ratio);
+        }
     }
-    family
+    (family, imbalance, truncated)
 }
 
 fn thread_labels(id: &Labels, pid: String, tid: String, comm: &str) -> Labels {

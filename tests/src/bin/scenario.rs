@@ -7,6 +7,14 @@
 //!   sockq-scenario backlog ADDR BACKLOG CONNECTS  listen(BACKLOG), CONNECTS
 //!                                                 non-blocking connects, never accept
 //!   sockq-scenario listen ADDR                    listen and hold until stdin closes
+//!   sockq-scenario serve MODE ADDR THREADS        an echo server in one of the backend
+//!                                                 execution patterns: single, handoff,
+//!                                                 balance, multi, reuseport
+//!   sockq-scenario fork-listen ADDR MS            listen, fork: the child holds the
+//!                                                 listener for MS ms then exits; prints
+//!                                                 `ready ADDR CHILD_PID`
+//!   sockq-scenario chat ADDR CONNS MSGS           CONNS connections in turn, each sending
+//!                                                 MSGS messages and reading each echo
 //!   sockq-scenario named-listen HEX ADDR          rename the process (comm) to the bytes
 //!                                                 HEX encodes, then listen and hold
 //!   sockq-scenario churn ADDR COUNT               COUNT connections: connect, accept,
@@ -47,6 +55,9 @@ fn main() -> ExitCode {
         ["backlog", addr, backlog, connects] => backlog_scenario(addr, backlog, connects),
         ["listen", addr] => listen_scenario(addr),
         ["named-listen", name_hex, addr] => named_listen_scenario(name_hex, addr),
+        ["serve", mode, addr, threads] => serve_scenario(mode, addr, threads),
+        ["fork-listen", addr, child_ms] => fork_listen_scenario(addr, child_ms),
+        ["chat", addr, conns, msgs] => chat_scenario(addr, conns, msgs),
         ["churn", addr, count] => churn_scenario(addr, count),
         ["slow-accept", addr, count, delay_ms] => slow_accept_scenario(addr, count, delay_ms),
         ["reuseport", addr, shards, connects] => reuseport_scenario(addr, shards, connects),
@@ -428,4 +439,173 @@ fn named_listen_scenario(name_hex: &str, addr: &str) -> Result<(), String> {
         return Err(format!("PR_SET_NAME: {}", std::io::Error::last_os_error()));
     }
     listen_scenario(addr)
+}
+
+/// Echoes every message of `conn` until it closes.
+fn echo_until_eof(mut conn: TcpStream) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn serve_scenario(mode: &str, addr: &str, threads: &str) -> Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let threads: usize = parse(threads, "threads")?;
+    match mode {
+        // 1: one thread listens, accepts and reads.
+        "single" => {
+            let (l, local) = listener(addr, 128)?;
+            let l: std::net::TcpListener = l.into();
+            std::thread::spawn(move || {
+                while let Ok((c, _)) = l.accept() {
+                    echo_until_eof(c);
+                }
+            });
+            say(&format!("ready {local}"));
+        }
+        // 2: one acceptor thread hands each connection to a reader thread.
+        "handoff" => {
+            let (l, local) = listener(addr, 128)?;
+            let l: std::net::TcpListener = l.into();
+            std::thread::spawn(move || {
+                while let Ok((c, _)) = l.accept() {
+                    std::thread::spawn(move || echo_until_eof(c));
+                }
+            });
+            say(&format!("ready {local}"));
+        }
+        // 3: one acceptor; THREADS workers take turns reading messages from any
+        // connection, so one connection's messages go to different workers.
+        "balance" => {
+            let (l, local) = listener(addr, 128)?;
+            let l: std::net::TcpListener = l.into();
+            let shared: Arc<Mutex<(Vec<TcpStream>, usize)>> = Arc::default();
+            let acceptor_shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                while let Ok((c, _)) = l.accept() {
+                    let _ = c.set_nonblocking(true);
+                    if let Ok(mut g) = acceptor_shared.lock() {
+                        g.0.push(c);
+                    }
+                }
+            });
+            for me in 0..threads.max(2) {
+                let shared = Arc::clone(&shared);
+                let n = threads.max(2);
+                std::thread::spawn(move || {
+                    loop {
+                        let handled = match shared.lock() {
+                            Ok(mut g) if g.1 % n == me => {
+                                let mut done = false;
+                                let mut closed = Vec::new();
+                                for (i, c) in g.0.iter_mut().enumerate() {
+                                    let mut buf = [0u8; 64];
+                                    match c.read(&mut buf) {
+                                        Ok(0) => closed.push(i),
+                                        Ok(k) => {
+                                            let _ = c.set_nonblocking(false);
+                                            let _ = c.write_all(&buf[..k]);
+                                            let _ = c.set_nonblocking(true);
+                                            done = true;
+                                            break;
+                                        }
+                                        Err(_) => {}
+                                    }
+                                }
+                                for i in closed.into_iter().rev() {
+                                    g.0.swap_remove(i);
+                                }
+                                if done {
+                                    g.1 += 1;
+                                }
+                                done
+                            }
+                            Ok(_) => false,
+                            Err(_) => return,
+                        };
+                        if !handled {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    }
+                });
+            }
+            say(&format!("ready {local}"));
+        }
+        // 4: THREADS threads accept on one socket, each reading its connections.
+        "multi" => {
+            let (l, local) = listener(addr, 128)?;
+            let l: std::net::TcpListener = l.into();
+            for _ in 0..threads.max(2) {
+                let l = l.try_clone().map_err(|e| format!("clone: {e}"))?;
+                std::thread::spawn(move || {
+                    while let Ok((c, _)) = l.accept() {
+                        echo_until_eof(c);
+                    }
+                });
+            }
+            say(&format!("ready {local}"));
+        }
+        // 5: THREADS SO_REUSEPORT sockets, one accepting and reading thread each.
+        "reuseport" => {
+            let addr: SocketAddr = parse(addr, "address")?;
+            for _ in 0..threads.max(2) {
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+                    .map_err(|e| format!("socket: {e}"))?;
+                s.set_reuse_port(true).map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+                s.bind(&addr.into()).map_err(|e| format!("bind {addr}: {e}"))?;
+                s.listen(128).map_err(|e| format!("listen: {e}"))?;
+                let l: std::net::TcpListener = s.into();
+                std::thread::spawn(move || {
+                    while let Ok((c, _)) = l.accept() {
+                        echo_until_eof(c);
+                    }
+                });
+            }
+            say(&format!("ready {addr}"));
+        }
+        other => return Err(format!("unknown mode {other}")),
+    }
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn chat_scenario(addr: &str, conns: &str, msgs: &str) -> Result<(), String> {
+    let addr: SocketAddr = parse(addr, "address")?;
+    let conns: usize = parse(conns, "connections")?;
+    let msgs: usize = parse(msgs, "messages")?;
+    for i in 0..conns {
+        let mut c = TcpStream::connect(addr).map_err(|e| format!("connect {i}: {e}"))?;
+        for _ in 0..msgs {
+            c.write_all(b"ping\n").map_err(|e| format!("write {i}: {e}"))?;
+            let mut echo = [0u8; 5];
+            c.read_exact(&mut echo).map_err(|e| format!("read {i}: {e}"))?;
+        }
+    }
+    say(&format!("done {conns}"));
+    Ok(())
+}
+
+fn fork_listen_scenario(addr: &str, child_ms: &str) -> Result<(), String> {
+    let child_ms: u64 = parse(child_ms, "milliseconds")?;
+    let (listener, local) = listener(addr, 128)?;
+    // SAFETY: single-threaded at this point; the child only sleeps and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        std::thread::sleep(Duration::from_millis(child_ms));
+        drop(listener);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    say(&format!("ready {local} {pid}"));
+    wait_for_stdin_close();
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    drop(listener);
+    Ok(())
 }

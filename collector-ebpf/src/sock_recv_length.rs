@@ -1,0 +1,62 @@
+//! Hook: `sock:sock_recv_length` (Linux 6.4+), raw tracepoint, `TP_PROTO(struct sock
+//! *sk, int ret, int flags)`: every `recvmsg` on every socket. Most calls leave after
+//! one lookup miss in `READERS`, which holds only a sample of accepted connections
+//! (`accept.rs`). For those, it notes which threads read the first
+//! `READS_TO_CLASSIFY` messages, then classifies the connection for its listener:
+//! read by the accepting thread, by one other thread, or by several; that is the
+//! evidence for the backend's execution pattern.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+};
+use collector_common::queue::READS_TO_CLASSIFY;
+
+use crate::{
+    kernel::offsets,
+    maps::{LISTENER_QUEUES, READERS, atomic_add},
+};
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    if (ret as i32) <= 0 || offsets().queue_valid == 0 {
+        return 0;
+    }
+    let key = sk as u64;
+    let Some(track) = READERS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a valid map value pointer; one connection is read by one thread at a
+    // time in practice, and a lost update only blurs the sample.
+    let t = unsafe { &mut *track };
+    if t.first_reader == 0 {
+        t.first_reader = tid;
+    } else if tid != t.first_reader {
+        t.by_others_than_first += 1;
+    }
+    if tid == t.acceptor_tid {
+        t.by_acceptor += 1;
+    }
+    t.reads += 1;
+    if t.reads < READS_TO_CLASSIFY {
+        return 0;
+    }
+    let (reads, by_acceptor, spread, listener) =
+        (t.reads, t.by_acceptor, t.by_others_than_first, t.listener);
+    let _ = READERS.remove(&key);
+    if let Some(q) = LISTENER_QUEUES.get_ptr_mut(&listener) {
+        // SAFETY: a valid map value pointer; counters change through atomics only.
+        unsafe {
+            if by_acceptor == reads {
+                atomic_add(&raw mut (*q).read_by_acceptor, 1);
+            } else if spread == 0 {
+                atomic_add(&raw mut (*q).read_by_one_other, 1);
+            } else {
+                atomic_add(&raw mut (*q).read_by_several, 1);
+            }
+        }
+    }
+    0
+}
