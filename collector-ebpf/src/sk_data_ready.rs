@@ -71,10 +71,13 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     let now = unsafe { bpf_ktime_get_ns() };
 
     // The connection just queued: the tail of the accept queue.
+    // Skipped when an acceptor on another CPU already took it (it has a struct
+    // socket then): a stamp now would never be removed.
     if let Ok(req) = read::<*const u8>(sk, o.icsk_accept_tail)
         && !req.is_null()
         && let Ok(child) = read::<*const u8>(req, o.request_sock_sk)
         && !child.is_null()
+        && read::<u64>(child, o.sk_socket).is_ok_and(|socket| socket == 0)
     {
         let stamp = QueuedChild {
             enqueued_ns: now,

@@ -125,7 +125,10 @@ fn a_forked_listener_lists_both_owners_then_the_parent() {
         if now == vec![parent] {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "owners {now:?}, want [{parent}]");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "owners {now:?}, want [{parent}]"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     scenario.finish();

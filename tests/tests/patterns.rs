@@ -19,7 +19,11 @@ fn classified(mode: &str, port: u16, threads: &str, expected: &str) {
     daemon.wait_for(Duration::from_secs(10), |m| {
         let info = m.find(
             "sockq_listener_info",
-            &[("netns", netns.as_str()), ("listen_addr", addr.as_str()), ("pid", pid.as_str())],
+            &[
+                ("netns", netns.as_str()),
+                ("listen_addr", addr.as_str()),
+                ("pid", pid.as_str()),
+            ],
         );
         if info.is_empty() {
             return Err("no listener_info for the server".into());

@@ -31,8 +31,17 @@ const LLVM_PACKAGES: [&str; 4] = [
 /// Debian's Rust with its library source (for `-Z build-std=core`).
 const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// Tools the tests use as oracles and peers: `ss`/`ip` (iproute2), `promtool`
-/// (prometheus), `bpftool`, `nstat`.
-const TEST_PACKAGES: [&str; 3] = ["iproute2", "prometheus", "bpftool"];
+/// (prometheus), `bpftool`, `setpriv` (util-linux), and real servers and load
+/// generators: nginx, redis-server (with redis-benchmark), ab (apache2-utils).
+const TEST_PACKAGES: [&str; 7] = [
+    "iproute2",
+    "prometheus",
+    "bpftool",
+    "nginx",
+    "redis-server",
+    "apache2-utils",
+    "util-linux",
+];
 
 /// What the build needs to know from the set-up.
 pub struct BuildEnv {

@@ -554,8 +554,10 @@ fn serve_scenario(mode: &str, addr: &str, threads: &str) -> Result<(), String> {
             for _ in 0..threads.max(2) {
                 let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
                     .map_err(|e| format!("socket: {e}"))?;
-                s.set_reuse_port(true).map_err(|e| format!("SO_REUSEPORT: {e}"))?;
-                s.bind(&addr.into()).map_err(|e| format!("bind {addr}: {e}"))?;
+                s.set_reuse_port(true)
+                    .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+                s.bind(&addr.into())
+                    .map_err(|e| format!("bind {addr}: {e}"))?;
                 s.listen(128).map_err(|e| format!("listen: {e}"))?;
                 let l: std::net::TcpListener = s.into();
                 std::thread::spawn(move || {
@@ -579,9 +581,11 @@ fn chat_scenario(addr: &str, conns: &str, msgs: &str) -> Result<(), String> {
     for i in 0..conns {
         let mut c = TcpStream::connect(addr).map_err(|e| format!("connect {i}: {e}"))?;
         for _ in 0..msgs {
-            c.write_all(b"ping\n").map_err(|e| format!("write {i}: {e}"))?;
+            c.write_all(b"ping\n")
+                .map_err(|e| format!("write {i}: {e}"))?;
             let mut echo = [0u8; 5];
-            c.read_exact(&mut echo).map_err(|e| format!("read {i}: {e}"))?;
+            c.read_exact(&mut echo)
+                .map_err(|e| format!("read {i}: {e}"))?;
         }
     }
     say(&format!("done {conns}"));
