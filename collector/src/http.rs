@@ -210,6 +210,7 @@ fn router(state: SharedState) -> Router {
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/events/recent", get(recent_events))
+        .route("/api/listeners", get(api_listeners))
         .with_state(state)
 }
 
@@ -217,7 +218,18 @@ async fn index() -> &'static str {
     "sockq: per-listener socket and kernel-queue observability\n\
      \n\
      Prometheus metrics: /metrics\n\
-     Notable events (JSON lines): /events/recent?after=SEQ\n"
+     Notable events (JSON lines): /events/recent?after=SEQ\n\
+     Listeners with acceptors and patterns (JSON): /api/listeners\n"
+}
+
+/// Every listener with its accepting threads and execution pattern, as JSON (what
+/// `sockq listeners` shows when a daemon runs).
+async fn api_listeners(State(state): State<SharedState>) -> Response {
+    let rows = crate::cli::listeners::rows_from_snapshot(&state.snapshot());
+    match serde_json::to_string(&rows) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -37,18 +37,28 @@ fn main() -> ExitCode {
             }
         }
         Command::Listeners(args) => {
-            if let Some(missing) = privileges::check(&privileges::FOR_RUN) {
-                tracing::warn!("{missing}; showing only what this user can see");
-            }
-            let listeners = match inventory::scan() {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("sockq: {}", sockq::error_chain(&e));
-                    return ExitCode::FAILURE;
+            let from_daemon = if args.no_daemon {
+                None
+            } else {
+                listeners::from_daemon(args.metrics_addr)
+            };
+            let rows = match from_daemon {
+                Some(rows) => rows,
+                None => {
+                    if let Some(missing) = privileges::check(&privileges::FOR_RUN) {
+                        tracing::warn!("{missing}; showing only what this user can see");
+                    }
+                    match inventory::scan() {
+                        Ok(l) => listeners::rows_from_inventory(l),
+                        Err(e) => {
+                            eprintln!("sockq: {}", sockq::error_chain(&e));
+                            return ExitCode::FAILURE;
+                        }
+                    }
                 }
             };
             if args.json {
-                match serde_json::to_string_pretty(&listeners) {
+                match serde_json::to_string_pretty(&rows) {
                     Ok(json) => emit(&format!("{json}\n")),
                     Err(e) => {
                         eprintln!("sockq: {e}");
@@ -56,7 +66,7 @@ fn main() -> ExitCode {
                     }
                 }
             } else {
-                emit(&listeners::render_table(&listeners));
+                emit(&listeners::render_table(&rows));
             }
             ExitCode::SUCCESS
         }

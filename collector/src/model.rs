@@ -3,14 +3,14 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Inode number of a network namespace (`stat -L /proc/PID/ns/net`), the identity
 /// the kernel itself uses (`net->ns.inum`).
 pub type NetnsInode = u64;
 
 /// A process holding a file descriptor of a listening socket.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Owner {
     pub pid: u32,
     /// `/proc/PID/comm` as the kernel holds it. Chosen by whoever runs the process:
@@ -45,7 +45,7 @@ impl Owner {
 }
 
 /// One TCP listening socket as sock_diag reports it, plus its owners.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Listener {
     pub netns: NetnsInode,
     pub addr: IpAddr,
@@ -64,8 +64,10 @@ pub struct Listener {
     pub drops: u64,
     pub owners: Vec<Owner>,
     /// What the eBPF programs measured on this listener, when they are attached.
+    #[serde(default)]
     pub kernel: Option<ListenerKernelStats>,
     /// A full-accept-queue episode is in progress (see `episodes`).
+    #[serde(default)]
     pub queue_full: bool,
 }
 
@@ -79,7 +81,7 @@ impl Listener {
 /// Counts per bucket of a histogram. `bounds[i]` is bucket i's upper bound
 /// (inclusive); `counts` has one more entry than `bounds`, for values above the last
 /// bound. Not cumulative: exporters accumulate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
     pub bounds: Vec<f64>,
     pub counts: Vec<u64>,
@@ -111,7 +113,7 @@ impl Histogram {
 }
 
 /// What sockq's eBPF programs measured on one listener since they were loaded.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ListenerKernelStats {
     /// Connections queued for `accept()` (`sock:sk_data_ready` on the listener).
     pub enqueues: u64,
@@ -143,7 +145,7 @@ pub struct ListenerKernelStats {
 }
 
 /// Accepts by one thread on one listener.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Acceptor {
     /// Socket inode of the listener.
     pub socket: u64,

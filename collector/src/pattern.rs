@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Acceptor, Listener};
 
@@ -23,7 +23,7 @@ pub const MIN_SAMPLED: u64 = 3;
 /// Share of sampled connections that must agree.
 pub const AGREEMENT: f64 = 0.8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pattern {
     SingleThread,
@@ -48,7 +48,7 @@ impl Pattern {
 }
 
 /// A classification and the evidence behind it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatternReport {
     pub pattern: Pattern,
     pub evidence: String,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sockq_tests::{Daemon, Netns};
+use sockq_tests::{Daemon, Netns, sockq_bin};
 
 /// Runs `serve MODE` in its own namespace, chats with it, and waits until sockq
 /// classifies every socket on the port as `expected`.
@@ -35,6 +35,51 @@ fn classified(mode: &str, port: u16, threads: &str, expected: &str) {
             Err(format!("{mode}: patterns {patterns:?}, want {expected}"))
         }
     });
+    // `sockq listeners` shows the daemon's view: pattern and accepting threads.
+    let out = std::process::Command::new(sockq_bin())
+        .args([
+            "listeners",
+            "--json",
+            "--metrics-addr",
+            &daemon.addr.to_string(),
+        ])
+        .output()
+        .expect("sockq listeners");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r["netns"].as_u64().map(|n| n.to_string()) == Some(netns.clone())
+                && r["port"].as_u64() == Some(port.into())
+        })
+        .collect();
+    assert!(!mine.is_empty(), "no rows for port {port}");
+    for row in mine {
+        assert_eq!(row["pattern"]["pattern"], expected, "{row}");
+        assert!(
+            row["pattern"]["evidence"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{row}"
+        );
+        if mode != "reuseport" || row["acceptors"].as_array().is_some_and(|a| !a.is_empty()) {
+            assert!(
+                row["acceptors"].as_array().is_some_and(|a| !a.is_empty()),
+                "{row}"
+            );
+        }
+    }
+    let table = std::process::Command::new(sockq_bin())
+        .args(["listeners", "--metrics-addr", &daemon.addr.to_string()])
+        .output()
+        .expect("sockq listeners");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&addr) && l.contains(expected)),
+        "{table}"
+    );
     server.finish();
 }
 

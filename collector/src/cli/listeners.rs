@@ -1,17 +1,95 @@
-//! `sockq listeners`: a one-shot table (or JSON) of every TCP listener on the host.
+//! `sockq listeners`: a table (or JSON) of every TCP listener on the host.
+//!
+//! When a `sockq run` answers on the metrics address, its view is shown: it adds what
+//! only the probes can see (accepting threads, the execution pattern). Otherwise the
+//! listeners are inventoried once, here.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
-use crate::{model::Listener, text::escape};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    model::{Acceptor, Listener, Snapshot},
+    pattern::PatternReport,
+    text::escape,
+};
+
+/// One listener with what the daemon knows about who accepts from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerRow {
+    #[serde(flatten)]
+    pub listener: Listener,
+    /// Threads that accepted from it (with the daemon's probes only).
+    #[serde(default)]
+    pub acceptors: Vec<Acceptor>,
+    /// The backend's execution pattern (with the daemon's probes only).
+    #[serde(default)]
+    pub pattern: Option<PatternReport>,
+}
+
+/// The rows of a daemon's snapshot (served at `/api/listeners`).
+pub fn rows_from_snapshot(snapshot: &Snapshot) -> Vec<ListenerRow> {
+    snapshot
+        .listeners
+        .iter()
+        .map(|l| ListenerRow {
+            listener: l.clone(),
+            acceptors: snapshot
+                .acceptors
+                .iter()
+                .filter(|a| a.socket == l.inode)
+                .cloned()
+                .collect(),
+            pattern: snapshot.patterns.get(&l.inode).cloned(),
+        })
+        .collect()
+}
+
+/// Rows of a one-shot inventory: no acceptors, no pattern.
+pub fn rows_from_inventory(listeners: Vec<Listener>) -> Vec<ListenerRow> {
+    listeners
+        .into_iter()
+        .map(|listener| ListenerRow {
+            listener,
+            acceptors: Vec::new(),
+            pattern: None,
+        })
+        .collect()
+}
+
+/// The running daemon's rows, if one answers at `addr` within a second.
+pub fn from_daemon(addr: SocketAddr) -> Option<Vec<ListenerRow>> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(1)))
+        .build()
+        .new_agent();
+    let body = agent
+        .get(&format!("http://{addr}/api/listeners"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
 
 /// The table, one line per listener, widths fitted to the content.
-pub fn render_table(listeners: &[Listener]) -> String {
+pub fn render_table(rows: &[ListenerRow]) -> String {
     let header = [
-        "NETNS", "LISTEN", "ACCEPTQ", "SYNQ", "DROPS", "SOCKET", "OWNERS",
+        "NETNS",
+        "LISTEN",
+        "ACCEPTQ",
+        "SYNQ",
+        "DROPS",
+        "SOCKET",
+        "PATTERN",
+        "ACCEPTORS",
+        "OWNERS",
     ];
-    let rows: Vec<[String; 7]> = listeners
+    let cells: Vec<[String; 9]> = rows
         .iter()
-        .map(|l| {
+        .map(|row| {
+            let l = &row.listener;
             let owners = if l.owners.is_empty() {
                 "-".to_owned()
             } else {
@@ -21,6 +99,16 @@ pub fn render_table(listeners: &[Listener]) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             };
+            let mut threads: Vec<&Acceptor> = row.acceptors.iter().collect();
+            threads.sort_by_key(|a| std::cmp::Reverse(a.accepts));
+            let mut acceptors: Vec<String> = threads
+                .iter()
+                .take(3)
+                .map(|a| format!("{}:{}", a.tid, a.accepts))
+                .collect();
+            if threads.len() > 3 {
+                acceptors.push(format!("+{}", threads.len() - 3));
+            }
             [
                 l.netns.to_string(),
                 l.listen_addr(),
@@ -28,12 +116,21 @@ pub fn render_table(listeners: &[Listener]) -> String {
                 l.syn_queue_len.to_string(),
                 l.drops.to_string(),
                 l.inode.to_string(),
+                row.pattern
+                    .as_ref()
+                    .map_or("-", |p| p.pattern.name())
+                    .to_owned(),
+                if acceptors.is_empty() {
+                    "-".to_owned()
+                } else {
+                    acceptors.join(",")
+                },
                 owners,
             ]
         })
         .collect();
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
@@ -52,7 +149,7 @@ pub fn render_table(listeners: &[Listener]) -> String {
         out.push('\n');
     };
     line(&header);
-    for row in &rows {
+    for row in &cells {
         line(&row.each_ref().map(String::as_str));
     }
     out
@@ -79,7 +176,7 @@ mod tests {
             kernel: None,
             queue_full: false,
         };
-        let t = render_table(&[l]);
+        let t = render_table(&rows_from_inventory(vec![l]));
         assert!(t.starts_with("NETNS"), "{t}");
         assert!(t.contains("[::]:80"), "{t}");
         assert!(t.contains("3/2"), "{t}");

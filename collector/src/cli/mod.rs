@@ -22,8 +22,9 @@ pub enum Command {
     /// Run the daemon: attach the eBPF probes, poll every listener in every network
     /// namespace, serve Prometheus metrics, and log notable events. Needs root.
     Run(RunArgs),
-    /// Print every TCP listener on the host once: accept queue length/limit, SYN
-    /// queue, drops and owners. Run as root to see every network namespace.
+    /// Print every TCP listener on the host: accept queue length/limit, SYN queue,
+    /// drops, owners, and (from a running `sockq run`) accepting threads and the
+    /// execution pattern. Run as root to see every network namespace.
     Listeners(ListenersArgs),
     /// Print the running daemon's notable events (full accept queues, ...) as JSON
     /// lines, then follow new ones. Schema: see `sockq run`'s README section.
@@ -60,6 +61,13 @@ pub struct ListenersArgs {
     /// Print JSON (an array of listeners) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Metrics address of a running `sockq run`: its view adds the accepting threads
+    /// and the execution pattern, which only the probes see.
+    #[arg(long, env = "SOCKQ_METRICS_ADDR", default_value = "127.0.0.1:9750")]
+    pub metrics_addr: SocketAddr,
+    /// Inventory the listeners here even if a daemon answers.
+    #[arg(long)]
+    pub no_daemon: bool,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
