@@ -74,9 +74,13 @@ pub struct KernelOffsets {
     /// Nonzero when every accept-queue offset above (from `sk_state` on) resolved;
     /// the accept-queue programs do nothing otherwise.
     pub queue_valid: u32,
+    /// ... `syscalls/sys_enter_accept4`: `fd` (the listener).
+    pub tp_accept4_fd: u32,
+    /// ... `syscalls/sys_enter_accept`: `fd`.
+    pub tp_accept_fd: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 120);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 128);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -10,6 +10,8 @@
 pub const LISTENERS_MAX_ENTRIES: u32 = 4096;
 /// Capacity of `QUEUED` (LRU): connections queued and not yet accepted.
 pub const QUEUED_MAX_ENTRIES: u32 = 65536;
+/// Capacity of `ACCEPTING`: threads inside accept()/accept4() at once.
+pub const ACCEPTING_MAX_ENTRIES: u32 = 16384;
 /// Capacity of `ACCEPTORS` (LRU): (listener, thread) pairs.
 pub const ACCEPTORS_MAX_ENTRIES: u32 = 16384;
 
@@ -28,8 +30,11 @@ pub struct ListenerQueue {
     pub enqueues: u64,
     /// Enqueues after which the queue held more than its limit (it was full).
     pub full_enqueues: u64,
-    /// accept()/accept4() calls that returned a connection queued while sockq watched.
+    /// Connections accept()/accept4() returned from this listener.
     pub accepts: u64,
+    /// Of those, the ones whose handshake completion sockq saw (the accept-wait
+    /// histogram's count).
+    pub waits: u64,
     /// SYN-ACK retransmits for handshakes of this listener.
     pub synack_retransmits: u64,
     /// Sum of accept waits, nanoseconds.
@@ -60,6 +65,7 @@ impl ListenerQueue {
         enqueues: 0,
         full_enqueues: 0,
         accepts: 0,
+        waits: 0,
         synack_retransmits: 0,
         wait_sum_ns: 0,
         last_full_event_ns: 0,
@@ -77,14 +83,15 @@ impl ListenerQueue {
 }
 
 const _: () =
-    assert!(core::mem::size_of::<ListenerQueue>() == 96 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8);
+    assert!(core::mem::size_of::<ListenerQueue>() == 104 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8);
 
-/// A connection in some listener's accept queue, by child socket address.
+/// A connection between handshake completion and accept(), by child socket address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueuedChild {
+    /// When the handshake completed (the child was created, LISTEN -> SYN_RECV).
     pub enqueued_ns: u64,
-    /// Inode of the listener it was queued on.
+    /// Inode of the listener it was queued on; 0 until `sk_data_ready` saw it.
     pub listener: u64,
 }
 

@@ -1,4 +1,6 @@
 //! Hook: `sock:inet_sock_set_state` (every TCP state change; since Linux 4.16).
+//! A child created by a completed handshake (LISTEN -> SYN_RECV) is stamped in
+//! `QUEUED` here, before it joins the accept queue, for the accept-wait measure.
 //!
 //! Attached as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate,
 //! int newstate)`, cheapest) where that loads, else as a classic tracepoint whose record
@@ -21,9 +23,11 @@ use aya_ebpf::{
 use collector_common::{
     layout::KernelOffsets,
     listener::{AF_INET, AF_INET6, EVENT_LISTENER, ListenerEvent},
-    stats::{STAT_EVENTS_LOST, STAT_TRANSITIONS_FULL},
+    queue::QueuedChild,
+    stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL, STAT_TRANSITIONS_FULL},
     tcp_state::{
-        IPPROTO_TCP, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TransitionKey,
+        IPPROTO_TCP, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV,
+        TransitionKey,
     },
 };
 
@@ -78,7 +82,18 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
     });
     // A listener opening (-> LISTEN) or closing (LISTEN -> CLOSE). Children cloned from
     // a listener start as LISTEN -> SYN_RECV: per connection, not an event.
-    if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
+    if from == TCP_LISTEN && to == TCP_SYN_RECV && o.queue_valid != 0 {
+        // A child created by a completed handshake, before it joins the accept queue:
+        // stamp it, so the accept() that takes it measures its whole wait.
+        let stamp = QueuedChild {
+            // SAFETY: a helper without preconditions.
+            enqueued_ns: unsafe { bpf_ktime_get_ns() },
+            listener: 0,
+        };
+        if QUEUED.insert(&(sk as u64), &stamp, 0).is_err() {
+            bump_stat(STAT_QUEUED_FULL);
+        }
+    } else if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
         if from == TCP_LISTEN && o.queue_valid != 0 {
             // The listener closes: its accept-queue counters go with it.
             let _ = LISTENER_QUEUES.remove(&sock_inode(sk, &o));

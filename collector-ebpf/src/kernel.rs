@@ -38,6 +38,8 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     tp_listen_fd: 0,
     tp_listen_backlog: 0,
     queue_valid: 0,
+    tp_accept4_fd: 0,
+    tp_accept_fd: 0,
 };
 
 #[inline(always)]

@@ -11,9 +11,9 @@ use aya_ebpf::{
 use collector_common::{
     listener::EVENTS_RING_BYTES,
     queue::{
-        ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES, DropKey,
-        LISTENERS_MAX_ENTRIES, ListenerQueue, QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES,
-        ReaderTrack,
+        ACCEPTING_MAX_ENTRIES, ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES,
+        DropKey, LISTENERS_MAX_ENTRIES, ListenerQueue, QUEUED_MAX_ENTRIES, QueuedChild,
+        READERS_MAX_ENTRIES, ReaderTrack,
     },
     stats::{STAT_LISTENERS_FULL, STATS_LEN},
     tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
@@ -57,6 +57,10 @@ static ZERO_QUEUE: Array<ListenerQueue> = Array::with_max_entries(1, 0);
 /// (`STAT_QUEUED_FULL`).
 #[map]
 pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_MAX_ENTRIES, 0);
+
+/// The listener fd of each thread inside accept()/accept4(), by tid.
+#[map]
+pub static ACCEPTING: HashMap<u32, u64> = HashMap::with_max_entries(ACCEPTING_MAX_ENTRIES, 0);
 
 /// Accepts per (listener, thread). Userspace removes the entries of closed listeners.
 #[map]

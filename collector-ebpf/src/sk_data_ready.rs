@@ -10,9 +10,9 @@
 //! `sk_max_ack_backlog` (limit) and aggregates them in `LISTENER_QUEUES`: depth
 //! histogram, maximum, full enqueues (depth > limit, the kernel's
 //! `sk_acceptq_is_full`). The connection just queued is the accept queue's tail
-//! (`icsk_accept_queue.rskq_accept_tail->sk`): it is stamped in `QUEUED` so the
-//! accept() that takes it measures its wait. A full queue sends one `QueueFullEvent`
-//! per listener per second.
+//! (`icsk_accept_queue.rskq_accept_tail->sk`): its stamp in `QUEUED` gets the
+//! listener, for the oldest-wait view. A full queue sends one `QueueFullEvent` per
+//! listener per second.
 //!
 //! Kernels without this tracepoint (6.1) lack depth-at-enqueue and accept wait; the
 //! rest of sockq works.
@@ -20,8 +20,8 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
 use collector_common::{
     listener::EVENT_QUEUE_FULL,
-    queue::{QueueFullEvent, QueuedChild, depth_bucket},
-    stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL},
+    queue::{QueueFullEvent, depth_bucket},
+    stats::STAT_EVENTS_LOST,
 };
 
 use crate::{
@@ -70,22 +70,17 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    // The connection just queued: the tail of the accept queue.
-    // Skipped when an acceptor on another CPU already took it (it has a struct
-    // socket then): a stamp now would never be removed.
+    // The connection just queued, the tail of the accept queue, was stamped when its
+    // handshake completed (inet_sock_set_state); record its listener for the
+    // oldest-wait view.
     if let Ok(req) = read::<*const u8>(sk, o.icsk_accept_tail)
         && !req.is_null()
         && let Ok(child) = read::<*const u8>(req, o.request_sock_sk)
         && !child.is_null()
-        && read::<u64>(child, o.sk_socket).is_ok_and(|socket| socket == 0)
+        && let Some(stamp) = QUEUED.get_ptr_mut(&(child as u64))
     {
-        let stamp = QueuedChild {
-            enqueued_ns: now,
-            listener: inode,
-        };
-        if QUEUED.insert(&(child as u64), &stamp, 0).is_err() {
-            bump_stat(STAT_QUEUED_FULL);
-        }
+        // SAFETY: a valid map value pointer.
+        unsafe { (*stamp).listener = inode };
     }
 
     if depth > limit {

@@ -12,8 +12,9 @@
 //!   listener;
 //! - `sock_recv_length`: raw tracepoint (6.4+): which threads read a sample of the
 //!   accepted connections (the execution pattern);
-//! - `sys_exit_accept4`, `sys_exit_accept`, `sys_enter_listen`: classic syscall
-//!   tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`).
+//! - `sys_enter_accept4`/`sys_exit_accept4`, `sys_enter_accept`/`sys_exit_accept`,
+//!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
+//!   `CONFIG_FTRACE_SYSCALLS`).
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -108,7 +109,7 @@ pub struct ProbeSpec {
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 8] = [
+pub const PROBES: [ProbeSpec; 10] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -153,6 +154,24 @@ pub const PROBES: [ProbeSpec; 8] = [
         hooks: &[Hook::Raw {
             program: "sock_recv_length",
             tracepoint: "sock_recv_length",
+        }],
+        needs_queue_offsets: true,
+    },
+    ProbeSpec {
+        name: "sys_enter_accept4",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_accept4",
+            category: "syscalls",
+            name: "sys_enter_accept4",
+        }],
+        needs_queue_offsets: true,
+    },
+    ProbeSpec {
+        name: "sys_enter_accept",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_accept",
+            category: "syscalls",
+            name: "sys_enter_accept",
         }],
         needs_queue_offsets: true,
     },
@@ -239,6 +258,8 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         o.tp_state_newstate = field("sock", "inet_sock_set_state", "newstate");
         o.tp_accept4_ret = field("syscalls", "sys_exit_accept4", "ret");
         o.tp_accept_ret = field("syscalls", "sys_exit_accept", "ret");
+        o.tp_accept4_fd = field("syscalls", "sys_enter_accept4", "fd");
+        o.tp_accept_fd = field("syscalls", "sys_enter_accept", "fd");
         o.tp_listen_fd = field("syscalls", "sys_enter_listen", "fd");
         o.tp_listen_backlog = field("syscalls", "sys_enter_listen", "backlog");
     }

@@ -28,11 +28,11 @@ const HELP_MAX_DEPTH: &str = "Deepest accept queue seen right after an enqueue s
     started (sk_ack_backlog at sock:sk_data_ready).";
 const HELP_DEPTH: &str = "Accept queue depth right after each enqueue (sk_ack_backlog at \
     sock:sk_data_ready): catches spikes between scrapes.";
-const HELP_ACCEPTS: &str = "Connections accept()/accept4() returned from this listener whose \
-    queueing sockq saw (not counted: io_uring accepts, connections queued before sockq started).";
-const HELP_WAIT: &str = "Time each accepted connection waited in the accept queue: from the \
-    enqueue (handshake complete, sock:sk_data_ready) to the accept()/accept4() that returned it \
-    (syscalls:sys_exit_accept4).";
+const HELP_ACCEPTS: &str = "Connections accept()/accept4() returned from this listener \
+    (syscalls:sys_enter/exit_accept4; not counted: io_uring accepts).";
+const HELP_WAIT: &str = "Time each accepted connection waited to be accepted: from its \
+    handshake completing (the child socket created, sock:inet_sock_set_state LISTEN -> \
+    SYN_RECV) to the accept()/accept4() that returned it (syscalls:sys_exit_accept4).";
 const HELP_SYNACK: &str = "SYN-ACKs this listener retransmitted (tcp:tcp_retransmit_synack): \
     handshakes whose final ACK did not arrive in time.";
 const HELP_BACKLOG: &str = "The backlog argument the application passed to listen() \
