@@ -447,11 +447,14 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
         .args(["prog", "show", "--json"])
         .output()?;
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool json")?;
+    // The kernel keeps 15 characters of a program's name.
     let ours = [
         "inet_sock_set_",
         "sk_data_ready",
         "tcp_retransmit_",
         "kfree_skb",
+        "sock_recv_lengt",
+        "sys_enter_accep",
         "sys_exit_accept",
         "sys_enter_liste",
     ];
