@@ -122,19 +122,7 @@ fn backlog_scenario(addr: &str, backlog: &str, connects: &str) -> Result<(), Str
     let (_listener, local) = listener(addr, backlog)?;
     let mut clients = Vec::new();
     for _ in 0..connects {
-        let c = Socket::new(
-            Domain::for_address(local),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| format!("socket: {e}"))?;
-        c.set_nonblocking(true)
-            .map_err(|e| format!("nonblocking: {e}"))?;
-        match c.connect(&SockAddr::from(local)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(format!("connect: {e}")),
-        }
+        let c = nonblocking_connect(local, None)?;
         clients.push(c);
     }
     // Let the handshakes that can complete do so before reporting ready.
@@ -150,19 +138,7 @@ fn connect_scenario(addr: &str, connects: &str, from: Option<&str>) -> Result<()
     let from: Option<std::net::IpAddr> = from.map(|f| parse(f, "source address")).transpose()?;
     let mut clients = Vec::new();
     for _ in 0..connects {
-        let c = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| format!("socket: {e}"))?;
-        if let Some(ip) = from {
-            c.bind(&SocketAddr::new(ip, 0).into())
-                .map_err(|e| format!("bind {ip}: {e}"))?;
-        }
-        c.set_nonblocking(true)
-            .map_err(|e| format!("nonblocking: {e}"))?;
-        match c.connect(&SockAddr::from(addr)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(format!("connect: {e}")),
-        }
+        let c = nonblocking_connect(addr, from)?;
         clients.push(c);
     }
     say(&format!("ready {addr} {connects}"));
@@ -612,4 +588,22 @@ fn fork_listen_scenario(addr: &str, child_ms: &str) -> Result<(), String> {
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     drop(listener);
     Ok(())
+}
+
+/// Starts a connect to `addr` (from source address `from`) without waiting for it.
+fn nonblocking_connect(addr: SocketAddr, from: Option<std::net::IpAddr>) -> Result<Socket, String> {
+    let c = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("socket: {e}"))?;
+    if let Some(ip) = from {
+        c.bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+    }
+    c.set_nonblocking(true)
+        .map_err(|e| format!("nonblocking: {e}"))?;
+    match c.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(format!("connect: {e}")),
+    }
+    Ok(c)
 }
