@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use sockq::{
-    cli::{Cli, Command, events, listeners},
+    cli::{Cli, Command, events, listeners, top},
     daemon, doctor, inventory, privileges,
 };
 
@@ -74,6 +74,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sockq: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Top(args) => match top::run(args.metrics_addr, args.interval) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sockq: the terminal view failed: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -32,8 +32,9 @@ const LLVM_PACKAGES: [&str; 4] = [
 const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// Tools the tests use as oracles and peers: `ss`/`ip` (iproute2), `promtool`
 /// (prometheus), `bpftool`, `setpriv` (util-linux), and real servers and load
-/// generators: nginx, redis-server (with redis-benchmark), ab (apache2-utils).
-const TEST_PACKAGES: [&str; 7] = [
+/// generators: nginx, redis-server (with redis-benchmark), ab (apache2-utils); tmux
+/// runs `sockq top` in a terminal.
+const TEST_PACKAGES: [&str; 8] = [
     "iproute2",
     "prometheus",
     "bpftool",
@@ -41,6 +42,7 @@ const TEST_PACKAGES: [&str; 7] = [
     "redis-server",
     "apache2-utils",
     "util-linux",
+    "tmux",
 ];
 
 /// What the build needs to know from the set-up.

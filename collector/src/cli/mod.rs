@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod listeners;
+pub mod top;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -29,9 +30,23 @@ pub enum Command {
     /// Print the running daemon's notable events (full accept queues, ...) as JSON
     /// lines, then follow new ones. Schema: see `sockq run`'s README section.
     Events(EventsArgs),
+    /// A live terminal view of the listeners (depth against limit, drops/s, accept
+    /// wait, SYN queue, owner, pattern): `s` sorts, `/` filters, `q` quits.
+    Top(TopArgs),
     /// Check what works on this kernel and why: privileges, BTF, tracefs, program
     /// types, and whether each probe attaches (by trying it).
     Doctor,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// Metrics address of a running `sockq run` (without one, sockq inventories the
+    /// listeners itself and shows no acceptors or patterns).
+    #[arg(long, env = "SOCKQ_METRICS_ADDR", default_value = "127.0.0.1:9750")]
+    pub metrics_addr: SocketAddr,
+    /// Seconds between refreshes.
+    #[arg(long, default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,0 +1,330 @@
+//! `sockq top`: a live terminal view of the listeners, refreshed every interval from
+//! the running daemon (`/api/listeners`), or from a local inventory without one.
+//! Fits 80 columns; keys: `s` cycles the sort column, `/` filters by address or owner
+//! (Enter applies, Esc clears), `q` or Ctrl-C quits.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::Write as _,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use crossterm::{
+    cursor,
+    event::{self, Event, KeyCode, KeyEvent, KeyModifiers},
+    execute, queue,
+    terminal::{self, ClearType},
+};
+
+use super::listeners::{ListenerRow, from_daemon, rows_from_inventory};
+use crate::{inventory, text::escape};
+
+/// Sort orders `s` cycles through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    Fill,
+    Drops,
+    Wait,
+    Address,
+}
+
+impl SortBy {
+    fn next(self) -> Self {
+        match self {
+            Self::Fill => Self::Drops,
+            Self::Drops => Self::Wait,
+            Self::Wait => Self::Address,
+            Self::Address => Self::Fill,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fill => "queue fill",
+            Self::Drops => "drops/s",
+            Self::Wait => "accept wait p99",
+            Self::Address => "address",
+        }
+    }
+}
+
+/// One row of the view, computed from two successive samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub listen_addr: String,
+    pub fill: f64,
+    pub depth: u32,
+    pub limit: u32,
+    pub drops_per_s: f64,
+    pub wait_p99: Option<f64>,
+    pub syn: u32,
+    pub owner: String,
+    pub pattern: String,
+}
+
+/// Rows -> lines; `previous` holds each socket's drop count at the last refresh.
+pub fn lines(
+    rows: &[ListenerRow],
+    previous: &HashMap<u64, u64>,
+    elapsed: Duration,
+    filter: &str,
+    sort: SortBy,
+) -> Vec<Line> {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let mut out: Vec<Line> = rows
+        .iter()
+        .map(|r| {
+            let l = &r.listener;
+            let owner = l
+                .owners
+                .first()
+                .map(|o| format!("{}/{}", o.pid, escape(&o.comm)))
+                .unwrap_or_else(|| "-".into());
+            let dropped = previous
+                .get(&l.inode)
+                .map_or(0, |&before| l.drops.saturating_sub(before));
+            Line {
+                listen_addr: l.listen_addr(),
+                fill: f64::from(l.accept_queue_len) / f64::from(l.accept_queue_limit.max(1)),
+                depth: l.accept_queue_len,
+                limit: l.accept_queue_limit,
+                drops_per_s: dropped as f64 / secs,
+                wait_p99: l
+                    .kernel
+                    .as_ref()
+                    .and_then(|k| k.accept_wait.quantile_bound(0.99)),
+                syn: l.syn_queue_len,
+                owner,
+                pattern: r
+                    .pattern
+                    .as_ref()
+                    .map_or("-", |p| p.pattern.name())
+                    .to_owned(),
+            }
+        })
+        .filter(|line| {
+            filter.is_empty() || line.listen_addr.contains(filter) || line.owner.contains(filter)
+        })
+        .collect();
+    out.sort_by(|a, b| match sort {
+        SortBy::Fill => b.fill.total_cmp(&a.fill),
+        SortBy::Drops => b.drops_per_s.total_cmp(&a.drops_per_s),
+        SortBy::Wait => b
+            .wait_p99
+            .unwrap_or(0.0)
+            .total_cmp(&a.wait_p99.unwrap_or(0.0)),
+        SortBy::Address => a.listen_addr.cmp(&b.listen_addr),
+    });
+    out
+}
+
+/// The screen, at most `width` columns and `height` lines.
+pub fn render(
+    lines: &[Line],
+    source: &str,
+    sort: SortBy,
+    filter: &str,
+    width: usize,
+    height: usize,
+) -> String {
+    let mut out = String::new();
+    let title = format!(
+        "sockq top - {source} - sort: {} (s) - filter: {} (/) - q quits",
+        sort.name(),
+        if filter.is_empty() { "none" } else { filter }
+    );
+    let _ = writeln!(out, "{}", truncate(&title, width));
+    let header = format!(
+        "{:<21} {:<12} {:>9} {:>7} {:>8} {:>4} OWNER PATTERN",
+        "LISTEN", "QUEUE", "DEPTH", "DROP/s", "WAIT99", "SYNQ"
+    );
+    let _ = writeln!(out, "{}", truncate(&header, width));
+    for line in lines.iter().take(height.saturating_sub(3)) {
+        let bar_len = 10usize;
+        let filled = ((line.fill.min(1.0)) * bar_len as f64).round() as usize;
+        let bar = format!("[{}{}]", "#".repeat(filled), ".".repeat(bar_len - filled));
+        let wait = line.wait_p99.map_or("-".to_owned(), |w| {
+            if w.is_finite() {
+                format!("{:.0}ms", w * 1e3)
+            } else {
+                ">58s".into()
+            }
+        });
+        let row = format!(
+            "{:<21} {:<12} {:>9} {:>7.1} {:>8} {:>4} {} {}",
+            truncate(&line.listen_addr, 21),
+            bar,
+            format!("{}/{}", line.depth, line.limit),
+            line.drops_per_s,
+            wait,
+            line.syn,
+            line.owner,
+            line.pattern
+        );
+        let _ = writeln!(out, "{}", truncate(&row, width));
+    }
+    out
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    s.chars().take(width).collect()
+}
+
+fn fetch(addr: SocketAddr) -> (Vec<ListenerRow>, &'static str) {
+    match from_daemon(addr) {
+        Some(rows) => (rows, "daemon"),
+        None => (
+            inventory::scan()
+                .map(rows_from_inventory)
+                .unwrap_or_default(),
+            "local inventory (no daemon: no acceptors or patterns)",
+        ),
+    }
+}
+
+/// Runs the view until `q`.
+pub fn run(addr: SocketAddr, interval: Duration) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout();
+    terminal::enable_raw_mode()?;
+    execute!(stdout, terminal::EnterAlternateScreen, cursor::Hide)?;
+    let result = event_loop(addr, interval, &mut stdout);
+    let _ = execute!(stdout, cursor::Show, terminal::LeaveAlternateScreen);
+    let _ = terminal::disable_raw_mode();
+    result
+}
+
+fn event_loop(
+    addr: SocketAddr,
+    interval: Duration,
+    stdout: &mut std::io::Stdout,
+) -> std::io::Result<()> {
+    let mut sort = SortBy::Fill;
+    let mut filter = String::new();
+    let mut editing: Option<String> = None;
+    let mut previous: HashMap<u64, u64> = HashMap::new();
+    let mut last = Instant::now();
+    let (mut rows, mut source) = fetch(addr);
+    loop {
+        let (width, height) = terminal::size().unwrap_or((80, 24));
+        let shown = lines(&rows, &previous, last.elapsed(), &filter, sort);
+        let mut screen = render(
+            &shown,
+            source,
+            sort,
+            &filter,
+            usize::from(width),
+            usize::from(height),
+        );
+        if let Some(typed) = &editing {
+            let _ = write!(screen, "filter: {typed}_");
+        }
+        queue!(
+            stdout,
+            terminal::Clear(ClearType::All),
+            cursor::MoveTo(0, 0)
+        )?;
+        for line in screen.lines() {
+            queue!(
+                stdout,
+                crossterm::style::Print(line),
+                cursor::MoveToNextLine(1)
+            )?;
+        }
+        stdout.flush()?;
+
+        if event::poll(interval)? {
+            if let Event::Key(KeyEvent {
+                code, modifiers, ..
+            }) = event::read()?
+            {
+                match (&mut editing, code) {
+                    (Some(typed), KeyCode::Enter) => {
+                        filter = std::mem::take(typed);
+                        editing = None;
+                    }
+                    (Some(_), KeyCode::Esc) => {
+                        filter.clear();
+                        editing = None;
+                    }
+                    (Some(typed), KeyCode::Backspace) => {
+                        typed.pop();
+                    }
+                    (Some(typed), KeyCode::Char(c)) => typed.push(c),
+                    (None, KeyCode::Char('q')) => return Ok(()),
+                    (None, KeyCode::Char('c')) if modifiers.contains(KeyModifiers::CONTROL) => {
+                        return Ok(());
+                    }
+                    (None, KeyCode::Char('s')) => sort = sort.next(),
+                    (None, KeyCode::Char('/')) => editing = Some(String::new()),
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        previous = rows
+            .iter()
+            .map(|r| (r.listener.inode, r.listener.drops))
+            .collect();
+        last = Instant::now();
+        (rows, source) = fetch(addr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Listener, Owner};
+
+    fn row(port: u16, len: u32, drops: u64) -> ListenerRow {
+        ListenerRow {
+            listener: Listener {
+                netns: 1,
+                addr: "127.0.0.1".parse().expect("ip"),
+                port,
+                inode: u64::from(port),
+                cookie: 0,
+                accept_queue_len: len,
+                accept_queue_limit: 4,
+                syn_queue_len: 0,
+                drops,
+                owners: vec![Owner::new(7, "evil\n\x1b[2J")],
+                kernel: None,
+                queue_full: false,
+            },
+            acceptors: Vec::new(),
+            pattern: None,
+        }
+    }
+
+    #[test]
+    fn sorts_filters_and_fits_80_columns() {
+        let rows = [row(80, 1, 10), row(81, 4, 50)];
+        let previous = HashMap::from([(80, 0), (81, 48)]);
+        let by_fill = lines(&rows, &previous, Duration::from_secs(2), "", SortBy::Fill);
+        assert_eq!(by_fill[0].listen_addr, "127.0.0.1:81");
+        let by_drops = lines(&rows, &previous, Duration::from_secs(2), "", SortBy::Drops);
+        assert_eq!(by_drops[0].listen_addr, "127.0.0.1:80");
+        assert!((by_drops[0].drops_per_s - 5.0).abs() < 1e-9);
+        assert_eq!(
+            lines(
+                &rows,
+                &previous,
+                Duration::from_secs(1),
+                ":81",
+                SortBy::Fill
+            )
+            .len(),
+            1
+        );
+        let screen = render(&by_fill, "daemon", SortBy::Fill, "", 80, 24);
+        assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
+        assert!(screen.contains("[##########]"), "{screen}");
+        assert!(screen.contains("7/evil\\n\\x1b["), "{screen}");
+        assert!(
+            !screen.contains('\x1b'),
+            "no raw escape from a process name"
+        );
+    }
+}
