@@ -73,14 +73,11 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
     let (probes, events) = load_probes(tracefs_root);
 
     let state = http::SharedState::new(BuildInfo::detect());
-    {
-        let mut snap = Snapshot {
-            probes: probe_status(probes.as_ref()),
-            ..Snapshot::default()
-        };
-        snap.listeners = Vec::new();
-        state.replace(snap);
-    }
+    // Until the first poll: no listeners yet, but which probes are attached.
+    state.replace(Snapshot {
+        probes: probe_status(probes.as_ref()),
+        ..Snapshot::default()
+    });
 
     let refresh = Arc::new(Notify::new());
     if let Some(events) = events {
