@@ -6,6 +6,7 @@
 
 pub mod layout;
 pub mod listener;
+pub mod nagle;
 pub mod queue;
 pub mod stats;
 pub mod tcp_state;

@@ -11,5 +11,7 @@ pub const STAT_READ_ERRORS: u32 = 2;
 pub const STAT_LISTENERS_FULL: u32 = 3;
 /// A queued connection could not be stamped (`QUEUED` full): its accept wait is lost.
 pub const STAT_QUEUED_FULL: u32 = 4;
+/// A connection's Nagle/delayed-ACK state or counters could not be created.
+pub const STAT_CONNS_FULL: u32 = 5;
 /// Number of slots in `STATS`.
 pub const STATS_LEN: u32 = 8;

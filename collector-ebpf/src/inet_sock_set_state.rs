@@ -80,6 +80,9 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
         to,
         _pad: [0; 2],
     });
+    if to == TCP_CLOSE {
+        crate::nagle::forget_conn(sk, &o);
+    }
     // A listener opening (-> LISTEN) or closing (LISTEN -> CLOSE). Children cloned from
     // a listener start as LISTEN -> SYN_RECV: per connection, not an event.
     if from == TCP_LISTEN && to == TCP_SYN_RECV && o.queue_valid != 0 {

@@ -24,6 +24,8 @@ mod listen;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod nagle;
+#[cfg(target_arch = "bpf")]
 mod sk_data_ready;
 #[cfg(target_arch = "bpf")]
 mod sock_recv_length;

@@ -10,9 +10,12 @@ use std::{
     time::Duration,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use aya::maps::{MapData, RingBuf};
 use collector_common::{
     listener::{AF_INET, AF_INET6, ListenerEvent},
+    nagle::StallEvent,
     queue::AcceptorKey,
 };
 use tokio::{io::unix::AsyncFd, sync::Notify};
@@ -22,6 +25,7 @@ use crate::{
     exposition::BuildInfo,
     http, inventory,
     model::{Acceptor, Listener, ProbeStatus, Snapshot, tcp_state_name},
+    nagle,
     probes::{self, Event, Probes},
     queue_stats, text, tracefs,
 };
@@ -31,7 +35,11 @@ use crate::{
 pub struct RunConfig {
     pub metrics_addr: SocketAddr,
     pub interval: Duration,
+    pub probes: probes::LoadOptions,
 }
+
+/// Stall events waiting for the next poll; more are counted as lost.
+const STALL_QUEUE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -70,7 +78,7 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
             None
         }
     };
-    let (probes, events) = load_probes(tracefs_root);
+    let (probes, events) = load_probes(tracefs_root, config.probes);
 
     let state = http::SharedState::new(BuildInfo::detect());
     // Until the first poll: no listeners yet, but which probes are attached.
@@ -80,8 +88,15 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
     });
 
     let refresh = Arc::new(Notify::new());
+    let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(STALL_QUEUE);
+    let stalls_lost = Arc::new(AtomicU64::new(0));
     if let Some(events) = events {
-        tokio::spawn(read_listener_events(events, Arc::clone(&refresh)));
+        tokio::spawn(read_events(
+            events,
+            Arc::clone(&refresh),
+            stall_tx,
+            Arc::clone(&stalls_lost),
+        ));
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -99,7 +114,7 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signal)?;
-    let mut poller = Poller::new(probes);
+    let mut poller = Poller::new(probes, stall_rx, stalls_lost);
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -109,8 +124,17 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
-        let (snapshot, events) = poller.poll().await;
+        let (snapshot, events, stalls) = poller.poll().await;
         state.replace(snapshot);
+        for notice in stalls {
+            tracing::warn!("{}", notice.message);
+            match serde_json::to_value(&notice) {
+                Ok(json) => {
+                    state.events().push(json);
+                }
+                Err(e) => tracing::warn!("encoding an event: {e}"),
+            }
+        }
         for event in events {
             match event.phase {
                 "start" => tracing::warn!("{}", event.message),
@@ -135,9 +159,12 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn load_probes(tracefs_root: Option<PathBuf>) -> (Option<Probes>, Option<RingBuf<MapData>>) {
+fn load_probes(
+    tracefs_root: Option<PathBuf>,
+    options: probes::LoadOptions,
+) -> (Option<Probes>, Option<RingBuf<MapData>>) {
     let loaded = probes::kernel_info(tracefs_root.as_deref())
-        .and_then(|kernel| Probes::load(&kernel, tracefs_root.as_deref()));
+        .and_then(|kernel| Probes::load(&kernel, tracefs_root.as_deref(), options));
     match loaded {
         Ok((probes, events)) => {
             for s in probes.status() {
@@ -180,20 +207,35 @@ struct Poller {
     first: bool,
     episodes: EpisodeTracker,
     last_listeners: Vec<Listener>,
+    nagle: nagle::Accumulator,
+    stalls: tokio::sync::mpsc::Receiver<StallEvent>,
+    /// Stall events the queue to this poller had no room for.
+    stalls_lost: Arc<AtomicU64>,
 }
 
+/// Peers named per poll at most (each costs a sock_diag dump per namespace and a
+/// /proc walk, shared by the batch); later stalls of a connection reuse the name.
+const PEER_LOOKUPS_PER_POLL: usize = 32;
+
 impl Poller {
-    fn new(probes: Option<Probes>) -> Self {
+    fn new(
+        probes: Option<Probes>,
+        stalls: tokio::sync::mpsc::Receiver<StallEvent>,
+        stalls_lost: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             probes,
             known: BTreeMap::new(),
             first: true,
             episodes: EpisodeTracker::default(),
             last_listeners: Vec::new(),
+            nagle: nagle::Accumulator::default(),
+            stalls,
+            stalls_lost,
         }
     }
 
-    async fn poll(&mut self) -> (Snapshot, Vec<EpisodeEvent>) {
+    async fn poll(&mut self) -> (Snapshot, Vec<EpisodeEvent>, Vec<nagle::StallNotice>) {
         let scanned = tokio::task::spawn_blocking(|| {
             (
                 inventory::scan(),
@@ -248,9 +290,15 @@ impl Poller {
                     );
                     snapshot.acceptors = acceptors(&snapshot.listeners, &view.acceptors);
                     snapshot.transitions = view.transitions;
+                    self.nagle
+                        .update(&view.conns, &snapshot.listeners, process_comm);
                     let s = view.stats;
-                    snapshot.events_lost =
-                        s.events_lost + s.transitions_full + s.listeners_full + s.queued_full;
+                    snapshot.events_lost = s.events_lost
+                        + s.transitions_full
+                        + s.listeners_full
+                        + s.queued_full
+                        + s.conns_full
+                        + self.stalls_lost.load(Ordering::Relaxed);
                 }
                 Err(e) => tracing::warn!("reading the probes' maps: {}", crate::error_chain(&e)),
             }
@@ -278,8 +326,54 @@ impl Poller {
         }
         snapshot.patterns = crate::pattern::classify(&snapshot.listeners, &snapshot.acceptors);
         snapshot.netns = netns;
+        snapshot.nagle = self.nagle.series();
         self.last_listeners.clone_from(&snapshot.listeners);
-        (snapshot, events)
+        let stalls = self.stall_notices().await;
+        (snapshot, events, stalls)
+    }
+
+    /// The stall events since the last poll, with the local peer of each connection
+    /// named where there is one.
+    async fn stall_notices(&mut self) -> Vec<nagle::StallNotice> {
+        let mut pending = Vec::new();
+        while let Ok(ev) = self.stalls.try_recv() {
+            pending.push(ev);
+        }
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let queries: Vec<_> = pending
+            .iter()
+            .take(PEER_LOOKUPS_PER_POLL)
+            .filter_map(|ev| {
+                let (local, remote) = nagle::endpoints(ev)?;
+                Some((u64::from(ev.netns), local, remote))
+            })
+            .collect();
+        let peers = tokio::task::spawn_blocking(move || {
+            let peers = inventory::local_peers(&queries);
+            queries.into_iter().zip(peers).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let now = crate::episodes::rfc3339(std::time::SystemTime::now());
+        pending
+            .iter()
+            .filter_map(|ev| {
+                let (local, remote) = nagle::endpoints(ev)?;
+                let peer = peers
+                    .iter()
+                    .find(|((netns, l, r), _)| {
+                        *netns == u64::from(ev.netns) && *l == local && *r == remote
+                    })
+                    .and_then(|(_, owner)| owner.as_ref())
+                    .map(|o| nagle::Peer {
+                        pid: o.pid,
+                        comm: o.comm.clone(),
+                    });
+                nagle::notice(ev, now.clone(), peer)
+            })
+            .collect()
     }
 
     fn log_changes(&mut self, listeners: &[Listener]) {
@@ -363,8 +457,23 @@ fn thread_state(stat: &str) -> Option<String> {
     rest.split_whitespace().next().map(str::to_owned)
 }
 
-/// Logs each listener lifecycle event and asks for an inventory refresh.
-async fn read_listener_events(ring: RingBuf<MapData>, refresh: Arc<Notify>) {
+/// `/proc/PID/comm` of a live process.
+fn process_comm(pid: u32) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    let raw = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    Some(String::from_utf8_lossy(raw.strip_suffix(b"\n").unwrap_or(&raw)).into_owned())
+}
+
+/// Reads the ring buffer: logs listener lifecycle events and asks for an inventory
+/// refresh; hands stall events to the poller.
+async fn read_events(
+    ring: RingBuf<MapData>,
+    refresh: Arc<Notify>,
+    stalls: tokio::sync::mpsc::Sender<StallEvent>,
+    stalls_lost: Arc<AtomicU64>,
+) {
     // SAFETY: RingBuf owns its map fd for its whole life and always returns that fd.
     let registered =
         unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
@@ -395,6 +504,12 @@ async fn read_listener_events(ring: RingBuf<MapData>, refresh: Arc<Notify>) {
                     ev.depth,
                     ev.limit
                 ),
+                Some(Event::Stall(ev)) => {
+                    if stalls.try_send(ev).is_err() {
+                        stalls_lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 None => continue,
             }
             any = true;

@@ -167,9 +167,9 @@ pub fn run() -> Vec<Check> {
     }
 
     if privileged && offsets_ok {
-        match probes::kernel_info(tracefs_root.as_deref())
-            .and_then(|k| probes::Probes::load(&k, tracefs_root.as_deref()))
-        {
+        match probes::kernel_info(tracefs_root.as_deref()).and_then(|k| {
+            probes::Probes::load(&k, tracefs_root.as_deref(), probes::LoadOptions::default())
+        }) {
             Ok((loaded, _events)) => {
                 for s in loaded.status() {
                     let (verdict, detail) = if s.attached {

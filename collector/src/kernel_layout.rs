@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, Type};
-use collector_common::layout::KernelOffsets;
+use collector_common::{layout::KernelOffsets, nagle::NagleOffsets};
 use fallible_iterator::FallibleIterator as _;
 
 /// Where the running kernel publishes its BTF.
@@ -339,6 +339,54 @@ impl Layout {
         o.fdt_fd = self.offset("fdtable", "fd")?;
         o.file_private_data = self.offset("file", "private_data")?;
         Ok(())
+    }
+
+    /// The fields the Nagle / delayed-ACK programs read. `delack_timer_fn` (from
+    /// kallsyms, not BTF) is the caller's; `valid` is set here.
+    pub fn nagle_offsets(&self) -> Result<NagleOffsets, LayoutError> {
+        let tcp = |path: &str| self.offset("tcp_sock", path);
+        let nonagle = self.member("tcp_sock", "nonagle")?;
+        if nonagle
+            .bitfield_size
+            .is_some_and(|bits| bits > 8 - nonagle.bit_offset % 8)
+        {
+            return Err(LayoutError::Unaligned {
+                strukt: "tcp_sock".into(),
+                path: "nonagle".into(),
+            });
+        }
+        let ack_timer_bit = self
+            .enum_value("ICSK_ACK_TIMER")?
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| LayoutError::NoMember {
+                strukt: "enum inet_csk_ack_state_t".into(),
+                path: "ICSK_ACK_TIMER".into(),
+            })?;
+        Ok(NagleOffsets {
+            valid: 1,
+            timer_function: self.offset("timer_list", "function")?,
+            timer_expires: self.offset("timer_list", "expires")?,
+            icsk_delack_timer: self.offset("inet_connection_sock", "icsk_delack_timer")?,
+            icsk_ack_pending: self.offset("inet_connection_sock", "icsk_ack.pending")?,
+            ack_timer_bit,
+            tp_write_seq: tcp("write_seq")?,
+            tp_snd_nxt: tcp("snd_nxt")?,
+            tp_snd_una: tcp("snd_una")?,
+            tp_snd_sml: tcp("snd_sml")?,
+            tp_packets_out: tcp("packets_out")?,
+            tp_min_rtt_us: tcp("rtt_min")? + self.offset("minmax_sample", "v")?,
+            tp_nonagle_byte: nonagle.bit_offset / 8,
+            tp_nonagle_shift: nonagle.bit_offset % 8,
+            sk_daddr: self.offset("sock", "__sk_common.skc_daddr")?,
+            sk_dport: self.offset("sock", "__sk_common.skc_dport")?,
+            sk_v6_daddr: self.offset("sock", "__sk_common.skc_v6_daddr")?,
+            skb_cb: self.offset("sk_buff", "cb")?,
+            tcb_seq: self.offset("tcp_skb_cb", "seq")?,
+            tcb_end_seq: self.offset("tcp_skb_cb", "end_seq")?,
+            tcb_ack_seq: self.offset("tcp_skb_cb", "ack_seq")?,
+            _pad: 0,
+            delack_timer_fn: 0,
+        })
     }
 
     /// A socket's inode lives right after its `struct socket` in `struct socket_alloc`

@@ -27,6 +27,10 @@ fn main() -> ExitCode {
             let config = daemon::RunConfig {
                 metrics_addr: args.metrics_addr,
                 interval: args.interval,
+                probes: sockq::probes::LoadOptions {
+                    nagle: !args.no_nagle,
+                    conn_track_entries: args.conn_track_entries,
+                },
             };
             match daemon::run(config) {
                 Ok(()) => ExitCode::SUCCESS,

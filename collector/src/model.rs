@@ -210,6 +210,8 @@ pub struct Snapshot {
     pub netns: Vec<NetnsStats>,
     /// Execution pattern per listener socket inode.
     pub patterns: BTreeMap<u64, crate::pattern::PatternReport>,
+    /// Nagle holds, delayed ACKs and stalls per (netns, listener, process).
+    pub nagle: Vec<crate::nagle::NagleSeries>,
 }
 
 /// One network namespace's own TCP counters and listener-related sysctls.

@@ -15,6 +15,12 @@
 //! - `sys_enter_accept4`/`sys_exit_accept4`, `sys_enter_accept`/`sys_exit_accept`,
 //!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
 //!   `CONFIG_FTRACE_SYSCALLS`).
+//!
+//! The Nagle / delayed-ACK family (`Family::Nagle`, `--no-nagle` switches it off):
+//! - `timer_start`, `timer_expire_entry`: raw tracepoints on every kernel timer,
+//!   filtered on `tcp_delack_timer` (its address from `/proc/kallsyms`);
+//! - `tcp_sendmsg_locked` (6.2+) and `tcp_probe`: raw tracepoints on each send and
+//!   each segment an established socket receives: Nagle holds and stalls.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -26,9 +32,10 @@ use aya::{
 use collector_common::{
     layout::{KERNEL_OFFSETS_SYMBOL, KernelOffsets},
     listener::{EVENT_LISTENER, EVENT_QUEUE_FULL, ListenerEvent},
+    nagle::{ConnKey, ConnStats, EVENT_STALL, NAGLE_OFFSETS_SYMBOL, NagleOffsets, StallEvent},
     queue::{AcceptorKey, DropKey, ListenerQueue, QueueFullEvent, QueuedChild},
     stats::{
-        STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
+        STAT_CONNS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
         STAT_TRANSITIONS_FULL,
     },
     tcp_state::TransitionKey as RawTransitionKey,
@@ -82,6 +89,8 @@ pub struct ProgramStats {
     pub queued_full: u64,
     /// Failed kernel reads.
     pub read_errors: u64,
+    /// Connections whose Nagle/delayed-ACK state or counters could not be created.
+    pub conns_full: u64,
 }
 
 /// One way to attach a probe.
@@ -106,10 +115,37 @@ pub struct ProbeSpec {
     hooks: &'static [Hook],
     /// Reads the accept-queue fields (`KernelOffsets::queue_valid`).
     needs_queue_offsets: bool,
+    pub family: Family,
+}
+
+/// Probe families, each switchable as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Listeners, accept queues, state transitions: always on.
+    Core,
+    /// Nagle holds, delayed ACKs and their stalls (`--no-nagle` switches it off).
+    Nagle,
+}
+
+/// How to load the probes.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub nagle: bool,
+    /// Size of the per-connection map of the Nagle family.
+    pub conn_track_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            nagle: true,
+            conn_track_entries: collector_common::nagle::CONNS_MAX_ENTRIES,
+        }
+    }
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 10] = [
+pub const PROBES: [ProbeSpec; 14] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -124,6 +160,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             },
         ],
         needs_queue_offsets: false,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "sk_data_ready",
@@ -132,6 +169,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             tracepoint: "sk_data_ready",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "tcp_retransmit_synack",
@@ -140,6 +178,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             tracepoint: "tcp_retransmit_synack",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "kfree_skb",
@@ -148,6 +187,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             tracepoint: "kfree_skb",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "sock_recv_length",
@@ -156,6 +196,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             tracepoint: "sock_recv_length",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "sys_enter_accept4",
@@ -165,6 +206,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             name: "sys_enter_accept4",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "sys_enter_accept",
@@ -174,6 +216,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             name: "sys_enter_accept",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "sys_exit_accept4",
@@ -183,6 +226,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             name: "sys_exit_accept4",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "sys_exit_accept",
@@ -192,6 +236,7 @@ pub const PROBES: [ProbeSpec; 10] = [
             name: "sys_exit_accept",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
     },
     ProbeSpec {
         name: "sys_enter_listen",
@@ -201,6 +246,43 @@ pub const PROBES: [ProbeSpec; 10] = [
             name: "sys_enter_listen",
         }],
         needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "timer_start",
+        hooks: &[Hook::Raw {
+            program: "timer_start",
+            tracepoint: "timer_start",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
+    },
+    ProbeSpec {
+        name: "timer_expire_entry",
+        hooks: &[Hook::Raw {
+            program: "timer_expire_entry",
+            tracepoint: "timer_expire_entry",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
+    },
+    ProbeSpec {
+        name: "tcp_sendmsg_locked",
+        hooks: &[Hook::Raw {
+            program: "tcp_sendmsg_locked",
+            tracepoint: "tcp_sendmsg_locked",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
+    },
+    ProbeSpec {
+        name: "tcp_probe",
+        hooks: &[Hook::Raw {
+            program: "tcp_probe",
+            tracepoint: "tcp_probe",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
     },
 ];
 
@@ -213,6 +295,8 @@ pub struct KernelView {
     pub acceptors: Vec<(AcceptorKey, u64)>,
     /// Drops by (listener inode, `enum skb_drop_reason`).
     pub drops: Vec<(DropKey, u64)>,
+    /// Nagle / delayed-ACK measurements (empty with the family off).
+    pub conns: Vec<(ConnKey, ConnStats)>,
     pub stats: ProgramStats,
 }
 
@@ -227,6 +311,7 @@ pub struct Probes {
     queued: HashMap<MapData, u64, QueuedChild>,
     acceptors: HashMap<MapData, AcceptorKey, u64>,
     drops: HashMap<MapData, DropKey, u64>,
+    conn_stats: HashMap<MapData, ConnKey, ConnStats>,
     drop_reasons: std::collections::HashMap<u32, String>,
 }
 
@@ -236,6 +321,8 @@ pub struct KernelInfo {
     pub offsets: KernelOffsets,
     /// `enum skb_drop_reason` value -> name.
     pub drop_reasons: std::collections::HashMap<u32, String>,
+    /// The Nagle family's offsets, or why it cannot run here.
+    pub nagle: Result<NagleOffsets, String>,
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
@@ -263,9 +350,17 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         o.tp_listen_fd = field("syscalls", "sys_enter_listen", "fd");
         o.tp_listen_backlog = field("syscalls", "sys_enter_listen", "backlog");
     }
+    let nagle = layout
+        .nagle_offsets()
+        .map_err(|e| crate::error_chain(&e))
+        .and_then(|mut n| {
+            n.delack_timer_fn = crate::kallsyms::lookup("tcp_delack_timer")?;
+            Ok(n)
+        });
     Ok(KernelInfo {
         offsets: o,
         drop_reasons: layout.drop_reason_names(),
+        nagle,
     })
 }
 
@@ -275,20 +370,43 @@ impl Probes {
     pub fn load(
         kernel: &KernelInfo,
         tracefs_root: Option<&Path>,
+        options: LoadOptions,
     ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         let offsets = &kernel.offsets;
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new()
+        // With the family off (or unavailable) its offsets stay zero: its programs,
+        // and its cleanup in inet_sock_set_state, do nothing.
+        let nagle_offsets = match (&kernel.nagle, options.nagle) {
+            (Ok(n), true) => *n,
+            _ => NagleOffsets::default(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(KERNEL_OFFSETS_SYMBOL, offsets, true)
+            .override_global(NAGLE_OFFSETS_SYMBOL, &nagle_offsets, true)
+            .map_max_entries("CONNS", options.conn_track_entries.max(1));
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load { source })?;
 
         let status: Vec<ProbeStatus> = PROBES
             .iter()
             .map(|spec| {
-                if spec.needs_queue_offsets && offsets.queue_valid == 0 {
+                if spec.family == Family::Nagle && !options.nagle {
+                    ProbeStatus {
+                        name: spec.name,
+                        attached: false,
+                        detail: "switched off (--no-nagle)".into(),
+                    }
+                } else if let (Family::Nagle, Err(why)) = (spec.family, &kernel.nagle) {
+                    ProbeStatus {
+                        name: spec.name,
+                        attached: false,
+                        detail: format!("the Nagle/delayed-ACK probes cannot run here: {why}"),
+                    }
+                } else if spec.needs_queue_offsets && offsets.queue_valid == 0 {
                     ProbeStatus {
                         name: spec.name,
                         attached: false,
@@ -324,6 +442,8 @@ impl Probes {
             .map_err(|source| map_error("ACCEPTORS", source))?;
         let drops = HashMap::try_from(take_map(&mut ebpf, "DROP_REASONS")?)
             .map_err(|source| map_error("DROP_REASONS", source))?;
+        let conn_stats = HashMap::try_from(take_map(&mut ebpf, "CONN_STATS")?)
+            .map_err(|source| map_error("CONN_STATS", source))?;
         Ok((
             Self {
                 _ebpf: ebpf,
@@ -334,6 +454,7 @@ impl Probes {
                 queued,
                 acceptors,
                 drops,
+                conn_stats,
                 drop_reasons: kernel.drop_reasons.clone(),
             },
             events,
@@ -368,11 +489,13 @@ impl Probes {
         let queues = self.queues.iter().flatten().collect();
         let acceptors = self.acceptors.iter().filter_map(Result::ok).collect();
         let drops = self.drops.iter().filter_map(Result::ok).collect();
+        let conns = self.conn_stats.iter().filter_map(Result::ok).collect();
         Ok(KernelView {
             transitions,
             queues,
             acceptors,
             drops,
+            conns,
             stats: self.program_stats()?,
         })
     }
@@ -418,6 +541,7 @@ impl Probes {
             listeners_full: read(STAT_LISTENERS_FULL)?,
             queued_full: read(STAT_QUEUED_FULL)?,
             read_errors: read(STAT_READ_ERRORS)?,
+            conns_full: read(STAT_CONNS_FULL)?,
         })
     }
 }
@@ -510,6 +634,7 @@ fn attach_classic(
 pub enum Event {
     Listener(ListenerEvent),
     QueueFull(QueueFullEvent),
+    Stall(StallEvent),
 }
 
 /// Decodes one ring buffer record by its leading kind; `None` for an unknown kind
@@ -519,6 +644,7 @@ pub fn decode_event(bytes: &[u8]) -> Option<Event> {
     match kind {
         EVENT_LISTENER => read_pod::<ListenerEvent>(bytes).map(Event::Listener),
         EVENT_QUEUE_FULL => read_pod::<QueueFullEvent>(bytes).map(Event::QueueFull),
+        EVENT_STALL => read_pod::<StallEvent>(bytes).map(Event::Stall),
         _ => None,
     }
 }

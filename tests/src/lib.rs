@@ -278,16 +278,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(interval: &str) -> Self {
+        Self::start_with(&["--interval", interval])
+    }
+
+    /// Starts `sockq run` with these arguments (besides `--metrics-addr`).
+    pub fn start_with(args: &[&str]) -> Self {
         require_root();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let child = Command::new(sockq_bin())
-            .args([
-                "run",
-                "--metrics-addr",
-                &addr.to_string(),
-                "--interval",
-                interval,
-            ])
+            .args(["run", "--metrics-addr", &addr.to_string()])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

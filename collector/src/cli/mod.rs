@@ -69,6 +69,16 @@ pub struct RunArgs {
     /// changes reported by the probes trigger an inventory at once.
     #[arg(long, env = "SOCKQ_INTERVAL", default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,
+    /// Switch off the Nagle / delayed-ACK probe family (timer_start,
+    /// timer_expire_entry, tcp_sendmsg_locked, tcp_probe). They run on per-timer and
+    /// per-segment paths; BENCHMARKS.md measures what they cost.
+    #[arg(long, env = "SOCKQ_NO_NAGLE")]
+    pub no_nagle: bool,
+    /// Connections whose Nagle / delayed-ACK state the kernel tracks at once (an LRU
+    /// map, about 150 bytes each); the least recently active are forgotten first.
+    #[arg(long, env = "SOCKQ_CONN_TRACK_ENTRIES", default_value_t = collector_common::nagle::CONNS_MAX_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    pub conn_track_entries: u32,
 }
 
 #[derive(Debug, clap::Args)]

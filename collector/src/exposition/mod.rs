@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod nagle;
 mod netns;
 mod queues;
 
@@ -305,6 +306,7 @@ impl SnapshotCollector {
         let mut families = vec![accept_len, accept_limit, syn_len, drops, info];
         families.extend(queues::families(snapshot));
         families.extend(netns::families(snapshot));
+        families.extend(nagle::families(snapshot));
         families.extend([transitions, lost, probes, build_info]);
         Self { families }
     }

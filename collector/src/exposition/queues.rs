@@ -193,7 +193,7 @@ fn thread_labels(id: &Labels, pid: String, tid: String, comm: &str) -> Labels {
 }
 
 /// Whether an accept-wait bound (seconds) is exported: see [`WAIT_MIN_BOUND`].
-fn keep_wait_bound(seconds: f64) -> bool {
+pub(super) fn keep_wait_bound(seconds: f64) -> bool {
     let us = (seconds * 1e6).round() as u64;
     seconds >= WAIT_MIN_BOUND
         && (us.is_power_of_two() || (us.is_multiple_of(3) && (us / 3).is_power_of_two()))
@@ -201,7 +201,7 @@ fn keep_wait_bound(seconds: f64) -> bool {
 
 /// Re-buckets a histogram onto the subset of its bounds that `keep` accepts. Counts
 /// are exact at the kept bounds (they are bounds of the original).
-fn coarsen(h: &Histogram, keep: impl Fn(f64) -> bool) -> HistogramValue {
+pub(super) fn coarsen(h: &Histogram, keep: impl Fn(f64) -> bool) -> HistogramValue {
     let kept: Vec<f64> = h.bounds.iter().copied().filter(|&b| keep(b)).collect();
     let mut buckets: Vec<(f64, u64)> = kept.iter().map(|&b| (b, 0)).collect();
     buckets.push((f64::INFINITY, 0));

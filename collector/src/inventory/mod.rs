@@ -196,6 +196,61 @@ pub fn scan_netns_sockets(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
         .collect())
 }
 
+/// For each connection `(netns, local, remote)`, the process holding the other end
+/// when it is on this host: the socket in the same namespace whose local address is
+/// `remote` and whose remote address is `local`. One sock_diag dump per namespace
+/// and one /proc walk for the whole batch.
+pub fn local_peers(
+    connections: &[(u64, std::net::SocketAddr, std::net::SocketAddr)],
+) -> Vec<Option<crate::model::Owner>> {
+    let mut dumps: std::collections::HashMap<
+        u64,
+        Vec<(std::net::SocketAddr, std::net::SocketAddr, u64)>,
+    > = std::collections::HashMap::new();
+    if let Ok(host) = Netns::host()
+        && let Ok(all) = netns::enumerate(host.dev())
+    {
+        let wanted: HashSet<u64> = connections.iter().map(|c| c.0).collect();
+        for ns in all.iter().chain(std::iter::once(&host)) {
+            if !wanted.contains(&ns.inode()) || dumps.contains_key(&ns.inode()) {
+                continue;
+            }
+            let dump = ns
+                .run(DiagSocket::open)
+                .and_then(|mut socket| socket.connections());
+            match dump {
+                Ok(conns) => {
+                    dumps.insert(ns.inode(), conns);
+                }
+                Err(e) => {
+                    tracing::debug!(netns = ns.inode(), error = %crate::error_chain(&e), "no connection dump")
+                }
+            }
+        }
+    }
+    let peer_inodes: Vec<Option<u64>> = connections
+        .iter()
+        .map(|(netns, local, remote)| {
+            dumps.get(netns)?.iter().find_map(|(l, r, inode)| {
+                (same_endpoint(l, remote) && same_endpoint(r, local) && *inode != 0)
+                    .then_some(*inode)
+            })
+        })
+        .collect();
+    let wanted: HashSet<u64> = peer_inodes.iter().flatten().copied().collect();
+    let owners = owners::socket_owners(&wanted);
+    peer_inodes
+        .into_iter()
+        .map(|inode| owners.get(&inode?)?.first().cloned())
+        .collect()
+}
+
+/// Equal addresses, where sock_diag may report an IPv4 peer of an IPv6 socket as
+/// IPv4-mapped.
+fn same_endpoint(a: &std::net::SocketAddr, b: &std::net::SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
 fn fill_owners(listeners: &mut [Listener]) {
     let inodes: HashSet<u64> = listeners
         .iter()

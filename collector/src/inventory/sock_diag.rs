@@ -143,6 +143,34 @@ impl DiagSocket {
         Ok(requests)
     }
 
+    /// Every established TCP connection (IPv4 then IPv6): local address, remote
+    /// address and socket inode. For naming the local peer of a connection.
+    pub fn connections(
+        &mut self,
+    ) -> Result<Vec<(std::net::SocketAddr, std::net::SocketAddr, u64)>, InventoryError> {
+        let mut out = Vec::new();
+        for (family, request) in [
+            (AF_INET, "IPv4 TCP connections"),
+            (AF_INET6, "IPv6 TCP connections"),
+        ] {
+            self.dump(
+                family,
+                StateFlags::ESTABLISHED,
+                ExtensionFlags::empty(),
+                request,
+                |response| {
+                    let id = &response.header.socket_id;
+                    out.push((
+                        std::net::SocketAddr::new(id.source_address, id.source_port),
+                        std::net::SocketAddr::new(id.destination_address, id.destination_port),
+                        u64::from(response.header.inode),
+                    ));
+                },
+            )?;
+        }
+        Ok(out)
+    }
+
     /// Sends one dump request and feeds each answer to `each` until `NLMSG_DONE`.
     fn dump(
         &mut self,

@@ -34,6 +34,13 @@
 //!   sockq-scenario connect ADDR CONNECTS [FROM]   CONNECTS non-blocking connects to a
 //!                                                 remote ADDR (from source address FROM),
 //!                                                 held until stdin closes
+//!   sockq-scenario wwr-server ADDR                per connection: read 200 bytes, reply
+//!                                                 100; until stdin closes
+//!   sockq-scenario wwr-client ADDR ROUNDS NODELAY write 100 bytes twice, read the 100-byte
+//!                                                 reply, ROUNDS times (TCP_NODELAY if
+//!                                                 NODELAY is 1); prints `done ROUNDS MS`
+//!   sockq-scenario bulk ADDR MBYTES               send MBYTES MiB in 64 KiB writes to a
+//!                                                 sink of its own on ADDR; `done MBYTES`
 
 use std::{
     io::{Read as _, Write as _},
@@ -67,6 +74,9 @@ fn main() -> ExitCode {
         ["listener-churn", seconds] => listener_churn_scenario(seconds),
         ["connect", addr, connects] => connect_scenario(addr, connects, None),
         ["connect", addr, connects, from] => connect_scenario(addr, connects, Some(from)),
+        ["wwr-server", addr] => wwr_server_scenario(addr),
+        ["wwr-client", addr, rounds, nodelay] => wwr_client_scenario(addr, rounds, nodelay),
+        ["bulk", addr, mbytes] => bulk_scenario(addr, mbytes),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -606,4 +616,68 @@ fn nonblocking_connect(addr: SocketAddr, from: Option<std::net::IpAddr>) -> Resu
         Err(e) => return Err(format!("connect: {e}")),
     }
     Ok(c)
+}
+
+/// The server side of the write-write-read exchange: a request is 200 bytes, the
+/// reply 100. Replies only once the whole request is in, as request/response
+/// servers do, so a held second write stalls the exchange.
+fn wwr_server_scenario(addr: &str) -> Result<(), String> {
+    let (socket, local) = listener(addr, 128)?;
+    let listener: std::net::TcpListener = socket.into();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut request = [0u8; 200];
+                while conn.read_exact(&mut request).is_ok() {
+                    if conn.write_all(&[b'r'; 100]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    say(&format!("ready {local}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn wwr_client_scenario(addr: &str, rounds: &str, nodelay: &str) -> Result<(), String> {
+    let addr: SocketAddr = parse(addr, "address")?;
+    let rounds: usize = parse(rounds, "rounds")?;
+    let mut c = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    c.set_nodelay(nodelay == "1")
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let start = std::time::Instant::now();
+    let mut reply = [0u8; 100];
+    for i in 0..rounds {
+        c.write_all(&[b'a'; 100])
+            .and_then(|()| c.write_all(&[b'b'; 100]))
+            .and_then(|()| c.read_exact(&mut reply))
+            .map_err(|e| format!("round {i}: {e}"))?;
+    }
+    say(&format!("done {rounds} {}", start.elapsed().as_millis()));
+    Ok(())
+}
+
+fn bulk_scenario(addr: &str, mbytes: &str) -> Result<(), String> {
+    let mbytes: usize = parse(mbytes, "MiB")?;
+    let (socket, local) = listener(addr, 16)?;
+    let listener: std::net::TcpListener = socket.into();
+    let sink = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut conn, _) = listener.accept()?;
+        std::io::copy(&mut conn, &mut std::io::sink())
+    });
+    let mut c = TcpStream::connect(local).map_err(|e| format!("connect: {e}"))?;
+    let chunk = vec![b'x'; 64 * 1024];
+    for i in 0..mbytes * 16 {
+        c.write_all(&chunk).map_err(|e| format!("write {i}: {e}"))?;
+    }
+    drop(c);
+    let received = sink
+        .join()
+        .map_err(|_| "sink panicked".to_owned())?
+        .map_err(|e| format!("sink: {e}"))?;
+    say(&format!("done {mbytes} {received}"));
+    Ok(())
 }
