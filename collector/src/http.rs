@@ -1,7 +1,8 @@
 //! The daemon's HTTP endpoint: `GET /metrics` (Prometheus text exposition of the
 //! current [`Snapshot`]), `GET /events/recent[?after=SEQ]` (notable events as JSON
-//! lines, see [`crate::event_log`]), `GET /` (a pointer to them), 404 for any other
-//! path.
+//! lines, see [`crate::event_log`]), `GET /` (the status page, see
+//! [`crate::status_page`]), `GET /index.txt` (a plain-text pointer to them), 404 for
+//! any other path.
 //!
 //! axum serves each connection on its own task, so a slow or broken client never
 //! delays another scrape. What it does not bound is how long such a client may hold
@@ -207,16 +208,19 @@ async fn serve_with(
 
 fn router(state: SharedState) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(crate::status_page::page))
+        .route("/index.txt", get(index))
         .route("/metrics", get(metrics))
         .route("/events/recent", get(recent_events))
         .route("/api/listeners", get(api_listeners))
         .with_state(state)
 }
 
-async fn index() -> &'static str {
+/// The plain-text index (`/index.txt`, and `/` for clients asking for text).
+pub(crate) async fn index() -> &'static str {
     "sockq: per-listener socket and kernel-queue observability\n\
      \n\
+     Status page (HTML): /\n\
      Prometheus metrics: /metrics\n\
      Notable events (JSON lines): /events/recent?after=SEQ\n\
      Listeners with acceptors and patterns (JSON): /api/listeners\n"

@@ -27,6 +27,7 @@ pub mod pattern;
 pub mod privileges;
 pub mod probes;
 pub mod queue_stats;
+pub mod status_page;
 pub mod text;
 pub mod tracefs;
 

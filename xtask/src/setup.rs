@@ -33,8 +33,8 @@ const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// Tools the tests use as oracles and peers: `ss`/`ip` (iproute2), `promtool`
 /// (prometheus), `bpftool`, `setpriv` (util-linux), and real servers and load
 /// generators: nginx, redis-server (with redis-benchmark), ab (apache2-utils); tmux
-/// runs `sockq top` in a terminal.
-const TEST_PACKAGES: [&str; 8] = [
+/// runs `sockq top` in a terminal; chromium renders the status page headless.
+const TEST_PACKAGES: [&str; 9] = [
     "iproute2",
     "prometheus",
     "bpftool",
@@ -43,6 +43,7 @@ const TEST_PACKAGES: [&str; 8] = [
     "apache2-utils",
     "util-linux",
     "tmux",
+    "chromium",
 ];
 
 /// What the build needs to know from the set-up.
