@@ -71,7 +71,11 @@ pub struct NagleOffsets {
     pub tcb_seq: u32,
     pub tcb_end_seq: u32,
     pub tcb_ack_seq: u32,
-    pub _pad: u32,
+    /// The ephemeral port range (`net.ipv4.ip_local_port_range`): connections whose
+    /// local port is in it are the client side and are aggregated per process
+    /// (port 0), so a connection storm does not make one entry per connection.
+    pub ephemeral_lo: u16,
+    pub ephemeral_hi: u16,
     /// Address of `tcp_delack_timer` (the timer callback that tells delayed-ACK
     /// timers apart from every other timer).
     pub delack_timer_fn: u64,
@@ -98,14 +102,26 @@ pub struct ConnTrack {
     pub tgid: u32,
     pub tid: u32,
     pub stalls: u32,
+    /// The connection's [`ConnKey`] but for the process: namespace and local port
+    /// (0 on the client side), read once when the entry is created.
+    pub netns: u32,
+    pub port: u16,
     pub nonagle: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 5],
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<ConnTrack>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnTrack>() == 80);
 
-/// Aggregation key: connections of one process on one local port of a namespace.
+/// Slots of the per-CPU `SENDS` array: `sendmsg` calls by the socket's mode. Counted
+/// host-wide: one per-CPU add, the cheapest thing on the send path.
+pub const SENDS_NAGLE: u32 = 0;
+pub const SENDS_NODELAY: u32 = 1;
+pub const SENDS_CORK: u32 = 2;
+pub const SENDS_LEN: u32 = 3;
+
+/// Aggregation key: connections of one process on one local port of a namespace
+/// (port 0: every client-side connection of the process, see `ephemeral_lo`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
@@ -138,10 +154,6 @@ pub struct ConnStats {
     /// Holds that were stalls (see [`STALL_EXCESS_NS`]).
     pub stalls: u64,
     pub stall_sum_ns: u64,
-    /// `sendmsg` calls by the socket's mode: Nagle on, TCP_NODELAY, TCP_CORK.
-    pub sends_nagle: u64,
-    pub sends_nodelay: u64,
-    pub sends_cork: u64,
 }
 
 impl ConnStats {
@@ -156,13 +168,10 @@ impl ConnStats {
         hold_hist: [0; WAIT_BUCKETS],
         stalls: 0,
         stall_sum_ns: 0,
-        sends_nagle: 0,
-        sends_nodelay: 0,
-        sends_cork: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<ConnStats>() == 8 * (11 + 2 * WAIT_BUCKETS));
+const _: () = assert!(core::mem::size_of::<ConnStats>() == 8 * (8 + 2 * WAIT_BUCKETS));
 
 /// A Nagle x delayed-ACK stall on one connection.
 #[repr(C)]

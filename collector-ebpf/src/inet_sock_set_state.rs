@@ -81,7 +81,7 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
         _pad: [0; 2],
     });
     if to == TCP_CLOSE {
-        crate::nagle::forget_conn(sk, &o);
+        crate::nagle::forget_conn(sk);
     }
     // A listener opening (-> LISTEN) or closing (LISTEN -> CLOSE). Children cloned from
     // a listener start as LISTEN -> SYN_RECV: per connection, not an event.

@@ -8,7 +8,8 @@
 //!   (what the kernel counts as DelayedACKs) and the arm-to-send time is measured;
 //!   otherwise the ACK left earlier. (The kernel does not stop the timer when an ACK
 //!   leaves with data: it lets it expire with nothing to do.)
-//! - `tcp:tcp_sendmsg_locked` (raw, 6.2+, process context): notes the writing
+//! - `tcp:tcp_sendmsg_locked` (raw, 6.2+; a kprobe on the function before; process
+//!   context): notes the writing
 //!   process and thread, counts sends by mode (Nagle, TCP_NODELAY, TCP_CORK), and
 //!   starts a hold when Nagle's algorithm keeps this write back: nothing unsent
 //!   before it, data in flight, and a small segment unacknowledged (Linux's Minshall
@@ -24,17 +25,17 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, raw_tracepoint},
-    maps::{Array, LruHashMap},
-    programs::RawTracePointContext,
+    macros::{kprobe, map, raw_tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::{ProbeContext, RawTracePointContext},
 };
 use collector_common::{
     layout::KernelOffsets,
     listener::{AF_INET, AF_INET6},
     nagle::{
         CONN_STATS_MAX_ENTRIES, CONNS_MAX_ENTRIES, ConnKey, ConnStats, ConnTrack, EVENT_STALL,
-        NagleOffsets, STALL_EVENT_INTERVAL_NS, STALL_EXCESS_NS, StallEvent, TCP_NAGLE_CORK,
-        TCP_NAGLE_OFF,
+        NagleOffsets, SENDS_CORK, SENDS_LEN, SENDS_NAGLE, SENDS_NODELAY, STALL_EVENT_INTERVAL_NS,
+        STALL_EXCESS_NS, StallEvent, TCP_NAGLE_CORK, TCP_NAGLE_OFF,
     },
     queue::wait_bucket,
     stats::{STAT_CONNS_FULL, STAT_EVENTS_LOST},
@@ -70,7 +71,8 @@ static NAGLE_OFFSETS: NagleOffsets = NagleOffsets {
     tcb_seq: 0,
     tcb_end_seq: 0,
     tcb_ack_seq: 0,
-    _pad: 0,
+    ephemeral_lo: 0,
+    ephemeral_hi: 0,
     delack_timer_fn: 0,
 };
 
@@ -83,6 +85,10 @@ static CONNS: LruHashMap<u64, ConnTrack> = LruHashMap::with_max_entries(CONNS_MA
 #[map]
 static CONN_STATS: LruHashMap<ConnKey, ConnStats> =
     LruHashMap::with_max_entries(CONN_STATS_MAX_ENTRIES, 0);
+
+/// `sendmsg` calls by socket mode (`SENDS_*`), host-wide.
+#[map]
+static SENDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SENDS_LEN, 0);
 
 /// One all-zero `ConnStats`, the initial value of new entries. Never written.
 #[map]
@@ -117,17 +123,27 @@ fn delack_sock(timer: *const u8, n: &NagleOffsets) -> Option<*const u8> {
     (function == n.delack_timer_fn).then(|| timer.wrapping_sub(n.icsk_delack_timer as usize))
 }
 
+/// The state of connection `sk`, created on first use with its namespace and
+/// aggregation port (0 for a local port in the ephemeral range: the client side).
 #[inline(always)]
-fn conn_track(sk: *const u8) -> Option<*mut ConnTrack> {
+fn conn_track(sk: *const u8, n: &NagleOffsets) -> Option<*mut ConnTrack> {
     let key = sk as u64;
     if let Some(t) = CONNS.get_ptr_mut(&key) {
         return Some(t);
     }
+    let o = offsets();
+    let port: u16 = read(sk, o.sk_num).unwrap_or(0);
+    let fresh = ConnTrack {
+        netns: sock_netns(sk, &o),
+        port: if (n.ephemeral_lo..=n.ephemeral_hi).contains(&port) {
+            0
+        } else {
+            port
+        },
+        ..ConnTrack::default()
+    };
     // An LRU map evicts instead of failing when full; an error here is rare.
-    if CONNS
-        .insert(&key, &ConnTrack::default(), BPF_NOEXIST as u64)
-        .is_err()
-        && CONNS.get_ptr_mut(&key).is_none()
+    if CONNS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() && CONNS.get_ptr_mut(&key).is_none()
     {
         bump_stat(STAT_CONNS_FULL);
         return None;
@@ -135,12 +151,13 @@ fn conn_track(sk: *const u8) -> Option<*mut ConnTrack> {
     CONNS.get_ptr_mut(&key)
 }
 
+/// The counters of `t`'s (netns, port, process), created on first use.
 #[inline(always)]
-fn conn_stats(sk: *const u8, tgid: u32, o: &KernelOffsets) -> Option<*mut ConnStats> {
+fn conn_stats(t: &ConnTrack) -> Option<*mut ConnStats> {
     let key = ConnKey {
-        netns: sock_netns(sk, o),
-        tgid,
-        port: read(sk, o.sk_num).unwrap_or(0),
+        netns: t.netns,
+        tgid: t.tgid,
+        port: t.port,
         _pad: [0; 6],
     };
     if let Some(s) = CONN_STATS.get_ptr_mut(&key) {
@@ -166,7 +183,7 @@ pub fn timer_start(ctx: RawTracePointContext) -> i32 {
     let Ok(expires) = read::<u64>(timer, n.timer_expires) else {
         return 0;
     };
-    let Some(t) = conn_track(sk) else {
+    let Some(t) = conn_track(sk, &n) else {
         return 0;
     };
     // SAFETY: a valid map value pointer; a socket's timer is armed under its lock.
@@ -183,7 +200,7 @@ pub fn timer_start(ctx: RawTracePointContext) -> i32 {
     }
     t.delack_armed_ns = now_ns();
     t.delack_expires = expires;
-    if let Some(s) = conn_stats(sk, t.tgid, &offsets()) {
+    if let Some(s) = conn_stats(t) {
         // SAFETY: a valid map value pointer; counters change through atomics only.
         unsafe {
             atomic_add(&raw mut (*s).delack_armed, 1);
@@ -213,14 +230,13 @@ pub fn timer_expire_entry(ctx: RawTracePointContext) -> i32 {
     let now = now_ns();
     let delay = now.saturating_sub(t.delack_armed_ns);
     t.delack_armed_ns = 0;
-    let o = offsets();
     let pending: u8 = read(sk, n.icsk_ack_pending).unwrap_or(0);
-    let state: u8 = read(sk, o.sk_state).unwrap_or(TCP_CLOSE);
+    let state: u8 = read(sk, offsets().sk_state).unwrap_or(TCP_CLOSE);
     // tcp_delack_timer_handler() sends the ACK only while ICSK_ACK_TIMER is set and
     // the socket is neither closed nor listening.
     let fired =
         u32::from(pending) & n.ack_timer_bit != 0 && state != TCP_CLOSE && state != TCP_LISTEN;
-    let Some(s) = conn_stats(sk, t.tgid, &o) else {
+    let Some(s) = conn_stats(t) else {
         return 0;
     };
     // SAFETY: a valid map value pointer; counters change through atomics only.
@@ -250,11 +266,39 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Kernels without the tracepoint (before 6.2): a kprobe on `tcp_sendmsg_locked`
+/// itself (the tracepoint sits inside it, per chunk; once per call is enough here).
+#[kprobe]
+pub fn tcp_sendmsg_locked_kprobe(ctx: ProbeContext) -> u32 {
+    let n = nagle_offsets();
+    if n.valid == 0 {
+        return 0;
+    }
+    if let Some(sk) = ctx.arg::<*const u8>(0) {
+        let _ = on_send(sk, &n);
+    }
+    0
+}
+
 #[inline(always)]
 fn on_send(sk: *const u8, n: &NagleOffsets) -> Result<(), i64> {
-    let o = offsets();
     let nonagle = (read::<u8>(sk, n.tp_nonagle_byte)? >> n.tp_nonagle_shift) & 0x0f;
-    let t = conn_track(sk).ok_or(0i64)?;
+    let mode = if nonagle & TCP_NAGLE_CORK != 0 {
+        SENDS_CORK
+    } else if nonagle & TCP_NAGLE_OFF != 0 {
+        SENDS_NODELAY
+    } else {
+        SENDS_NAGLE
+    };
+    if let Some(count) = SENDS.get_ptr_mut(mode) {
+        // SAFETY: per-CPU slot, written only by this CPU while the program runs.
+        unsafe { *count += 1 };
+    }
+    if mode != SENDS_NAGLE {
+        // Nothing is held back by Nagle on this socket: the cheapest way out.
+        return Ok(());
+    }
+    let t = conn_track(sk, n).ok_or(0i64)?;
     // SAFETY: a valid map value pointer; sendmsg runs under the socket lock.
     let t = unsafe { &mut *t };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -265,23 +309,6 @@ fn on_send(sk: *const u8, n: &NagleOffsets) -> Result<(), i64> {
         t.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
     t.nonagle = nonagle;
-    if let Some(s) = conn_stats(sk, tgid, &o) {
-        // SAFETY: a valid map value pointer; counters change through atomics only.
-        unsafe {
-            let counter = if nonagle & TCP_NAGLE_CORK != 0 {
-                &raw mut (*s).sends_cork
-            } else if nonagle & TCP_NAGLE_OFF != 0 {
-                &raw mut (*s).sends_nodelay
-            } else {
-                &raw mut (*s).sends_nagle
-            };
-            atomic_add(counter, 1);
-        }
-    }
-    if nonagle & (TCP_NAGLE_OFF | TCP_NAGLE_CORK) != 0 {
-        t.hold_start_ns = 0;
-        return Ok(());
-    }
     let snd_nxt: u32 = read(sk, n.tp_snd_nxt)?;
     if t.hold_start_ns != 0 {
         if !seq_after(snd_nxt, t.hold_seq) {
@@ -312,6 +339,12 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
     let n = nagle_offsets();
     if n.valid == 0 {
         return 0;
+    }
+    // Most busy sockets (servers, RPC) set TCP_NODELAY and never hold a write: one
+    // read, cheaper than the map lookup, lets them leave at once.
+    match read::<u8>(sk, n.tp_nonagle_byte) {
+        Ok(byte) if (byte >> n.tp_nonagle_shift) & (TCP_NAGLE_OFF | TCP_NAGLE_CORK) == 0 => {}
+        _ => return 0,
     }
     let Some(t) = CONNS.get_ptr_mut(&(sk as u64)) else {
         return 0;
@@ -344,8 +377,7 @@ fn on_ack(sk: *const u8, skb: *const u8, t: &mut ConnTrack, n: &NagleOffsets) ->
     let end_seq: u32 = read(cb, n.tcb_end_seq)?;
     let min_rtt_us: u32 = read(sk, n.tp_min_rtt_us)?;
     let stall = seq == end_seq && hold >= u64::from(min_rtt_us) * 1000 + STALL_EXCESS_NS;
-    let o = offsets();
-    if let Some(s) = conn_stats(sk, t.tgid, &o) {
+    if let Some(s) = conn_stats(t) {
         // SAFETY: a valid map value pointer; counters change through atomics only.
         unsafe {
             atomic_add(&raw mut (*s).holds, 1);
@@ -367,7 +399,7 @@ fn on_ack(sk: *const u8, skb: *const u8, t: &mut ConnTrack, n: &NagleOffsets) ->
         return Ok(());
     }
     t.last_event_ns = now;
-    send_stall(sk, t, hold, min_rtt_us, now, n, &o)
+    send_stall(sk, t, hold, min_rtt_us, now, n, &offsets())
 }
 
 #[inline(always)]
@@ -400,7 +432,7 @@ fn send_stall(
     };
     entry.write(StallEvent {
         kind: EVENT_STALL,
-        netns: sock_netns(sk, o),
+        netns: t.netns,
         sk: sk as u64,
         timestamp_ns: now,
         hold_ns: hold,
@@ -424,7 +456,7 @@ fn send_stall(
 /// Called by `inet_sock_set_state` when a socket closes: a delayed ACK still
 /// pending is cancelled with it, and its state goes.
 #[inline(always)]
-pub fn forget_conn(sk: *const u8, o: &KernelOffsets) {
+pub fn forget_conn(sk: *const u8) {
     if nagle_offsets().valid == 0 {
         return;
     }
@@ -433,9 +465,9 @@ pub fn forget_conn(sk: *const u8, o: &KernelOffsets) {
         return;
     };
     // SAFETY: a valid map value pointer.
-    let (armed, tgid) = unsafe { ((*t).delack_armed_ns, (*t).tgid) };
-    if armed != 0
-        && let Some(s) = conn_stats(sk, tgid, o)
+    let t = unsafe { &*t };
+    if t.delack_armed_ns != 0
+        && let Some(s) = conn_stats(t)
     {
         // SAFETY: a valid map value pointer; counters change through atomics only.
         unsafe { atomic_add(&raw mut (*s).delack_cancelled, 1) };

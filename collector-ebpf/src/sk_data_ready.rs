@@ -14,10 +14,16 @@
 //! listener, for the oldest-wait view. A full queue sends one `QueueFullEvent` per
 //! listener per second.
 //!
-//! Kernels without this tracepoint (6.1) lack depth-at-enqueue and accept wait; the
-//! rest of sockq works.
+//! Kernels without this tracepoint (6.1) get the same from a kprobe on
+//! `sock_def_readable`, the `sk_data_ready` callback of TCP listeners and the
+//! tracepoint's own call site, where kprobes exist (userspace tries the raw
+//! tracepoint first).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{kprobe, raw_tracepoint},
+    programs::{ProbeContext, RawTracePointContext},
+};
 use collector_common::{
     listener::EVENT_QUEUE_FULL,
     queue::{QueueFullEvent, depth_bucket},
@@ -36,6 +42,14 @@ const FULL_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 pub fn sk_data_ready(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let _ = try_sk_data_ready(sk);
+    0
+}
+
+#[kprobe]
+pub fn sk_data_ready_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<*const u8>(0) {
+        let _ = try_sk_data_ready(sk);
+    }
     0
 }
 

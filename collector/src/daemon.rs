@@ -292,6 +292,7 @@ impl Poller {
                     snapshot.transitions = view.transitions;
                     self.nagle
                         .update(&view.conns, &snapshot.listeners, process_comm);
+                    snapshot.tcp_sends = view.sends;
                     let s = view.stats;
                     snapshot.events_lost = s.events_lost
                         + s.transitions_full

@@ -168,7 +168,14 @@ pub fn run() -> Vec<Check> {
 
     if privileged && offsets_ok {
         match probes::kernel_info(tracefs_root.as_deref()).and_then(|k| {
-            probes::Probes::load(&k, tracefs_root.as_deref(), probes::LoadOptions::default())
+            probes::Probes::load(
+                &k,
+                tracefs_root.as_deref(),
+                probes::LoadOptions {
+                    nagle: true,
+                    ..probes::LoadOptions::default()
+                },
+            )
         }) {
             Ok((loaded, _events)) => {
                 for s in loaded.status() {

@@ -342,7 +342,8 @@ impl Layout {
     }
 
     /// The fields the Nagle / delayed-ACK programs read. `delack_timer_fn` (from
-    /// kallsyms, not BTF) is the caller's; `valid` is set here.
+    /// kallsyms, not BTF) and the ephemeral port range are the caller's; `valid` is
+    /// set here.
     pub fn nagle_offsets(&self) -> Result<NagleOffsets, LayoutError> {
         let tcp = |path: &str| self.offset("tcp_sock", path);
         let nonagle = self.member("tcp_sock", "nonagle")?;
@@ -384,7 +385,8 @@ impl Layout {
             tcb_seq: self.offset("tcp_skb_cb", "seq")?,
             tcb_end_seq: self.offset("tcp_skb_cb", "end_seq")?,
             tcb_ack_seq: self.offset("tcp_skb_cb", "ack_seq")?,
-            _pad: 0,
+            ephemeral_lo: 0,
+            ephemeral_hi: 0,
             delack_timer_fn: 0,
         })
     }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                 metrics_addr: args.metrics_addr,
                 interval: args.interval,
                 probes: sockq::probes::LoadOptions {
-                    nagle: !args.no_nagle,
+                    nagle: args.nagle,
                     conn_track_entries: args.conn_track_entries,
                 },
             };

@@ -212,6 +212,9 @@ pub struct Snapshot {
     pub patterns: BTreeMap<u64, crate::pattern::PatternReport>,
     /// Nagle holds, delayed ACKs and stalls per (netns, listener, process).
     pub nagle: Vec<crate::nagle::NagleSeries>,
+    /// `sendmsg` calls host-wide by mode (Nagle, TCP_NODELAY, TCP_CORK), when the
+    /// Nagle family runs.
+    pub tcp_sends: Option<[u64; 3]>,
 }
 
 /// One network namespace's own TCP counters and listener-related sysctls.

@@ -49,9 +49,6 @@ pub struct NagleSeries {
     pub nagle_hold: Histogram,
     pub stalls: u64,
     pub stall_seconds: f64,
-    pub sends_nagle: u64,
-    pub sends_nodelay: u64,
-    pub sends_cork: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,9 +86,6 @@ impl Totals {
         add(&mut t.hold_sum_ns, cur.hold_sum_ns, prev.hold_sum_ns);
         add(&mut t.stalls, cur.stalls, prev.stalls);
         add(&mut t.stall_sum_ns, cur.stall_sum_ns, prev.stall_sum_ns);
-        add(&mut t.sends_nagle, cur.sends_nagle, prev.sends_nagle);
-        add(&mut t.sends_nodelay, cur.sends_nodelay, prev.sends_nodelay);
-        add(&mut t.sends_cork, cur.sends_cork, prev.sends_cork);
         for i in 0..WAIT_BUCKETS {
             add(&mut t.delay_hist[i], cur.delay_hist[i], prev.delay_hist[i]);
             add(&mut t.hold_hist[i], cur.hold_hist[i], prev.hold_hist[i]);
@@ -166,12 +160,16 @@ impl Accumulator {
                 nagle_hold: histogram(&t.hold_hist, t.hold_sum_ns),
                 stalls: t.stalls,
                 stall_seconds: t.stall_sum_ns as f64 / 1e9,
-                sends_nagle: t.sends_nagle,
-                sends_nodelay: t.sends_nodelay,
-                sends_cork: t.sends_cork,
             })
             .collect()
     }
+}
+
+/// `net.ipv4.ip_local_port_range` (`32768\t60999`).
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (lo <= hi && it.next().is_none()).then_some((lo, hi))
 }
 
 /// The kernel's microsecond buckets (`wait_bucket`) in seconds.
@@ -360,6 +358,16 @@ mod tests {
         assert_eq!(server.delack_delay.count(), 6);
         let p50 = server.delack_delay.quantile_bound(0.5).expect("non-empty");
         assert!((0.040..=0.041).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("1024 65535"), Some((1024, 65535)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("x y"), None);
+        assert_eq!(parse_port_range("1 2 3"), None);
+        assert_eq!(parse_port_range(""), None);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! Probes and their mechanisms, best first (see [`PROBES`]):
 //! - `inet_sock_set_state`: raw tracepoint (Linux 4.17+), else classic tracepoint
 //!   `sock/inet_sock_set_state` (4.16+, needs tracefs);
-//! - `sk_data_ready`: raw tracepoint (6.3+): accept queue depth at every enqueue and
-//!   the enqueue time of each connection;
+//! - `sk_data_ready`: raw tracepoint (6.3+), else a kprobe on `sock_def_readable`:
+//!   accept queue depth at every enqueue and the enqueue time of each connection;
 //! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
 //! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (6.13+): drop reasons per
 //!   listener;
@@ -16,7 +16,9 @@
 //!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
 //!   `CONFIG_FTRACE_SYSCALLS`).
 //!
-//! The Nagle / delayed-ACK family (`Family::Nagle`, `--no-nagle` switches it off):
+//! The Nagle / delayed-ACK family (`Family::Nagle`, off unless `--nagle`: it runs on
+//! per-segment and per-timer paths and costs more than 3% of the connection rate,
+//! see BENCHMARKS.md):
 //! - `timer_start`, `timer_expire_entry`: raw tracepoints on every kernel timer,
 //!   filtered on `tcp_delack_timer` (its address from `/proc/kallsyms`);
 //! - `tcp_sendmsg_locked` (6.2+) and `tcp_probe`: raw tracepoints on each send and
@@ -27,12 +29,15 @@ use std::{collections::BTreeMap, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
 };
 use collector_common::{
     layout::{KERNEL_OFFSETS_SYMBOL, KernelOffsets},
     listener::{EVENT_LISTENER, EVENT_QUEUE_FULL, ListenerEvent},
-    nagle::{ConnKey, ConnStats, EVENT_STALL, NAGLE_OFFSETS_SYMBOL, NagleOffsets, StallEvent},
+    nagle::{
+        ConnKey, ConnStats, EVENT_STALL, NAGLE_OFFSETS_SYMBOL, NagleOffsets, SENDS_CORK,
+        SENDS_NAGLE, SENDS_NODELAY, StallEvent,
+    },
     queue::{AcceptorKey, DropKey, ListenerQueue, QueueFullEvent, QueuedChild},
     stats::{
         STAT_CONNS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
@@ -107,6 +112,11 @@ enum Hook {
         category: &'static str,
         name: &'static str,
     },
+    /// `kprobe/<function>`: where the kernel lacks the tracepoint but has kprobes.
+    KProbe {
+        program: &'static str,
+        function: &'static str,
+    },
 }
 
 /// A probe and its mechanisms, best first.
@@ -123,7 +133,7 @@ pub struct ProbeSpec {
 pub enum Family {
     /// Listeners, accept queues, state transitions: always on.
     Core,
-    /// Nagle holds, delayed ACKs and their stalls (`--no-nagle` switches it off).
+    /// Nagle holds, delayed ACKs and their stalls (`--nagle` switches it on).
     Nagle,
 }
 
@@ -138,7 +148,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            nagle: true,
+            nagle: false,
             conn_track_entries: collector_common::nagle::CONNS_MAX_ENTRIES,
         }
     }
@@ -164,10 +174,16 @@ pub const PROBES: [ProbeSpec; 14] = [
     },
     ProbeSpec {
         name: "sk_data_ready",
-        hooks: &[Hook::Raw {
-            program: "sk_data_ready",
-            tracepoint: "sk_data_ready",
-        }],
+        hooks: &[
+            Hook::Raw {
+                program: "sk_data_ready",
+                tracepoint: "sk_data_ready",
+            },
+            Hook::KProbe {
+                program: "sk_data_ready_kprobe",
+                function: "sock_def_readable",
+            },
+        ],
         needs_queue_offsets: true,
         family: Family::Core,
     },
@@ -268,10 +284,16 @@ pub const PROBES: [ProbeSpec; 14] = [
     },
     ProbeSpec {
         name: "tcp_sendmsg_locked",
-        hooks: &[Hook::Raw {
-            program: "tcp_sendmsg_locked",
-            tracepoint: "tcp_sendmsg_locked",
-        }],
+        hooks: &[
+            Hook::Raw {
+                program: "tcp_sendmsg_locked",
+                tracepoint: "tcp_sendmsg_locked",
+            },
+            Hook::KProbe {
+                program: "tcp_sendmsg_locked_kprobe",
+                function: "tcp_sendmsg_locked",
+            },
+        ],
         needs_queue_offsets: true,
         family: Family::Nagle,
     },
@@ -297,6 +319,8 @@ pub struct KernelView {
     pub drops: Vec<(DropKey, u64)>,
     /// Nagle / delayed-ACK measurements (empty with the family off).
     pub conns: Vec<(ConnKey, ConnStats)>,
+    /// `sendmsg` calls by mode (`SENDS_*`), when the family runs.
+    pub sends: Option<[u64; 3]>,
     pub stats: ProgramStats,
 }
 
@@ -312,6 +336,8 @@ pub struct Probes {
     acceptors: HashMap<MapData, AcceptorKey, u64>,
     drops: HashMap<MapData, DropKey, u64>,
     conn_stats: HashMap<MapData, ConnKey, ConnStats>,
+    sends: PerCpuArray<MapData, u64>,
+    nagle_on: bool,
     drop_reasons: std::collections::HashMap<u32, String>,
 }
 
@@ -355,6 +381,7 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         .map_err(|e| crate::error_chain(&e))
         .and_then(|mut n| {
             n.delack_timer_fn = crate::kallsyms::lookup("tcp_delack_timer")?;
+            (n.ephemeral_lo, n.ephemeral_hi) = ephemeral_ports();
             Ok(n)
         });
     Ok(KernelInfo {
@@ -362,6 +389,15 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         drop_reasons: layout.drop_reason_names(),
         nagle,
     })
+}
+
+/// `net.ipv4.ip_local_port_range` of sockq's namespace (the kernel's default when
+/// unreadable).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| crate::nagle::parse_port_range(&text))
+        .unwrap_or((32768, 60999))
 }
 
 impl Probes {
@@ -398,7 +434,9 @@ impl Probes {
                     ProbeStatus {
                         name: spec.name,
                         attached: false,
-                        detail: "switched off (--no-nagle)".into(),
+                        detail:
+                            "off by default (per-segment cost); `sockq run --nagle` switches it on"
+                                .into(),
                     }
                 } else if let (Family::Nagle, Err(why)) = (spec.family, &kernel.nagle) {
                     ProbeStatus {
@@ -444,6 +482,9 @@ impl Probes {
             .map_err(|source| map_error("DROP_REASONS", source))?;
         let conn_stats = HashMap::try_from(take_map(&mut ebpf, "CONN_STATS")?)
             .map_err(|source| map_error("CONN_STATS", source))?;
+        let sends = PerCpuArray::try_from(take_map(&mut ebpf, "SENDS")?)
+            .map_err(|source| map_error("SENDS", source))?;
+        let nagle_on = nagle_offsets.valid != 0;
         Ok((
             Self {
                 _ebpf: ebpf,
@@ -455,6 +496,8 @@ impl Probes {
                 acceptors,
                 drops,
                 conn_stats,
+                sends,
+                nagle_on,
                 drop_reasons: kernel.drop_reasons.clone(),
             },
             events,
@@ -490,12 +533,24 @@ impl Probes {
         let acceptors = self.acceptors.iter().filter_map(Result::ok).collect();
         let drops = self.drops.iter().filter_map(Result::ok).collect();
         let conns = self.conn_stats.iter().filter_map(Result::ok).collect();
+        let sends = if self.nagle_on {
+            let mode = |index: u32| -> u64 {
+                self.sends
+                    .get(&index, 0)
+                    .map(|per_cpu| per_cpu.iter().copied().fold(0, u64::wrapping_add))
+                    .unwrap_or(0)
+            };
+            Some([mode(SENDS_NAGLE), mode(SENDS_NODELAY), mode(SENDS_CORK)])
+        } else {
+            None
+        };
         Ok(KernelView {
             transitions,
             queues,
             acceptors,
             drops,
             conns,
+            sends,
             stats: self.program_stats()?,
         })
     }
@@ -574,6 +629,9 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) -> Pro
                 }
                 Some(_) => attach_classic(ebpf, program, category, name).map(|()| "tracepoint"),
             },
+            Hook::KProbe { program, function } => {
+                attach_kprobe(ebpf, program, function).map(|()| "kprobe")
+            }
         };
         match result {
             Ok(mechanism) => {
@@ -587,6 +645,7 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) -> Pro
                 let kind = match hook {
                     Hook::Raw { .. } => "raw tracepoint",
                     Hook::Classic { .. } => "tracepoint",
+                    Hook::KProbe { .. } => "kprobe",
                 };
                 tracing::debug!("probe {}: {kind}: {e}", spec.name);
                 failures.push(format!("{kind}: {e}"));
@@ -608,6 +667,18 @@ fn attach_raw(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), St
         .map_err(|e| format!("{e}"))?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
     prog.attach(tracepoint)
+        .map_err(|e| crate::error_chain(&e))?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
+    let prog: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| crate::error_chain(&e))?;
+    prog.attach(function, 0)
         .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }

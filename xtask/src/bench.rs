@@ -40,14 +40,17 @@ enum Variant {
     Baseline,
     Sockq,
     Bpftrace,
+    /// sockq as it runs by default: without the Nagle / delayed-ACK family.
+    SockqCore,
 }
 
 impl Variant {
     fn name(self) -> &'static str {
         match self {
             Self::Baseline => "no sockq",
-            Self::Sockq => "sockq (all probes)",
+            Self::Sockq => "sockq --nagle (all)",
             Self::Bpftrace => "bpftrace peer",
+            Self::SockqCore => "sockq (default)",
         }
     }
 }
@@ -65,15 +68,25 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
     if !scenario.exists() {
         bail!("{} is missing", scenario.display());
     }
-    let variants = [Variant::Baseline, Variant::Sockq, Variant::Bpftrace];
-    let mut sat: Vec<Vec<Storm>> = vec![Vec::new(); 3];
-    let mut half: Vec<Vec<Storm>> = vec![Vec::new(); 3];
+    let variants = [
+        Variant::Baseline,
+        Variant::Sockq,
+        Variant::Bpftrace,
+        Variant::SockqCore,
+    ];
+    let mut sat: Vec<Vec<Storm>> = vec![Vec::new(); variants.len()];
+    let mut half: Vec<Vec<Storm>> = vec![Vec::new(); variants.len()];
+    // Request/response round trips (per-packet paths): no sockq, core, all.
+    let pingpong_variants = [Variant::Baseline, Variant::SockqCore, Variant::Sockq];
+    let mut pingpong: Vec<Vec<f64>> = vec![Vec::new(); pingpong_variants.len()];
     let mut daemon_cpu = Vec::new();
     let mut daemon_rss = 0u64;
 
     for round in 0..opts.rounds {
         // Rotate the order each round so drift does not favour one variant.
-        let order: Vec<usize> = (0..3).map(|i| (i + round) % 3).collect();
+        let order: Vec<usize> = (0..variants.len())
+            .map(|i| (i + round) % variants.len())
+            .collect();
         step(&format!("round {}/{}: saturation", round + 1, opts.rounds));
         for &v in &order {
             let (storm, extra) = measure(sockq, &scenario, variants[v], opts.seconds, 0.0)?;
@@ -104,6 +117,21 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
             );
             half[v].push(storm);
         }
+        step(&format!(
+            "round {}/{}: request/response (TCP_NODELAY ping-pong, 4 connections)",
+            round + 1,
+            opts.rounds
+        ));
+        for i in 0..pingpong_variants.len() {
+            let v = (i + round) % pingpong_variants.len();
+            let rate = measure_pingpong(sockq, &scenario, pingpong_variants[v], opts.seconds)?;
+            println!(
+                "    {:<20} {:>9.0} round trips/s",
+                pingpong_variants[v].name(),
+                rate
+            );
+            pingpong[v].push(rate);
+        }
     }
 
     println!();
@@ -128,12 +156,41 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
             c / base_half_cpu
         );
     }
+    let core_sat = median(sat[3].iter().map(|s| s.rate).collect());
+    let all_sat = median(sat[1].iter().map(|s| s.rate).collect());
+    println!(
+        "Nagle / delayed-ACK family: connection rate with it / without it x{:.3} \
+         ({:.1}% overhead; on by default only at 3% or less)",
+        all_sat / core_sat,
+        (1.0 - all_sat / core_sat) * 100.0
+    );
+    println!();
+    println!(
+        "== request/response round trips (median of {} rounds)",
+        opts.rounds
+    );
+    let base_pp = median(pingpong[0].clone());
+    for (i, v) in pingpong_variants.iter().enumerate() {
+        let r = median(pingpong[i].clone());
+        println!(
+            "{:<20} {:>9.0} round trips/s (x{:.3})",
+            v.name(),
+            r,
+            r / base_pp
+        );
+    }
+    let core_pp = median(pingpong[1].clone());
+    let all_pp = median(pingpong[2].clone());
+    println!(
+        "Nagle / delayed-ACK family: round-trip rate with it / without it x{:.3}",
+        all_pp / core_pp
+    );
     // The kernel's BPF statistics time every program run (two clock reads each), so
     // they are on only for this separate storm, never while rates are compared.
     step("per-program cost: one more storm with kernel.bpf_stats_enabled=1");
     let program_costs = {
         let ns = TempNetns::new()?;
-        let d = Daemon::start(sockq)?;
+        let d = Daemon::start_with(sockq, &["--nagle"])?;
         set_bpf_stats(true)?;
         let storm = ns
             .command(&scenario)
@@ -191,6 +248,33 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Round trips per second of the ping-pong workload under `variant`.
+fn measure_pingpong(sockq: &Path, scenario: &Path, variant: Variant, seconds: f64) -> Result<f64> {
+    let ns = TempNetns::new()?;
+    let daemon = match variant {
+        Variant::Sockq => Some(Daemon::start_with(sockq, &["--nagle"])?),
+        Variant::SockqCore => Some(Daemon::start(sockq)?),
+        Variant::Baseline | Variant::Bpftrace => None,
+    };
+    let out = ns
+        .command(scenario)
+        .args(["pingpong", "127.0.0.1:7100", &seconds.to_string(), "4"])
+        .output()
+        .context("running the ping-pong")?;
+    drop(daemon);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace().skip(1);
+    let trips: f64 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .with_context(|| format!("ping-pong output {text:?}"))?;
+    let elapsed: f64 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .with_context(|| format!("ping-pong output {text:?}"))?;
+    Ok(trips / elapsed)
+}
+
 /// What the daemon cost during a measurement.
 struct DaemonCost {
     cpu_fraction: f64,
@@ -209,7 +293,8 @@ fn measure(
     let mut peer = None;
     match variant {
         Variant::Baseline => {}
-        Variant::Sockq => daemon = Some(Daemon::start(sockq)?),
+        Variant::Sockq => daemon = Some(Daemon::start_with(sockq, &["--nagle"])?),
+        Variant::SockqCore => daemon = Some(Daemon::start(sockq)?),
         Variant::Bpftrace => peer = Some(start_bpftrace()?),
     }
     let cpu_before = machine_cpu_seconds()?;
@@ -336,12 +421,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(sockq: &Path) -> Result<Self> {
+        Self::start_with(sockq, &[])
+    }
+
+    fn start_with(sockq: &Path, args: &[&str]) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(sockq)
             .args(["run", "--metrics-addr", &addr])
+            .args(args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -457,6 +547,10 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
         "sys_enter_accep",
         "sys_exit_accept",
         "sys_enter_liste",
+        "timer_start",
+        "timer_expire_en",
+        "tcp_sendmsg_loc",
+        "tcp_probe",
     ];
     let mut stats = Vec::new();
     for p in progs.as_array().into_iter().flatten() {

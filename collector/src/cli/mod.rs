@@ -69,11 +69,13 @@ pub struct RunArgs {
     /// changes reported by the probes trigger an inventory at once.
     #[arg(long, env = "SOCKQ_INTERVAL", default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Switch off the Nagle / delayed-ACK probe family (timer_start,
-    /// timer_expire_entry, tcp_sendmsg_locked, tcp_probe). They run on per-timer and
-    /// per-segment paths; BENCHMARKS.md measures what they cost.
-    #[arg(long, env = "SOCKQ_NO_NAGLE")]
-    pub no_nagle: bool,
+    /// Switch on the Nagle / delayed-ACK probe family (timer_start,
+    /// timer_expire_entry, tcp_sendmsg_locked, tcp_probe): delayed-ACK timers and
+    /// delays, Nagle holds, and the stalls they cause together, per process. Off by
+    /// default: these probes run on every segment and every timer, and cost more
+    /// than 3% of the connection rate (BENCHMARKS.md).
+    #[arg(long, env = "SOCKQ_NAGLE")]
+    pub nagle: bool,
     /// Connections whose Nagle / delayed-ACK state the kernel tracks at once (an LRU
     /// map, about 150 bytes each); the least recently active are forgotten first.
     #[arg(long, env = "SOCKQ_CONN_TRACK_ENTRIES", default_value_t = collector_common::nagle::CONNS_MAX_ENTRIES,

@@ -19,8 +19,9 @@ const HELP_STALLS: &str = "Nagle x delayed-ACK stalls: Nagle holds that outlaste
     side held its write. See `sockq events` for the connections.";
 const HELP_STALL_SECONDS: &str = "Total time lost to Nagle x delayed-ACK stalls; divided by \
     sockq_nagle_delayed_ack_stalls_total it is the typical stall.";
-const HELP_SENDS: &str = "sendmsg calls on TCP sockets by the socket's Nagle setting \
-    (tcp:tcp_sendmsg_locked): nagle (the default), nodelay (TCP_NODELAY) or cork (TCP_CORK).";
+const HELP_SENDS: &str = "sendmsg calls on TCP sockets of this host, by the socket's Nagle \
+    setting (tcp:tcp_sendmsg_locked): nagle (the default), nodelay (TCP_NODELAY) or cork \
+    (TCP_CORK). Host-wide: one per-CPU add is all the send path can afford.";
 
 fn labels(k: &SeriesKey) -> Labels {
     vec![
@@ -68,14 +69,10 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
             stalls.push(id.clone(), s.stalls);
             stall_seconds.push_float(id.clone(), s.stall_seconds);
         }
-        for (mode, n) in [
-            ("nagle", s.sends_nagle),
-            ("nodelay", s.sends_nodelay),
-            ("cork", s.sends_cork),
-        ] {
-            if n > 0 {
-                sends.push(with(id.clone(), "mode", mode), n);
-            }
+    }
+    if let Some([nagle, nodelay, cork]) = snapshot.tcp_sends {
+        for (mode, n) in [("nagle", nagle), ("nodelay", nodelay), ("cork", cork)] {
+            sends.push(vec![("mode", mode.to_owned())], n);
         }
     }
     vec![timers, delay, hold, stalls, stall_seconds, sends]

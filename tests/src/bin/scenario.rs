@@ -39,6 +39,9 @@
 //!   sockq-scenario wwr-client ADDR ROUNDS NODELAY write 100 bytes twice, read the 100-byte
 //!                                                 reply, ROUNDS times (TCP_NODELAY if
 //!                                                 NODELAY is 1); prints `done ROUNDS MS`
+//!   sockq-scenario pingpong ADDR SECONDS CONNS    CONNS TCP_NODELAY connections exchanging
+//!                                                 64-byte messages with an echo server of
+//!                                                 its own for SECONDS; `done ROUND_TRIPS S`
 //!   sockq-scenario bulk ADDR MBYTES               send MBYTES MiB in 64 KiB writes to a
 //!                                                 sink of its own on ADDR; `done MBYTES`
 
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         ["wwr-server", addr] => wwr_server_scenario(addr),
         ["wwr-client", addr, rounds, nodelay] => wwr_client_scenario(addr, rounds, nodelay),
         ["bulk", addr, mbytes] => bulk_scenario(addr, mbytes),
+        ["pingpong", addr, seconds, conns] => pingpong_scenario(addr, seconds, conns),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -679,5 +683,51 @@ fn bulk_scenario(addr: &str, mbytes: &str) -> Result<(), String> {
         .map_err(|_| "sink panicked".to_owned())?
         .map_err(|e| format!("sink: {e}"))?;
     say(&format!("done {mbytes} {received}"));
+    Ok(())
+}
+
+fn pingpong_scenario(addr: &str, seconds: &str, conns: &str) -> Result<(), String> {
+    let seconds: f64 = parse(seconds, "seconds")?;
+    let conns: usize = parse(conns, "connections")?;
+    let (socket, local) = listener(addr, 128)?;
+    let listener: std::net::TcpListener = socket.into();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut msg = [0u8; 64];
+                while conn.read_exact(&mut msg).is_ok() && conn.write_all(&msg).is_ok() {}
+            });
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let start = std::time::Instant::now();
+    let clients: Vec<_> = (0..conns)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut c = TcpStream::connect(local).map_err(|e| format!("connect: {e}"))?;
+                c.set_nodelay(true)
+                    .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+                let mut msg = [7u8; 64];
+                let mut n = 0u64;
+                while std::time::Instant::now() < deadline {
+                    c.write_all(&msg)
+                        .and_then(|()| c.read_exact(&mut msg))
+                        .map_err(|e| format!("round trip {n}: {e}"))?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    for client in clients {
+        total += client.join().map_err(|_| "client panicked".to_owned())??;
+    }
+    say(&format!(
+        "done {total} {:.3}",
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
