@@ -1,6 +1,7 @@
 //! The Grafana dashboards in `dashboards/`: a real Prometheus (Debian's `prometheus`)
-//! scrapes a running sockq while scenarios produce overflows and accept waits, and
-//! every query of every panel must return at least one series.
+//! scrapes a running sockq while scenarios produce overflows, accept waits and
+//! Nagle x delayed-ACK stalls, and every query of every panel must return at least
+//! one series.
 
 use std::{
     io::{Read as _, Write as _},
@@ -123,11 +124,15 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
 fn every_panel_query_returns_series() {
     let queries = dashboard_queries();
     let ns = Netns::new("dash");
-    let daemon = Daemon::start("1");
+    let daemon = Daemon::start_with(&["--interval", "1", "--nagle"]);
     let prometheus = Prometheus::start(&daemon.addr.to_string());
     // Overflows and drops; accept waits, acceptors and enqueue depths.
     let backlog = ns.scenario(&["backlog", "127.0.0.1:7051", "2", "8"]);
     let slow = ns.scenario(&["slow-accept", "127.0.0.1:7052", "5", "50"]);
+    // Nagle x delayed-ACK stalls, delayed ACKs, Nagle holds (about 4 s).
+    let wwr = ns.scenario(&["wwr-server", "127.0.0.1:7053"]);
+    ns.scenario(&["wwr-client", "127.0.0.1:7053", "100", "0"])
+        .finish();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut missing = Vec::new();
@@ -152,4 +157,5 @@ fn every_panel_query_returns_series() {
     }
     backlog.finish();
     slow.finish();
+    wwr.finish();
 }
