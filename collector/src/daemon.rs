@@ -51,26 +51,19 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
 }
 
+/// Starts the daemon. The privileged part runs on this one thread, before any other
+/// exists: bind, attach the probes, then drop the capabilities no longer needed
+/// (capabilities are per thread, and threads inherit them); only then the runtime.
 pub fn run(config: RunConfig) -> Result<(), DaemonError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(DaemonError::Runtime)?;
-    runtime.block_on(run_async(config))
-}
-
-async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
+    // Files sockq might create (none today) are private.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Bind first: a port in use is the most common start-up failure; say so before
     // touching the kernel.
-    let listener = http::bind(config.metrics_addr).await?;
-    let local = listener.local_addr().map_err(|e| {
-        DaemonError::Http(http::HttpError::Bind {
-            addr: config.metrics_addr,
-            source: e,
-        })
-    })?;
-
+    let listener = http::bind_std(config.metrics_addr)?;
+    let missing = crate::privileges::check(&crate::privileges::FOR_RUN);
+    if let Some(missing) = &missing {
+        tracing::warn!("{missing}");
+    }
     let tracefs_root = match tracefs::ensure_mounted() {
         Ok(root) => Some(root),
         Err(e) => {
@@ -78,12 +71,56 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
             None
         }
     };
-    let (probes, events) = load_probes(tracefs_root, config.probes);
+    // Try even with a capability missing: a container may grant just what eBPF needs.
+    let (probes, events, polling) = match load_probes(tracefs_root, config.probes) {
+        Ok((probes, events)) => (Some(probes), Some(events), None),
+        Err(why) => (None, None, Some(why)),
+    };
+    match &polling {
+        Some(why) => tracing::warn!(
+            "polling mode: eBPF probes unavailable ({why}); listeners, queues, SYN queues \
+             and drops still come from sock_diag and /proc/net/netstat every {:?}, but not \
+             accept waits, enqueue depths, acceptors, patterns or Nagle stalls; `sockq \
+             doctor` says what is missing",
+            config.interval
+        ),
+        None => match crate::privileges::drop_after_attach() {
+            Ok(kept) => tracing::info!(
+                "probes attached; dropped every capability but {}",
+                kept.join(", ")
+            ),
+            Err(e) => tracing::warn!("could not drop capabilities after attaching: {e}"),
+        },
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(run_async(config, listener, probes, events, polling))
+}
+
+async fn run_async(
+    config: RunConfig,
+    listener: std::net::TcpListener,
+    probes: Option<Probes>,
+    events: Option<RingBuf<MapData>>,
+    polling: Option<String>,
+) -> Result<(), DaemonError> {
+    let bind_error = |source| {
+        DaemonError::Http(http::HttpError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })
+    };
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
 
     let state = http::SharedState::new(BuildInfo::detect());
     // Until the first poll: no listeners yet, but which probes are attached.
     state.replace(Snapshot {
         probes: probe_status(probes.as_ref()),
+        polling: polling.clone(),
         ..Snapshot::default()
     });
 
@@ -114,7 +151,7 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signal)?;
-    let mut poller = Poller::new(probes, stall_rx, stalls_lost);
+    let mut poller = Poller::new(probes, stall_rx, stalls_lost, polling);
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -159,31 +196,22 @@ async fn run_async(config: RunConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Loads and attaches the probes; the error says why none could be.
 fn load_probes(
     tracefs_root: Option<PathBuf>,
     options: probes::LoadOptions,
-) -> (Option<Probes>, Option<RingBuf<MapData>>) {
-    let loaded = probes::kernel_info(tracefs_root.as_deref())
-        .and_then(|kernel| Probes::load(&kernel, tracefs_root.as_deref(), options));
-    match loaded {
-        Ok((probes, events)) => {
-            for s in probes.status() {
-                if s.attached {
-                    tracing::info!("probe {} attached ({})", s.name, s.detail);
-                } else {
-                    tracing::warn!("probe {} not attached: {}", s.name, s.detail);
-                }
-            }
-            (Some(probes), Some(events))
-        }
-        Err(e) => {
-            tracing::error!(
-                "eBPF probes unavailable, continuing with sock_diag polling only: {}",
-                crate::error_chain(&e)
-            );
-            (None, None)
+) -> Result<(Probes, RingBuf<MapData>), String> {
+    let (probes, events) = probes::kernel_info(tracefs_root.as_deref())
+        .and_then(|kernel| Probes::load(&kernel, tracefs_root.as_deref(), options))
+        .map_err(|e| crate::error_chain(&e))?;
+    for s in probes.status() {
+        if s.attached {
+            tracing::info!("probe {} attached ({})", s.name, s.detail);
+        } else {
+            tracing::warn!("probe {} not attached: {}", s.name, s.detail);
         }
     }
+    Ok((probes, events))
 }
 
 fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
@@ -211,6 +239,8 @@ struct Poller {
     stalls: tokio::sync::mpsc::Receiver<StallEvent>,
     /// Stall events the queue to this poller had no room for.
     stalls_lost: Arc<AtomicU64>,
+    /// Why there are no probes, in polling mode.
+    polling: Option<String>,
 }
 
 /// Peers named per poll at most (each costs a sock_diag dump per namespace and a
@@ -222,6 +252,7 @@ impl Poller {
         probes: Option<Probes>,
         stalls: tokio::sync::mpsc::Receiver<StallEvent>,
         stalls_lost: Arc<AtomicU64>,
+        polling: Option<String>,
     ) -> Self {
         Self {
             probes,
@@ -232,6 +263,7 @@ impl Poller {
             nagle: nagle::Accumulator::default(),
             stalls,
             stalls_lost,
+            polling,
         }
     }
 
@@ -259,6 +291,7 @@ impl Poller {
         let mut snapshot = Snapshot {
             listeners,
             probes: probe_status(self.probes.as_ref()),
+            polling: self.polling.clone(),
             ..Snapshot::default()
         };
         if let Some(p) = &mut self.probes {

@@ -182,7 +182,11 @@ pub fn run() -> Vec<Check> {
                     let (verdict, detail) = if s.attached {
                         (Verdict::Ok, format!("attaches as {}", s.detail))
                     } else {
-                        (Verdict::Fail, format!("does not attach: {}", s.detail))
+                        // An older kernel lacks some hooks; sockq runs without them.
+                        (
+                            Verdict::Warn,
+                            format!("does not attach, sockq runs without it: {}", s.detail),
+                        )
                     };
                     checks.push(Check::new(verdict, format!("probe {}", s.name), detail));
                 }
@@ -346,12 +350,32 @@ pub fn render(checks: &[Check]) -> String {
         let _ = writeln!(out, "{tag} {:<38} {}", c.topic, c.detail);
     }
     let fails = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
-    let _ = if fails == 0 {
+    let missing_probes = checks
+        .iter()
+        .filter(|c| c.verdict != Verdict::Ok && c.topic.starts_with("probe "))
+        .count();
+    let _ = if fails == 0 && missing_probes == 0 {
         writeln!(out, "sockq can run with all its probes on this machine.")
-    } else {
+    } else if fails == 0 {
+        writeln!(
+            out,
+            "sockq can run here without {missing_probes} of its probes (see the warnings above)."
+        )
+    } else if checks
+        .iter()
+        .any(|c| c.topic == "sock_diag" && c.verdict == Verdict::Fail)
+    {
         writeln!(
             out,
             "{fails} problem(s) above; `sockq run` needs them fixed."
+        )
+    } else {
+        writeln!(
+            out,
+            "{fails} problem(s) above; until they are fixed `sockq run` works in polling \
+             mode: listeners, queues, SYN queues and drops from sock_diag and \
+             /proc/net/netstat, without accept waits, enqueue depths, acceptors, patterns \
+             or Nagle stalls."
         )
     };
     out

@@ -73,6 +73,30 @@ pub enum HttpError {
     },
 }
 
+/// Binds the metrics address before the async runtime exists (`SO_REUSEADDR`, as
+/// tokio's bind, so a restart binds at once), telling "port in use" apart from other
+/// failures. Turn it into a tokio listener with `TcpListener::from_std`.
+pub fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, HttpError> {
+    let error = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            HttpError::AddrInUse { addr, source }
+        } else {
+            HttpError::Bind { addr, source }
+        }
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.bind(&addr.into()).map_err(error)?;
+    socket.listen(1024).map_err(error)?;
+    socket.set_nonblocking(true).map_err(error)?;
+    Ok(socket.into())
+}
+
 /// Binds the metrics address, telling "port in use" apart from other failures.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     TcpListener::bind(addr).await.map_err(|source| {

@@ -20,10 +20,8 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Run(args) => {
-            if let Some(missing) = privileges::check(&privileges::FOR_RUN) {
-                eprintln!("sockq: {missing}");
-                return ExitCode::FAILURE;
-            }
+            // Without the privileges eBPF needs, `run` still works in polling mode
+            // (sock_diag and /proc); the daemon says so.
             let config = daemon::RunConfig {
                 metrics_addr: args.metrics_addr,
                 interval: args.interval,

@@ -215,6 +215,8 @@ pub struct Snapshot {
     /// `sendmsg` calls host-wide by mode (Nagle, TCP_NODELAY, TCP_CORK), when the
     /// Nagle family runs.
     pub tcp_sends: Option<[u64; 3]>,
+    /// Polling mode (no eBPF probes) and why.
+    pub polling: Option<String>,
 }
 
 /// One network namespace's own TCP counters and listener-related sysctls.

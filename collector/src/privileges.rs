@@ -98,6 +98,48 @@ pub fn check(needed: &[Capability]) -> Option<String> {
     ))
 }
 
+/// What the daemon keeps once its probes are attached: the inventory still enters
+/// namespaces (setns: `CAP_SYS_ADMIN`) and reads other processes' `/proc/PID/fd`
+/// and `/proc/PID/ns/net` (`CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH`). Loading and
+/// attaching programs (`CAP_BPF`, `CAP_PERFMON`) is done by then, and reading the
+/// maps through their file descriptors needs no capability.
+pub const KEPT_AFTER_ATTACH: [Capability; 3] = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+
+/// Drops every capability but [`KEPT_AFTER_ATTACH`] from the calling thread's
+/// effective, permitted, inheritable, ambient and bounding sets, and sets
+/// `no_new_privs`. Capabilities are per thread: call it before starting any other.
+/// Returns the names of the capabilities kept.
+pub fn drop_after_attach() -> Result<Vec<&'static str>, String> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: CapsHashSet = KEPT_AFTER_ATTACH
+        .iter()
+        .filter_map(|c| c.name.parse::<caps::Capability>().ok())
+        .collect();
+    let err = |what: &str, e: caps::errors::CapsError| format!("{what}: {e}");
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| err("bounding set", e))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| err("ambient set", e))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| err("inheritable set", e))?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| err("permitted set", e))?;
+    let kept: CapsHashSet = keep.intersection(&permitted).copied().collect();
+    caps::set(None, CapSet::Effective, &kept).map_err(|e| err("effective set", e))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(|e| err("permitted set", e))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    Ok(KEPT_AFTER_ATTACH
+        .iter()
+        .filter(|c| {
+            c.name
+                .parse::<caps::Capability>()
+                .is_ok_and(|cap| kept.contains(&cap))
+        })
+        .map(|c| c.name)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

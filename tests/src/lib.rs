@@ -314,6 +314,11 @@ impl Daemon {
         daemon
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn metrics(&self) -> Metrics {
         let body = try_get(self.addr, "/metrics").expect("GET /metrics");
         Metrics::parse(&body)

@@ -220,6 +220,8 @@ const HELP_TRANSITIONS: &str = "TCP state changes of sockets in this network nam
 const HELP_LOST: &str = "Events sockq's eBPF programs could not record: listener events \
     that found the ring buffer full, and state transitions that found the in-kernel \
     transition map full; they are missing from the other metrics.";
+const HELP_MODE: &str = "How sockq gets its numbers: mode=\"ebpf\" (probes attached), or \
+    mode=\"polling\" (no eBPF: sock_diag and /proc/net/netstat only; reason says why).";
 const HELP_PROBE: &str = "Whether the named eBPF probe is attached to the kernel (1) or not \
     (0); `sockq doctor` says why not.";
 const HELP_BUILD: &str = "Always 1: the sockq version and commit, and the release (uname -r) \
@@ -284,6 +286,14 @@ impl SnapshotCollector {
         let mut lost = Family::counter("sockq_events_lost_total", HELP_LOST);
         lost.push(Vec::new(), snapshot.events_lost);
 
+        let mut mode = Family::gauge("sockq_mode", HELP_MODE);
+        mode.push(
+            match &snapshot.polling {
+                Some(reason) => vec![("mode", "polling".to_owned()), ("reason", reason.clone())],
+                None => vec![("mode", "ebpf".to_owned()), ("reason", String::new())],
+            },
+            1_u8,
+        );
         let mut probes = Family::gauge("sockq_probe_attached", HELP_PROBE);
         let mut attached: BTreeMap<&str, bool> = BTreeMap::new();
         for p in &snapshot.probes {
@@ -307,7 +317,7 @@ impl SnapshotCollector {
         families.extend(queues::families(snapshot));
         families.extend(netns::families(snapshot));
         families.extend(nagle::families(snapshot));
-        families.extend([transitions, lost, probes, build_info]);
+        families.extend([transitions, lost, mode, probes, build_info]);
         Self { families }
     }
 }
