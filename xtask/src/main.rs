@@ -5,10 +5,13 @@
 //! - `build`: setup, then builds sockq (eBPF in release mode, embedded);
 //! - `run`: build, then `sockq run` as root with defaults;
 //! - `test`: setup, then every test: unit tests, then the privileged integration
-//!   tests that load the real programs into the real kernel.
+//!   tests that load the real programs into the real kernel;
+//! - `vm-test`: the core scenarios on Debian's 6.1 kernel in qemu;
+//! - `bench`: the cost of watching, side by side.
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -48,6 +51,10 @@ enum Task {
     },
     /// cargo fmt --check and cargo clippy -D warnings over the workspace.
     Lint,
+    /// Boot Debian's 6.1 cloud kernel in qemu (TCG) and run sockq's core checks
+    /// there: exact overflow drops, accept wait, state transitions, owners, with the
+    /// fallbacks that kernel needs. Downloads the kernel package once (target/vm).
+    VmTest,
     /// Measure the cost of watching: connection storm with and without sockq and
     /// with a bpftrace peer, per-program run time, daemon footprint, scrape latency.
     Bench {
@@ -92,6 +99,27 @@ fn dispatch(task: Task) -> Result<()> {
             test(&root, &env, filter.as_deref())
         }
         Task::Lint => lint(&root),
+        Task::VmTest => {
+            let env = setup::ensure()?;
+            let sockq = build(&root, &env, true)?;
+            step("building the scenario and check programs (release)");
+            run(cargo(&root, &env).args([
+                "build",
+                "--release",
+                "--package",
+                "sockq-tests",
+                "--bins",
+            ]))?;
+            let release = root.join("target/release");
+            vm::run_vm_test(
+                &root,
+                &[
+                    sockq,
+                    release.join("sockq-scenario"),
+                    release.join("sockq-vmcheck"),
+                ],
+            )
+        }
         Task::Bench { seconds, rounds } => {
             let env = setup::ensure()?;
             setup::install_packages(&["bpftrace"])?;
