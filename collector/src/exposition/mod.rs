@@ -635,10 +635,11 @@ mod tests {
         }
         assert!(!text.contains("_total_total"), "{text}");
         assert_eq!(text.matches("sockq_listener_info{").count(), 3, "{text}");
-        // Every family has help and type: the nine above, plus the full-queue gauge
-        // and the SO_REUSEPORT group size (no kernel stats in this snapshot).
-        assert_eq!(text.matches("# HELP ").count(), 11, "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 11, "{text}");
+        // Every family has help and type: the nine above, plus the full-queue gauge,
+        // the SO_REUSEPORT group size (no kernel stats in this snapshot) and the mode.
+        assert!(text.contains("sockq_mode{mode=\"ebpf\",reason=\"\"} 1\n"), "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 12, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 12, "{text}");
     }
 
     #[test]
