@@ -126,13 +126,13 @@ async fn run_async(
 
     let refresh = Arc::new(Notify::new());
     let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(STALL_QUEUE);
-    let stalls_lost = Arc::new(AtomicU64::new(0));
+    let ring = Arc::new(RingCounters::default());
     if let Some(events) = events {
         tokio::spawn(read_events(
             events,
             Arc::clone(&refresh),
             stall_tx,
-            Arc::clone(&stalls_lost),
+            Arc::clone(&ring),
         ));
     }
 
@@ -151,7 +151,7 @@ async fn run_async(
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signal)?;
-    let mut poller = Poller::new(probes, stall_rx, stalls_lost, polling);
+    let mut poller = Poller::new(probes, stall_rx, ring, polling);
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -237,8 +237,8 @@ struct Poller {
     last_listeners: Vec<Listener>,
     nagle: nagle::Accumulator,
     stalls: tokio::sync::mpsc::Receiver<StallEvent>,
-    /// Stall events the queue to this poller had no room for.
-    stalls_lost: Arc<AtomicU64>,
+    /// What the ring buffer reader received and dropped.
+    ring: Arc<RingCounters>,
     /// Why there are no probes, in polling mode.
     polling: Option<String>,
 }
@@ -251,7 +251,7 @@ impl Poller {
     fn new(
         probes: Option<Probes>,
         stalls: tokio::sync::mpsc::Receiver<StallEvent>,
-        stalls_lost: Arc<AtomicU64>,
+        ring: Arc<RingCounters>,
         polling: Option<String>,
     ) -> Self {
         Self {
@@ -262,7 +262,7 @@ impl Poller {
             last_listeners: Vec::new(),
             nagle: nagle::Accumulator::default(),
             stalls,
-            stalls_lost,
+            ring,
             polling,
         }
     }
@@ -332,7 +332,7 @@ impl Poller {
                         + s.listeners_full
                         + s.queued_full
                         + s.conns_full
-                        + self.stalls_lost.load(Ordering::Relaxed);
+                        + self.ring.stalls_lost.load(Ordering::Relaxed);
                 }
                 Err(e) => tracing::warn!("reading the probes' maps: {}", crate::error_chain(&e)),
             }
@@ -361,6 +361,7 @@ impl Poller {
         snapshot.patterns = crate::pattern::classify(&snapshot.listeners, &snapshot.acceptors);
         snapshot.netns = netns;
         snapshot.nagle = self.nagle.series();
+        snapshot.ring_events = self.ring.snapshot();
         self.last_listeners.clone_from(&snapshot.listeners);
         let stalls = self.stall_notices().await;
         (snapshot, events, stalls)
@@ -500,13 +501,33 @@ fn process_comm(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(raw.strip_suffix(b"\n").unwrap_or(&raw)).into_owned())
 }
 
+/// Records read from the ring buffer, by kind, and stall events the poller's queue
+/// had no room for.
+#[derive(Debug, Default)]
+struct RingCounters {
+    listener: AtomicU64,
+    queue_full: AtomicU64,
+    stall: AtomicU64,
+    stalls_lost: AtomicU64,
+}
+
+impl RingCounters {
+    fn snapshot(&self) -> [u64; 3] {
+        [
+            self.listener.load(Ordering::Relaxed),
+            self.queue_full.load(Ordering::Relaxed),
+            self.stall.load(Ordering::Relaxed),
+        ]
+    }
+}
+
 /// Reads the ring buffer: logs listener lifecycle events and asks for an inventory
 /// refresh; hands stall events to the poller.
 async fn read_events(
     ring: RingBuf<MapData>,
     refresh: Arc<Notify>,
     stalls: tokio::sync::mpsc::Sender<StallEvent>,
-    stalls_lost: Arc<AtomicU64>,
+    counters: Arc<RingCounters>,
 ) {
     // SAFETY: RingBuf owns its map fd for its whole life and always returns that fd.
     let registered =
@@ -530,17 +551,24 @@ async fn read_events(
         let mut any = false;
         while let Some(item) = ring.next() {
             match probes::decode_event(&item) {
-                Some(Event::Listener(ev)) => log_listener_event(&ev),
-                Some(Event::QueueFull(ev)) => tracing::debug!(
-                    "accept queue full: socket {} netns {} depth {} limit {}",
-                    ev.listener,
-                    ev.netns,
-                    ev.depth,
-                    ev.limit
-                ),
+                Some(Event::Listener(ev)) => {
+                    counters.listener.fetch_add(1, Ordering::Relaxed);
+                    log_listener_event(&ev);
+                }
+                Some(Event::QueueFull(ev)) => {
+                    counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        "accept queue full: socket {} netns {} depth {} limit {}",
+                        ev.listener,
+                        ev.netns,
+                        ev.depth,
+                        ev.limit
+                    );
+                }
                 Some(Event::Stall(ev)) => {
+                    counters.stall.fetch_add(1, Ordering::Relaxed);
                     if stalls.try_send(ev).is_err() {
-                        stalls_lost.fetch_add(1, Ordering::Relaxed);
+                        counters.stalls_lost.fetch_add(1, Ordering::Relaxed);
                     }
                     continue;
                 }

@@ -217,6 +217,8 @@ pub struct Snapshot {
     pub tcp_sends: Option<[u64; 3]>,
     /// Polling mode (no eBPF probes) and why.
     pub polling: Option<String>,
+    /// Records read from the eBPF ring buffer: listener, queue-full, stall events.
+    pub ring_events: [u64; 3],
 }
 
 /// One network namespace's own TCP counters and listener-related sysctls.

@@ -217,9 +217,14 @@ const HELP_INFO: &str = "Always 1: a process (pid, comm from /proc/PID/comm, con
 const HELP_TRANSITIONS: &str = "TCP state changes of sockets in this network namespace, by \
     old and new state, counted by sockq's eBPF program on the sock:inet_sock_set_state \
     tracepoint since the program was loaded.";
-const HELP_LOST: &str = "Events sockq's eBPF programs could not record: listener events \
-    that found the ring buffer full, and state transitions that found the in-kernel \
-    transition map full; they are missing from the other metrics.";
+const HELP_LOST: &str = "Events sockq could not record, all causes summed: ring buffer \
+    records (listener, queue-full, stall events) that found the ring buffer full, stall \
+    events the daemon's queue had no room for, and entries the in-kernel maps (transitions, \
+    listeners, queued connections, Nagle state) had no room for; they are missing from the \
+    other metrics.";
+const HELP_RING: &str = "Records sockq read from its eBPF ring buffer, by kind (listener: a \
+    listener opened or closed; queue_full: an accept queue overflowed; stall: a Nagle x \
+    delayed-ACK stall). With sockq_events_lost_total, what the kernel side produced.";
 const HELP_MODE: &str = "How sockq gets its numbers: mode=\"ebpf\" (probes attached), or \
     mode=\"polling\" (no eBPF: sock_diag and /proc/net/netstat only; reason says why).";
 const HELP_PROBE: &str = "Whether the named eBPF probe is attached to the kernel (1) or not \
@@ -286,6 +291,13 @@ impl SnapshotCollector {
         let mut lost = Family::counter("sockq_events_lost_total", HELP_LOST);
         lost.push(Vec::new(), snapshot.events_lost);
 
+        let mut ring = Family::counter("sockq_ring_events_total", HELP_RING);
+        for (kind, n) in ["listener", "queue_full", "stall"]
+            .into_iter()
+            .zip(snapshot.ring_events)
+        {
+            ring.push(vec![("kind", kind.to_owned())], n);
+        }
         let mut mode = Family::gauge("sockq_mode", HELP_MODE);
         mode.push(
             match &snapshot.polling {
@@ -317,7 +329,7 @@ impl SnapshotCollector {
         families.extend(queues::families(snapshot));
         families.extend(netns::families(snapshot));
         families.extend(nagle::families(snapshot));
-        families.extend([transitions, lost, mode, probes, build_info]);
+        families.extend([transitions, lost, ring, mode, probes, build_info]);
         Self { families }
     }
 }
@@ -636,10 +648,14 @@ mod tests {
         assert!(!text.contains("_total_total"), "{text}");
         assert_eq!(text.matches("sockq_listener_info{").count(), 3, "{text}");
         // Every family has help and type: the nine above, plus the full-queue gauge,
-        // the SO_REUSEPORT group size (no kernel stats in this snapshot) and the mode.
-        assert!(text.contains("sockq_mode{mode=\"ebpf\",reason=\"\"} 1\n"), "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 12, "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 12, "{text}");
+        // the SO_REUSEPORT group size (no kernel stats in this snapshot), the mode and
+        // the ring buffer's records.
+        assert!(
+            text.contains("sockq_mode{mode=\"ebpf\",reason=\"\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# HELP ").count(), 13, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 13, "{text}");
     }
 
     #[test]
