@@ -57,6 +57,7 @@ pub enum DaemonError {
 pub fn run(config: RunConfig) -> Result<(), DaemonError> {
     // Files sockq might create (none today) are private.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    raise_fd_limit();
     // Bind first: a port in use is the most common start-up failure; say so before
     // touching the kernel.
     let listener = http::bind_std(config.metrics_addr)?;
@@ -194,6 +195,22 @@ async fn run_async(
     }
     drop(poller); // detaches the programs
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: every metrics client and
+/// every namespace entered holds a descriptor, and 1024 is easy to reach when a
+/// port is flooded with idle connections.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
 }
 
 /// Loads and attaches the probes; the error says why none could be.
