@@ -33,8 +33,9 @@ const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// Tools the tests use as oracles and peers: `ss`/`ip` (iproute2), `promtool`
 /// (prometheus), `bpftool`, `setpriv` (util-linux), and real servers and load
 /// generators: nginx, redis-server (with redis-benchmark), ab (apache2-utils); tmux
-/// runs `sockq top` in a terminal; chromium renders the status page headless.
-const TEST_PACKAGES: [&str; 9] = [
+/// runs `sockq top` in a terminal; chromium renders the status page headless; hping3
+/// floods SYNs between the load tests' own namespaces.
+const TEST_PACKAGES: [&str; 10] = [
     "iproute2",
     "prometheus",
     "bpftool",
@@ -44,6 +45,7 @@ const TEST_PACKAGES: [&str; 9] = [
     "util-linux",
     "tmux",
     "chromium",
+    "hping3",
 ];
 
 /// What the build needs to know from the set-up.

@@ -44,6 +44,17 @@
 //!                                                 its own for SECONDS; `done ROUND_TRIPS S`
 //!   sockq-scenario bulk ADDR MBYTES               send MBYTES MiB in 64 KiB writes to a
 //!                                                 sink of its own on ADDR; `done MBYTES`
+//!   sockq-scenario many-listeners COUNT PORT      COUNT listeners on 127.0.0.1, ports
+//!                                                 PORT.. (explicit ports bind in constant
+//!                                                 time), RLIMIT_NOFILE raised to fit; held
+//!   sockq-scenario listen-burst COUNT MS          fork COUNT children at once, each
+//!                                                 listening on 127.0.0.1 for MS ms then
+//!                                                 exiting; reaps them all, then prints
+//!                                                 `done LISTENED` (children that listened)
+//!   sockq-scenario accept-every ADDR MS           listen(128); a thread accepts one
+//!                                                 connection every MS ms (blocked in
+//!                                                 accept while none is queued), keeping
+//!                                                 them; until stdin closes
 
 use std::{
     io::{Read as _, Write as _},
@@ -81,6 +92,9 @@ fn main() -> ExitCode {
         ["wwr-client", addr, rounds, nodelay] => wwr_client_scenario(addr, rounds, nodelay),
         ["bulk", addr, mbytes] => bulk_scenario(addr, mbytes),
         ["pingpong", addr, seconds, conns] => pingpong_scenario(addr, seconds, conns),
+        ["many-listeners", count, port] => many_ports_scenario(count, port),
+        ["listen-burst", count, ms] => listen_burst_scenario(count, ms),
+        ["accept-every", addr, ms] => accept_every_scenario(addr, ms),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -729,5 +743,111 @@ fn pingpong_scenario(addr: &str, seconds: &str, conns: &str) -> Result<(), Strin
         "done {total} {:.3}",
         start.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// Raises RLIMIT_NOFILE (soft and hard, as root may) to fit COUNT descriptors more.
+fn raise_nofile(count: &str) -> Result<(), String> {
+    let count: libc::rlim_t = parse(count, "count")?;
+    let want = count + 256;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if lim.rlim_cur >= want {
+        return Ok(());
+    }
+    lim.rlim_cur = want;
+    lim.rlim_max = lim.rlim_max.max(want);
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } != 0 {
+        return Err(format!(
+            "setrlimit RLIMIT_NOFILE {want}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn many_ports_scenario(count: &str, first_port: &str) -> Result<(), String> {
+    raise_nofile(count)?;
+    let count: u16 = parse(count, "count")?;
+    let first: u16 = parse(first_port, "port")?;
+    let last = first
+        .checked_add(count)
+        .ok_or_else(|| format!("{count} ports from {first} do not fit"))?;
+    let held = (first..last)
+        .map(|port| {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+                .map_err(|e| format!("listener on port {port}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    say(&format!("ready {}", held.len()));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+/// Forks COUNT children as fast as it can; each listens on 127.0.0.1 (an ephemeral
+/// port) for MS ms and exits, 0 when its listen succeeded. Reaps them all and
+/// reports how many listened.
+fn listen_burst_scenario(count: &str, ms: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let hold = Duration::from_millis(parse(ms, "milliseconds")?);
+    let mut children = Vec::with_capacity(count);
+    for i in 0..count {
+        // SAFETY: single-threaded; the child only binds, sleeps and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork {i}: {}", std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            let code = match std::net::TcpListener::bind("127.0.0.1:0") {
+                Ok(l) => {
+                    std::thread::sleep(hold);
+                    drop(l);
+                    0
+                }
+                Err(_) => 1,
+            };
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        children.push(pid);
+    }
+    let mut listened = 0usize;
+    for pid in children {
+        let mut status = 0;
+        // SAFETY: reaps our own child.
+        if unsafe { libc::waitpid(pid, &raw mut status, 0) } == pid
+            && libc::WIFEXITED(status)
+            && libc::WEXITSTATUS(status) == 0
+        {
+            listened += 1;
+        }
+    }
+    say(&format!("done {listened}"));
+    Ok(())
+}
+
+fn accept_every_scenario(addr: &str, ms: &str) -> Result<(), String> {
+    let every = Duration::from_millis(parse(ms, "milliseconds")?);
+    let (socket, local) = listener(addr, 128)?;
+    let listener: std::net::TcpListener = socket.into();
+    std::thread::spawn(move || {
+        let mut accepted = Vec::new();
+        loop {
+            std::thread::sleep(every);
+            match listener.accept() {
+                Ok((conn, _)) => accepted.push(conn),
+                Err(_) => return,
+            }
+        }
+    });
+    say(&format!("ready {local}"));
+    wait_for_stdin_close();
     Ok(())
 }
