@@ -154,6 +154,7 @@ async fn run_async(
         .map_err(DaemonError::Signal)?;
     let mut poller = Poller::new(probes, stall_rx, ring, polling);
     let mut ticker = tokio::time::interval(config.interval);
+    let (mut peak_listeners, mut trims_left) = (0usize, 0u8);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -163,7 +164,19 @@ async fn run_async(
             _ = sigterm.recv() => break,
         }
         let (snapshot, events, stalls) = poller.poll().await;
+        let listeners = snapshot.listeners.len();
         state.replace(snapshot);
+        // After a big shrink, give the memory back once the old snapshot is gone, and
+        // again over the next polls (a scrape may still have held a copy).
+        if shrank_a_lot(peak_listeners, listeners) {
+            trims_left = 3;
+            peak_listeners = listeners;
+        }
+        peak_listeners = peak_listeners.max(listeners);
+        if trims_left > 0 {
+            trims_left -= 1;
+            give_memory_back();
+        }
         for notice in stalls {
             tracing::warn!("{}", notice.message);
             match serde_json::to_value(&notice) {
@@ -195,6 +208,23 @@ async fn run_async(
     }
     drop(poller); // detaches the programs
     Ok(())
+}
+
+/// Whether the inventory shrank enough that the memory of the bigger one is worth
+/// returning to the system (thousands of listeners cost ~20 KiB each at the peak).
+fn shrank_a_lot(before: usize, now: usize) -> bool {
+    before >= 1000 && now <= before / 2
+}
+
+/// Returns freed heap memory to the kernel. glibc keeps what a peak freed in its
+/// arenas; after 10,000 listeners come and go, RSS would otherwise stay ~5x the idle
+/// footprint.
+fn give_memory_back() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Raises the soft limit on open files to the hard one: every metrics client and
@@ -634,6 +664,17 @@ fn event_addr(ev: &ListenerEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::thread_state;
+
+    #[test]
+    fn memory_goes_back_after_a_big_shrink_only() {
+        assert!(super::shrank_a_lot(10_000, 0));
+        assert!(super::shrank_a_lot(2_000, 1_000));
+        assert!(!super::shrank_a_lot(2_000, 1_001));
+        assert!(
+            !super::shrank_a_lot(999, 0),
+            "small inventories are not worth a trim"
+        );
+    }
 
     #[test]
     fn state_after_a_hostile_comm() {

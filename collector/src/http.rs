@@ -237,6 +237,7 @@ fn router(state: SharedState) -> Router {
         .route("/metrics", get(metrics))
         .route("/events/recent", get(recent_events))
         .route("/api/listeners", get(api_listeners))
+        .route("/api/nagle", get(api_nagle))
         .with_state(state)
 }
 
@@ -255,6 +256,15 @@ pub(crate) async fn index() -> &'static str {
 async fn api_listeners(State(state): State<SharedState>) -> Response {
     let rows = crate::cli::listeners::rows_from_snapshot(&state.snapshot());
     match serde_json::to_string(&rows) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Nagle holds, delayed ACKs and stalls per (netns, listener, process), as JSON
+/// (what `sockq top` shows below the listeners).
+async fn api_nagle(State(state): State<SharedState>) -> Response {
+    match serde_json::to_string(&state.snapshot().nagle) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

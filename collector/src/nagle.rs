@@ -23,7 +23,9 @@ use crate::model::{Histogram, Listener};
 pub const MAX_SERIES: usize = 256;
 
 /// Who a series is about.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub struct SeriesKey {
     pub netns: u64,
     /// `ip:port` of the listener whose port the connections use locally (server
@@ -37,7 +39,7 @@ pub struct SeriesKey {
 }
 
 /// Totals of one series.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct NagleSeries {
     pub key: SeriesKey,
     pub delack_armed: u64,

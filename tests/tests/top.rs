@@ -35,8 +35,17 @@ fn wait_screen(session: &str, what: &str, check: impl Fn(&str) -> bool) -> Strin
 #[test]
 fn top_shows_a_full_queue_sorts_and_quits() {
     let ns = Netns::new("top");
-    let daemon = Daemon::start("0.2");
+    let daemon = Daemon::start_with(&["--interval", "0.2", "--nagle"]);
     let scenario = ns.scenario(&["backlog", "127.0.0.1:7061", "2", "8"]);
+    // A write-write-read client without TCP_NODELAY: ~25 Nagle x delayed-ACK stalls a
+    // second for about 20 s.
+    let wwr = ns.scenario(&["wwr-server", "127.0.0.1:7062"]);
+    let mut client = ns
+        .command(sockq_tests::scenario_bin())
+        .args(["wwr-client", "127.0.0.1:7062", "500", "0"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("wwr-client");
     let session = format!("sockq-top-{}", std::process::id());
     let command = format!(
         "{} top --metrics-addr {} --interval 0.5",
@@ -71,6 +80,25 @@ fn top_shows_a_full_queue_sorts_and_quits() {
         "wider than 80 columns:\n{s}"
     );
 
+    // The stalled client below the listeners, with its rate and typical stall.
+    let s = wait_screen(&session, "the stalled client", |s| {
+        s.contains("NAGLE x DELAYED-ACK STALLS/s")
+            && s.lines().any(|l| {
+                l.contains(&format!("{}/sockq-scenario (client side)", client.id()))
+                    && l.split_whitespace()
+                        .next()
+                        .and_then(|r| r.parse::<f64>().ok())
+                        .is_some_and(|rate| (10.0..=30.0).contains(&rate))
+                    && l.contains("ms")
+            })
+    });
+    assert!(
+        s.lines().all(|l| l.chars().count() <= 80),
+        "wider than 80 columns:\n{s}"
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+
     tmux(&["send-keys", "-t", &session, "s"]);
     wait_screen(&session, "the new sort order", |s| {
         s.contains("sort: drops/s")
@@ -83,4 +111,5 @@ fn top_shows_a_full_queue_sorts_and_quits() {
         std::thread::sleep(Duration::from_millis(100));
     }
     scenario.finish();
+    wwr.finish();
 }

@@ -73,6 +73,22 @@ pub fn from_daemon(addr: SocketAddr) -> Option<Vec<ListenerRow>> {
     serde_json::from_str(&body).ok()
 }
 
+/// The running daemon's Nagle / delayed-ACK series (`/api/nagle`), if it answers.
+pub fn nagle_from_daemon(addr: SocketAddr) -> Option<Vec<crate::nagle::NagleSeries>> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(1)))
+        .build()
+        .new_agent();
+    let body = agent
+        .get(&format!("http://{addr}/api/nagle"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
 /// The table, one line per listener, widths fitted to the content.
 pub fn render_table(rows: &[ListenerRow]) -> String {
     let header = [

@@ -18,8 +18,12 @@ use crossterm::{
     terminal::{self, ClearType},
 };
 
-use super::listeners::{ListenerRow, from_daemon, rows_from_inventory};
-use crate::{inventory, text::escape};
+use super::listeners::{ListenerRow, from_daemon, nagle_from_daemon, rows_from_inventory};
+use crate::{
+    inventory,
+    nagle::{NagleSeries, SeriesKey},
+    text::escape,
+};
 
 /// Sort orders `s` cycles through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,9 +124,43 @@ pub fn lines(
     out
 }
 
-/// The screen, at most `width` columns and `height` lines.
+/// A process stalled by Nagle x delayed ACKs, with its rate since the last refresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stalls {
+    pub key: SeriesKey,
+    pub per_s: f64,
+    /// Mean stall since sockq started, seconds.
+    pub typical: f64,
+}
+
+/// The processes whose stall count grew since `previous`, busiest first.
+pub fn stalls(
+    series: &[NagleSeries],
+    previous: &HashMap<SeriesKey, u64>,
+    elapsed: Duration,
+) -> Vec<Stalls> {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let mut out: Vec<Stalls> = series
+        .iter()
+        .filter_map(|s| {
+            let before = previous.get(&s.key).copied().unwrap_or(s.stalls);
+            let grew = s.stalls.saturating_sub(before);
+            (grew > 0).then(|| Stalls {
+                key: s.key.clone(),
+                per_s: grew as f64 / secs,
+                typical: s.stall_seconds / s.stalls.max(1) as f64,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.per_s.total_cmp(&a.per_s));
+    out
+}
+
+/// The screen, at most `width` columns and `height` lines: the listeners, then
+/// (when any) the processes Nagle x delayed-ACK stalls are slowing down.
 pub fn render(
     lines: &[Line],
+    stalled: &[Stalls],
     source: &str,
     sort: SortBy,
     filter: &str,
@@ -141,7 +179,13 @@ pub fn render(
         "LISTEN", "QUEUE", "DEPTH", "DROP/s", "WAIT99", "SYNQ"
     );
     let _ = writeln!(out, "{}", truncate(&header, width));
-    for line in lines.iter().take(height.saturating_sub(3)) {
+    // Up to three stalled processes, below the listeners.
+    let footer = if stalled.is_empty() {
+        0
+    } else {
+        1 + stalled.len().min(3)
+    };
+    for line in lines.iter().take(height.saturating_sub(3 + footer)) {
         let bar_len = 10usize;
         let filled = ((line.fill.min(1.0)) * bar_len as f64).round() as usize;
         let bar = format!("[{}{}]", "#".repeat(filled), ".".repeat(bar_len - filled));
@@ -165,6 +209,31 @@ pub fn render(
         );
         let _ = writeln!(out, "{}", truncate(&row, width));
     }
+    if footer > 0 {
+        let _ = writeln!(
+            out,
+            "{}",
+            truncate(
+                "NAGLE x DELAYED-ACK STALLS/s  TYPICAL  PROCESS (listener)",
+                width
+            )
+        );
+        for s in stalled.iter().take(3) {
+            let listener = if s.key.listen_addr.is_empty() {
+                "client side".to_owned()
+            } else {
+                s.key.listen_addr.clone()
+            };
+            let row = format!(
+                "{:>28.1} {:>6.0}ms  {}/{} ({listener})",
+                s.per_s,
+                s.typical * 1e3,
+                s.key.pid,
+                escape(&s.key.comm)
+            );
+            let _ = writeln!(out, "{}", truncate(&row, width));
+        }
+    }
     out
 }
 
@@ -172,15 +241,27 @@ fn truncate(s: &str, width: usize) -> String {
     s.chars().take(width).collect()
 }
 
-fn fetch(addr: SocketAddr) -> (Vec<ListenerRow>, &'static str) {
+/// What one refresh shows: listeners, Nagle series (only from a daemon), source.
+struct Sample {
+    rows: Vec<ListenerRow>,
+    nagle: Vec<NagleSeries>,
+    source: &'static str,
+}
+
+fn fetch(addr: SocketAddr) -> Sample {
     match from_daemon(addr) {
-        Some(rows) => (rows, "daemon"),
-        None => (
-            inventory::scan()
+        Some(rows) => Sample {
+            rows,
+            nagle: nagle_from_daemon(addr).unwrap_or_default(),
+            source: "daemon",
+        },
+        None => Sample {
+            rows: inventory::scan()
                 .map(rows_from_inventory)
                 .unwrap_or_default(),
-            "local inventory (no daemon: no acceptors or patterns)",
-        ),
+            nagle: Vec::new(),
+            source: "local inventory (no daemon: no acceptors or patterns)",
+        },
     }
 }
 
@@ -204,14 +285,19 @@ fn event_loop(
     let mut filter = String::new();
     let mut editing: Option<String> = None;
     let mut previous: HashMap<u64, u64> = HashMap::new();
-    let mut last = Instant::now();
-    let (mut rows, mut source) = fetch(addr);
+    let mut previous_stalls: HashMap<SeriesKey, u64> = HashMap::new();
+    // Rates are over the time between the two samples compared, not until now.
+    let mut fetched = Instant::now();
+    let mut between = Duration::from_secs(1);
+    let mut sample = fetch(addr);
     loop {
         let (width, height) = terminal::size().unwrap_or((80, 24));
-        let shown = lines(&rows, &previous, last.elapsed(), &filter, sort);
+        let shown = lines(&sample.rows, &previous, between, &filter, sort);
+        let stalled = stalls(&sample.nagle, &previous_stalls, between);
         let mut screen = render(
             &shown,
-            source,
+            &stalled,
+            sample.source,
             sort,
             &filter,
             usize::from(width),
@@ -263,12 +349,20 @@ fn event_loop(
             }
             continue;
         }
-        previous = rows
+        previous = sample
+            .rows
             .iter()
             .map(|r| (r.listener.inode, r.listener.drops))
             .collect();
-        last = Instant::now();
-        (rows, source) = fetch(addr);
+        previous_stalls = sample
+            .nagle
+            .iter()
+            .map(|s| (s.key.clone(), s.stalls))
+            .collect();
+        let now = Instant::now();
+        between = now - fetched;
+        fetched = now;
+        sample = fetch(addr);
     }
 }
 
@@ -318,7 +412,7 @@ mod tests {
             .len(),
             1
         );
-        let screen = render(&by_fill, "daemon", SortBy::Fill, "", 80, 24);
+        let screen = render(&by_fill, &[], "daemon", SortBy::Fill, "", 80, 24);
         assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
         assert!(screen.contains("[##########]"), "{screen}");
         assert!(screen.contains("7/evil\\n\\x1b["), "{screen}");
@@ -326,5 +420,58 @@ mod tests {
             !screen.contains('\x1b'),
             "no raw escape from a process name"
         );
+    }
+
+    fn series(pid: u32, comm: &str, stalls: u64) -> NagleSeries {
+        NagleSeries {
+            key: SeriesKey {
+                netns: 1,
+                listen_addr: String::new(),
+                pid,
+                comm: comm.into(),
+            },
+            delack_armed: 0,
+            delack_fired: 0,
+            delack_cancelled: 0,
+            delack_delay: crate::model::Histogram::default(),
+            nagle_hold: crate::model::Histogram::default(),
+            stalls,
+            stall_seconds: stalls as f64 * 0.04,
+        }
+    }
+
+    #[test]
+    fn stalled_processes_below_the_listeners() {
+        let before = [series(10, "client", 100), series(11, "quiet", 5)];
+        let previous: HashMap<SeriesKey, u64> =
+            before.iter().map(|s| (s.key.clone(), s.stalls)).collect();
+        let now = [
+            series(10, "client", 150),
+            series(11, "quiet", 5),
+            series(12, "bad\x1b[2J", 3),
+        ];
+        let stalled = stalls(&now, &previous, Duration::from_secs(2));
+        // pid 11 did not stall since; pid 12 is new: its count so far is the baseline.
+        assert_eq!(stalled.len(), 1, "{stalled:?}");
+        assert!((stalled[0].per_s - 25.0).abs() < 1e-9);
+        let rows = [row(80, 1, 10)];
+        let shown = lines(
+            &rows,
+            &HashMap::new(),
+            Duration::from_secs(2),
+            "",
+            SortBy::Fill,
+        );
+        let screen = render(&shown, &stalled, "daemon", SortBy::Fill, "", 80, 24);
+        assert!(screen.contains("NAGLE x DELAYED-ACK"), "{screen}");
+        assert!(screen.contains("25.0"), "{screen}");
+        assert!(screen.contains("40ms  10/client (client side)"), "{screen}");
+        assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
+        let hostile = HashMap::from([(now[2].key.clone(), 0)]);
+        let hostile = stalls(&now, &hostile, Duration::from_secs(1));
+        assert_eq!(hostile.len(), 1);
+        let escaped = render(&shown, &hostile, "daemon", SortBy::Fill, "", 80, 24);
+        assert!(escaped.contains("12/bad\\x1b[2J"), "{escaped}");
+        assert!(!escaped.contains('\x1b'), "{escaped}");
     }
 }
