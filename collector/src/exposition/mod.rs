@@ -516,6 +516,43 @@ mod tests {
         snapshot
     }
 
+    /// The README's metrics reference names every family sockq exports.
+    #[test]
+    fn every_metric_is_in_the_readme_reference() {
+        let mut snapshot = fixture_with_kernel_stats();
+        let mut series = crate::nagle::Accumulator::default();
+        let mut stats = collector_common::nagle::ConnStats::ZERO;
+        (
+            stats.delack_armed,
+            stats.delack_fired,
+            stats.holds,
+            stats.stalls,
+        ) = (2, 1, 1, 1);
+        stats.delay_hist[3] = 1;
+        stats.hold_hist[3] = 1;
+        let key = collector_common::nagle::ConnKey {
+            netns: 1,
+            tgid: 42,
+            port: 0,
+            _pad: [0; 6],
+        };
+        series.update(&[(key, stats)], &[], |_| Some("client".into()));
+        snapshot.nagle = series.series();
+        snapshot.tcp_sends = Some([1, 2, 3]);
+        let text = render(&snapshot, &build()).expect("render");
+        let readme = include_str!("../../../README.md");
+        let undocumented: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| !readme.contains(&format!("`{name}")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "missing from README.md's metrics reference: {undocumented:?}"
+        );
+    }
+
     #[test]
     fn kernel_stats_pass_promtool() {
         let text = render(&fixture_with_kernel_stats(), &build()).expect("render");
