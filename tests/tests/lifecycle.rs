@@ -199,6 +199,19 @@ fn ss_queue(port: u16) -> (f64, f64) {
     (q(f.next()), q(f.next()))
 }
 
+/// `sockq` as user nobody without any capability (util-linux's setpriv).
+fn unprivileged() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(sockq_bin());
+    cmd
+}
+
 #[test]
 fn without_privileges_it_polls_and_says_why() {
     let port = free_port();
@@ -219,14 +232,7 @@ fn without_privileges_it_polls_and_says_why() {
     assert!(ready.starts_with("ready"), "{ready}");
     let metrics_addr: std::net::SocketAddr =
         format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(sockq_bin())
+    let child = unprivileged()
         .args([
             "run",
             "--metrics-addr",
@@ -287,17 +293,7 @@ fn without_privileges_it_polls_and_says_why() {
         "the log names what is missing: {log}"
     );
     // doctor, unprivileged, says the same and fails.
-    let doctor = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(sockq_bin())
-        .arg("doctor")
-        .output()
-        .expect("sockq doctor");
+    let doctor = unprivileged().arg("doctor").output().expect("sockq doctor");
     let text = String::from_utf8_lossy(&doctor.stdout);
     assert!(!doctor.status.success(), "{text}");
     assert!(

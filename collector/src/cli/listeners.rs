@@ -59,28 +59,23 @@ pub fn rows_from_inventory(listeners: Vec<Listener>) -> Vec<ListenerRow> {
 
 /// The running daemon's rows, if one answers at `addr` within a second.
 pub fn from_daemon(addr: SocketAddr) -> Option<Vec<ListenerRow>> {
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(1)))
-        .build()
-        .new_agent();
-    let body = agent
-        .get(&format!("http://{addr}/api/listeners"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    serde_json::from_str(&body).ok()
+    get_json(addr, "/api/listeners")
 }
 
 /// The running daemon's Nagle / delayed-ACK series (`/api/nagle`), if it answers.
 pub fn nagle_from_daemon(addr: SocketAddr) -> Option<Vec<crate::nagle::NagleSeries>> {
+    get_json(addr, "/api/nagle")
+}
+
+/// GET `path` from the daemon and decode its JSON; `None` when it does not answer
+/// within a second or answers something else.
+fn get_json<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> Option<T> {
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(1)))
         .build()
         .new_agent();
     let body = agent
-        .get(&format!("http://{addr}/api/nagle"))
+        .get(&format!("http://{addr}{path}"))
         .call()
         .ok()?
         .body_mut()
