@@ -15,6 +15,14 @@ use fallible_iterator::FallibleIterator as _;
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// How many members one [`Layout::member`] lookup may examine. A real kernel needs
+/// far fewer (on 6.18 the most is 133, for `task_struct.files`); only malformed BTF
+/// gets near this.
+const MEMBER_VISITS: u32 = 10_000;
+
+/// Why [`LayoutError::Malformed`]: offsets that do not fit in 32 bits.
+const OFFSET_OVERFLOW: &str = "its bit offsets add up past 2^32";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     #[error(
@@ -36,6 +44,12 @@ pub enum LayoutError {
     Bitfield { strukt: String, path: String },
     #[error("kernel BTF: `{strukt}.{path}` is at a bit offset that is not a byte boundary")]
     Unaligned { strukt: String, path: String },
+    #[error("kernel BTF is malformed: looking up `{strukt}.{path}`, {why}")]
+    Malformed {
+        strukt: String,
+        path: String,
+        why: &'static str,
+    },
     #[error("kernel BTF lookup of `{what}` failed")]
     Lookup {
         what: String,
@@ -70,6 +84,15 @@ impl Field {
         }
         Ok(self.bit_offset / 8)
     }
+}
+
+/// What [`Layout::find_member`] found.
+enum Found {
+    /// The member: its field (offset relative to the struct searched) and type.
+    Member(Field, Type),
+    Nothing,
+    /// Malformed BTF that cannot be searched, and why.
+    Malformed(&'static str),
 }
 
 /// The kernel's type information.
@@ -112,14 +135,28 @@ impl Layout {
             bitfield_size: None,
         };
         let components: Vec<&str> = path.split('.').collect();
+        let malformed = |why| LayoutError::Malformed {
+            strukt: strukt.into(),
+            path: path.into(),
+            why,
+        };
+        let mut budget = MEMBER_VISITS;
         for (i, name) in components.iter().enumerate() {
             let (member_field, member_type) =
-                self.find_member(&current, name, 0)?
-                    .ok_or_else(|| LayoutError::NoMember {
-                        strukt: strukt.into(),
-                        path: path.into(),
-                    })?;
-            field.bit_offset += member_field.bit_offset;
+                match self.find_member(&current, name, 0, &mut budget)? {
+                    Found::Member(field, ty) => (field, ty),
+                    Found::Nothing => {
+                        return Err(LayoutError::NoMember {
+                            strukt: strukt.into(),
+                            path: path.into(),
+                        });
+                    }
+                    Found::Malformed(why) => return Err(malformed(why)),
+                };
+            field.bit_offset = field
+                .bit_offset
+                .checked_add(member_field.bit_offset)
+                .ok_or_else(|| malformed(OFFSET_OVERFLOW))?;
             field.bitfield_size = member_field.bitfield_size;
             if i + 1 < components.len() {
                 current = match self.strip(member_type)? {
@@ -229,13 +266,21 @@ impl Layout {
         s: &btf_rs::Struct,
         name: &str,
         depth: u32,
-    ) -> Result<Option<(Field, Type)>, LayoutError> {
+        budget: &mut u32,
+    ) -> Result<Found, LayoutError> {
         // Anonymous nesting in real kernels is a few levels deep; the bound keeps
         // malformed (cyclic) BTF from recursing forever.
         if depth > 16 {
-            return Ok(None);
+            return Ok(Found::Nothing);
         }
         for m in &s.members {
+            // And this bounds the search of wide nestings (each level's anonymous
+            // members referring to the next level several times over), which
+            // would otherwise take exponential time within the depth bound.
+            let Some(left) = budget.checked_sub(1) else {
+                return Ok(Found::Malformed("too many anonymous members to search"));
+            };
+            *budget = left;
             let member_name = self.name_of(m)?;
             let member_type =
                 self.btf
@@ -249,20 +294,28 @@ impl Layout {
                 bitfield_size: m.bitfield_size(),
             };
             if member_name == name {
-                return Ok(Some((here, member_type)));
+                return Ok(Found::Member(here, member_type));
             }
             if member_name.is_empty()
                 && let Type::Struct(inner) | Type::Union(inner) = self.strip(member_type)?
-                && let Some((f, t)) = self.find_member(&inner, name, depth + 1)?
             {
-                let field = Field {
-                    bit_offset: here.bit_offset + f.bit_offset,
-                    bitfield_size: f.bitfield_size,
-                };
-                return Ok(Some((field, t)));
+                match self.find_member(&inner, name, depth + 1, budget)? {
+                    Found::Member(f, t) => {
+                        let Some(bit_offset) = here.bit_offset.checked_add(f.bit_offset) else {
+                            return Ok(Found::Malformed(OFFSET_OVERFLOW));
+                        };
+                        let field = Field {
+                            bit_offset,
+                            bitfield_size: f.bitfield_size,
+                        };
+                        return Ok(Found::Member(field, t));
+                    }
+                    Found::Nothing => {}
+                    malformed @ Found::Malformed(_) => return Ok(malformed),
+                }
             }
         }
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
@@ -520,6 +573,89 @@ mod tests {
             .err()
             .expect("error");
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+
+    /// BTF with `int`, `struct inner { int b @ bit 0x100 }`, `struct sock { struct
+    /// inner a @ bit 0xffff_ff00 }` and `struct anon { struct inner @ bit 0xffff_ff00 }`
+    /// (anonymous): offsets whose sum does not fit in 32 bits.
+    fn overflowing_btf() -> Vec<u8> {
+        let strings = b"\0int\0inner\0b\0sock\0a\0anon\0";
+        let name = |n: &str| {
+            let needle = format!("\0{n}\0");
+            let at = strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .expect("name");
+            u32::try_from(at + 1).expect("offset")
+        };
+        let struct_info = |vlen: u32| (4 << 24) | vlen;
+        #[rustfmt::skip]
+        let types: Vec<u32> = vec![
+            // [1] int
+            name("int"), 1 << 24, 4, 32,
+            // [2] struct inner
+            name("inner"), struct_info(1), 4, name("b"), 1, 0x100,
+            // [3] struct sock
+            name("sock"), struct_info(1), 4, name("a"), 2, 0xffff_ff00,
+            // [4] struct anon, its member anonymous
+            name("anon"), struct_info(1), 4, 0, 2, 0xffff_ff00,
+        ];
+        btf_blob(&types, strings)
+    }
+
+    /// A BTF header, then `types` (as little-endian words) and `strings`.
+    fn btf_blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let types: Vec<u8> = types.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let len = |b: &[u8]| u32::try_from(b.len()).expect("length");
+        let mut btf = vec![0x9f, 0xeb, 1, 0];
+        for word in [24, 0, len(&types), len(&types), len(strings)] {
+            btf.extend(u32::to_le_bytes(word));
+        }
+        btf.extend(types);
+        btf.extend(strings);
+        btf
+    }
+
+    #[test]
+    fn offsets_past_u32_are_errors_not_overflows() {
+        // Found by `cargo xtask fuzz` (target btf): `attempt to add with overflow`.
+        let layout = Layout::from_bytes(&overflowing_btf()).expect("parses");
+        for (strukt, path) in [("sock", "a.b"), ("anon", "b")] {
+            let err = layout.member(strukt, path).expect_err(path);
+            assert!(
+                matches!(
+                    err,
+                    LayoutError::Malformed {
+                        why: OFFSET_OVERFLOW,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        assert!(layout.kernel_offsets().is_err());
+    }
+
+    #[test]
+    fn wide_anonymous_nesting_is_searched_in_bounded_time() {
+        // Found while writing the fuzz target btf (a 128-byte input; the fuzzer
+        // had not produced it yet): `struct sock` made of 10 anonymous members of
+        // type `struct sock` took 10^16 steps to search.
+        let mut types: Vec<u32> = vec![1, (4 << 24) | 10, 8];
+        for _ in 0..10 {
+            types.extend([0, 1, 0]);
+        }
+        let layout = Layout::from_bytes(&btf_blob(&types, b"\0sock\0")).expect("parses");
+        let started = std::time::Instant::now();
+        let err = layout
+            .member("sock", "__sk_common.skc_num")
+            .expect_err("no such member");
+        assert!(matches!(err, LayoutError::Malformed { .. }), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `bench`: the cost of watching, side by side.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -64,6 +65,15 @@ enum Task {
         /// Rounds; the variants alternate and medians are reported.
         #[arg(long, default_value = "3")]
         rounds: usize,
+    },
+    /// Run each cargo-fuzz target (fuzz/: sock_diag, btf, cli, http) for a bounded
+    /// time, installing cargo-fuzz if missing; fails on any crash.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value = "20")]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
     },
 }
 
@@ -144,6 +154,7 @@ fn dispatch(task: Task) -> Result<()> {
                 &bench::Options { seconds, rounds },
             )
         }
+        Task::Fuzz { seconds, targets } => fuzz::run(&root, &fuzz::Options { seconds, targets }),
     }
 }
 

@@ -226,37 +226,65 @@ impl DiagSocket {
                     source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
                 });
             }
-            let mut offset = 0;
-            while offset < datagram.len() {
-                let rest = datagram.get(offset..).unwrap_or_default();
-                let message = NetlinkMessage::<SockDiagMessage>::deserialize(rest)
-                    .map_err(|source| InventoryError::Decode { request, source })?;
-                let length = message.header.length as usize;
-                if message.header.sequence_number == sequence {
-                    match message.payload {
-                        NetlinkPayload::Done(_) => return Ok(()),
-                        // A code-less NLMSG_ERROR is an ACK, which a dump does not
-                        // ask for; skip it if it comes anyway.
-                        NetlinkPayload::Error(error) if error.code.is_some() => {
-                            return Err(InventoryError::DumpRejected {
-                                request,
-                                source: error.to_io(),
-                            });
-                        }
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                            each(&response);
-                        }
-                        _ => {}
-                    }
-                }
-                if length == 0 {
-                    break;
-                }
-                // Messages are 4-byte aligned inside a datagram.
-                offset = offset.saturating_add(length.saturating_add(3) & !3);
+            if decode_datagram(datagram, sequence, request, &mut each)? == Dump::Done {
+                return Ok(());
             }
         }
     }
+}
+
+/// Where a dump stands after one datagram of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dump {
+    /// More datagrams follow.
+    More,
+    /// `NLMSG_DONE` arrived: the dump is complete.
+    Done,
+}
+
+/// Decodes one datagram of the answer to dump request number `sequence` (named
+/// `request` in errors), feeding each `inet_diag_msg` to `each`. Messages of other
+/// requests are skipped. Pure, so that it can be fuzzed (`fuzz/`): any bytes give
+/// `Ok` or `Err`, never a panic.
+pub fn decode_datagram(
+    datagram: &[u8],
+    sequence: u32,
+    request: &'static str,
+    each: &mut impl FnMut(&InetResponse),
+) -> Result<Dump, InventoryError> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let rest = datagram.get(offset..).unwrap_or_default();
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(rest)
+            .map_err(|source| InventoryError::Decode { request, source })?;
+        let length = message.header.length as usize;
+        if message.header.sequence_number == sequence {
+            match message.payload {
+                NetlinkPayload::Done(_) => return Ok(Dump::Done),
+                // A code-less NLMSG_ERROR is an ACK, which a dump does not ask for;
+                // skip it if it comes anyway.
+                NetlinkPayload::Error(error) if error.code.is_some() => {
+                    // Not `error.to_io()`: its `abs()` overflows on `i32::MIN`.
+                    return Err(InventoryError::DumpRejected {
+                        request,
+                        source: std::io::Error::from_raw_os_error(
+                            error.raw_code().saturating_abs(),
+                        ),
+                    });
+                }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    each(&response);
+                }
+                _ => {}
+            }
+        }
+        if length == 0 {
+            break;
+        }
+        // Messages are 4-byte aligned inside a datagram.
+        offset = offset.saturating_add(length.saturating_add(3) & !3);
+    }
+    Ok(Dump::More)
 }
 
 fn set_recv_timeout(socket: &impl AsFd) -> std::io::Result<()> {
@@ -273,7 +301,8 @@ fn cookie(id: &SocketId) -> u64 {
     (u64::from(high) << 32) | u64::from(low)
 }
 
-fn listener_from_response(response: &InetResponse) -> DiagListener {
+/// The listener an `inet_diag_msg` of a `TCPF_LISTEN` dump describes.
+pub fn listener_from_response(response: &InetResponse) -> DiagListener {
     let header = &response.header;
     let mut drops = 0;
     let mut v6only = false;
@@ -479,6 +508,107 @@ mod tests {
         id.cookie[..4].copy_from_slice(&low);
         id.cookie[4..].copy_from_slice(&high);
         assert_eq!(cookie(&id), 0x5566_7788_1122_3344);
+    }
+
+    /// A netlink message of `kind` answering request `seq`, padded to 4 bytes.
+    fn nlmsg(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(16 + payload.len()).expect("length");
+        let mut out = Vec::new();
+        out.extend(len.to_ne_bytes());
+        out.extend(kind.to_ne_bytes());
+        out.extend(2u16.to_ne_bytes()); // NLM_F_MULTI
+        out.extend(seq.to_ne_bytes());
+        out.extend(0u32.to_ne_bytes());
+        out.extend(payload);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    /// `struct inet_diag_msg` of an IPv4 listener on 127.0.0.1:`port`, then a
+    /// `INET_DIAG_SKMEMINFO` attribute with `drops`.
+    fn listener_msg(port: u16, inode: u32, drops: u32) -> Vec<u8> {
+        let mut out = vec![AF_INET, 10, 0, 0];
+        out.extend(port.to_be_bytes());
+        out.extend([0; 2]);
+        out.extend([127, 0, 0, 1]);
+        out.extend([0; 12 + 16 + 4]); // rest of src, dst, if
+        out.extend([1, 0, 0, 0, 0, 0, 0, 0]); // cookie
+        for word in [0u32, 5, 128, 0, inode] {
+            out.extend(word.to_ne_bytes()); // expires, rqueue, wqueue, uid, inode
+        }
+        out.extend(40u16.to_ne_bytes()); // rtattr: 4 + 9 * 4 bytes
+        out.extend(7u16.to_ne_bytes()); // INET_DIAG_SKMEMINFO
+        for i in 0..9u32 {
+            out.extend(if i == 8 { drops } else { 0 }.to_ne_bytes());
+        }
+        out
+    }
+
+    fn decode(datagram: &[u8], seq: u32) -> (Result<Dump, InventoryError>, Vec<DiagListener>) {
+        let mut listeners = Vec::new();
+        let result = decode_datagram(datagram, seq, "test", &mut |response| {
+            listeners.push(listener_from_response(response));
+        });
+        (result, listeners)
+    }
+
+    #[test]
+    fn decodes_listeners_until_done_skipping_other_requests() {
+        const DIAG: u16 = 20; // SOCK_DIAG_BY_FAMILY
+        const DONE: u16 = 3; // NLMSG_DONE
+        let datagram = [
+            nlmsg(DIAG, 7, &listener_msg(81, 11, 0)),
+            nlmsg(DIAG, 7 + 1, &listener_msg(80, 12, 4)),
+        ]
+        .concat();
+        let (result, listeners) = decode(&datagram, 8);
+        assert!(matches!(result, Ok(Dump::More)), "{result:?}");
+        assert_eq!(
+            listeners,
+            [DiagListener {
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 80,
+                inode: 12,
+                cookie: 1,
+                accept_queue_len: 5,
+                accept_queue_limit: 128,
+                drops: 4,
+                v6only: false,
+            }]
+        );
+        let done = nlmsg(DONE, 8, &0i32.to_ne_bytes());
+        let (result, listeners) = decode(
+            &[nlmsg(DIAG, 8, &listener_msg(80, 12, 4)), done].concat(),
+            8,
+        );
+        assert!(matches!(result, Ok(Dump::Done)), "{result:?}");
+        assert_eq!(listeners.len(), 1);
+        let (result, _) = decode(&datagram[..datagram.len() - 1], 8);
+        assert!(
+            matches!(result, Err(InventoryError::Decode { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn error_code_i32_min_is_a_rejection_not_an_overflow() {
+        // Found by `cargo xtask fuzz` (target sock_diag): netlink-packet-core's
+        // `ErrorMessage::to_io` negates the code, which overflows for i32::MIN.
+        const ERROR: u16 = 2; // NLMSG_ERROR
+        let (result, _) = decode(&nlmsg(ERROR, 1, &i32::MIN.to_ne_bytes()), 1);
+        match result {
+            Err(InventoryError::DumpRejected { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(i32::MAX));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (result, _) = decode(&nlmsg(ERROR, 1, &(-libc::EPERM).to_ne_bytes()), 1);
+        match result {
+            Err(InventoryError::DumpRejected { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
