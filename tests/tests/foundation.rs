@@ -286,44 +286,6 @@ fn doctor_reports_what_attaches_here() {
 }
 
 #[test]
-fn run_without_privileges_is_one_clear_line() {
-    require_root();
-    // setpriv (util-linux) drops to nobody with no capabilities. The binary is copied
-    // where nobody may execute it, wherever the checkout lives.
-    let dir = std::env::temp_dir().join(format!("sockq-nobody-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let bin = dir.join("sockq");
-    std::fs::copy(sockq_bin(), &bin).expect("copy sockq");
-    for path in [&dir, &bin] {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(&bin)
-        .args(["run", "--metrics-addr", "127.0.0.1:0"])
-        .output()
-        .expect("setpriv");
-    let _ = std::fs::remove_dir_all(&dir);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "expected one line, got:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("CAP_BPF") && stderr.contains("not running as root"),
-        "{stderr}"
-    );
-}
-
-#[test]
 fn metrics_port_in_use_is_a_clear_error() {
     require_root();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -199,8 +199,21 @@ fn ss_queue(port: u16) -> (f64, f64) {
     (q(f.next()), q(f.next()))
 }
 
-/// `sockq` as user nobody without any capability (util-linux's setpriv).
+/// `sockq` as user nobody without any capability (util-linux's setpriv). The binary
+/// is copied where nobody may execute it, wherever the checkout lives.
 fn unprivileged() -> Command {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("sockq-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bin = dir.join("sockq");
+    if !bin.exists() {
+        let partial = dir.join(format!("sockq.{:?}", std::thread::current().id()));
+        std::fs::copy(sockq_bin(), &partial).expect("copy sockq");
+        std::fs::rename(&partial, &bin).expect("rename");
+    }
+    for path in [&dir, &bin] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid=65534",
@@ -208,7 +221,7 @@ fn unprivileged() -> Command {
         "--clear-groups",
         "--inh-caps=-all",
     ])
-    .arg(sockq_bin());
+    .arg(bin);
     cmd
 }
 
