@@ -148,6 +148,10 @@ impl Accumulator {
             seen.insert(*key, *cur);
         }
         self.last = seen;
+        // Names are only needed while the kernel still has entries of the process:
+        // without this the cache would grow with every pid ever seen.
+        let live: std::collections::HashSet<u32> = self.last.keys().map(|k| k.tgid).collect();
+        self.comms.retain(|tgid, _| live.contains(tgid));
     }
 
     pub fn series(&self) -> Vec<NagleSeries> {

@@ -659,24 +659,27 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) -> Pro
     }
 }
 
-fn attach_raw(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
+/// Program `program` of the object, as the program type `T` its hook needs.
+fn program<'a, T>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(program)
         .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| format!("{e}"))
+}
+
+fn attach_raw(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), String> {
+    let prog: &mut RawTracePoint = program(ebpf, name)?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
     prog.attach(tracepoint)
         .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
-    let prog: &mut KProbe = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+fn attach_kprobe(ebpf: &mut Ebpf, name: &str, function: &str) -> Result<(), String> {
+    let prog: &mut KProbe = program(ebpf, name)?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
     prog.attach(function, 0)
         .map_err(|e| crate::error_chain(&e))?;
@@ -685,17 +688,13 @@ fn attach_kprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), S
 
 fn attach_classic(
     ebpf: &mut Ebpf,
-    program: &str,
-    category: &str,
     name: &str,
+    category: &str,
+    tracepoint: &str,
 ) -> Result<(), String> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let prog: &mut TracePoint = program(ebpf, name)?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
-    prog.attach(category, name)
+    prog.attach(category, tracepoint)
         .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
