@@ -1,35 +1,29 @@
 //! sockq: per-listener socket and kernel-queue observability.
 //!
-//! The library holds everything; `src/main.rs` is a thin CLI over it. Modules by domain:
-//! - kernel side: [`kernel_layout`] (struct offsets from BTF), [`tracefs`],
-//!   [`probes`] (load, attach with fallbacks, read the in-kernel aggregates),
-//!   [`privileges`];
-//! - inventory: [`inventory`] (listeners from sock_diag in every network namespace,
-//!   owners from procfs, `/proc/net/netstat`);
-//! - the data exchanged between the parts: [`model`] (no I/O);
-//! - export: [`exposition`] (Prometheus text), [`http`] (the metrics endpoint);
-//! - the commands: [`daemon`] (`sockq run`), [`doctor`], [`cli`]; [`text`] escapes
-//!   attacker-controlled names for terminals and logs.
+//! The library holds everything; `src/main.rs` is a thin CLI over it. The modules are
+//! the stages data flows through, and each may use only the ones listed before it
+//! (see ARCHITECTURE.md; `tests::layering` enforces it):
+//! - [`text`]: escaping attacker-controlled names, time formatting (no I/O);
+//! - [`model`]: the plain data exchanged between the stages, and the API's wire types;
+//! - [`kernel`]: access to the running kernel's facts: BTF layout, tracefs, kallsyms,
+//!   capabilities, sysctls;
+//! - [`probes`]: the eBPF programs: the probe table, load and attach with fallbacks,
+//!   reading and pruning their maps, decoding the ring buffer;
+//! - [`inventory`]: listeners from sock_diag in every network namespace, owners and
+//!   threads from procfs, the namespaces' own counters;
+//! - [`analysis`]: what the numbers mean: queue statistics, full-queue episodes,
+//!   execution patterns, Nagle stalls, and the poller that builds each snapshot;
+//! - [`export`]: Prometheus exposition, the HTTP server, the status page, the event log;
+//! - [`cmd`]: one module per subcommand.
 
-pub mod cli;
-pub mod daemon;
-pub mod doctor;
-pub mod episodes;
-pub mod event_log;
-pub mod exposition;
-pub mod http;
+pub mod analysis;
+pub mod cmd;
+pub mod export;
 pub mod inventory;
-pub mod kallsyms;
-pub mod kernel_layout;
+pub mod kernel;
 pub mod model;
-pub mod nagle;
-pub mod pattern;
-pub mod privileges;
 pub mod probes;
-pub mod queue_stats;
-pub mod status_page;
 pub mod text;
-pub mod tracefs;
 
 /// An error and its sources on one line, for logs and one-line CLI errors.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
@@ -41,4 +35,139 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The stages in the order they may depend on each other: a module may use only
+    /// modules of a lower rank (and its own). `probes` and `inventory` share a rank
+    /// and must not use each other.
+    const RANKS: [(&str, u8); 8] = [
+        ("text", 0),
+        ("model", 1),
+        ("kernel", 2),
+        ("probes", 3),
+        ("inventory", 3),
+        ("analysis", 4),
+        ("export", 5),
+        ("cmd", 6),
+    ];
+
+    fn rank(module: &str) -> Option<u8> {
+        RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
+    }
+
+    /// The top-level modules named by `crate::...` paths in `source`, including each
+    /// item of a `crate::{a, b::c}` group. Comments are skipped.
+    fn crate_paths(source: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for line in source.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            let mut rest = code;
+            while let Some(at) = rest.find("crate::") {
+                rest = &rest[at + "crate::".len()..];
+                if let Some(group) = rest.strip_prefix('{') {
+                    // A group may span lines: take the whole statement's top level.
+                    let _ = group;
+                    found.push("{".to_owned());
+                } else {
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    found.push(name);
+                }
+            }
+        }
+        found
+    }
+
+    /// Top-level names in every `crate::{ ... }` group of `source`.
+    fn group_items(source: &str) -> Vec<String> {
+        let mut items = Vec::new();
+        let mut rest = source;
+        while let Some(at) = rest.find("crate::{") {
+            rest = &rest[at + "crate::{".len()..];
+            let (mut depth, mut item, mut at_start) = (1, String::new(), true);
+            for c in rest.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 1 => at_start = true,
+                    c if depth == 1 && at_start && (c.is_ascii_alphanumeric() || c == '_') => {
+                        item.push(c);
+                        continue;
+                    }
+                    _ => {}
+                }
+                if !item.is_empty() {
+                    items.push(std::mem::take(&mut item));
+                    at_start = false;
+                }
+                if depth == 0 {
+                    break;
+                }
+            }
+        }
+        items
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn layering() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut violations = Vec::new();
+        for file in &files {
+            let relative = file.strip_prefix(&src).expect("under src");
+            let top = relative
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .map(|s| s.trim_end_matches(".rs").to_owned())
+                .unwrap_or_default();
+            let Some(own) = rank(&top) else {
+                continue; // lib.rs, main.rs
+            };
+            let text = std::fs::read_to_string(file).expect("read source");
+            let used = crate_paths(&text)
+                .into_iter()
+                .filter(|m| m != "{")
+                .chain(group_items(&text));
+            for module in used {
+                if module == top || module == "error_chain" {
+                    continue;
+                }
+                match rank(&module) {
+                    Some(r) if r < own => {}
+                    _ => violations.push(format!("{} uses crate::{module}", relative.display())),
+                }
+            }
+        }
+        assert!(
+            violations.is_empty(),
+            "dependencies must point down the stages (see ARCHITECTURE.md):\n{}",
+            violations.join("\n")
+        );
+    }
+
+    #[test]
+    fn layering_sees_grouped_and_plain_paths() {
+        let text = "use crate::{\n    export::http, model::{a, b},\n    probes,\n};\nlet x = crate::cmd::run();";
+        assert_eq!(group_items(text), ["export", "model", "probes"]);
+        assert_eq!(crate_paths(text), ["{", "cmd"]);
+    }
 }

@@ -1,5 +1,8 @@
 //! Making attacker-controlled text (process names, command lines) safe to print in a
-//! terminal or a log line. Prometheus and JSON output rely on their encoders instead.
+//! terminal or a log line (Prometheus and JSON output rely on their encoders instead),
+//! and the one time format of events and logs.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Printable ASCII passes through; backslash, quotes and everything else (control
 /// characters, bytes of invalid or non-ASCII UTF-8) become `\\`, `\"`, `\n`, `\xNN`.
@@ -31,8 +34,39 @@ pub fn comm_bytes(comm: &[u8]) -> &[u8] {
     &comm[..end]
 }
 
+/// `2026-11-23T03:04:05.678Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -47,5 +81,15 @@ mod tests {
     fn comm_stops_at_nul() {
         assert_eq!(comm_bytes(b"redis\0\0\0"), b"redis");
         assert_eq!(comm_bytes(b"0123456789abcdef"), b"0123456789abcdef");
+    }
+
+    #[test]
+    fn formats_utc_time() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_403_045_678);
+        assert_eq!(rfc3339(t), "2026-11-23T03:04:05.678Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockq::kernel_layout::Layout;
+use sockq::kernel::btf_layout::Layout;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(layout) = Layout::from_bytes(bytes) else {

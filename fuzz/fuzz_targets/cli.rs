@@ -8,7 +8,7 @@
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
 
 use libfuzzer_sys::fuzz_target;
-use sockq::cli::Cli;
+use sockq::cmd::Cli;
 
 fuzz_target!(|bytes: &[u8]| {
     let args =

@@ -1,5 +1,5 @@
 //! The metrics port: raw bytes from a client, through the real server
-//! (`sockq::http::serve`: hyper's HTTP/1 parser under axum, the idle-timeout
+//! (`sockq::export::http::serve`: hyper's HTTP/1 parser under axum, the idle-timeout
 //! wrapper, the router, and the `/metrics`, `/events/recent`, `/api/listeners`,
 //! `/index.txt` and status page handlers).
 //!
@@ -28,8 +28,10 @@ use std::{
 
 use libfuzzer_sys::fuzz_target;
 use sockq::{
-    exposition::BuildInfo,
-    http::{SharedState, bind, serve},
+    export::{
+        http::{SharedState, bind, serve},
+        prometheus::BuildInfo,
+    },
     model::{Listener, Owner, Snapshot},
 };
 

@@ -15,10 +15,11 @@ pub mod netstat;
 pub mod owners;
 pub mod process;
 pub mod sock_diag;
+pub mod threads;
 
 use std::{collections::HashSet, path::PathBuf};
 
-use crate::model::{Listener, NetnsInode};
+use crate::model::{Listener, NetnsInode, NetnsStats};
 
 pub use netns::Netns;
 pub use netstat::{Netstat, NetstatParseError, parse_netstat, read_netstat};
@@ -110,12 +111,15 @@ pub struct SkippedNetns {
     pub error: InventoryError,
 }
 
-/// The result of [`scan_report`]: the listeners, plus the namespaces that could not
-/// be inspected (e.g. all of them but our own when not running as root).
+/// The result of [`scan_report`]: the listeners and each namespace's own counters,
+/// plus the namespaces that could not be inspected (e.g. all of them but our own when
+/// not running as root).
 #[derive(Debug, Default)]
 pub struct ScanReport {
     /// Sorted by (netns, port, addr, inode).
     pub listeners: Vec<Listener>,
+    /// Counters and sysctls of each namespace that could be read.
+    pub netns: Vec<NetnsStats>,
     pub skipped: Vec<SkippedNetns>,
 }
 
@@ -129,18 +133,23 @@ pub fn scan() -> Result<Vec<Listener>, InventoryError> {
     scan_report().map(|report| report.listeners)
 }
 
-/// Like [`scan`], but also tells which namespaces were skipped and why.
+/// Like [`scan`], but also reads each namespace's counters in the same visit (one
+/// `setns` per namespace) and tells which namespaces were skipped and why.
 pub fn scan_report() -> Result<ScanReport, InventoryError> {
-    let host = Netns::host()?;
-    let mut namespaces = netns::enumerate(host.dev())?;
-    // The host namespace first, whatever the enumeration found.
-    namespaces.retain(|ns| ns.inode() != host.inode());
-    namespaces.insert(0, host);
-
     let mut report = ScanReport::default();
-    for (index, ns) in namespaces.iter().enumerate() {
-        match scan_netns_sockets(ns) {
-            Ok(listeners) => report.listeners.extend(listeners),
+    for (index, ns) in host_first_namespaces()?.iter().enumerate() {
+        match visit(ns) {
+            Ok((listeners, stats)) => {
+                report.listeners.extend(listeners);
+                match stats {
+                    Ok(stats) => report.netns.push(stats),
+                    Err(e) => tracing::debug!(
+                        netns = ns.inode(),
+                        "no namespace counters: {}",
+                        crate::error_chain(&e)
+                    ),
+                }
+            }
             Err(error) if index == 0 => return Err(error),
             Err(error) => {
                 tracing::debug!(netns = ns.inode(), error = %crate::error_chain(&error), "skipping network namespace");
@@ -156,6 +165,25 @@ pub fn scan_report() -> Result<ScanReport, InventoryError> {
     Ok(report)
 }
 
+/// Every network namespace of the host, ours first whatever the enumeration found.
+pub fn host_first_namespaces() -> Result<Vec<Netns>, InventoryError> {
+    let host = Netns::host()?;
+    let mut namespaces = netns::enumerate(host.dev())?;
+    namespaces.retain(|ns| ns.inode() != host.inode());
+    namespaces.insert(0, host);
+    Ok(namespaces)
+}
+
+type Visit = (Vec<Listener>, Result<NetnsStats, InventoryError>);
+
+/// One namespace, entered once: its listeners (no owners yet) and its counters.
+fn visit(ns: &Netns) -> Result<Visit, InventoryError> {
+    let netns = ns.inode();
+    let (socket, stats) =
+        ns.run(move || Ok((DiagSocket::open()?, netns_stats::read_current(netns))))?;
+    Ok((listeners_from(netns, socket)?, stats))
+}
+
 /// The listeners of one namespace, with SYN queue lengths and owners, sorted like
 /// [`scan`]'s.
 pub fn scan_netns(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
@@ -167,10 +195,16 @@ pub fn scan_netns(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
 
 /// The listeners of one namespace with their SYN queue lengths, but no owners.
 pub fn scan_netns_sockets(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
-    let netns = ns.inode();
     // Only the socket is created inside the namespace; it stays bound to it, so the
     // dumps run on the calling thread.
-    let mut socket = ns.run(DiagSocket::open)?;
+    listeners_from(ns.inode(), ns.run(DiagSocket::open)?)
+}
+
+/// The listeners a sock_diag socket of namespace `netns` dumps, with SYN queues.
+fn listeners_from(
+    netns: NetnsInode,
+    mut socket: DiagSocket,
+) -> Result<Vec<Listener>, InventoryError> {
     let diag_listeners = socket.listeners()?;
     // Taken after the listeners: a listener opened in between has no entry here,
     // and its first requests are attributed to a wildcard listener or dropped.

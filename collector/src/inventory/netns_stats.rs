@@ -10,10 +10,10 @@ use std::path::Path;
 
 use super::{
     InventoryError,
-    netns::{self, Netns},
+    netns::Netns,
     netstat::{self, Netstat},
 };
-use crate::model::NetnsStats;
+use crate::model::{NetnsInode, NetnsStats};
 
 /// The counters exported per namespace: ("Section.Name" in the kernel's files, the
 /// name sockq uses).
@@ -36,42 +36,21 @@ pub const COUNTERS: [(&str, &str); 13] = [
 /// Reads one namespace's counters and sysctls.
 pub fn read_netns_stats(ns: &Netns) -> Result<NetnsStats, InventoryError> {
     let netns = ns.inode();
-    ns.run(move || {
-        let mut all = read_pairs(Path::new("/proc/thread-self/net/netstat"))?;
-        all.extend(read_pairs(Path::new("/proc/thread-self/net/snmp"))?);
-        Ok(NetnsStats {
-            netns,
-            counters: select_counters(&all),
-            somaxconn: read_sysctl("/proc/sys/net/core/somaxconn"),
-            tcp_max_syn_backlog: read_sysctl("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
-            tcp_syncookies: read_sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
-            tcp_abort_on_overflow: read_sysctl("/proc/sys/net/ipv4/tcp_abort_on_overflow"),
-        })
-    })
+    ns.run(move || read_current(netns))
 }
 
-/// Every namespace's stats; namespaces that vanish or cannot be entered are skipped.
-pub fn scan_netns_stats() -> Vec<NetnsStats> {
-    let Ok(host) = Netns::host() else {
-        return Vec::new();
-    };
-    let mut namespaces = netns::enumerate(host.dev()).unwrap_or_default();
-    namespaces.retain(|ns| ns.inode() != host.inode());
-    namespaces.insert(0, host);
-    namespaces
-        .iter()
-        .filter_map(|ns| match read_netns_stats(ns) {
-            Ok(stats) => Some(stats),
-            Err(e) => {
-                tracing::debug!(
-                    netns = ns.inode(),
-                    "no namespace counters: {}",
-                    crate::error_chain(&e)
-                );
-                None
-            }
-        })
-        .collect()
+/// The counters and sysctls of the namespace the calling thread is in (`netns`).
+pub fn read_current(netns: NetnsInode) -> Result<NetnsStats, InventoryError> {
+    let mut all = read_pairs(Path::new("/proc/thread-self/net/netstat"))?;
+    all.extend(read_pairs(Path::new("/proc/thread-self/net/snmp"))?);
+    Ok(NetnsStats {
+        netns,
+        counters: select_counters(&all),
+        somaxconn: read_sysctl("/proc/sys/net/core/somaxconn"),
+        tcp_max_syn_backlog: read_sysctl("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
+        tcp_syncookies: read_sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
+        tcp_abort_on_overflow: read_sysctl("/proc/sys/net/ipv4/tcp_abort_on_overflow"),
+    })
 }
 
 fn read_pairs(path: &Path) -> Result<Netstat, InventoryError> {

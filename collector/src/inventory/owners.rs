@@ -64,7 +64,7 @@ pub fn socket_owners_in(proc_root: &Path, wanted: &HashSet<u64>) -> HashMap<u64,
         let details = super::process::read_details(proc_root, pid, &users);
         let owner = Owner {
             pid,
-            comm: read_comm(&process_dir),
+            comm: super::process::read_comm(&process_dir).unwrap_or_default(),
             cmdline: details.cmdline,
             user: details.user,
             cgroup: details.cgroup,
@@ -91,20 +91,6 @@ pub fn parse_socket_link(target: &OsStr) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// `/proc/PID/comm` without its trailing newline; non-UTF-8 bytes are replaced
-/// (U+FFFD). Empty if the process exited meanwhile.
-fn read_comm(process_dir: &Path) -> String {
-    match std::fs::read(process_dir.join("comm")) {
-        Ok(bytes) => comm_from_bytes(&bytes),
-        Err(_) => String::new(),
-    }
-}
-
-fn comm_from_bytes(bytes: &[u8]) -> String {
-    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
@@ -123,14 +109,6 @@ mod tests {
             parse_socket_link(OsStr::new("socket:[99999999999999999999999]")),
             None
         );
-    }
-
-    #[test]
-    fn comm_keeps_content() {
-        assert_eq!(comm_from_bytes(b"nginx\n"), "nginx");
-        assert_eq!(comm_from_bytes(b"a b\n\n"), "a b\n");
-        assert_eq!(comm_from_bytes(b"x\xffy\n"), "x\u{fffd}y");
-        assert_eq!(comm_from_bytes(b""), "");
     }
 
     #[test]

@@ -46,6 +46,22 @@ pub fn read_details(proc_root: &Path, pid: u32, users: &Users) -> ProcessDetails
     }
 }
 
+/// `comm` of the process or thread directory `dir` (`/proc/PID` or
+/// `/proc/PID/task/TID`) without its trailing newline; non-UTF-8 bytes are replaced
+/// (U+FFFD). `None` once it has exited. The one place sockq reads a task's name.
+pub fn read_comm(dir: &Path) -> Option<String> {
+    std::fs::read(dir.join("comm"))
+        .ok()
+        .map(|bytes| comm_from_bytes(&bytes))
+}
+
+/// A `comm` file's content: the name without its trailing newline, invalid UTF-8
+/// replaced.
+pub fn comm_from_bytes(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// NUL-separated arguments, joined by spaces (trailing NULs dropped); invalid UTF-8
 /// replaced.
 pub fn cmdline_from_bytes(raw: &[u8]) -> String {
@@ -145,6 +161,14 @@ mod tests {
     use super::*;
 
     const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
+
+    #[test]
+    fn comm_keeps_content() {
+        assert_eq!(comm_from_bytes(b"nginx\n"), "nginx");
+        assert_eq!(comm_from_bytes(b"a b\n\n"), "a b\n");
+        assert_eq!(comm_from_bytes(b"x\xffy\n"), "x\u{fffd}y");
+        assert_eq!(comm_from_bytes(b""), "");
+    }
 
     #[test]
     fn container_ids_of_common_runtimes() {

@@ -3,7 +3,7 @@
 //! (server side), empty for connections the process opened (client side).
 
 use super::{Family, Labels, queues::coarsen, queues::keep_wait_bound};
-use crate::{model::Snapshot, nagle::SeriesKey};
+use crate::model::{Snapshot, nagle::SeriesKey};
 
 const HELP_TIMERS: &str = "Delayed-ACK timers by what became of them (timer:timer_start and \
     timer:timer_expire_entry on tcp_delack_timer): armed for a new delayed ACK; fired with the \

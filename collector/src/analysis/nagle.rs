@@ -17,41 +17,13 @@ use collector_common::{
 };
 use serde::Serialize;
 
-use crate::model::{Histogram, Listener};
+use crate::model::{
+    Histogram, Listener,
+    nagle::{NagleSeries, SeriesKey},
+};
 
 /// Series kept per metric; beyond, new (netns, listener, process) keys are summed.
 pub const MAX_SERIES: usize = 256;
-
-/// Who a series is about.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-pub struct SeriesKey {
-    pub netns: u64,
-    /// `ip:port` of the listener whose port the connections use locally (server
-    /// side), empty for connections this process opened (client side).
-    pub listen_addr: String,
-    /// The process that last wrote to the connections; 0 when none was seen.
-    pub pid: u32,
-    /// Its name (attacker-controlled: escape where printed), `other` for the
-    /// overflow series.
-    pub comm: String,
-}
-
-/// Totals of one series.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct NagleSeries {
-    pub key: SeriesKey,
-    pub delack_armed: u64,
-    pub delack_fired: u64,
-    pub delack_cancelled: u64,
-    /// Arm-to-send time of delayed ACKs sent by their timer, seconds.
-    pub delack_delay: Histogram,
-    /// How long writes held back by Nagle waited, seconds.
-    pub nagle_hold: Histogram,
-    pub stalls: u64,
-    pub stall_seconds: f64,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Totals(ConnStats);
@@ -169,13 +141,6 @@ impl Accumulator {
             })
             .collect()
     }
-}
-
-/// `net.ipv4.ip_local_port_range` (`32768\t60999`).
-pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
-    let mut it = text.split_whitespace().map(str::parse::<u16>);
-    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
-    (lo <= hi && it.next().is_none()).then_some((lo, hi))
 }
 
 /// The kernel's microsecond buckets (`wait_bucket`) in seconds.
@@ -364,16 +329,6 @@ mod tests {
         assert_eq!(server.delack_delay.count(), 6);
         let p50 = server.delack_delay.quantile_bound(0.5).expect("non-empty");
         assert!((0.040..=0.041).contains(&p50), "{p50}");
-    }
-
-    #[test]
-    fn port_ranges() {
-        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
-        assert_eq!(parse_port_range("1024 65535"), Some((1024, 65535)));
-        assert_eq!(parse_port_range("60999 32768"), None);
-        assert_eq!(parse_port_range("x y"), None);
-        assert_eq!(parse_port_range("1 2 3"), None);
-        assert_eq!(parse_port_range(""), None);
     }
 
     #[test]

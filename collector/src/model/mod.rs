@@ -5,6 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
+pub mod api;
+pub mod nagle;
+pub mod pattern;
+
 /// Inode number of a network namespace (`stat -L /proc/PID/ns/net`), the identity
 /// the kernel itself uses (`net->ns.inum`).
 pub type NetnsInode = u64;
@@ -160,6 +164,38 @@ pub struct Acceptor {
     pub wchan: String,
 }
 
+/// Every accepting thread, sorted by listener socket: the order is the index by
+/// listener ([`Acceptors::of`] is a binary search), built once per snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<Acceptor>", into = "Vec<Acceptor>")]
+pub struct Acceptors(Vec<Acceptor>);
+
+impl Acceptors {
+    /// The threads that accepted from listener `socket`.
+    pub fn of(&self, socket: u64) -> &[Acceptor] {
+        let start = self.0.partition_point(|a| a.socket < socket);
+        let end = self.0.partition_point(|a| a.socket <= socket);
+        &self.0[start..end]
+    }
+
+    pub fn all(&self) -> &[Acceptor] {
+        &self.0
+    }
+}
+
+impl From<Vec<Acceptor>> for Acceptors {
+    fn from(mut threads: Vec<Acceptor>) -> Self {
+        threads.sort();
+        Self(threads)
+    }
+}
+
+impl From<Acceptors> for Vec<Acceptor> {
+    fn from(a: Acceptors) -> Self {
+        a.0
+    }
+}
+
 /// TCP states with the kernel's numbering (`include/net/tcp_states.h`).
 pub fn tcp_state_name(state: u8) -> &'static str {
     match state {
@@ -204,14 +240,14 @@ pub struct Snapshot {
     pub transitions: BTreeMap<TransitionKey, u64>,
     pub events_lost: u64,
     pub probes: Vec<ProbeStatus>,
-    /// Threads that accepted connections, per listener.
-    pub acceptors: Vec<Acceptor>,
+    /// Threads that accepted connections, by listener.
+    pub acceptors: Acceptors,
     /// Per-namespace kernel counters and sysctls.
     pub netns: Vec<NetnsStats>,
     /// Execution pattern per listener socket inode.
-    pub patterns: BTreeMap<u64, crate::pattern::PatternReport>,
+    pub patterns: BTreeMap<u64, pattern::PatternReport>,
     /// Nagle holds, delayed ACKs and stalls per (netns, listener, process).
-    pub nagle: Vec<crate::nagle::NagleSeries>,
+    pub nagle: Vec<nagle::NagleSeries>,
     /// `sendmsg` calls host-wide by mode (Nagle, TCP_NODELAY, TCP_CORK), when the
     /// Nagle family runs.
     pub tcp_sends: Option<[u64; 3]>,

@@ -1,7 +1,7 @@
 //! The daemon's HTTP endpoint: `GET /metrics` (Prometheus text exposition of the
 //! current [`Snapshot`]), `GET /events/recent[?after=SEQ]` (notable events as JSON
-//! lines, see [`crate::event_log`]), `GET /` (the status page, see
-//! [`crate::status_page`]), `GET /index.txt` (a plain-text pointer to them), 404 for
+//! lines, see [`crate::export::event_log`]), `GET /` (the status page, see
+//! [`crate::export::status_page`]), `GET /index.txt` (a plain-text pointer to them), 404 for
 //! any other path.
 //!
 //! axum serves each connection on its own task, so a slow or broken client never
@@ -37,11 +37,12 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::{
+use super::{
     event_log::EventLog,
-    exposition::{self, BuildInfo, CONTENT_TYPE, ExpositionError},
-    model::Snapshot,
+    prometheus::{self, BuildInfo, CONTENT_TYPE, ExpositionError},
+    status_page,
 };
+use crate::model::Snapshot;
 
 /// How long a connection may make no progress (no byte read or written) before it
 /// is closed: bounds slow or silent clients, including idle keep-alive connections.
@@ -117,7 +118,9 @@ pub struct SharedState {
 
 #[derive(Debug)]
 struct Inner {
-    snapshot: RwLock<Snapshot>,
+    /// Swapped whole by the poller, under the lock only for the swap; readers clone
+    /// the `Arc` and render without holding it.
+    snapshot: RwLock<Arc<Snapshot>>,
     build: BuildInfo,
     events: EventLog,
 }
@@ -127,31 +130,40 @@ impl SharedState {
     pub fn new(build: BuildInfo) -> Self {
         Self {
             inner: Arc::new(Inner {
-                snapshot: RwLock::new(Snapshot::default()),
+                snapshot: RwLock::new(Arc::new(Snapshot::default())),
                 build,
                 events: EventLog::default(),
             }),
         }
     }
 
-    /// Publishes a new snapshot; the next scrape renders it.
+    /// Publishes a new snapshot; the next scrape renders it. The previous one is
+    /// freed when the last request still rendering it is done.
     pub fn replace(&self, snapshot: Snapshot) {
-        // A writer that panicked left a whole Snapshot behind (assignment is not
-        // torn), so the poison flag carries no information: ignore it.
-        *self
-            .inner
-            .snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = snapshot;
+        let snapshot = Arc::new(snapshot);
+        // A writer that panicked left a whole Arc behind (assignment is not torn), so
+        // the poison flag carries no information: ignore it.
+        let previous = std::mem::replace(
+            &mut *self
+                .inner
+                .snapshot
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            snapshot,
+        );
+        // Dropped outside the lock: freeing 10,000 listeners takes a while.
+        drop(previous);
     }
 
-    /// A copy of the current snapshot.
-    pub fn snapshot(&self) -> Snapshot {
-        self.inner
-            .snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The current snapshot, shared: no copy of its listeners.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(
+            &self
+                .inner
+                .snapshot
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     pub fn build(&self) -> &BuildInfo {
@@ -163,14 +175,9 @@ impl SharedState {
         &self.inner.events
     }
 
-    /// Renders the current snapshot, holding the read lock only while encoding.
+    /// Renders the current snapshot; the lock is held only to clone the `Arc`.
     pub fn render(&self) -> Result<String, ExpositionError> {
-        let snapshot = self
-            .inner
-            .snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        exposition::render(&snapshot, &self.inner.build)
+        prometheus::render(&self.snapshot(), &self.inner.build)
     }
 }
 
@@ -232,8 +239,8 @@ async fn serve_with(
 
 fn router(state: SharedState) -> Router {
     Router::new()
-        .route("/", get(crate::status_page::page))
-        .route("/index.txt", get(index))
+        .route("/", get(status_page::page))
+        .route("/index.txt", get(status_page::index))
         .route("/metrics", get(metrics))
         .route("/events/recent", get(recent_events))
         .route("/api/listeners", get(api_listeners))
@@ -241,20 +248,10 @@ fn router(state: SharedState) -> Router {
         .with_state(state)
 }
 
-/// The plain-text index (`/index.txt`, and `/` for clients asking for text).
-pub(crate) async fn index() -> &'static str {
-    "sockq: per-listener socket and kernel-queue observability\n\
-     \n\
-     Status page (HTML): /\n\
-     Prometheus metrics: /metrics\n\
-     Notable events (JSON lines): /events/recent?after=SEQ\n\
-     Listeners with acceptors and patterns (JSON): /api/listeners\n"
-}
-
 /// Every listener with its accepting threads and execution pattern, as JSON (what
 /// `sockq listeners` shows when a daemon runs).
 async fn api_listeners(State(state): State<SharedState>) -> Response {
-    let rows = crate::cli::listeners::rows_from_snapshot(&state.snapshot());
+    let rows = crate::model::api::rows_from_snapshot(&state.snapshot());
     match serde_json::to_string(&rows) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

@@ -489,7 +489,8 @@ mod tests {
             q.wait_hist[wait_bucket(wait_us)] += 1;
         }
         q.backlog_arg = 511;
-        snapshot.listeners[0].kernel = Some(crate::queue_stats::kernel_stats(&q, Some(0.25)));
+        snapshot.listeners[0].kernel =
+            Some(crate::analysis::queue_stats::kernel_stats(&q, Some(0.25)));
         snapshot.listeners[0].queue_full = true;
         snapshot.netns = vec![crate::model::NetnsStats {
             netns: 4026531840,
@@ -512,7 +513,8 @@ mod tests {
             accepts: 3,
             state: "S".to_owned(),
             wchan: String::new(),
-        }];
+        }]
+        .into();
         snapshot
     }
 
@@ -520,7 +522,7 @@ mod tests {
     #[test]
     fn every_metric_is_in_the_readme_reference() {
         let mut snapshot = fixture_with_kernel_stats();
-        let mut series = crate::nagle::Accumulator::default();
+        let mut series = crate::analysis::nagle::Accumulator::default();
         let mut stats = collector_common::nagle::ConnStats::ZERO;
         (
             stats.delack_armed,
@@ -540,7 +542,7 @@ mod tests {
         snapshot.nagle = series.series();
         snapshot.tcp_sends = Some([1, 2, 3]);
         let text = render(&snapshot, &build()).expect("render");
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../../../README.md");
         let undocumented: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# HELP "))

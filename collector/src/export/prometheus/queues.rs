@@ -110,7 +110,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
                 .filter(|l| l.netns == netns && l.listen_addr() == listen_addr)
                 .map(|l| l.kernel.as_ref().map_or(0, |k| k.accepts))
                 .collect();
-            if let Some(ratio) = crate::pattern::imbalance(&accepts) {
+            if let Some(ratio) = crate::analysis::pattern::imbalance(&accepts) {
                 let labels = vec![
                     ("netns", netns.to_string()),
                     ("listen_addr", listen_addr.clone()),
@@ -150,11 +150,7 @@ fn acceptor_families(snapshot: &Snapshot) -> (Family, Family, Family) {
     let mut imbalance = Family::gauge("sockq_listen_acceptor_imbalance", HELP_ACCEPTOR_IMBALANCE);
     let mut truncated = Family::gauge("sockq_acceptor_series_truncated", HELP_TRUNCATED);
     for l in &snapshot.listeners {
-        let mut threads: Vec<_> = snapshot
-            .acceptors
-            .iter()
-            .filter(|a| a.socket == l.inode)
-            .collect();
+        let mut threads: Vec<_> = snapshot.acceptors.of(l.inode).iter().collect();
         // Busiest first, so the cap keeps the threads that matter.
         threads.sort_by(|a, b| b.accepts.cmp(&a.accepts).then(a.tid.cmp(&b.tid)));
         let id = listener_labels(l);
@@ -177,7 +173,7 @@ fn acceptor_families(snapshot: &Snapshot) -> (Family, Family, Family) {
             truncated.push(id.clone(), capped);
         }
         let counts: Vec<u64> = threads.iter().map(|a| a.accepts).collect();
-        if let Some(ratio) = crate::pattern::imbalance(&counts) {
+        if let Some(ratio) = crate::analysis::pattern::imbalance(&counts) {
             imbalance.push_float(id, ratio);
         }
     }
@@ -242,8 +238,9 @@ mod tests {
 
     #[test]
     fn wait_bounds_step_by_a_third_or_a_half() {
-        let fine =
-            crate::queue_stats::wait_histogram(&collector_common::queue::ListenerQueue::ZERO);
+        let fine = crate::analysis::queue_stats::wait_histogram(
+            &collector_common::queue::ListenerQueue::ZERO,
+        );
         let kept: Vec<f64> = fine
             .bounds
             .iter()

@@ -4,57 +4,53 @@
 //! only the probes can see (accepting threads, the execution pattern). Otherwise the
 //! listeners are inventoried once, here.
 
-use std::{fmt::Write as _, net::SocketAddr, time::Duration};
-
-use serde::{Deserialize, Serialize};
+use std::{fmt::Write as _, net::SocketAddr, process::ExitCode, time::Duration};
 
 use crate::{
-    model::{Acceptor, Listener, Snapshot},
-    pattern::PatternReport,
+    inventory,
+    kernel::capabilities,
+    model::{
+        Acceptor,
+        api::{ListenerRow, rows_from_inventory},
+        nagle::NagleSeries,
+    },
     text::escape,
 };
 
-/// One listener with what the daemon knows about who accepts from it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ListenerRow {
-    #[serde(flatten)]
-    pub listener: Listener,
-    /// Threads that accepted from it (with the daemon's probes only).
-    #[serde(default)]
-    pub acceptors: Vec<Acceptor>,
-    /// The backend's execution pattern (with the daemon's probes only).
-    #[serde(default)]
-    pub pattern: Option<PatternReport>,
-}
-
-/// The rows of a daemon's snapshot (served at `/api/listeners`).
-pub fn rows_from_snapshot(snapshot: &Snapshot) -> Vec<ListenerRow> {
-    snapshot
-        .listeners
-        .iter()
-        .map(|l| ListenerRow {
-            listener: l.clone(),
-            acceptors: snapshot
-                .acceptors
-                .iter()
-                .filter(|a| a.socket == l.inode)
-                .cloned()
-                .collect(),
-            pattern: snapshot.patterns.get(&l.inode).cloned(),
-        })
-        .collect()
-}
-
-/// Rows of a one-shot inventory: no acceptors, no pattern.
-pub fn rows_from_inventory(listeners: Vec<Listener>) -> Vec<ListenerRow> {
-    listeners
-        .into_iter()
-        .map(|listener| ListenerRow {
-            listener,
-            acceptors: Vec::new(),
-            pattern: None,
-        })
-        .collect()
+/// `sockq listeners`: the daemon's view if one answers, else a one-shot inventory.
+pub fn main(args: &super::ListenersArgs) -> ExitCode {
+    let from_daemon = if args.no_daemon {
+        None
+    } else {
+        from_daemon(args.metrics_addr)
+    };
+    let rows = match from_daemon {
+        Some(rows) => rows,
+        None => {
+            if let Some(missing) = capabilities::check(&capabilities::FOR_RUN) {
+                tracing::warn!("{missing}; showing only what this user can see");
+            }
+            match inventory::scan() {
+                Ok(l) => rows_from_inventory(l),
+                Err(e) => {
+                    eprintln!("sockq: {}", crate::error_chain(&e));
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(json) => super::emit(&format!("{json}\n")),
+            Err(e) => {
+                eprintln!("sockq: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        super::emit(&render_table(&rows));
+    }
+    ExitCode::SUCCESS
 }
 
 /// The running daemon's rows, if one answers at `addr` within a second.
@@ -63,7 +59,7 @@ pub fn from_daemon(addr: SocketAddr) -> Option<Vec<ListenerRow>> {
 }
 
 /// The running daemon's Nagle / delayed-ACK series (`/api/nagle`), if it answers.
-pub fn nagle_from_daemon(addr: SocketAddr) -> Option<Vec<crate::nagle::NagleSeries>> {
+pub fn nagle_from_daemon(addr: SocketAddr) -> Option<Vec<NagleSeries>> {
     get_json(addr, "/api/nagle")
 }
 
@@ -169,7 +165,7 @@ pub fn render_table(rows: &[ListenerRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Owner;
+    use crate::model::{Listener, Owner};
 
     #[test]
     fn table_escapes_owner_names() {

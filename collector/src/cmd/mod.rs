@@ -1,11 +1,13 @@
-//! The command line: one clap definition, one module per subcommand that needs more
-//! than a call into the library.
+//! The command line: one clap definition, one module per subcommand, and
+//! [`dispatch`], which `main` hands the parsed command to.
 
+pub mod doctor;
 pub mod events;
 pub mod listeners;
+pub mod run;
 pub mod top;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -95,6 +97,36 @@ pub struct ListenersArgs {
     /// Inventory the listeners here even if a daemon answers.
     #[arg(long)]
     pub no_daemon: bool,
+}
+
+/// Runs the parsed command; the exit code says whether it worked.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Listeners(args) => listeners::main(&args),
+        Command::Events(args) => match events::run(args.metrics_addr, !args.no_follow) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sockq: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Top(args) => match top::run(args.metrics_addr, args.interval) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sockq: the terminal view failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Doctor => doctor::main(),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`sockq listeners | head`) is not an error worth
+/// a panic.
+pub fn emit(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

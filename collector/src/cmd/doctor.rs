@@ -6,7 +6,11 @@ use std::fmt::Write as _;
 
 use aya::{programs::ProgramType, sys::is_program_supported};
 
-use crate::{inventory, kernel_layout, privileges, probes, tracefs};
+use crate::{
+    inventory,
+    kernel::{btf_layout, capabilities, tracefs},
+    probes,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -54,6 +58,17 @@ const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ),
 ];
 
+/// `sockq doctor`: prints the report; fails when a check failed.
+pub fn main() -> std::process::ExitCode {
+    let checks = run();
+    super::emit(&render(&checks));
+    if checks.iter().any(|c| c.verdict == Verdict::Fail) {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
 /// Runs every check. Loading programs needs privileges; without them those checks
 /// say so instead of failing the whole report.
 pub fn run() -> Vec<Check> {
@@ -66,11 +81,34 @@ pub fn run() -> Vec<Check> {
         "kernel",
         format!("Linux {release}"),
     ));
-
     let privileged = privilege_checks(&mut checks);
+    let offsets_ok = btf_checks(&mut checks);
+    let tracefs_root = tracefs_checks(&mut checks, privileged);
+    if privileged {
+        program_type_checks(&mut checks);
+    }
+    if privileged && offsets_ok {
+        probe_checks(&mut checks, tracefs_root.as_deref());
+    } else {
+        checks.push(Check::new(
+            Verdict::Fail,
+            "probes",
+            if privileged {
+                "not loaded: kernel offsets unavailable (see BTF)"
+            } else {
+                "not loaded: needs the privileges above"
+            },
+        ));
+    }
+    checks.push(inventory_check(privileged));
+    checks.push(memlock_check());
+    checks
+}
 
-    let layout = kernel_layout::Layout::from_running_kernel();
-    let offsets_ok = match layout
+/// Whether this kernel's BTF resolves the offsets the programs need.
+fn btf_checks(checks: &mut Vec<Check>) -> bool {
+    let layout = btf_layout::Layout::from_running_kernel();
+    let resolved = layout
         .as_ref()
         .map_err(|e| e.to_string())
         .and_then(|layout| {
@@ -78,7 +116,8 @@ pub fn run() -> Vec<Check> {
                 .kernel_offsets()
                 .map_err(|e| crate::error_chain(&e))?;
             Ok((o, layout.queue_offsets_error()))
-        }) {
+        });
+    match resolved {
         Ok((o, queue_error)) => {
             if let Some(e) = queue_error {
                 checks.push(Check::new(
@@ -96,7 +135,7 @@ pub fn run() -> Vec<Check> {
                 format!(
                     "{} parsed; struct sock offsets resolved (skc_family at byte {}, \
                      skc_num at {}, skc_net at {})",
-                    kernel_layout::VMLINUX_BTF,
+                    btf_layout::VMLINUX_BTF,
                     o.sk_family,
                     o.sk_num,
                     o.sk_net
@@ -108,11 +147,12 @@ pub fn run() -> Vec<Check> {
             checks.push(Check::new(Verdict::Fail, "BTF", e));
             false
         }
-    };
-    drop(layout);
+    }
+}
 
-    // `sockq run` mounts tracefs when it is missing; do the same so the report says
-    // what run would get.
+/// Where tracefs is (mounting it as `sockq run` does, so the report says what run
+/// would get), and which of the tracepoints sockq uses exist.
+fn tracefs_checks(checks: &mut Vec<Check>, privileged: bool) -> Option<std::path::PathBuf> {
     let tracefs_root = match (tracefs::find(), privileged) {
         (Some(root), _) => Some(root),
         (None, true) => match tracefs::ensure_mounted() {
@@ -134,82 +174,69 @@ pub fn run() -> Vec<Check> {
         },
         (None, false) => None,
     };
-    match &tracefs_root {
-        Some(root) => {
-            checks.push(Check::new(
-                Verdict::Ok,
-                "tracefs",
-                format!("mounted at {}", root.display()),
-            ));
-            for (category, name, purpose) in TRACEPOINTS {
-                let (verdict, state) = if tracefs::tracepoint_exists(root, category, name) {
-                    (Verdict::Ok, "present")
-                } else {
-                    (Verdict::Warn, "absent on this kernel")
-                };
-                checks.push(Check::new(
-                    verdict,
-                    format!("tracepoint {category}:{name}"),
-                    format!("{state} ({purpose})"),
-                ));
-            }
-        }
-        None => checks.push(Check::new(
+    let Some(root) = &tracefs_root else {
+        checks.push(Check::new(
             Verdict::Warn,
             "tracefs",
             "not mounted; `sockq run` mounts it at /sys/kernel/tracing (or run \
              `mount -t tracefs nodev /sys/kernel/tracing`); raw tracepoints do not need it",
-        )),
-    }
-
-    if privileged {
-        program_type_checks(&mut checks);
-    }
-
-    if privileged && offsets_ok {
-        match probes::kernel_info(tracefs_root.as_deref()).and_then(|k| {
-            probes::Probes::load(
-                &k,
-                tracefs_root.as_deref(),
-                probes::LoadOptions {
-                    nagle: true,
-                    ..probes::LoadOptions::default()
-                },
-            )
-        }) {
-            Ok((loaded, _events)) => {
-                for s in loaded.status() {
-                    let (verdict, detail) = if s.attached {
-                        (Verdict::Ok, format!("attaches as {}", s.detail))
-                    } else {
-                        // An older kernel lacks some hooks; sockq runs without them.
-                        (
-                            Verdict::Warn,
-                            format!("does not attach, sockq runs without it: {}", s.detail),
-                        )
-                    };
-                    checks.push(Check::new(verdict, format!("probe {}", s.name), detail));
-                }
-            }
-            Err(e) => checks.push(Check::new(Verdict::Fail, "probes", crate::error_chain(&e))),
-        }
-    } else {
+        ));
+        return None;
+    };
+    checks.push(Check::new(
+        Verdict::Ok,
+        "tracefs",
+        format!("mounted at {}", root.display()),
+    ));
+    for (category, name, purpose) in TRACEPOINTS {
+        let (verdict, state) = if tracefs::tracepoint_exists(root, category, name) {
+            (Verdict::Ok, "present")
+        } else {
+            (Verdict::Warn, "absent on this kernel")
+        };
         checks.push(Check::new(
-            Verdict::Fail,
-            "probes",
-            if privileged {
-                "not loaded: kernel offsets unavailable (see BTF)"
-            } else {
-                "not loaded: needs the privileges above"
-            },
+            verdict,
+            format!("tracepoint {category}:{name}"),
+            format!("{state} ({purpose})"),
         ));
     }
+    tracefs_root
+}
 
+/// Loads the real programs (the Nagle family too, to say whether `--nagle` would
+/// work) and reports how each probe attaches.
+fn probe_checks(checks: &mut Vec<Check>, tracefs_root: Option<&std::path::Path>) {
+    let options = probes::LoadOptions {
+        nagle: true,
+        ..probes::LoadOptions::default()
+    };
+    let loaded = probes::kernel_info(tracefs_root)
+        .and_then(|k| probes::Probes::load(&k, tracefs_root, options));
+    match loaded {
+        Ok((loaded, _events)) => {
+            for s in loaded.status() {
+                let (verdict, detail) = if s.attached {
+                    (Verdict::Ok, format!("attaches as {}", s.detail))
+                } else {
+                    // An older kernel lacks some hooks; sockq runs without them.
+                    (
+                        Verdict::Warn,
+                        format!("does not attach, sockq runs without it: {}", s.detail),
+                    )
+                };
+                checks.push(Check::new(verdict, format!("probe {}", s.name), detail));
+            }
+        }
+        Err(e) => checks.push(Check::new(Verdict::Fail, "probes", crate::error_chain(&e))),
+    }
+}
+
+fn inventory_check(privileged: bool) -> Check {
     match inventory::scan() {
         Ok(listeners) => {
             let namespaces: std::collections::BTreeSet<_> =
                 listeners.iter().map(|l| l.netns).collect();
-            checks.push(Check::new(
+            Check::new(
                 Verdict::Ok,
                 "sock_diag",
                 format!(
@@ -222,29 +249,22 @@ pub fn run() -> Vec<Check> {
                         " (only those this user can enter)"
                     }
                 ),
-            ));
+            )
         }
-        Err(e) => checks.push(Check::new(
-            Verdict::Fail,
-            "sock_diag",
-            crate::error_chain(&e),
-        )),
+        Err(e) => Check::new(Verdict::Fail, "sock_diag", crate::error_chain(&e)),
     }
-
-    checks.push(memlock_check());
-    checks
 }
 
 fn privilege_checks(checks: &mut Vec<Check>) -> bool {
-    let eff = match privileges::effective() {
+    let eff = match capabilities::effective() {
         Ok(eff) => eff,
         Err(e) => {
             checks.push(Check::new(Verdict::Fail, "privileges", e.to_string()));
             return false;
         }
     };
-    let missing = privileges::missing(eff, &privileges::FOR_RUN);
-    for cap in privileges::FOR_RUN {
+    let missing = capabilities::missing(eff, &capabilities::FOR_RUN);
+    for cap in capabilities::FOR_RUN {
         let has = !missing.contains(&cap);
         checks.push(Check::new(
             if has { Verdict::Ok } else { Verdict::Fail },

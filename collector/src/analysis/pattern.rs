@@ -14,48 +14,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
-use crate::model::{Acceptor, Listener};
+use crate::model::{
+    Acceptors, Listener,
+    pattern::{Pattern, PatternReport},
+};
 
 /// Sampled connections needed before 1-3 are told apart.
 pub const MIN_SAMPLED: u64 = 3;
 /// Share of sampled connections that must agree.
 pub const AGREEMENT: f64 = 0.8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pattern {
-    SingleThread,
-    AcceptorHandoff,
-    AcceptorMessageBalancing,
-    MultiAcceptor,
-    ReuseportShards,
-    Undetermined,
-}
-
-impl Pattern {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::SingleThread => "single_thread",
-            Self::AcceptorHandoff => "acceptor_handoff",
-            Self::AcceptorMessageBalancing => "acceptor_message_balancing",
-            Self::MultiAcceptor => "multi_acceptor",
-            Self::ReuseportShards => "reuseport_shards",
-            Self::Undetermined => "undetermined",
-        }
-    }
-}
-
-/// A classification and the evidence behind it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PatternReport {
-    pub pattern: Pattern,
-    pub evidence: String,
-}
-
 /// Classifies every listener. `acceptors` are all threads seen accepting.
-pub fn classify(listeners: &[Listener], acceptors: &[Acceptor]) -> BTreeMap<u64, PatternReport> {
+pub fn classify(listeners: &[Listener], acceptors: &Acceptors) -> BTreeMap<u64, PatternReport> {
     // Sockets sharing an address and port in a namespace form a group.
     let mut groups: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
     for l in listeners {
@@ -66,8 +36,9 @@ pub fn classify(listeners: &[Listener], acceptors: &[Acceptor]) -> BTreeMap<u64,
     }
     let threads_of = |inode: u64| -> BTreeSet<u32> {
         acceptors
+            .of(inode)
             .iter()
-            .filter(|a| a.socket == inode && a.accepts > 0)
+            .filter(|a| a.accepts > 0)
             .map(|a| a.tid)
             .collect()
     };
@@ -158,7 +129,7 @@ pub fn imbalance(values: &[u64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ListenerKernelStats;
+    use crate::model::{Acceptor, ListenerKernelStats};
 
     fn listener(inode: u64, port: u16, reads: (u64, u64, u64)) -> Listener {
         Listener {
@@ -196,7 +167,7 @@ mod tests {
 
     fn one(l: Listener, acceptors: &[Acceptor]) -> Pattern {
         let inode = l.inode;
-        classify(&[l], acceptors)[&inode].pattern
+        classify(&[l], &acceptors.to_vec().into())[&inode].pattern
     }
 
     #[test]
@@ -227,12 +198,12 @@ mod tests {
         // Two shards of one address, each with its acceptor.
         let ls = [listener(1, 80, (0, 0, 0)), listener(2, 80, (0, 0, 0))];
         let a = [acceptor(1, 10, 5), acceptor(2, 11, 7)];
-        let r = classify(&ls, &a);
+        let r = classify(&ls, &a.to_vec().into());
         assert_eq!(r[&1].pattern, Pattern::ReuseportShards);
         assert_eq!(r[&2].pattern, Pattern::ReuseportShards);
         // A group where only one shard accepts is judged socket by socket.
         let a = [acceptor(1, 10, 5)];
-        let r = classify(&ls, &a);
+        let r = classify(&ls, &a.to_vec().into());
         assert_eq!(r[&2].pattern, Pattern::Undetermined);
     }
 

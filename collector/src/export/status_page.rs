@@ -31,7 +31,7 @@ pub async fn page(headers: HeaderMap) -> Response {
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
     ];
     if prefers_plain_text(&headers) {
-        return (headers_out, crate::http::index().await).into_response();
+        return (headers_out, INDEX).into_response();
     }
     (
         headers_out,
@@ -53,6 +53,18 @@ pub async fn page(headers: HeaderMap) -> Response {
     )
         .into_response()
 }
+
+/// The plain-text index (`/index.txt`, and `/` for clients asking for text).
+pub async fn index() -> &'static str {
+    INDEX
+}
+
+const INDEX: &str = "sockq: per-listener socket and kernel-queue observability\n\
+     \n\
+     Status page (HTML): /\n\
+     Prometheus metrics: /metrics\n\
+     Notable events (JSON lines): /events/recent?after=SEQ\n\
+     Listeners with acceptors and patterns (JSON): /api/listeners\n";
 
 /// Whether the client asked for `text/plain` and not for HTML (browsers always list
 /// `text/html`; `curl` sends `*/*` and gets the page).
@@ -77,8 +89,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        exposition::BuildInfo,
-        http::{self, SharedState},
+        export::http::{self, SharedState},
+        export::prometheus::BuildInfo,
     };
 
     /// The value of every `src=`, `href=`, `action=`, `url(` and `@import` in `page`.

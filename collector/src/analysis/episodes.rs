@@ -17,13 +17,13 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
 
 use crate::{
-    model::{Acceptor, Listener, NetnsInode, Owner},
+    model::{Acceptor, Acceptors, Listener, NetnsInode, Owner},
     text,
 };
 
@@ -109,12 +109,12 @@ impl EpisodeTracker {
         now: Instant,
         wall: SystemTime,
         listeners: &[Listener],
-        acceptors: &[Acceptor],
+        acceptors: &Acceptors,
         limits: impl Fn(NetnsInode) -> Limits,
     ) -> Vec<EpisodeEvent> {
         let ctx = EventContext {
             now,
-            time: rfc3339(wall),
+            time: text::rfc3339(wall),
             acceptors,
             limits: &limits,
         };
@@ -209,7 +209,7 @@ impl EpisodeTracker {
 struct EventContext<'a, F: Fn(NetnsInode) -> Limits> {
     now: Instant,
     time: String,
-    acceptors: &'a [Acceptor],
+    acceptors: &'a Acceptors,
     limits: &'a F,
 }
 
@@ -241,12 +241,7 @@ impl<F: Fn(NetnsInode) -> Limits> EventContext<'_, F> {
             duration,
             during,
         );
-        let threads = self
-            .acceptors
-            .iter()
-            .filter(|a| a.socket == l.inode)
-            .cloned()
-            .collect();
+        let threads = self.acceptors.of(l.inode).to_vec();
         with_acceptors(&mut e, threads);
         e
     }
@@ -432,37 +427,10 @@ pub fn diagnose(l: &Listener, limits: &Limits, accepts_during: Option<u64>) -> (
     (diagnosis.join("; "), fix.join("; "))
 }
 
-/// `2026-11-23T03:04:05.678Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::model::ListenerKernelStats;
 
@@ -495,7 +463,7 @@ mod tests {
         tracker: EpisodeTracker,
         start: Instant,
         t: u64,
-        acceptors: Vec<Acceptor>,
+        acceptors: Acceptors,
     }
 
     impl Clock {
@@ -504,7 +472,7 @@ mod tests {
                 tracker: EpisodeTracker::default(),
                 start: Instant::now(),
                 t: 0,
-                acceptors: Vec::new(),
+                acceptors: Acceptors::default(),
             }
         }
 
@@ -621,7 +589,8 @@ mod tests {
             accepts: 4,
             state: "D".into(),
             wchan: "io_schedule".into(),
-        }];
+        }]
+        .into();
         let e = c.poll(&[listener(3, 2, 0)]).remove(0);
         assert_eq!(e.acceptors.len(), 1);
         assert!(
@@ -636,7 +605,8 @@ mod tests {
         c.acceptors = vec![Acceptor {
             state: "S".into(),
             ..e.acceptors[0].clone()
-        }];
+        }]
+        .into();
         let e = c.poll(&[listener(3, 2, 0)]).remove(0);
         assert!(!e.diagnosis.contains("uninterruptible"), "{}", e.diagnosis);
     }
@@ -703,15 +673,5 @@ mod tests {
         let (d, f) = diagnose(&l, &Limits::default(), None);
         assert!(d.contains("not accepting as fast"), "{d}");
         assert!(!f.is_empty());
-    }
-
-    #[test]
-    fn formats_utc_time() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_403_045_678);
-        assert_eq!(rfc3339(t), "2026-11-23T03:04:05.678Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000Z"
-        );
     }
 }

@@ -18,10 +18,13 @@ use crossterm::{
     terminal::{self, ClearType},
 };
 
-use super::listeners::{ListenerRow, from_daemon, nagle_from_daemon, rows_from_inventory};
+use super::listeners::{from_daemon, nagle_from_daemon};
 use crate::{
     inventory,
-    nagle::{NagleSeries, SeriesKey},
+    model::{
+        api::{ListenerRow, rows_from_inventory},
+        nagle::{NagleSeries, SeriesKey},
+    },
     text::escape,
 };
 

@@ -1,0 +1,10 @@
+//! What the numbers mean: per-listener queue statistics from the kernel's counters,
+//! full-accept-queue episodes with their diagnosis, execution patterns, Nagle x
+//! delayed-ACK stalls, and the poller that assembles each snapshot from the probes and
+//! the inventory.
+
+pub mod episodes;
+pub mod nagle;
+pub mod pattern;
+pub mod poller;
+pub mod queue_stats;

@@ -1,0 +1,326 @@
+//! `sockq run`: the daemon. Loads and attaches the probes, keeps the listener
+//! inventory current (sock_diag every interval, and at once when a probe reports a
+//! listener opening or closing), and serves the snapshot on the metrics port.
+//!
+//! Order matters: everything privileged happens on the first thread before any other
+//! exists (bind, attach, drop capabilities: they are per thread and inherited), then
+//! the runtime starts the poller, the ring reader and the HTTP server.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::Notify;
+
+use crate::{
+    analysis::poller::{Poll, Poller},
+    export::{http, prometheus::BuildInfo},
+    kernel::{capabilities, tracefs},
+    model::Snapshot,
+    probes::{self, Family, Probes, ring},
+};
+
+/// Settings of `sockq run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub metrics_addr: SocketAddr,
+    pub interval: Duration,
+    pub probes: probes::LoadOptions,
+}
+
+/// Stall events waiting for the next poll; more are counted as lost.
+const STALL_QUEUE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install the signal handler")]
+    Signal(#[source] std::io::Error),
+}
+
+/// What the privileged start-up hands to the runtime.
+struct Started {
+    listener: std::net::TcpListener,
+    probes: Option<Probes>,
+    events: Option<RingBuf<MapData>>,
+    /// Why there are no probes, in polling mode.
+    polling: Option<String>,
+}
+
+/// `sockq run`. Without the privileges eBPF needs it still works, in polling mode
+/// (sock_diag and /proc); the daemon says so.
+pub fn main(args: super::RunArgs) -> std::process::ExitCode {
+    let config = RunConfig {
+        metrics_addr: args.metrics_addr,
+        interval: args.interval,
+        probes: probes::LoadOptions {
+            nagle: args.nagle,
+            conn_track_entries: args.conn_track_entries,
+        },
+    };
+    match run(config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockq: {}", crate::error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the daemon. The privileged part runs on this one thread, before any other
+/// exists: bind, attach the probes, then drop the capabilities no longer needed
+/// (capabilities are per thread, and threads inherit them); only then the runtime.
+pub fn run(config: RunConfig) -> Result<(), DaemonError> {
+    let started = start_privileged(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(run_async(config, started))
+}
+
+fn start_privileged(config: &RunConfig) -> Result<Started, DaemonError> {
+    // Files sockq might create (none today) are private.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    raise_fd_limit();
+    // Bind first: a port in use is the most common start-up failure; say so before
+    // touching the kernel.
+    let listener = http::bind_std(config.metrics_addr)?;
+    if let Some(missing) = capabilities::check(&capabilities::FOR_RUN) {
+        tracing::warn!("{missing}");
+    }
+    let tracefs_root = match tracefs::ensure_mounted() {
+        Ok(root) => Some(root),
+        Err(e) => {
+            tracing::warn!("{e}; classic tracepoint fallbacks are unavailable");
+            None
+        }
+    };
+    // Try even with a capability missing: a container may grant just what eBPF needs.
+    let (probes, events, polling) = match load_probes(tracefs_root, config.probes) {
+        Ok((probes, events)) => (Some(probes), Some(events), None),
+        Err(why) => (None, None, Some(why)),
+    };
+    match &polling {
+        Some(why) => tracing::warn!(
+            "polling mode: eBPF probes unavailable ({why}); listeners, queues, SYN queues \
+             and drops still come from sock_diag and /proc/net/netstat every {:?}, but not \
+             accept waits, enqueue depths, acceptors, patterns or Nagle stalls; `sockq \
+             doctor` says what is missing",
+            config.interval
+        ),
+        None => match capabilities::drop_after_attach() {
+            Ok(kept) => tracing::info!(
+                "probes attached; dropped every capability but {}",
+                kept.join(", ")
+            ),
+            Err(e) => tracing::warn!("could not drop capabilities after attaching: {e}"),
+        },
+    }
+    Ok(Started {
+        listener,
+        probes,
+        events,
+        polling,
+    })
+}
+
+async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonError> {
+    let bind_error = |source| {
+        DaemonError::Http(http::HttpError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })
+    };
+    let listener = tokio::net::TcpListener::from_std(started.listener).map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+
+    let refresh = Arc::new(Notify::new());
+    let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(STALL_QUEUE);
+    let counters = Arc::new(ring::RingCounters::default());
+    if let Some(events) = started.events {
+        tokio::spawn(ring::read_events(
+            events,
+            Arc::clone(&refresh),
+            stall_tx,
+            Arc::clone(&counters),
+        ));
+    }
+    let mut poller = Poller::new(started.probes, stall_rx, counters, started.polling.clone());
+    let state = http::SharedState::new(BuildInfo::detect());
+    // Until the first poll: no listeners yet, but which probes are attached.
+    state.replace(Snapshot {
+        probes: poller.probe_status(),
+        polling: started.polling,
+        ..Snapshot::default()
+    });
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, state.clone(), async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    tracing::info!("serving metrics on http://{local}/metrics");
+
+    poll_until_stopped(&mut poller, &state, &refresh, config.interval).await?;
+    tracing::info!("shutting down; detaching probes");
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Err(e)) => tracing::warn!("metrics server: {e}"),
+        Err(e) => tracing::warn!("metrics server task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    drop(poller); // detaches the programs
+    Ok(())
+}
+
+/// Polls every `interval`, and at once when the ring reader asks, until SIGINT or
+/// SIGTERM; publishes each snapshot and its events.
+async fn poll_until_stopped(
+    poller: &mut Poller,
+    state: &http::SharedState,
+    refresh: &Notify,
+    interval: Duration,
+) -> Result<(), DaemonError> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signal)?;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut memory = MemoryTrim::default();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = refresh.notified() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+        }
+        let poll = poller.poll().await;
+        let listeners = poll.snapshot.listeners.len();
+        publish(state, poll);
+        memory.after_poll(listeners);
+    }
+}
+
+/// Swaps the snapshot in and logs and records the poll's notable events.
+fn publish(state: &http::SharedState, poll: Poll) {
+    state.replace(poll.snapshot);
+    for notice in poll.stalls {
+        tracing::warn!("{}", notice.message);
+        record(state, &notice);
+    }
+    for event in poll.episodes {
+        match event.phase {
+            "start" => tracing::warn!("{}", event.message),
+            _ => tracing::info!("{}", event.message),
+        }
+        record(state, &event);
+    }
+}
+
+fn record(state: &http::SharedState, event: &impl serde::Serialize) {
+    match serde_json::to_value(event) {
+        Ok(json) => {
+            state.events().push(json);
+        }
+        Err(e) => tracing::warn!("encoding an event: {e}"),
+    }
+}
+
+/// After a big shrink, gives the memory back once the old snapshot is gone, and
+/// again over the next polls (a scrape may still have held it).
+#[derive(Debug, Default)]
+struct MemoryTrim {
+    peak_listeners: usize,
+    trims_left: u8,
+}
+
+impl MemoryTrim {
+    fn after_poll(&mut self, listeners: usize) {
+        if shrank_a_lot(self.peak_listeners, listeners) {
+            self.trims_left = 3;
+            self.peak_listeners = listeners;
+        }
+        self.peak_listeners = self.peak_listeners.max(listeners);
+        if self.trims_left > 0 {
+            self.trims_left -= 1;
+            give_memory_back();
+        }
+    }
+}
+
+/// Whether the inventory shrank enough that the memory of the bigger one is worth
+/// returning to the system (thousands of listeners cost ~20 KiB each at the peak).
+fn shrank_a_lot(before: usize, now: usize) -> bool {
+    before >= 1000 && now <= before / 2
+}
+
+/// Returns freed heap memory to the kernel. glibc keeps what a peak freed in its
+/// arenas; after 10,000 listeners come and go, RSS would otherwise stay ~5x the idle
+/// footprint.
+fn give_memory_back() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every metrics client and
+/// every namespace entered holds a descriptor, and 1024 is easy to reach when a
+/// port is flooded with idle connections.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Loads and attaches the probes; the error says why none could be. Probes left off
+/// by choice (the Nagle family without `--nagle`) are one info line, not warnings.
+fn load_probes(
+    tracefs_root: Option<PathBuf>,
+    options: probes::LoadOptions,
+) -> Result<(Probes, RingBuf<MapData>), String> {
+    let (probes, events) = probes::kernel_info(tracefs_root.as_deref())
+        .and_then(|kernel| Probes::load(&kernel, tracefs_root.as_deref(), options))
+        .map_err(|e| crate::error_chain(&e))?;
+    let by_choice = |name: &str| {
+        !options.nagle
+            && probes::PROBES
+                .iter()
+                .any(|spec| spec.name == name && spec.family == Family::Nagle)
+    };
+    for s in probes.status() {
+        if s.attached {
+            tracing::info!("probe {} attached ({})", s.name, s.detail);
+        } else if !by_choice(s.name) {
+            tracing::warn!("probe {} not attached: {}", s.name, s.detail);
+        }
+    }
+    if !options.nagle {
+        tracing::info!("Nagle / delayed-ACK probes off (`--nagle` switches them on)");
+    }
+    Ok((probes, events))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_goes_back_after_a_big_shrink_only() {
+        assert!(super::shrank_a_lot(10_000, 0));
+        assert!(super::shrank_a_lot(2_000, 1_000));
+        assert!(!super::shrank_a_lot(2_000, 1_001));
+        assert!(
+            !super::shrank_a_lot(999, 0),
+            "small inventories are not worth a trim"
+        );
+    }
+}

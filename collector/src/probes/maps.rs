@@ -1,0 +1,156 @@
+//! Reading what the programs aggregated, and removing what userspace owns: the
+//! per-thread accept counts of listeners that closed.
+
+use std::collections::BTreeMap;
+
+use aya::{Ebpf, maps::MapError};
+use collector_common::{
+    nagle::{ConnKey, ConnStats, SENDS_CORK, SENDS_NAGLE, SENDS_NODELAY},
+    queue::{AcceptorKey, DropKey, ListenerQueue},
+    stats::{
+        STAT_CONNS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
+        STAT_TRANSITIONS_FULL,
+    },
+};
+
+use super::{ProbeError, Probes};
+use crate::model::{ProbeStatus, TransitionKey};
+
+/// Counters the programs keep about themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Events that found the ring buffer full.
+    pub events_lost: u64,
+    /// Transitions not counted because the transition map was full.
+    pub transitions_full: u64,
+    /// Listeners whose accept-queue counters could not be created (map full).
+    pub listeners_full: u64,
+    /// Queued connections whose accept wait could not be measured (map full).
+    pub queued_full: u64,
+    /// Failed kernel reads.
+    pub read_errors: u64,
+    /// Connections whose Nagle/delayed-ACK state or counters could not be created.
+    pub conns_full: u64,
+}
+
+/// What userspace reads from the kernel at each poll.
+pub struct KernelView {
+    pub transitions: BTreeMap<TransitionKey, u64>,
+    /// Accept-queue counters by listener socket inode.
+    pub queues: std::collections::HashMap<u64, ListenerQueue>,
+    /// Accepts by (listener inode, pid, tid).
+    pub acceptors: Vec<(AcceptorKey, u64)>,
+    /// Drops by (listener inode, `enum skb_drop_reason`).
+    pub drops: Vec<(DropKey, u64)>,
+    /// Nagle / delayed-ACK measurements (empty with the family off).
+    pub conns: Vec<(ConnKey, ConnStats)>,
+    /// `sendmsg` calls by mode (`SENDS_*`), when the family runs.
+    pub sends: Option<[u64; 3]>,
+    pub stats: ProgramStats,
+}
+
+impl Probes {
+    pub fn status(&self) -> &[ProbeStatus] {
+        &self.status
+    }
+
+    /// This kernel's `enum skb_drop_reason` names, by value.
+    pub fn drop_reason_names(&self) -> &std::collections::HashMap<u32, String> {
+        &self.drop_reasons
+    }
+
+    /// Everything the programs aggregated, read in one go.
+    pub fn read(&self) -> Result<KernelView, ProbeError> {
+        let mut transitions = BTreeMap::new();
+        for entry in self.transitions.iter() {
+            let (key, per_cpu) = entry.map_err(|source| map_error("TRANSITIONS", source))?;
+            let total: u64 = per_cpu.iter().copied().fold(0, u64::wrapping_add);
+            transitions.insert(
+                TransitionKey {
+                    netns: u64::from(key.netns),
+                    from: key.from,
+                    to: key.to,
+                },
+                total,
+            );
+        }
+        // An entry evicted between get_next_key and lookup is simply skipped.
+        let queues = self.queues.iter().flatten().collect();
+        let acceptors = self.acceptors.iter().filter_map(Result::ok).collect();
+        let drops = self.drops.iter().filter_map(Result::ok).collect();
+        let conns = self.conn_stats.iter().filter_map(Result::ok).collect();
+        let sends = if self.nagle_on {
+            let mode = |index: u32| -> u64 {
+                self.sends
+                    .get(&index, 0)
+                    .map(|per_cpu| per_cpu.iter().copied().fold(0, u64::wrapping_add))
+                    .unwrap_or(0)
+            };
+            Some([mode(SENDS_NAGLE), mode(SENDS_NODELAY), mode(SENDS_CORK)])
+        } else {
+            None
+        };
+        Ok(KernelView {
+            transitions,
+            queues,
+            acceptors,
+            drops,
+            conns,
+            sends,
+            stats: self.program_stats()?,
+        })
+    }
+
+    /// For each listener inode, the enqueue time (`CLOCK_MONOTONIC` nanoseconds) of
+    /// its oldest connection still waiting for accept(). Walks the whole `QUEUED`
+    /// map: call it only when some queue is full.
+    pub fn oldest_queued(&self) -> std::collections::HashMap<u64, u64> {
+        let mut oldest = std::collections::HashMap::new();
+        for (_, child) in self.queued.iter().filter_map(Result::ok) {
+            oldest
+                .entry(child.listener)
+                .and_modify(|t: &mut u64| *t = (*t).min(child.enqueued_ns))
+                .or_insert(child.enqueued_ns);
+        }
+        oldest
+    }
+
+    /// Removes the per-thread accept counts of listeners that no longer exist.
+    pub fn prune_acceptors(&mut self, live: &std::collections::HashSet<u64>) {
+        let dead: Vec<AcceptorKey> = self
+            .acceptors
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.listener))
+            .collect();
+        for key in dead {
+            let _ = self.acceptors.remove(&key);
+        }
+    }
+
+    pub fn program_stats(&self) -> Result<ProgramStats, ProbeError> {
+        let read = |index: u32| -> Result<u64, ProbeError> {
+            let per_cpu = self
+                .stats
+                .get(&index, 0)
+                .map_err(|source| map_error("STATS", source))?;
+            Ok(per_cpu.iter().copied().fold(0, u64::wrapping_add))
+        };
+        Ok(ProgramStats {
+            events_lost: read(STAT_EVENTS_LOST)?,
+            transitions_full: read(STAT_TRANSITIONS_FULL)?,
+            listeners_full: read(STAT_LISTENERS_FULL)?,
+            queued_full: read(STAT_QUEUED_FULL)?,
+            read_errors: read(STAT_READ_ERRORS)?,
+            conns_full: read(STAT_CONNS_FULL)?,
+        })
+    }
+}
+
+pub(super) fn map_error(name: &'static str, source: MapError) -> ProbeError {
+    ProbeError::Map { name, source }
+}
+
+pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}

@@ -1,0 +1,219 @@
+//! Loading sockq's eBPF object into the kernel, attaching each probe by the cheapest
+//! mechanism that works here (probed at run time, never by kernel version), and reading
+//! what the programs aggregate.
+//!
+//! Probes and their mechanisms, best first (see [`table::PROBES`]):
+//! - `inet_sock_set_state`: raw tracepoint (Linux 4.17+), else classic tracepoint
+//!   `sock/inet_sock_set_state` (4.16+, needs tracefs);
+//! - `sk_data_ready`: raw tracepoint (6.3+), else a kprobe on `sock_def_readable`:
+//!   accept queue depth at every enqueue and the enqueue time of each connection;
+//! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
+//! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (6.13+): drop reasons per
+//!   listener;
+//! - `sock_recv_length`: raw tracepoint (6.4+): which threads read a sample of the
+//!   accepted connections (the execution pattern);
+//! - `sys_enter_accept4`/`sys_exit_accept4`, `sys_enter_accept`/`sys_exit_accept`,
+//!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
+//!   `CONFIG_FTRACE_SYSCALLS`).
+//!
+//! The Nagle / delayed-ACK family (`Family::Nagle`, off unless `--nagle`: it runs on
+//! per-segment and per-timer paths and costs more than 3% of the connection rate,
+//! see BENCHMARKS.md):
+//! - `timer_start`, `timer_expire_entry`: raw tracepoints on every kernel timer,
+//!   filtered on `tcp_delack_timer` (its address from `/proc/kallsyms`);
+//! - `tcp_sendmsg_locked` (6.2+) and `tcp_probe`: raw tracepoints on each send and
+//!   each segment an established socket receives: Nagle holds and stalls.
+
+pub mod attach;
+pub mod events;
+pub mod maps;
+pub mod offsets;
+pub mod ring;
+pub mod table;
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use collector_common::{
+    layout::KERNEL_OFFSETS_SYMBOL,
+    nagle::{ConnKey, ConnStats, NAGLE_OFFSETS_SYMBOL, NagleOffsets},
+    queue::{AcceptorKey, DropKey, ListenerQueue, QueuedChild},
+    tcp_state::TransitionKey as RawTransitionKey,
+};
+
+use self::maps::{map_error, take_map};
+pub use self::{
+    maps::{KernelView, ProgramStats},
+    offsets::{KernelInfo, kernel_info},
+    table::{Family, PROBES, ProbeSpec},
+};
+use crate::{kernel::btf_layout::LayoutError, model::ProbeStatus};
+
+/// The eBPF object built by `build.rs`; empty when built with `AYA_BUILD_SKIP=1`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockq"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this sockq binary was built without its eBPF programs (AYA_BUILD_SKIP); \
+         rebuild with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("loading the eBPF object into the kernel failed")]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("eBPF map `{name}`")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("no probe could be attached: {0}")]
+    NothingAttached(String),
+}
+
+/// How to load the probes.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub nagle: bool,
+    /// Size of the per-connection map of the Nagle family.
+    pub conn_track_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            nagle: false,
+            conn_track_entries: collector_common::nagle::CONNS_MAX_ENTRIES,
+        }
+    }
+}
+
+/// The loaded object and the maps userspace reads.
+pub struct Probes {
+    // Keeps programs and links alive; dropping it detaches everything.
+    _ebpf: Ebpf,
+    status: Vec<ProbeStatus>,
+    transitions: PerCpuHashMap<MapData, RawTransitionKey, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    queues: HashMap<MapData, u64, ListenerQueue>,
+    queued: HashMap<MapData, u64, QueuedChild>,
+    acceptors: HashMap<MapData, AcceptorKey, u64>,
+    drops: HashMap<MapData, DropKey, u64>,
+    conn_stats: HashMap<MapData, ConnKey, ConnStats>,
+    sends: PerCpuArray<MapData, u64>,
+    nagle_on: bool,
+    drop_reasons: std::collections::HashMap<u32, String>,
+}
+
+impl Probes {
+    /// Loads the object, attaches every probe it can, and takes the ring buffer of
+    /// events. Fails only when nothing at all can be attached.
+    pub fn load(
+        kernel: &KernelInfo,
+        tracefs_root: Option<&Path>,
+        options: LoadOptions,
+    ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        let offsets = &kernel.offsets;
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        // With the family off (or unavailable) its offsets stay zero: its programs,
+        // and its cleanup in inet_sock_set_state, do nothing.
+        let nagle_offsets = match (&kernel.nagle, options.nagle) {
+            (Ok(n), true) => *n,
+            _ => NagleOffsets::default(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(KERNEL_OFFSETS_SYMBOL, offsets, true)
+            .override_global(NAGLE_OFFSETS_SYMBOL, &nagle_offsets, true)
+            .map_max_entries("CONNS", options.conn_track_entries.max(1));
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| ProbeError::Load { source })?;
+
+        let status: Vec<ProbeStatus> = PROBES
+            .iter()
+            .map(|spec| match not_wanted(spec, kernel, options) {
+                Some(why) => ProbeStatus {
+                    name: spec.name,
+                    attached: false,
+                    detail: why,
+                },
+                None => attach::attach(&mut ebpf, spec, tracefs_root),
+            })
+            .collect();
+        if status.iter().all(|s| !s.attached) {
+            let why = status
+                .iter()
+                .map(|s| format!("{}: {}", s.name, s.detail))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProbeError::NothingAttached(why));
+        }
+        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
+            .map_err(|source| map_error("EVENTS", source))?;
+        let probes = Self::from_loaded(ebpf, status, nagle_offsets.valid != 0, kernel)?;
+        Ok((probes, events))
+    }
+
+    /// Takes the maps userspace reads out of the loaded object.
+    fn from_loaded(
+        mut ebpf: Ebpf,
+        status: Vec<ProbeStatus>,
+        nagle_on: bool,
+        kernel: &KernelInfo,
+    ) -> Result<Self, ProbeError> {
+        fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, ProbeError> {
+            T::try_from(take_map(ebpf, name)?).map_err(|source| map_error(name, source))
+        }
+        Ok(Self {
+            transitions: map(&mut ebpf, "TRANSITIONS")?,
+            stats: map(&mut ebpf, "STATS")?,
+            queues: map(&mut ebpf, "LISTENER_QUEUES")?,
+            queued: map(&mut ebpf, "QUEUED")?,
+            acceptors: map(&mut ebpf, "ACCEPTORS")?,
+            drops: map(&mut ebpf, "DROP_REASONS")?,
+            conn_stats: map(&mut ebpf, "CONN_STATS")?,
+            sends: map(&mut ebpf, "SENDS")?,
+            _ebpf: ebpf,
+            status,
+            nagle_on,
+            drop_reasons: kernel.drop_reasons.clone(),
+        })
+    }
+}
+
+/// Why `spec` is not even tried on this kernel with these options, if it is not.
+fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Option<String> {
+    match (spec.family, &kernel.nagle) {
+        (Family::Nagle, _) if !options.nagle => {
+            return Some(
+                "off by default (per-segment cost); `sockq run --nagle` switches it on".into(),
+            );
+        }
+        (Family::Nagle, Err(why)) => {
+            return Some(format!(
+                "the Nagle/delayed-ACK probes cannot run here: {why}"
+            ));
+        }
+        _ => {}
+    }
+    (spec.needs_queue_offsets && kernel.offsets.queue_valid == 0).then(|| {
+        "this kernel's BTF lacks a field the accept-queue probes read (`sockq doctor` names it)"
+            .into()
+    })
+}

@@ -1,0 +1,60 @@
+//! What the programs need to know about this kernel before they load: struct field
+//! offsets from BTF, tracepoint record layouts from tracefs, the delayed-ACK timer's
+//! address, the ephemeral port range. Handed to the programs as read-only globals.
+
+use std::path::Path;
+
+use collector_common::{layout::KernelOffsets, nagle::NagleOffsets};
+
+use super::ProbeError;
+use crate::kernel::{btf_layout::Layout, kallsyms, sysctl, tracefs};
+
+/// What the programs and their readers need to know about this kernel, from one
+/// parse of its BTF.
+pub struct KernelInfo {
+    pub offsets: KernelOffsets,
+    /// `enum skb_drop_reason` value -> name.
+    pub drop_reasons: std::collections::HashMap<u32, String>,
+    /// The Nagle family's offsets, or why it cannot run here.
+    pub nagle: Result<NagleOffsets, String>,
+}
+
+/// Resolves the offsets the programs need on this kernel: struct layout from BTF,
+/// tracepoint record layouts from tracefs when it is mounted.
+pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError> {
+    let layout = Layout::from_running_kernel()?;
+    let mut o = layout.kernel_offsets()?;
+    if let Some(root) = tracefs_root {
+        let field = |category: &str, name: &str, field: &str| -> u32 {
+            match tracefs::field_offsets(root, category, name) {
+                Ok(fields) => fields.get(field).copied().unwrap_or(0),
+                Err(e) => {
+                    tracing::debug!("no classic tracepoint layout for {category}:{name}: {e}");
+                    0
+                }
+            }
+        };
+        o.tp_state_skaddr = field("sock", "inet_sock_set_state", "skaddr");
+        o.tp_state_oldstate = field("sock", "inet_sock_set_state", "oldstate");
+        o.tp_state_newstate = field("sock", "inet_sock_set_state", "newstate");
+        o.tp_accept4_ret = field("syscalls", "sys_exit_accept4", "ret");
+        o.tp_accept_ret = field("syscalls", "sys_exit_accept", "ret");
+        o.tp_accept4_fd = field("syscalls", "sys_enter_accept4", "fd");
+        o.tp_accept_fd = field("syscalls", "sys_enter_accept", "fd");
+        o.tp_listen_fd = field("syscalls", "sys_enter_listen", "fd");
+        o.tp_listen_backlog = field("syscalls", "sys_enter_listen", "backlog");
+    }
+    let nagle = layout
+        .nagle_offsets()
+        .map_err(|e| crate::error_chain(&e))
+        .and_then(|mut n| {
+            n.delack_timer_fn = kallsyms::lookup("tcp_delack_timer")?;
+            (n.ephemeral_lo, n.ephemeral_hi) = sysctl::ephemeral_ports();
+            Ok(n)
+        });
+    Ok(KernelInfo {
+        offsets: o,
+        drop_reasons: layout.drop_reason_names(),
+        nagle,
+    })
+}

@@ -1,0 +1,207 @@
+//! Every probe sockq attaches and the mechanisms each can use, best first. The order
+//! of the hooks is the fallback order: the first that loads and attaches wins.
+
+/// One way to attach a probe.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// `raw_tp/<tracepoint>`.
+    Raw {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
+    /// `tracepoint/<category>/<name>`; its record layout comes from tracefs.
+    Classic {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
+    /// `kprobe/<function>`: where the kernel lacks the tracepoint but has kprobes.
+    KProbe {
+        program: &'static str,
+        function: &'static str,
+    },
+}
+
+/// A probe and its mechanisms, best first.
+pub struct ProbeSpec {
+    pub name: &'static str,
+    pub hooks: &'static [Hook],
+    /// Reads the accept-queue fields (`KernelOffsets::queue_valid`).
+    pub needs_queue_offsets: bool,
+    pub family: Family,
+}
+
+/// Probe families, each switchable as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Listeners, accept queues, state transitions: always on.
+    Core,
+    /// Nagle holds, delayed ACKs and their stalls (`--nagle` switches it on).
+    Nagle,
+}
+
+/// Every probe sockq attaches.
+pub const PROBES: [ProbeSpec; 14] = [
+    ProbeSpec {
+        name: "inet_sock_set_state",
+        hooks: &[
+            Hook::Raw {
+                program: "inet_sock_set_state_raw",
+                tracepoint: "inet_sock_set_state",
+            },
+            Hook::Classic {
+                program: "inet_sock_set_state_tp",
+                category: "sock",
+                name: "inet_sock_set_state",
+            },
+        ],
+        needs_queue_offsets: false,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sk_data_ready",
+        hooks: &[
+            Hook::Raw {
+                program: "sk_data_ready",
+                tracepoint: "sk_data_ready",
+            },
+            Hook::KProbe {
+                program: "sk_data_ready_kprobe",
+                function: "sock_def_readable",
+            },
+        ],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "tcp_retransmit_synack",
+        hooks: &[Hook::Raw {
+            program: "tcp_retransmit_synack",
+            tracepoint: "tcp_retransmit_synack",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "kfree_skb",
+        hooks: &[Hook::Raw {
+            program: "kfree_skb",
+            tracepoint: "kfree_skb",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sock_recv_length",
+        hooks: &[Hook::Raw {
+            program: "sock_recv_length",
+            tracepoint: "sock_recv_length",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sys_enter_accept4",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_accept4",
+            category: "syscalls",
+            name: "sys_enter_accept4",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sys_enter_accept",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_accept",
+            category: "syscalls",
+            name: "sys_enter_accept",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sys_exit_accept4",
+        hooks: &[Hook::Classic {
+            program: "sys_exit_accept4",
+            category: "syscalls",
+            name: "sys_exit_accept4",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sys_exit_accept",
+        hooks: &[Hook::Classic {
+            program: "sys_exit_accept",
+            category: "syscalls",
+            name: "sys_exit_accept",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sys_enter_listen",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_listen",
+            category: "syscalls",
+            name: "sys_enter_listen",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "timer_start",
+        hooks: &[Hook::Raw {
+            program: "timer_start",
+            tracepoint: "timer_start",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
+    },
+    ProbeSpec {
+        name: "timer_expire_entry",
+        hooks: &[Hook::Raw {
+            program: "timer_expire_entry",
+            tracepoint: "timer_expire_entry",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
+    },
+    ProbeSpec {
+        name: "tcp_sendmsg_locked",
+        hooks: &[
+            Hook::Raw {
+                program: "tcp_sendmsg_locked",
+                tracepoint: "tcp_sendmsg_locked",
+            },
+            Hook::KProbe {
+                program: "tcp_sendmsg_locked_kprobe",
+                function: "tcp_sendmsg_locked",
+            },
+        ],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
+    },
+    ProbeSpec {
+        name: "tcp_probe",
+        hooks: &[Hook::Raw {
+            program: "tcp_probe",
+            tracepoint: "tcp_probe",
+        }],
+        needs_queue_offsets: true,
+        family: Family::Nagle,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_probe_has_a_hook() {
+        for p in &PROBES {
+            assert!(!p.hooks.is_empty(), "{}", p.name);
+        }
+    }
+}
