@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain and test tools if missing (Debian/Ubuntu, as root).
+    /// Install the eBPF toolchain and the test tools if missing (Debian/Ubuntu, as root).
     Setup,
     /// Set up, then build sockq with its eBPF programs embedded.
     Build {
@@ -88,7 +88,7 @@ fn main() {
 fn dispatch(task: Task) -> Result<()> {
     let root = workspace_root()?;
     match task {
-        Task::Setup => setup::ensure().map(|_| ()),
+        Task::Setup => setup::ensure().and_then(|_| setup::ensure_test_tools()),
         Task::Build { release } => {
             let env = setup::ensure()?;
             build(&root, &env, release).map(|_| ())
@@ -106,6 +106,7 @@ fn dispatch(task: Task) -> Result<()> {
         }
         Task::Test { filter } => {
             let env = setup::ensure()?;
+            setup::ensure_test_tools()?;
             test(&root, &env, filter.as_deref())
         }
         Task::Lint => lint(&root),
@@ -132,7 +133,7 @@ fn dispatch(task: Task) -> Result<()> {
         }
         Task::Bench { seconds, rounds } => {
             let env = setup::ensure()?;
-            setup::install_packages(&["bpftrace"])?;
+            setup::install_packages(&["bpftrace", "iproute2"])?;
             build(&root, &env, true)?;
             step("building the scenario programs (release)");
             run(cargo(&root, &env).args([

@@ -53,15 +53,16 @@ pub struct BuildEnv {
     pub bpf_toolchain: String,
 }
 
+/// What building and running sockq needs: the eBPF toolchain (and LLVM for
+/// bpf-linker). Running needs nothing else.
 pub fn ensure() -> Result<BuildEnv> {
-    step("checking the eBPF toolchain and test tools");
+    step("checking the eBPF toolchain");
     let (toolchain, need_debian_rust) = choose_toolchain()?;
 
     let mut packages: Vec<&str> = LLVM_PACKAGES.to_vec();
     if need_debian_rust {
         packages.extend(RUST_PACKAGES);
     }
-    packages.extend(TEST_PACKAGES);
     install_packages(&packages)?;
 
     if need_debian_rust {
@@ -72,6 +73,13 @@ pub fn ensure() -> Result<BuildEnv> {
     Ok(BuildEnv {
         bpf_toolchain: toolchain,
     })
+}
+
+/// What the tests use besides the build: oracles, real servers, load generators, a
+/// browser ([`TEST_PACKAGES`]).
+pub fn ensure_test_tools() -> Result<()> {
+    step("checking the tools the tests use");
+    install_packages(&TEST_PACKAGES)
 }
 
 fn choose_toolchain() -> Result<(String, bool)> {

@@ -102,6 +102,73 @@ pub struct EpisodeTracker {
     tracked: HashMap<(NetnsInode, u64), Tracked>,
 }
 
+impl Tracked {
+    /// First sight of a listener: a baseline. Only a queue over its limit now opens
+    /// an episode; earlier drops do not.
+    fn first_sight<F: Fn(NetnsInode) -> Limits>(
+        l: &Listener,
+        ctx: &EventContext<'_, F>,
+    ) -> (Self, Option<EpisodeEvent>) {
+        let mut t = Self {
+            drops: l.drops,
+            full_enqueues: full_enqueues(l),
+            last: l.clone(),
+            episode: None,
+        };
+        let mut start = None;
+        if is_over_limit(l) {
+            let episode = Episode {
+                started: ctx.now,
+                drops_at_start: l.drops,
+                accepts_at_start: accepts(l),
+            };
+            start = Some(ctx.start(l, &episode));
+            t.episode = Some(episode);
+        }
+        (t, start)
+    }
+
+    /// The listener's state at this poll: the start or end of an episode, if any.
+    fn update<F: Fn(NetnsInode) -> Limits>(
+        &mut self,
+        l: &Listener,
+        ctx: &EventContext<'_, F>,
+    ) -> Option<EpisodeEvent> {
+        let full_enqueues = full_enqueues(l);
+        // Was the queue full at some point since the previous poll?
+        let overflowed = match &l.kernel {
+            Some(_) => full_enqueues > self.full_enqueues,
+            None => l.drops > self.drops,
+        };
+        let event = match &self.episode {
+            None if is_over_limit(l) || overflowed => {
+                let episode = Episode {
+                    started: ctx.now,
+                    drops_at_start: self.drops,
+                    accepts_at_start: accepts(&self.last),
+                };
+                let start = ctx.start(l, &episode);
+                self.episode = Some(episode);
+                Some(start)
+            }
+            Some(ep) if !overflowed && is_drained(l) => {
+                let end = ctx.end(l, ep);
+                self.episode = None;
+                Some(end)
+            }
+            _ => None,
+        };
+        self.drops = l.drops;
+        self.full_enqueues = full_enqueues;
+        self.last = l.clone();
+        event
+    }
+}
+
+fn full_enqueues(l: &Listener) -> u64 {
+    l.kernel.as_ref().map_or(0, |k| k.full_enqueues)
+}
+
 impl EpisodeTracker {
     /// Feeds one poll; returns the events it causes.
     pub fn update(
@@ -123,52 +190,14 @@ impl EpisodeTracker {
         for l in listeners {
             let key = (l.netns, l.inode);
             seen.insert(key);
-            let full_enqueues = l.kernel.as_ref().map_or(0, |k| k.full_enqueues);
-            let Some(t) = self.tracked.get_mut(&key) else {
-                // First sight: a baseline. Only a queue over its limit now opens an
-                // episode; earlier drops do not.
-                let mut t = Tracked {
-                    drops: l.drops,
-                    full_enqueues,
-                    last: l.clone(),
-                    episode: None,
-                };
-                if is_over_limit(l) {
-                    t.episode = Some(Episode {
-                        started: now,
-                        drops_at_start: l.drops,
-                        accepts_at_start: accepts(l),
-                    });
-                    let episode = t.episode.as_ref();
-                    events.extend(episode.map(|ep| ctx.start(l, ep)));
+            match self.tracked.get_mut(&key) {
+                Some(t) => events.extend(t.update(l, &ctx)),
+                None => {
+                    let (t, start) = Tracked::first_sight(l, &ctx);
+                    events.extend(start);
+                    self.tracked.insert(key, t);
                 }
-                self.tracked.insert(key, t);
-                continue;
-            };
-            // Was the queue full at some point since the previous poll?
-            let overflowed = match &l.kernel {
-                Some(_) => full_enqueues > t.full_enqueues,
-                None => l.drops > t.drops,
-            };
-            match &t.episode {
-                None if is_over_limit(l) || overflowed => {
-                    let episode = Episode {
-                        started: now,
-                        drops_at_start: t.drops,
-                        accepts_at_start: accepts(&t.last),
-                    };
-                    events.push(ctx.start(l, &episode));
-                    t.episode = Some(episode);
-                }
-                Some(ep) if !overflowed && is_drained(l) => {
-                    events.push(ctx.end(l, ep));
-                    t.episode = None;
-                }
-                _ => {}
             }
-            t.drops = l.drops;
-            t.full_enqueues = full_enqueues;
-            t.last = l.clone();
         }
         // Listeners gone: their episodes end with them.
         let gone: Vec<_> = self
@@ -181,17 +210,7 @@ impl EpisodeTracker {
             if let Some(t) = self.tracked.remove(&key)
                 && let Some(ep) = t.episode
             {
-                // The last known state; accepts after it are unknown.
-                let mut e = ctx.end(
-                    &t.last,
-                    &Episode {
-                        accepts_at_start: None,
-                        ..ep
-                    },
-                );
-                e.diagnosis = "the listener was closed while its queue was full".into();
-                e.message = format!("{} (listener closed)", e.message);
-                events.push(e);
+                events.push(ctx.closed_while_full(&t.last, ep));
             }
         }
         events
@@ -221,6 +240,21 @@ impl<F: Fn(NetnsInode) -> Limits> EventContext<'_, F> {
     fn end(&self, l: &Listener, ep: &Episode) -> EpisodeEvent {
         let duration = self.now.saturating_duration_since(ep.started);
         self.build("end", l, ep, Some(duration))
+    }
+
+    /// The end of an episode whose listener closed: its last known state; accepts
+    /// after it are unknown.
+    fn closed_while_full(&self, last: &Listener, ep: Episode) -> EpisodeEvent {
+        let mut e = self.end(
+            last,
+            &Episode {
+                accepts_at_start: None,
+                ..ep
+            },
+        );
+        e.diagnosis = "the listener was closed while its queue was full".into();
+        e.message = format!("{} (listener closed)", e.message);
+        e
     }
 
     fn build(

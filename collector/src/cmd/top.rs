@@ -279,14 +279,52 @@ pub fn run(addr: SocketAddr, interval: Duration) -> std::io::Result<()> {
     result
 }
 
+/// What the user typed so far: the sort order and the filter.
+struct Controls {
+    sort: SortBy,
+    filter: String,
+    /// The filter being typed after `/`, until Enter or Esc.
+    editing: Option<String>,
+}
+
+impl Controls {
+    /// Applies one key; `true` when it asks to quit.
+    fn on_key(&mut self, code: KeyCode, modifiers: KeyModifiers) -> bool {
+        match (&mut self.editing, code) {
+            (Some(typed), KeyCode::Enter) => {
+                self.filter = std::mem::take(typed);
+                self.editing = None;
+            }
+            (Some(_), KeyCode::Esc) => {
+                self.filter.clear();
+                self.editing = None;
+            }
+            (Some(typed), KeyCode::Backspace) => {
+                typed.pop();
+            }
+            (Some(typed), KeyCode::Char(c)) => typed.push(c),
+            (None, KeyCode::Char('q')) => return true,
+            (None, KeyCode::Char('c')) if modifiers.contains(KeyModifiers::CONTROL) => {
+                return true;
+            }
+            (None, KeyCode::Char('s')) => self.sort = self.sort.next(),
+            (None, KeyCode::Char('/')) => self.editing = Some(String::new()),
+            _ => {}
+        }
+        false
+    }
+}
+
 fn event_loop(
     addr: SocketAddr,
     interval: Duration,
     stdout: &mut std::io::Stdout,
 ) -> std::io::Result<()> {
-    let mut sort = SortBy::Fill;
-    let mut filter = String::new();
-    let mut editing: Option<String> = None;
+    let mut controls = Controls {
+        sort: SortBy::Fill,
+        filter: String::new(),
+        editing: None,
+    };
     let mut previous: HashMap<u64, u64> = HashMap::new();
     let mut previous_stalls: HashMap<SeriesKey, u64> = HashMap::new();
     // Rates are over the time between the two samples compared, not until now.
@@ -295,60 +333,35 @@ fn event_loop(
     let mut sample = fetch(addr);
     loop {
         let (width, height) = terminal::size().unwrap_or((80, 24));
-        let shown = lines(&sample.rows, &previous, between, &filter, sort);
+        let shown = lines(
+            &sample.rows,
+            &previous,
+            between,
+            &controls.filter,
+            controls.sort,
+        );
         let stalled = stalls(&sample.nagle, &previous_stalls, between);
         let mut screen = render(
             &shown,
             &stalled,
             sample.source,
-            sort,
-            &filter,
+            controls.sort,
+            &controls.filter,
             usize::from(width),
             usize::from(height),
         );
-        if let Some(typed) = &editing {
+        if let Some(typed) = &controls.editing {
             let _ = write!(screen, "filter: {typed}_");
         }
-        queue!(
-            stdout,
-            terminal::Clear(ClearType::All),
-            cursor::MoveTo(0, 0)
-        )?;
-        for line in screen.lines() {
-            queue!(
-                stdout,
-                crossterm::style::Print(line),
-                cursor::MoveToNextLine(1)
-            )?;
-        }
-        stdout.flush()?;
+        draw(stdout, &screen)?;
 
         if event::poll(interval)? {
             if let Event::Key(KeyEvent {
                 code, modifiers, ..
             }) = event::read()?
+                && controls.on_key(code, modifiers)
             {
-                match (&mut editing, code) {
-                    (Some(typed), KeyCode::Enter) => {
-                        filter = std::mem::take(typed);
-                        editing = None;
-                    }
-                    (Some(_), KeyCode::Esc) => {
-                        filter.clear();
-                        editing = None;
-                    }
-                    (Some(typed), KeyCode::Backspace) => {
-                        typed.pop();
-                    }
-                    (Some(typed), KeyCode::Char(c)) => typed.push(c),
-                    (None, KeyCode::Char('q')) => return Ok(()),
-                    (None, KeyCode::Char('c')) if modifiers.contains(KeyModifiers::CONTROL) => {
-                        return Ok(());
-                    }
-                    (None, KeyCode::Char('s')) => sort = sort.next(),
-                    (None, KeyCode::Char('/')) => editing = Some(String::new()),
-                    _ => {}
-                }
+                return Ok(());
             }
             continue;
         }
@@ -367,6 +380,23 @@ fn event_loop(
         fetched = now;
         sample = fetch(addr);
     }
+}
+
+/// Replaces the terminal's content with `screen`.
+fn draw(stdout: &mut std::io::Stdout, screen: &str) -> std::io::Result<()> {
+    queue!(
+        stdout,
+        terminal::Clear(ClearType::All),
+        cursor::MoveTo(0, 0)
+    )?;
+    for line in screen.lines() {
+        queue!(
+            stdout,
+            crossterm::style::Print(line),
+            cursor::MoveToNextLine(1)
+        )?;
+    }
+    stdout.flush()
 }
 
 #[cfg(test)]

@@ -234,104 +234,116 @@ const HELP_BUILD: &str = "Always 1: the sockq version and commit, and the releas
 
 impl SnapshotCollector {
     fn new(snapshot: &Snapshot, build: &BuildInfo) -> Self {
-        let mut accept_len = Family::gauge("sockq_listen_accept_queue_length", HELP_ACCEPT_LEN);
-        let mut accept_limit = Family::gauge("sockq_listen_accept_queue_limit", HELP_ACCEPT_LIMIT);
-        let mut syn_len = Family::gauge("sockq_listen_syn_queue_length", HELP_SYN_LEN);
-        let mut drops = Family::counter("sockq_listen_drops_total", HELP_DROPS);
-        let mut info = Family::gauge("sockq_listener_info", HELP_INFO);
-
-        let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
-        listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
-        for l in listeners {
-            let identity = listener_labels(l);
-            accept_len.push(identity.clone(), l.accept_queue_len);
-            accept_limit.push(identity.clone(), l.accept_queue_limit);
-            syn_len.push(identity.clone(), l.syn_queue_len);
-            drops.push(identity.clone(), l.drops);
-
-            let owners: BTreeSet<(u32, &str, &str)> = l
-                .owners
-                .iter()
-                .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
-                .collect();
-            let pattern = snapshot
-                .patterns
-                .get(&l.inode)
-                .map_or("undetermined", |p| p.pattern.name());
-            if owners.is_empty() {
-                info.push(
-                    owner_labels(&identity, String::new(), "", "", pattern),
-                    1_u8,
-                );
-            }
-            for (pid, comm, container) in owners {
-                let labels = owner_labels(&identity, pid.to_string(), comm, container, pattern);
-                info.push(labels, 1_u8);
-            }
-        }
-
-        let mut transitions =
-            Family::counter("sockq_tcp_state_transitions_total", HELP_TRANSITIONS);
-        let mut merged: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
-        for (key, count) in &snapshot.transitions {
-            let slot = merged
-                .entry((key.netns, tcp_state_name(key.from), tcp_state_name(key.to)))
-                .or_default();
-            *slot = slot.saturating_add(*count);
-        }
-        for ((netns, from, to), count) in merged {
-            let labels = vec![
-                ("netns", netns.to_string()),
-                ("from", from.to_owned()),
-                ("to", to.to_owned()),
-            ];
-            transitions.push(labels, count);
-        }
-
-        let mut lost = Family::counter("sockq_events_lost_total", HELP_LOST);
-        lost.push(Vec::new(), snapshot.events_lost);
-
-        let mut ring = Family::counter("sockq_ring_events_total", HELP_RING);
-        for (kind, n) in ["listener", "queue_full", "stall"]
-            .into_iter()
-            .zip(snapshot.ring_events)
-        {
-            ring.push(vec![("kind", kind.to_owned())], n);
-        }
-        let mut mode = Family::gauge("sockq_mode", HELP_MODE);
-        mode.push(
-            match &snapshot.polling {
-                Some(reason) => vec![("mode", "polling".to_owned()), ("reason", reason.clone())],
-                None => vec![("mode", "ebpf".to_owned()), ("reason", String::new())],
-            },
-            1_u8,
-        );
-        let mut probes = Family::gauge("sockq_probe_attached", HELP_PROBE);
-        let mut attached: BTreeMap<&str, bool> = BTreeMap::new();
-        for p in &snapshot.probes {
-            *attached.entry(p.name).or_default() |= p.attached;
-        }
-        for (name, up) in attached {
-            probes.push(vec![("probe", name.to_owned())], up);
-        }
-
-        let mut build_info = Family::gauge("sockq_build_info", HELP_BUILD);
-        build_info.push(
-            vec![
-                ("version", build.version.clone()),
-                ("git_commit", build.git_commit.clone()),
-                ("kernel_release", build.kernel_release.clone()),
-            ],
-            1_u8,
-        );
-
-        let mut families = vec![accept_len, accept_limit, syn_len, drops, info];
+        let mut families = inventory_families(snapshot);
         families.extend(queues::families(snapshot));
         families.extend(netns::families(snapshot));
         families.extend(nagle::families(snapshot));
-        families.extend([transitions, lost, ring, mode, probes, build_info]);
+        families.push(transition_family(snapshot));
+        families.extend(self_families(snapshot, build));
         Self { families }
     }
+}
+
+/// What the inventory says of each listener: queue lengths, limits, drops, owners.
+fn inventory_families(snapshot: &Snapshot) -> Vec<Family> {
+    let mut accept_len = Family::gauge("sockq_listen_accept_queue_length", HELP_ACCEPT_LEN);
+    let mut accept_limit = Family::gauge("sockq_listen_accept_queue_limit", HELP_ACCEPT_LIMIT);
+    let mut syn_len = Family::gauge("sockq_listen_syn_queue_length", HELP_SYN_LEN);
+    let mut drops = Family::counter("sockq_listen_drops_total", HELP_DROPS);
+    let mut info = Family::gauge("sockq_listener_info", HELP_INFO);
+
+    let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
+    listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
+    for l in listeners {
+        let identity = listener_labels(l);
+        accept_len.push(identity.clone(), l.accept_queue_len);
+        accept_limit.push(identity.clone(), l.accept_queue_limit);
+        syn_len.push(identity.clone(), l.syn_queue_len);
+        drops.push(identity.clone(), l.drops);
+
+        let owners: BTreeSet<(u32, &str, &str)> = l
+            .owners
+            .iter()
+            .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
+            .collect();
+        let pattern = snapshot
+            .patterns
+            .get(&l.inode)
+            .map_or("undetermined", |p| p.pattern.name());
+        if owners.is_empty() {
+            info.push(
+                owner_labels(&identity, String::new(), "", "", pattern),
+                1_u8,
+            );
+        }
+        for (pid, comm, container) in owners {
+            let labels = owner_labels(&identity, pid.to_string(), comm, container, pattern);
+            info.push(labels, 1_u8);
+        }
+    }
+    vec![accept_len, accept_limit, syn_len, drops, info]
+}
+
+/// TCP state transitions per namespace (states with one name summed).
+fn transition_family(snapshot: &Snapshot) -> Family {
+    let mut transitions = Family::counter("sockq_tcp_state_transitions_total", HELP_TRANSITIONS);
+    let mut merged: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
+    for (key, count) in &snapshot.transitions {
+        let slot = merged
+            .entry((key.netns, tcp_state_name(key.from), tcp_state_name(key.to)))
+            .or_default();
+        *slot = slot.saturating_add(*count);
+    }
+    for ((netns, from, to), count) in merged {
+        let labels = vec![
+            ("netns", netns.to_string()),
+            ("from", from.to_owned()),
+            ("to", to.to_owned()),
+        ];
+        transitions.push(labels, count);
+    }
+    transitions
+}
+
+/// sockq about itself: losses, ring records, mode, probes, build.
+fn self_families(snapshot: &Snapshot, build: &BuildInfo) -> Vec<Family> {
+    let mut lost = Family::counter("sockq_events_lost_total", HELP_LOST);
+    lost.push(Vec::new(), snapshot.events_lost);
+
+    let mut ring = Family::counter("sockq_ring_events_total", HELP_RING);
+    for (kind, n) in ["listener", "queue_full", "stall"]
+        .into_iter()
+        .zip(snapshot.ring_events)
+    {
+        ring.push(vec![("kind", kind.to_owned())], n);
+    }
+    let mut mode = Family::gauge("sockq_mode", HELP_MODE);
+    mode.push(
+        match &snapshot.polling {
+            Some(reason) => vec![("mode", "polling".to_owned()), ("reason", reason.clone())],
+            None => vec![("mode", "ebpf".to_owned()), ("reason", String::new())],
+        },
+        1_u8,
+    );
+    let mut probes = Family::gauge("sockq_probe_attached", HELP_PROBE);
+    let mut attached: BTreeMap<&str, bool> = BTreeMap::new();
+    for p in &snapshot.probes {
+        *attached.entry(p.name).or_default() |= p.attached;
+    }
+    for (name, up) in attached {
+        probes.push(vec![("probe", name.to_owned())], up);
+    }
+
+    let mut build_info = Family::gauge("sockq_build_info", HELP_BUILD);
+    build_info.push(
+        vec![
+            ("version", build.version.clone()),
+            ("git_commit", build.git_commit.clone()),
+            ("kernel_release", build.kernel_release.clone()),
+        ],
+        1_u8,
+    );
+    vec![lost, ring, mode, probes, build_info]
 }
 
 fn owner_labels(

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Family, HistogramValue, Labels, listener_labels};
-use crate::model::{Histogram, Snapshot};
+use crate::model::{Histogram, Listener, Snapshot};
 
 /// Accept-wait buckets exported: from 64 µs up, the kernel's bounds of the form 2^k
 /// or 3·2^(k-1) microseconds (steps of x1.5 and x1.33). The kernel's own buckets are
@@ -56,7 +56,6 @@ const HELP_ACCEPTOR: &str = "Connections accepted from this listener by one thre
 
 pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     let mut full = Family::gauge("sockq_listen_accept_queue_full", HELP_FULL);
-    let mut group = Family::gauge("sockq_listen_group_sockets", HELP_GROUP);
     let mut enqueues = Family::counter("sockq_listen_enqueues_total", HELP_ENQUEUES);
     let mut full_enqueues = Family::counter(
         "sockq_listen_accept_queue_full_enqueues_total",
@@ -71,11 +70,9 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     let mut oldest = Family::gauge("sockq_listen_oldest_wait_seconds", HELP_OLDEST);
     let mut reasons = Family::counter("sockq_listen_drop_reasons_total", HELP_DROP_REASONS);
 
-    let mut groups: BTreeMap<(u64, String), u64> = BTreeMap::new();
     let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
     listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
     for l in &listeners {
-        *groups.entry((l.netns, l.listen_addr())).or_default() += 1;
         let id = listener_labels(l);
         full.push(id.clone(), l.queue_full);
         let Some(k) = &l.kernel else { continue };
@@ -102,27 +99,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
             reasons.push(labels, *n);
         }
     }
-    let mut group_imbalance = Family::gauge("sockq_listen_group_imbalance", HELP_GROUP_IMBALANCE);
-    for ((netns, listen_addr), n) in groups {
-        if n > 1 {
-            let accepts: Vec<u64> = listeners
-                .iter()
-                .filter(|l| l.netns == netns && l.listen_addr() == listen_addr)
-                .map(|l| l.kernel.as_ref().map_or(0, |k| k.accepts))
-                .collect();
-            if let Some(ratio) = crate::analysis::pattern::imbalance(&accepts) {
-                let labels = vec![
-                    ("netns", netns.to_string()),
-                    ("listen_addr", listen_addr.clone()),
-                ];
-                group_imbalance.push_float(labels, ratio);
-            }
-        }
-        group.push(
-            vec![("netns", netns.to_string()), ("listen_addr", listen_addr)],
-            n,
-        );
-    }
+    let (group, group_imbalance) = group_families(&listeners);
     let (acceptors, acceptor_imbalance, truncated) = acceptor_families(snapshot);
     vec![
         full,
@@ -142,6 +119,30 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         truncated,
         group_imbalance,
     ]
+}
+
+/// Sockets per SO_REUSEPORT group (address and port in a namespace) and how evenly
+/// they share the accepts.
+fn group_families(listeners: &[&Listener]) -> (Family, Family) {
+    let mut group = Family::gauge("sockq_listen_group_sockets", HELP_GROUP);
+    let mut group_imbalance = Family::gauge("sockq_listen_group_imbalance", HELP_GROUP_IMBALANCE);
+    let mut groups: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
+    for l in listeners {
+        groups
+            .entry((l.netns, l.listen_addr()))
+            .or_default()
+            .push(l.kernel.as_ref().map_or(0, |k| k.accepts));
+    }
+    for ((netns, listen_addr), accepts) in groups {
+        let labels = vec![("netns", netns.to_string()), ("listen_addr", listen_addr)];
+        if accepts.len() > 1
+            && let Some(ratio) = crate::analysis::pattern::imbalance(&accepts)
+        {
+            group_imbalance.push_float(labels.clone(), ratio);
+        }
+        group.push(labels, accepts.len() as u64);
+    }
+    (group, group_imbalance)
 }
 
 /// Accepts per thread (capped per listener), their imbalance, and the truncation flag.
