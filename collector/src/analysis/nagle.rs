@@ -88,6 +88,13 @@ impl Accumulator {
             .iter()
             .map(|l| ((l.netns, l.port), l.listen_addr()))
             .collect();
+        // A process that exited and has no kernel entries left gives its series up
+        // first, so that the cap is shared by the processes that exist (recycled
+        // workers would otherwise fill it for good and push newcomers into `other`).
+        let writing: std::collections::HashSet<u32> = entries.iter().map(|(k, _)| k.tgid).collect();
+        self.totals.retain(|series, _| {
+            series.pid == 0 || writing.contains(&series.pid) || comm_of(series.pid).is_some()
+        });
         let mut seen = HashMap::with_capacity(entries.len());
         for (key, cur) in entries {
             let prev = self.last.get(key).copied().unwrap_or(ConnStats::ZERO);
@@ -349,6 +356,30 @@ mod tests {
             series.iter().map(|s| s.stalls).sum::<u64>(),
             MAX_SERIES as u64 + 50
         );
+    }
+
+    #[test]
+    fn exited_processes_give_their_series_up() {
+        let mut acc = Accumulator::default();
+        let first: Vec<_> = (0..MAX_SERIES as u32)
+            .map(|pid| (key(pid + 1, 1000), stats(1, 0)))
+            .collect();
+        acc.update(&first, &[], |pid| Some(format!("p{pid}")));
+        assert_eq!(acc.series().len(), MAX_SERIES);
+        // All of them exit and their kernel entries age out; a new process writes.
+        let newcomer = [(key(10_000, 1000), stats(2, 0))];
+        acc.update(&newcomer, &[], |pid| {
+            (pid == 10_000).then(|| "new".to_owned())
+        });
+        let series = acc.series();
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert_eq!(series[0].key.comm, "new", "not summed under other");
+        assert_eq!(series[0].stalls, 2);
+        // A live process without kernel entries keeps its series.
+        let mut acc = Accumulator::default();
+        acc.update(&first[..1], &[], |pid| Some(format!("p{pid}")));
+        acc.update(&[], &[], |pid| Some(format!("p{pid}")));
+        assert_eq!(acc.series().len(), 1);
     }
 
     #[test]

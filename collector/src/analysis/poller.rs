@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use collector_common::{nagle::StallEvent, queue::AcceptorKey};
@@ -16,8 +16,8 @@ use super::{
     nagle, pattern, queue_stats,
 };
 use crate::{
-    inventory::{self, threads},
-    model::{Acceptor, Listener, NetnsStats, ProbeStatus, Snapshot},
+    inventory::{self, ScanReport, threads},
+    model::{Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot},
     probes::{KernelView, Probes, ring::RingCounters},
     text,
 };
@@ -25,6 +25,11 @@ use crate::{
 /// Peers named per poll at most (each costs a sock_diag dump per namespace and a
 /// /proc walk, shared by the batch); later stalls of a connection reuse the name.
 const PEER_LOOKUPS_PER_POLL: usize = 32;
+
+/// Upper bounds of the poll-duration histogram, seconds.
+const POLL_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// What one poll produced: the snapshot, and the notable events it caused.
 pub struct Poll {
@@ -46,6 +51,7 @@ pub struct Poller {
     ring: Arc<RingCounters>,
     /// Why there are no probes, in polling mode.
     polling: Option<String>,
+    health: Health,
 }
 
 impl Poller {
@@ -54,6 +60,7 @@ impl Poller {
         stalls: tokio::sync::mpsc::Receiver<StallEvent>,
         ring: Arc<RingCounters>,
         polling: Option<String>,
+        interval: Duration,
     ) -> Self {
         Self {
             probes,
@@ -65,6 +72,15 @@ impl Poller {
             stalls,
             ring,
             polling,
+            health: Health {
+                poll_seconds: Histogram {
+                    bounds: POLL_BOUNDS.to_vec(),
+                    counts: vec![0; POLL_BOUNDS.len() + 1],
+                    sum: 0.0,
+                },
+                stale_after_seconds: 3.0 * interval.as_secs_f64(),
+                ..Health::default()
+            },
         }
     }
 
@@ -74,6 +90,7 @@ impl Poller {
     }
 
     pub async fn poll(&mut self) -> Poll {
+        let started = Instant::now();
         let (listeners, netns) = self.inventory().await;
         self.log_changes(&listeners);
         let mut snapshot = Snapshot {
@@ -99,6 +116,8 @@ impl Poller {
         snapshot.ring_events = self.ring.snapshot();
         self.last_listeners.clone_from(&snapshot.listeners);
         let stalls = self.stall_notices().await;
+        self.record_duration(started.elapsed());
+        snapshot.health = self.health.clone();
         Poll {
             snapshot,
             episodes,
@@ -108,10 +127,15 @@ impl Poller {
 
     /// Every listener and every namespace's counters, from one visit per namespace.
     /// When our own namespace cannot be read, the last inventory stands rather than
-    /// every listener reported gone.
-    async fn inventory(&self) -> (Vec<Listener>, Vec<NetnsStats>) {
+    /// every listener reported gone; so do the listeners of another namespace that
+    /// could not be read for a reason other than its disappearance (their kernel
+    /// counts are pruned only once they are really gone).
+    async fn inventory(&mut self) -> (Vec<Listener>, Vec<NetnsStats>) {
         match tokio::task::spawn_blocking(inventory::scan_report).await {
-            Ok(Ok(report)) => (report.listeners, report.netns),
+            Ok(Ok(report)) => {
+                let report = self.carry_skipped(report);
+                (report.listeners, report.netns)
+            }
             Ok(Err(e)) => {
                 tracing::warn!("listener inventory failed: {}", crate::error_chain(&e));
                 (self.last_listeners.clone(), Vec::new())
@@ -121,6 +145,53 @@ impl Poller {
                 (self.last_listeners.clone(), Vec::new())
             }
         }
+    }
+
+    /// Keeps the last known listeners of namespaces skipped for a reason other than
+    /// their disappearance, and records why namespaces were skipped.
+    fn carry_skipped(&mut self, mut report: ScanReport) -> ScanReport {
+        self.health.last_inventory_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs_f64());
+        self.health.skipped_netns.clear();
+        let mut kept: HashSet<u64> = HashSet::new();
+        for skipped in &report.skipped {
+            *self
+                .health
+                .skipped_netns
+                .entry(skipped.error.reason())
+                .or_default() += 1;
+            if !skipped.error.is_vanished() {
+                kept.insert(skipped.netns);
+            }
+        }
+        let carried: Vec<Listener> = self
+            .last_listeners
+            .iter()
+            .filter(|l| kept.contains(&l.netns))
+            .cloned()
+            .collect();
+        self.health.carried_listeners = carried.len() as u64;
+        if !carried.is_empty() {
+            report.listeners.extend(carried);
+            inventory::sort_listeners(&mut report.listeners);
+        }
+        report
+    }
+
+    fn record_duration(&mut self, took: Duration) {
+        let h = &mut self.health.poll_seconds;
+        let secs = took.as_secs_f64();
+        let bucket = h
+            .bounds
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(h.bounds.len());
+        if let Some(slot) = h.counts.get_mut(bucket) {
+            *slot += 1;
+        }
+        h.sum += secs;
     }
 
     /// What the probes measured, attached to the inventory's listeners.

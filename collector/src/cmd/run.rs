@@ -30,6 +30,11 @@ pub struct RunConfig {
 /// Stall events waiting for the next poll; more are counted as lost.
 const STALL_QUEUE: usize = 4096;
 
+/// The shortest time between two inventories asked for by listener events: a
+/// `listen()`/`close()` loop (any user can run one) then costs at most this rate of
+/// full inventories, and the changes of a burst are read together.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -149,7 +154,13 @@ async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonErro
             Arc::clone(&counters),
         ));
     }
-    let mut poller = Poller::new(started.probes, stall_rx, counters, started.polling.clone());
+    let mut poller = Poller::new(
+        started.probes,
+        stall_rx,
+        counters,
+        started.polling.clone(),
+        config.interval,
+    );
     let state = http::SharedState::new(BuildInfo::detect());
     // Until the first poll: no listeners yet, but which probes are attached.
     state.replace(Snapshot {
@@ -176,8 +187,9 @@ async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonErro
     Ok(())
 }
 
-/// Polls every `interval`, and at once when the ring reader asks, until SIGINT or
-/// SIGTERM; publishes each snapshot and its events.
+/// Polls every `interval`, and when the ring reader asks (at most once per
+/// [`MIN_REFRESH_GAP`]), until SIGINT or SIGTERM; publishes each snapshot and its
+/// events.
 async fn poll_until_stopped(
     poller: &mut Poller,
     state: &http::SharedState,
@@ -189,13 +201,22 @@ async fn poll_until_stopped(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut memory = MemoryTrim::default();
+    let mut last_poll = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = refresh.notified() => {}
+            () = refresh.notified() => {
+                // Debounce: notifications meanwhile coalesce into this one poll.
+                tokio::select! {
+                    () = tokio::time::sleep_until(last_poll + MIN_REFRESH_GAP) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = sigterm.recv() => return Ok(()),
+                }
+            }
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         }
+        last_poll = tokio::time::Instant::now();
         let poll = poller.poll().await;
         let listeners = poll.snapshot.listeners.len();
         publish(state, poll);

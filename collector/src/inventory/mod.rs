@@ -93,6 +93,18 @@ pub enum InventoryError {
 }
 
 impl InventoryError {
+    /// A short label for metrics: why a namespace was skipped.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            _ if self.is_vanished() => "vanished",
+            Self::Setns { source, .. } if *source == nix::Error::EPERM => "permission",
+            Self::Setns { .. } | Self::NetnsThread { .. } => "enter_failed",
+            Self::Io { .. } => "io",
+            Self::Netlink { .. } | Self::DumpRejected { .. } | Self::Decode { .. } => "sock_diag",
+            Self::NetnsGone { .. } | Self::Netstat { .. } => "netstat",
+        }
+    }
+
     /// True when the error only means that the namespace (or the process through
     /// which it was reached) disappeared during the scan.
     pub fn is_vanished(&self) -> bool {
@@ -299,7 +311,8 @@ fn fill_owners(listeners: &mut [Listener]) {
     }
 }
 
-fn sort_listeners(listeners: &mut [Listener]) {
+/// The inventory's order: (netns, port, addr, inode).
+pub fn sort_listeners(listeners: &mut [Listener]) {
     listeners.sort_by(|a, b| {
         (a.netns, a.port, a.addr, a.inode).cmp(&(b.netns, b.port, b.addr, b.inode))
     });

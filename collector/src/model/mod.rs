@@ -255,6 +255,26 @@ pub struct Snapshot {
     pub polling: Option<String>,
     /// Records read from the eBPF ring buffer: listener, queue-full, stall events.
     pub ring_events: [u64; 3],
+    /// How the daemon itself is doing.
+    pub health: Health,
+}
+
+/// The daemon's own health, for `sockq_poll_*` and `sockq_inventory_*`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Health {
+    /// How long each poll (inventory, map reads, analyses) took, seconds.
+    pub poll_seconds: Histogram,
+    /// Unix time of the last inventory that could read our own namespace; `None`
+    /// before the first.
+    pub last_inventory_unix: Option<f64>,
+    /// Namespaces the last inventory could not read, by reason
+    /// ([`crate::inventory::InventoryError::reason`] labels).
+    pub skipped_netns: BTreeMap<&'static str, u64>,
+    /// Listeners of skipped namespaces (other than vanished ones) reported as last
+    /// seen rather than dropped.
+    pub carried_listeners: u64,
+    /// An inventory older than this (seconds) is stale: three poll intervals.
+    pub stale_after_seconds: f64,
 }
 
 /// One network namespace's own TCP counters and listener-related sysctls.

@@ -46,6 +46,47 @@ impl RingCounters {
     }
 }
 
+/// Listener events logged per second at most: a `listen()`/`close()` loop (anyone
+/// can run one) must not turn into a log flood. The rest are counted in
+/// `sockq_ring_events_total` and summarised in one line.
+const LISTENER_LOG_LINES_PER_SECOND: u32 = 20;
+
+/// The log lines left in the current second, and how many were held back.
+#[derive(Debug, Default)]
+struct LogBudget {
+    second: Option<std::time::Instant>,
+    used: u32,
+    held_back: u64,
+}
+
+impl LogBudget {
+    /// Whether one more line may be logged now.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let new_second = self
+            .second
+            .is_none_or(|start| now.duration_since(start).as_secs() >= 1);
+        if new_second {
+            if self.held_back > 0 {
+                tracing::info!(
+                    "{} more listener events in the last second were not logged",
+                    self.held_back
+                );
+            }
+            *self = Self {
+                second: Some(now),
+                ..Self::default()
+            };
+        }
+        if self.used < LISTENER_LOG_LINES_PER_SECOND {
+            self.used += 1;
+            true
+        } else {
+            self.held_back += 1;
+            false
+        }
+    }
+}
+
 /// Reads the ring buffer: logs listener lifecycle events and asks for an inventory
 /// refresh; hands stall events to the poller.
 pub async fn read_events(
@@ -64,6 +105,7 @@ pub async fn read_events(
             return;
         }
     };
+    let mut log_budget = LogBudget::default();
     loop {
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
@@ -78,7 +120,9 @@ pub async fn read_events(
             match decode_event(&item) {
                 Some(Event::Listener(ev)) => {
                     counters.listener.fetch_add(1, Ordering::Relaxed);
-                    log_listener_event(&ev);
+                    if log_budget.take(std::time::Instant::now()) {
+                        log_listener_event(&ev);
+                    }
                 }
                 Some(Event::QueueFull(ev)) => {
                     counters.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -136,5 +180,29 @@ fn event_addr(ev: &ListenerEvent) -> String {
         }
         AF_INET6 => SocketAddr::new(std::net::Ipv6Addr::from(ev.addr).into(), ev.port).to_string(),
         other => format!("family {other} port {}", ev.port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn listener_log_lines_are_rate_limited() {
+        let mut budget = LogBudget::default();
+        let t0 = Instant::now();
+        let logged = (0..1000).filter(|_| budget.take(t0)).count();
+        assert_eq!(logged, LISTENER_LOG_LINES_PER_SECOND as usize);
+        assert_eq!(
+            budget.held_back,
+            1000 - u64::from(LISTENER_LOG_LINES_PER_SECOND)
+        );
+        assert!(
+            budget.take(t0 + Duration::from_millis(1001)),
+            "a new second"
+        );
+        assert_eq!(budget.held_back, 0);
     }
 }

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod health;
 mod nagle;
 mod netns;
 mod queues;
@@ -240,6 +241,7 @@ impl SnapshotCollector {
         families.extend(nagle::families(snapshot));
         families.push(transition_family(snapshot));
         families.extend(self_families(snapshot, build));
+        families.extend(health::families(snapshot));
         Self { families }
     }
 }
@@ -699,14 +701,44 @@ mod tests {
         assert!(!text.contains("_total_total"), "{text}");
         assert_eq!(text.matches("sockq_listener_info{").count(), 3, "{text}");
         // Every family has help and type: the nine above, plus the full-queue gauge,
-        // the SO_REUSEPORT group size (no kernel stats in this snapshot), the mode and
-        // the ring buffer's records.
+        // the SO_REUSEPORT group size (no kernel stats in this snapshot), the mode,
+        // the ring buffer's records, and the inventory's staleness and carried
+        // listeners (always present).
         assert!(
             text.contains("sockq_mode{mode=\"ebpf\",reason=\"\"} 1\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# HELP ").count(), 13, "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 13, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 15, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 15, "{text}");
+    }
+
+    #[test]
+    fn a_stale_inventory_says_so() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let mut snapshot = Snapshot::default();
+        snapshot.health.stale_after_seconds = 3.0;
+        let text = render(&snapshot, &build()).expect("render");
+        assert!(
+            text.contains("sockq_inventory_stale 1\n"),
+            "no inventory yet: {text}"
+        );
+        snapshot.health.last_inventory_unix = Some(now);
+        snapshot.health.skipped_netns.insert("permission", 2);
+        let text = render(&snapshot, &build()).expect("render");
+        assert!(text.contains("sockq_inventory_stale 0\n"), "{text}");
+        assert!(
+            text.contains("sockq_inventory_skipped_namespaces{reason=\"permission\"} 2\n"),
+            "{text}"
+        );
+        snapshot.health.last_inventory_unix = Some(now - 10.0);
+        let text = render(&snapshot, &build()).expect("render");
+        assert!(
+            text.contains("sockq_inventory_stale 1\n"),
+            "10 s old: {text}"
+        );
     }
 
     #[test]

@@ -1,0 +1,47 @@
+//! sockq's own health: how long polls take, when the inventory last completed and
+//! whether it is stale, and which namespaces it could not read.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Family, queues::coarsen};
+use crate::model::Snapshot;
+
+const HELP_POLL: &str = "Time each poll took (inventory of every namespace, reading the \
+    probes' maps, analyses), seconds. Its _count is the number of polls: listener events \
+    trigger polls at most four times a second.";
+const HELP_LAST: &str = "Unix time of the last inventory that could read sockq's own network \
+    namespace (sock_diag and /proc).";
+const HELP_STALE: &str = "1 when the last complete inventory is older than three poll \
+    intervals at the time of the scrape: the listener metrics describe the past.";
+const HELP_SKIPPED: &str = "Network namespaces the last inventory could not read, by reason \
+    (vanished: it died during the scan; permission: setns refused, sockq lacks \
+    CAP_SYS_ADMIN; enter_failed, io, sock_diag, netstat: see the daemon's debug log).";
+const HELP_CARRIED: &str = "Listeners of namespaces the last inventory could not read \
+    (other than vanished ones), reported as last seen rather than dropped.";
+
+pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
+    let h = &snapshot.health;
+    let mut poll = Family::histogram("sockq_poll_duration_seconds", HELP_POLL);
+    if !h.poll_seconds.bounds.is_empty() {
+        poll.push_histogram(Vec::new(), coarsen(&h.poll_seconds, |_| true));
+    }
+    let mut last = Family::gauge("sockq_inventory_last_complete_timestamp_seconds", HELP_LAST);
+    let mut stale = Family::gauge("sockq_inventory_stale", HELP_STALE);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    match h.last_inventory_unix {
+        Some(t) => {
+            last.push_float(Vec::new(), t);
+            stale.push(Vec::new(), now - t > h.stale_after_seconds);
+        }
+        None => stale.push(Vec::new(), true),
+    }
+    let mut skipped = Family::gauge("sockq_inventory_skipped_namespaces", HELP_SKIPPED);
+    for (reason, n) in &h.skipped_netns {
+        skipped.push(vec![("reason", (*reason).to_owned())], *n);
+    }
+    let mut carried = Family::gauge("sockq_inventory_carried_listeners", HELP_CARRIED);
+    carried.push(Vec::new(), h.carried_listeners);
+    vec![poll, last, stale, skipped, carried]
+}
