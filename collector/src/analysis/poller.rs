@@ -155,28 +155,14 @@ impl Poller {
             .ok()
             .map(|d| d.as_secs_f64());
         self.health.skipped_netns.clear();
-        let mut kept: HashSet<u64> = HashSet::new();
         for skipped in &report.skipped {
             *self
                 .health
                 .skipped_netns
                 .entry(skipped.error.reason())
                 .or_default() += 1;
-            if !skipped.error.is_vanished() {
-                kept.insert(skipped.netns);
-            }
         }
-        let carried: Vec<Listener> = self
-            .last_listeners
-            .iter()
-            .filter(|l| kept.contains(&l.netns))
-            .cloned()
-            .collect();
-        self.health.carried_listeners = carried.len() as u64;
-        if !carried.is_empty() {
-            report.listeners.extend(carried);
-            inventory::sort_listeners(&mut report.listeners);
-        }
+        self.health.carried_listeners = carry_over(&self.last_listeners, &mut report);
         report
     }
 
@@ -302,6 +288,28 @@ impl Poller {
     }
 }
 
+/// Adds to `report` the `last` listeners of the namespaces it skipped for a reason
+/// other than their disappearance; returns how many.
+fn carry_over(last: &[Listener], report: &mut ScanReport) -> u64 {
+    let kept: HashSet<u64> = report
+        .skipped
+        .iter()
+        .filter(|s| !s.error.is_vanished())
+        .map(|s| s.netns)
+        .collect();
+    let carried: Vec<Listener> = last
+        .iter()
+        .filter(|l| kept.contains(&l.netns))
+        .cloned()
+        .collect();
+    let n = carried.len() as u64;
+    if n > 0 {
+        report.listeners.extend(carried);
+        inventory::sort_listeners(&mut report.listeners);
+    }
+    n
+}
+
 /// Which probes are attached; without probes, each says eBPF is unavailable.
 pub fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
     match probes {
@@ -386,4 +394,53 @@ fn acceptors(live: &HashSet<u64>, counts: &[(AcceptorKey, u64)]) -> Vec<Acceptor
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{InventoryError, SkippedNetns};
+
+    fn listener(netns: u64, inode: u64) -> Listener {
+        Listener {
+            netns,
+            addr: "127.0.0.1".parse().expect("ip"),
+            port: 80,
+            inode,
+            cookie: 0,
+            accept_queue_len: 0,
+            accept_queue_limit: 128,
+            syn_queue_len: 0,
+            drops: 0,
+            owners: Vec::new(),
+            kernel: None,
+            queue_full: false,
+        }
+    }
+
+    #[test]
+    fn skipped_namespaces_keep_their_listeners_unless_they_died() {
+        let last = [listener(1, 10), listener(2, 20), listener(3, 30)];
+        let mut report = ScanReport {
+            listeners: vec![listener(1, 10)],
+            netns: Vec::new(),
+            skipped: vec![
+                SkippedNetns {
+                    netns: 2,
+                    error: InventoryError::Setns {
+                        netns: 2,
+                        path: "/proc/9/ns/net".into(),
+                        source: nix::Error::EMFILE,
+                    },
+                },
+                SkippedNetns {
+                    netns: 3,
+                    error: InventoryError::NetnsGone { netns: 3 },
+                },
+            ],
+        };
+        assert_eq!(carry_over(&last, &mut report), 1);
+        let inodes: Vec<u64> = report.listeners.iter().map(|l| l.inode).collect();
+        assert_eq!(inodes, [10, 20], "namespace 3 died: its listener is gone");
+    }
 }
