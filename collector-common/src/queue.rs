@@ -258,9 +258,11 @@ pub const SAMPLE_ONE_IN: u32 = 4;
 pub struct ReaderTrack {
     pub listener: u64,
     pub acceptor_tid: u32,
+    /// The first thread other than the acceptor that read the connection.
     pub first_reader: u32,
     pub reads: u32,
     pub by_acceptor: u32,
+    /// Reads by threads other than the acceptor and `first_reader`.
     pub by_others_than_first: u32,
     pub _pad: u32,
 }

@@ -3,8 +3,9 @@
 //! one lookup miss in `READERS`, which holds only a sample of accepted connections
 //! (`accept.rs`). For those, it notes which threads read the first
 //! `READS_TO_CLASSIFY` messages, then classifies the connection for its listener:
-//! read by the accepting thread, by one other thread, or by several; that is the
-//! evidence for the backend's execution pattern.
+//! read by the accepting thread only, by one other thread (whatever the acceptor read
+//! first), or by several others; that is the evidence for the backend's execution
+//! pattern.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
@@ -31,13 +32,15 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     // SAFETY: a valid map value pointer; one connection is read by one thread at a
     // time in practice, and a lost update only blurs the sample.
     let t = unsafe { &mut *track };
-    if t.first_reader == 0 {
+    // Reads by the acceptor (an acceptor that peeks at a request before passing the
+    // descriptor on) do not make a second reader: only threads other than the
+    // acceptor count towards "read by several".
+    if tid == t.acceptor_tid {
+        t.by_acceptor += 1;
+    } else if t.first_reader == 0 {
         t.first_reader = tid;
     } else if tid != t.first_reader {
         t.by_others_than_first += 1;
-    }
-    if tid == t.acceptor_tid {
-        t.by_acceptor += 1;
     }
     t.reads += 1;
     if t.reads < READS_TO_CLASSIFY {

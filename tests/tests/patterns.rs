@@ -93,6 +93,20 @@ fn one_acceptor_hands_connections_to_readers() {
     classified("handoff", 7032, "1", "acceptor_handoff");
 }
 
+/// Prefork and cluster servers: the acceptor process passes each connection's
+/// descriptor to a reader process over a Unix socket.
+#[test]
+fn an_acceptor_process_passing_descriptors_to_readers_is_a_handoff() {
+    classified("fdpass", 7036, "3", "acceptor_handoff");
+}
+
+/// The same, the acceptor peeking at each request first (to route it): a read by the
+/// acceptor before the handoff does not make the connection's messages "balanced".
+#[test]
+fn an_acceptor_peeking_before_passing_descriptors_is_a_handoff() {
+    classified("fdpass-peek", 7037, "3", "acceptor_handoff");
+}
+
 #[test]
 fn one_acceptor_balances_messages_over_workers() {
     classified("balance", 7033, "3", "acceptor_message_balancing");

@@ -9,7 +9,15 @@
 //!   sockq-scenario listen ADDR                    listen and hold until stdin closes
 //!   sockq-scenario serve MODE ADDR THREADS        an echo server in one of the backend
 //!                                                 execution patterns: single, handoff,
-//!                                                 balance, multi, reuseport
+//!                                                 balance, multi, reuseport; or fdpass:
+//!                                                 an acceptor process passing each
+//!                                                 connection (SCM_RIGHTS over a Unix
+//!                                                 socket) to one of THREADS reader
+//!                                                 processes, as prefork/cluster servers do;
+//!                                                 fdpass-peek: the same, the acceptor
+//!                                                 first peeking at the request (MSG_PEEK)
+//!                                                 to choose, as protocol-routing
+//!                                                 acceptors do
 //!   sockq-scenario fork-listen ADDR MS            listen, fork: the child holds the
 //!                                                 listener for MS ms then exits; prints
 //!                                                 `ready ADDR CHILD_PID`
@@ -455,6 +463,101 @@ fn echo_until_eof(mut conn: TcpStream) {
     }
 }
 
+/// Forks `n` reader processes, each echoing the connections it receives over its
+/// Unix socket until EOF; returns the acceptor's ends. The readers exit when their
+/// socket closes (the acceptor exits).
+fn fork_fd_readers(n: usize) -> Result<Vec<std::os::unix::net::UnixStream>, String> {
+    let mut ends = Vec::new();
+    for _ in 0..n {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        // SAFETY: fork in a process with one thread so far (the readers start first);
+        // the child only uses async-signal-safe calls and std I/O on its own fds.
+        match unsafe { libc::fork() } {
+            -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {
+                drop(ours);
+                while let Some(conn) = recv_fd(&theirs) {
+                    echo_until_eof(conn);
+                }
+                // SAFETY: leaving the child without running the parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            _ => {
+                drop(theirs);
+                ends.push(ours);
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// Sends `conn`'s descriptor over `to` (one byte of data, the fd as SCM_RIGHTS).
+fn send_fd(to: &std::os::unix::net::UnixStream, conn: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = conn.as_raw_fd();
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; zeroed is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer has room for one cmsg carrying one int.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+    }
+    // SAFETY: msg points at live buffers for the call.
+    if unsafe { libc::sendmsg(to.as_raw_fd(), &msg, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one descriptor sent by [`send_fd`]; `None` at EOF or on error.
+fn recv_fd(from: &std::os::unix::net::UnixStream) -> Option<TcpStream> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: as in send_fd.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: as in send_fd.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg points at live buffers for the call.
+    if unsafe { libc::recvmsg(from.as_raw_fd(), &mut msg, 0) } <= 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled the control buffer; a cmsg of SCM_RIGHTS holds an fd
+    // that is now ours.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return None;
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Some(TcpStream::from_raw_fd(fd))
+    }
+}
+
 fn serve_scenario(mode: &str, addr: &str, threads: &str) -> Result<(), String> {
     use std::sync::{Arc, Mutex};
     let threads: usize = parse(threads, "threads")?;
@@ -477,6 +580,25 @@ fn serve_scenario(mode: &str, addr: &str, threads: &str) -> Result<(), String> {
             std::thread::spawn(move || {
                 while let Ok((c, _)) = l.accept() {
                     std::thread::spawn(move || echo_until_eof(c));
+                }
+            });
+            say(&format!("ready {local}"));
+        }
+        // 2 across processes: the acceptor passes each descriptor to a reader process.
+        "fdpass" | "fdpass-peek" => {
+            let (l, local) = listener(addr, 128)?;
+            let l: std::net::TcpListener = l.into();
+            let readers = fork_fd_readers(threads.max(1))?;
+            let peek = mode == "fdpass-peek";
+            std::thread::spawn(move || {
+                let mut next = 0;
+                while let Ok((c, _)) = l.accept() {
+                    if peek {
+                        let _ = c.peek(&mut [0u8; 64]);
+                    }
+                    let _ = send_fd(&readers[next % readers.len()], &c);
+                    next += 1;
+                    drop(c);
                 }
             });
             say(&format!("ready {local}"));
