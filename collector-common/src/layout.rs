@@ -78,9 +78,30 @@ pub struct KernelOffsets {
     pub tp_accept4_fd: u32,
     /// ... `syscalls/sys_enter_accept`: `fd`.
     pub tp_accept_fd: u32,
+    /// Nonzero when every io_uring field below resolved and `io_uring_complete` has a
+    /// layout the programs know; the io_uring programs do nothing otherwise.
+    pub uring_valid: u32,
+    /// The `io_uring:io_uring_complete` prototype (`io_uring::COMPLETE_*`).
+    pub uring_complete_layout: u32,
+    /// `struct io_kiocb` -> `opcode` (u8).
+    pub req_opcode: u32,
+    /// `struct io_kiocb` -> `flags` (u32 up to 6.9, u64 since; the bits read are in
+    /// the low 32, read as u32 on this little-endian target).
+    pub req_flags: u32,
+    /// The bit of `REQ_F_APOLL_MULTISHOT` in `flags` (`REQ_F_APOLL_MULTISHOT_BIT`).
+    pub req_multishot_bit: u32,
+    /// `struct io_kiocb` -> `ctx`.
+    pub req_ctx: u32,
+    /// `struct io_kiocb` -> `cqe.user_data` (u64).
+    pub req_user_data: u32,
+    /// `struct io_kiocb` -> `file` (the listener of an accept, once assigned).
+    pub req_file: u32,
+    /// `struct io_kiocb` -> `cmd` as `struct io_accept` -> `file_slot` (u32, nonzero:
+    /// accept into a direct descriptor).
+    pub req_accept_file_slot: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 128);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 164);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

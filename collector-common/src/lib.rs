@@ -4,6 +4,7 @@
 //! compile-time size assertion, so both sides agree on the layout byte for byte.
 #![no_std]
 
+pub mod io_uring;
 pub mod layout;
 pub mod listener;
 pub mod nagle;

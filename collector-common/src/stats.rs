@@ -13,5 +13,11 @@ pub const STAT_LISTENERS_FULL: u32 = 3;
 pub const STAT_QUEUED_FULL: u32 = 4;
 /// A connection's Nagle/delayed-ACK state or counters could not be created.
 pub const STAT_CONNS_FULL: u32 = 5;
+/// An io_uring accept into a direct descriptor (a fixed-file slot): not counted
+/// (the programs follow file descriptors only).
+pub const STAT_URING_DIRECT: u32 = 6;
+/// An io_uring accept whose listener could not be told: no handshake stamp (the
+/// connection completed before sockq started) and no request to read it from.
+pub const STAT_URING_UNATTRIBUTED: u32 = 7;
 /// Number of slots in `STATS`.
 pub const STATS_LEN: u32 = 8;

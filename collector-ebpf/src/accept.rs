@@ -11,8 +11,8 @@
 //! to be accepted. A sample of the accepted connections is kept in `READERS` to see
 //! which threads read them.
 //!
-//! Not seen: accepts through io_uring, and the wait of connections whose handshake
-//! completed before sockq started (they are counted, not timed).
+//! Accepts through io_uring make no syscall: `io_uring.rs` counts them. Not timed:
+//! connections whose handshake completed before sockq started (counted only).
 
 use aya_ebpf::{
     EbpfContext as _,

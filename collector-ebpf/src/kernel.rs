@@ -40,6 +40,15 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     queue_valid: 0,
     tp_accept4_fd: 0,
     tp_accept_fd: 0,
+    uring_valid: 0,
+    uring_complete_layout: 0,
+    req_opcode: 0,
+    req_flags: 0,
+    req_multishot_bit: 0,
+    req_ctx: 0,
+    req_user_data: 0,
+    req_file: 0,
+    req_accept_file_slot: 0,
 };
 
 #[inline(always)]

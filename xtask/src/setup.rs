@@ -34,8 +34,9 @@ const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// (prometheus), `bpftool`, `setpriv` (util-linux), and real servers and load
 /// generators: nginx, redis-server (with redis-benchmark), ab (apache2-utils); tmux
 /// runs `sockq top` in a terminal; chromium renders the status page headless; hping3
-/// floods SYNs between the load tests' own namespaces.
-const TEST_PACKAGES: [&str; 10] = [
+/// floods SYNs between the load tests' own namespaces; gcc and liburing-dev build the
+/// io_uring test server, strace shows it makes no accept syscall.
+const TEST_PACKAGES: [&str; 13] = [
     "iproute2",
     "prometheus",
     "bpftool",
@@ -46,6 +47,9 @@ const TEST_PACKAGES: [&str; 10] = [
     "tmux",
     "chromium",
     "hping3",
+    "gcc",
+    "liburing-dev",
+    "strace",
 ];
 
 /// What the build needs to know from the set-up.

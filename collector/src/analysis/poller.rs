@@ -326,7 +326,8 @@ pub fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
 }
 
 /// Everything that could not be recorded: the ring buffer's losses, full in-kernel
-/// maps, and stall events the poller's queue had no room for.
+/// maps, io_uring accepts that could not be counted (direct descriptors, unknown
+/// listener), and stall events the poller's queue had no room for.
 fn events_lost(view: &KernelView, ring: &RingCounters) -> u64 {
     let s = &view.stats;
     s.events_lost
@@ -334,6 +335,8 @@ fn events_lost(view: &KernelView, ring: &RingCounters) -> u64 {
         + s.listeners_full
         + s.queued_full
         + s.conns_full
+        + s.uring_direct
+        + s.uring_unattributed
         + ring.stalls_lost()
 }
 

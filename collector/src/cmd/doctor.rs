@@ -38,7 +38,7 @@ impl Check {
 }
 
 /// Tracepoints sockq uses now or will use, and what each is for.
-const TRACEPOINTS: [(&str, &str, &str); 5] = [
+const TRACEPOINTS: [(&str, &str, &str); 6] = [
     (
         "sock",
         "inet_sock_set_state",
@@ -55,6 +55,11 @@ const TRACEPOINTS: [(&str, &str, &str); 5] = [
         "syscalls",
         "sys_exit_accept4",
         "accept wait, acceptor threads",
+    ),
+    (
+        "io_uring",
+        "io_uring_complete",
+        "accepts made through io_uring",
     ),
 ];
 
@@ -115,10 +120,24 @@ fn btf_checks(checks: &mut Vec<Check>) -> bool {
             let o = layout
                 .kernel_offsets()
                 .map_err(|e| crate::error_chain(&e))?;
-            Ok((o, layout.queue_offsets_error()))
+            Ok((
+                o,
+                layout.queue_offsets_error(),
+                layout.uring_offsets_error(),
+            ))
         });
     match resolved {
-        Ok((o, queue_error)) => {
+        Ok((o, queue_error, uring_error)) => {
+            if let Some(e) = uring_error {
+                checks.push(Check::new(
+                    Verdict::Warn,
+                    "BTF io_uring fields",
+                    format!(
+                        "{}: accepts made through io_uring are not counted",
+                        crate::error_chain(&e)
+                    ),
+                ));
+            }
             if let Some(e) = queue_error {
                 checks.push(Check::new(
                     Verdict::Warn,

@@ -12,6 +12,8 @@ use btf_rs::{Btf, Type};
 use collector_common::{layout::KernelOffsets, nagle::NagleOffsets};
 use fallible_iterator::FallibleIterator as _;
 
+mod io_uring;
+
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -368,6 +370,10 @@ impl Layout {
             Ok(()) => o.queue_valid = 1,
             Err(e) => tracing::warn!("accept-queue probes disabled on this kernel: {e}"),
         }
+        match self.uring_offsets(&mut o) {
+            Ok(()) => o.uring_valid = 1,
+            Err(e) => tracing::info!("io_uring accept probes disabled on this kernel: {e}"),
+        }
         Ok(o)
     }
 
@@ -474,7 +480,7 @@ impl Layout {
 mod tests {
     use super::*;
 
-    fn running() -> Option<Layout> {
+    pub(super) fn running() -> Option<Layout> {
         match Layout::from_running_kernel() {
             Ok(l) => Some(l),
             Err(e) => {
@@ -604,7 +610,7 @@ mod tests {
     }
 
     /// A BTF header, then `types` (as little-endian words) and `strings`.
-    fn btf_blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+    pub(super) fn btf_blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
         let types: Vec<u8> = types.iter().flat_map(|w| w.to_le_bytes()).collect();
         let len = |b: &[u8]| u32::try_from(b.len()).expect("length");
         let mut btf = vec![0x9f, 0xeb, 1, 0];

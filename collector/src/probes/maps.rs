@@ -9,7 +9,7 @@ use collector_common::{
     queue::{AcceptorKey, DropKey, ListenerQueue},
     stats::{
         STAT_CONNS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
-        STAT_TRANSITIONS_FULL,
+        STAT_TRANSITIONS_FULL, STAT_URING_DIRECT, STAT_URING_UNATTRIBUTED,
     },
 };
 
@@ -31,6 +31,10 @@ pub struct ProgramStats {
     pub read_errors: u64,
     /// Connections whose Nagle/delayed-ACK state or counters could not be created.
     pub conns_full: u64,
+    /// io_uring accepts into direct descriptors, which are not counted.
+    pub uring_direct: u64,
+    /// io_uring accepts whose listener could not be told.
+    pub uring_unattributed: u64,
 }
 
 /// What userspace reads from the kernel at each poll.
@@ -143,6 +147,8 @@ impl Probes {
             queued_full: read(STAT_QUEUED_FULL)?,
             read_errors: read(STAT_READ_ERRORS)?,
             conns_full: read(STAT_CONNS_FULL)?,
+            uring_direct: read(STAT_URING_DIRECT)?,
+            uring_unattributed: read(STAT_URING_UNATTRIBUTED)?,
         })
     }
 }

@@ -16,6 +16,10 @@
 //!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
 //!   `CONFIG_FTRACE_SYSCALLS`).
 //!
+//! - `io_uring_complete`, `io_uring_submit_req` (`io_uring_submit_sqe` up to 6.0),
+//!   `io_uring_task_add` (`Family::IoUring`): raw tracepoints, accepts made through
+//!   io_uring (5.19+: both `io_uring_complete` prototypes, chosen from BTF).
+//!
 //! The Nagle / delayed-ACK family (`Family::Nagle`, off unless `--nagle`: it runs on
 //! per-segment and per-timer paths and costs more than 3% of the connection rate,
 //! see BENCHMARKS.md):
@@ -211,6 +215,13 @@ fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Op
             ));
         }
         _ => {}
+    }
+    if spec.family == Family::IoUring && kernel.offsets.uring_valid == 0 {
+        return Some(
+            "this kernel has no io_uring tracepoints, or a layout sockq does not read \
+             (`sockq doctor` says which under BTF io_uring fields)"
+                .into(),
+        );
     }
     (spec.needs_queue_offsets && kernel.offsets.queue_valid == 0).then(|| {
         "this kernel's BTF lacks a field the accept-queue probes read (`sockq doctor` names it)"

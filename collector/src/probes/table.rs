@@ -38,10 +38,13 @@ pub enum Family {
     Core,
     /// Nagle holds, delayed ACKs and their stalls (`--nagle` switches it on).
     Nagle,
+    /// Accepts through io_uring: on where this kernel's io_uring layout is one the
+    /// programs know (`KernelOffsets::uring_valid`).
+    IoUring,
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 14] = [
+pub const PROBES: [ProbeSpec; 17] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -149,6 +152,49 @@ pub const PROBES: [ProbeSpec; 14] = [
         }],
         needs_queue_offsets: true,
         family: Family::Core,
+    },
+    // io_uring accepts. The 5.19-6.12 prototype of io_uring_complete first: its
+    // program reads five arguments, so the kernel refuses it on the three-argument
+    // tracepoint of 6.13 on, where the next one attaches.
+    ProbeSpec {
+        name: "io_uring_complete",
+        hooks: &[
+            Hook::Raw {
+                program: "io_uring_complete_values",
+                tracepoint: "io_uring_complete",
+            },
+            Hook::Raw {
+                program: "io_uring_complete",
+                tracepoint: "io_uring_complete",
+            },
+        ],
+        needs_queue_offsets: true,
+        family: Family::IoUring,
+    },
+    ProbeSpec {
+        name: "io_uring_submit_req",
+        hooks: &[
+            Hook::Raw {
+                program: "io_uring_submit_req",
+                tracepoint: "io_uring_submit_req",
+            },
+            // Its name up to 6.0.
+            Hook::Raw {
+                program: "io_uring_submit_sqe",
+                tracepoint: "io_uring_submit_sqe",
+            },
+        ],
+        needs_queue_offsets: true,
+        family: Family::IoUring,
+    },
+    ProbeSpec {
+        name: "io_uring_task_add",
+        hooks: &[Hook::Raw {
+            program: "io_uring_task_add",
+            tracepoint: "io_uring_task_add",
+        }],
+        needs_queue_offsets: true,
+        family: Family::IoUring,
     },
     ProbeSpec {
         name: "timer_start",

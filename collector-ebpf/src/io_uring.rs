@@ -1,0 +1,335 @@
+//! Hooks: `io_uring:io_uring_complete`, `io_uring:io_uring_submit_req` (named
+//! `io_uring_submit_sqe` up to 6.0) and `io_uring:io_uring_task_add`, raw
+//! tracepoints. Accepts made through io_uring (`IORING_OP_ACCEPT`, single-shot and
+//! multishot) make no accept syscall: this counts them as `accept.rs` counts
+//! accept()/accept4() ones.
+//!
+//! Prototypes (`include/trace/events/io_uring.h`, checked in the kernel's BTF by
+//! userspace, `uring_complete_layout`):
+//! - `io_uring_complete(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe)`
+//!   since 6.13 ([`io_uring_complete`]); `(void *ctx, void *req, u64 user_data,
+//!   int res, unsigned cflags, u64 extra1, u64 extra2)` from 5.19 to 6.12
+//!   ([`io_uring_complete_values`], which reads five arguments, so the kernel refuses
+//!   to attach it where there are three: userspace tries it first);
+//! - `io_uring_submit_req(struct io_kiocb *req)` (6.1 on; `io_uring_submit_sqe(req,
+//!   bool force_nonblock)` before), after the request was prepared;
+//! - `io_uring_task_add(struct io_kiocb *req, int mask)`: a polled request woke up.
+//!
+//! A CQE whose `req` is set (`io_fill_cqe_req`) names its request: its opcode tells
+//! an accept at once, the only read every other completion on the host pays. The
+//! CQEs a multishot accept posts while it stays armed come through
+//! `io_fill_cqe_aux` with `req` NULL and `IORING_CQE_F_MORE`: those are recognised
+//! by (ring, user_data) in `URING_ACCEPTS`, filled when such a request is submitted
+//! or wakes up (so a multishot accept armed before sockq started is seen from its
+//! next wake-up), emptied by its last CQE (a request CQE). Only hosts where a
+//! multishot accept was seen pay that lookup for other requests' such CQEs.
+//!
+//! A successful accept's `res` is the new descriptor in the current task's file
+//! table (the submitter's, which io-wq and SQPOLL threads share); the socket behind it
+//! was stamped in `QUEUED` when its handshake completed and given its listener by
+//! `sk_data_ready`. The accept is counted for the request's listener (or the stamp's,
+//! for CQEs without a request) and for the current thread, its wait is the time
+//! since the stamp, and a sample is watched for its readers, as in `accept.rs`.
+//!
+//! Not counted: accepts into direct descriptors (fixed-file slots, `file_index`):
+//! `res` is a slot, and finding its socket means walking the ring's file table;
+//! they are counted in `STAT_URING_DIRECT`. Accepts whose listener is unknown (no
+//! stamp, no request) go to `STAT_URING_UNATTRIBUTED`. CQEs that overflow the
+//! completion ring and requests with `IOSQE_CQE_SKIP_SUCCESS` fire no
+//! `io_uring_complete`: unseen. Two multishot accepts with the same `user_data` on
+//! one ring share an entry: when one ends, the other's CQEs are recognised again
+//! from its next wake-up.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint},
+    maps::{Array, LruHashMap},
+    programs::RawTracePointContext,
+};
+use collector_common::{
+    io_uring::{
+        COMPLETE_CQE, COMPLETE_VALUES, CQE_FLAGS, CQE_RES, CQE_USER_DATA, IORING_CQE_F_MORE,
+        IORING_OP_ACCEPT, URING_ACCEPTS_MAX_ENTRIES, UringAccept, UringReqKey,
+    },
+    layout::KernelOffsets,
+    queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket},
+    stats::{STAT_URING_DIRECT, STAT_URING_UNATTRIBUTED},
+    tcp_state::IPPROTO_TCP,
+};
+
+use crate::{
+    kernel::{fd_sock, listener_inode, offsets, read, sock_netns, sock_protocol},
+    maps::{QUEUED, READERS, atomic_add, bump_stat, count_acceptor, listener_queue},
+};
+
+/// Multishot accept requests, by the (ring, user_data) their CQEs carry. LRU: a ring
+/// torn down with its requests armed leaves entries nobody removes.
+#[map]
+static URING_ACCEPTS: LruHashMap<UringReqKey, UringAccept> =
+    LruHashMap::with_max_entries(URING_ACCEPTS_MAX_ENTRIES, 0);
+
+/// Slot 0 is nonzero once a multishot accept was seen: until then CQEs without a
+/// request leave without a hash lookup.
+#[map]
+static URING_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
+#[raw_tracepoint(tracepoint = "io_uring_complete")]
+pub fn io_uring_complete(ctx: RawTracePointContext) -> i32 {
+    let ring: u64 = ctx.arg(0);
+    let req: *const u8 = ctx.arg(1);
+    let cqe: *const u8 = ctx.arg(2);
+    let _ = try_complete_cqe(ring, req, cqe);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "io_uring_complete")]
+pub fn io_uring_complete_values(ctx: RawTracePointContext) -> i32 {
+    // All five read first, volatile so none moves behind the layout test (which the
+    // verifier resolves from the read-only offsets): the kernel refuses to attach a
+    // program that reads more arguments than the tracepoint has, and that is what
+    // keeps this one off the three-argument tracepoint of 6.13 on.
+    let args = ctx.as_ptr() as *const u64;
+    // SAFETY: reads of the raw tracepoint's argument array, checked by the verifier
+    // and, against the tracepoint's argument count, when attaching.
+    let arg = |i: usize| unsafe { core::ptr::read_volatile(args.add(i)) };
+    let ring = arg(0);
+    let req = arg(1) as *const u8;
+    let user_data = arg(2);
+    let res = arg(3) as i32;
+    let cflags = arg(4) as u32;
+    let o = offsets();
+    if o.uring_valid == 0 || o.uring_complete_layout != COMPLETE_VALUES {
+        return 0;
+    }
+    let _ = on_complete(&o, ring, req, user_data, res, cflags);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "io_uring_submit_req")]
+pub fn io_uring_submit_req(ctx: RawTracePointContext) -> i32 {
+    let _ = on_request(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "io_uring_submit_sqe")]
+pub fn io_uring_submit_sqe(ctx: RawTracePointContext) -> i32 {
+    let _ = on_request(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "io_uring_task_add")]
+pub fn io_uring_task_add(ctx: RawTracePointContext) -> i32 {
+    let _ = on_request(ctx.arg(0));
+    0
+}
+
+/// The 6.13+ layout: the CQE's fields are read only once it may be an accept's.
+#[inline(always)]
+fn try_complete_cqe(ring: u64, req: *const u8, cqe: *const u8) -> Result<(), i64> {
+    let o = offsets();
+    if o.uring_valid == 0 || o.uring_complete_layout != COMPLETE_CQE {
+        return Ok(());
+    }
+    if req.is_null() {
+        if !multishot_seen() {
+            return Ok(());
+        }
+        let cflags: u32 = read(cqe, CQE_FLAGS)?;
+        if cflags & IORING_CQE_F_MORE == 0 {
+            return Ok(());
+        }
+    } else if read::<u8>(req, o.req_opcode)? != IORING_OP_ACCEPT {
+        return Ok(());
+    }
+    let user_data: u64 = read(cqe, CQE_USER_DATA)?;
+    let res: i32 = read(cqe, CQE_RES)?;
+    let cflags: u32 = read(cqe, CQE_FLAGS)?;
+    on_complete(&o, ring, req, user_data, res, cflags)
+}
+
+#[inline(always)]
+fn multishot_seen() -> bool {
+    URING_SEEN.get(0).is_some_and(|seen| *seen != 0)
+}
+
+/// One CQE: an accept's, when its request says so (`req` set) or when it belongs to
+/// a multishot accept in `URING_ACCEPTS` (`req` NULL).
+#[inline(always)]
+fn on_complete(
+    o: &KernelOffsets,
+    ring: u64,
+    req: *const u8,
+    user_data: u64,
+    res: i32,
+    cflags: u32,
+) -> Result<(), i64> {
+    if o.queue_valid == 0 {
+        return Ok(());
+    }
+    let key = UringReqKey {
+        ctx: ring,
+        user_data,
+    };
+    let (listener, direct) = if req.is_null() {
+        if cflags & IORING_CQE_F_MORE == 0 || !multishot_seen() {
+            return Ok(());
+        }
+        // SAFETY: the value is copied out at once.
+        let Some(accept) = (unsafe { URING_ACCEPTS.get(&key) }).copied() else {
+            return Ok(());
+        };
+        (accept.listener, accept.direct != 0)
+    } else {
+        if read::<u8>(req, o.req_opcode)? != IORING_OP_ACCEPT {
+            return Ok(());
+        }
+        // A request CQE is the request's last: a multishot accept ends here.
+        if is_multishot(req, o)? {
+            let _ = URING_ACCEPTS.remove(&key);
+        }
+        let slot: u32 = read(req, o.req_accept_file_slot)?;
+        (req_listener(req, o), slot != 0)
+    };
+    if res < 0 {
+        return Ok(());
+    }
+    if direct {
+        bump_stat(STAT_URING_DIRECT);
+        return Ok(());
+    }
+    count_accept(res as u64, listener, o);
+    Ok(())
+}
+
+/// A request seen at submission or wake-up: a multishot accept is recorded for the
+/// CQEs it will post without its request.
+#[inline(always)]
+fn on_request(req: *const u8) -> Result<(), i64> {
+    let o = offsets();
+    if o.uring_valid == 0 || o.queue_valid == 0 {
+        return Ok(());
+    }
+    if read::<u8>(req, o.req_opcode)? != IORING_OP_ACCEPT || !is_multishot(req, &o)? {
+        return Ok(());
+    }
+    let key = UringReqKey {
+        ctx: read(req, o.req_ctx)?,
+        user_data: read(req, o.req_user_data)?,
+    };
+    if let Some(known) = URING_ACCEPTS.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer; only the listener is filled in late.
+        if unsafe { (*known).listener } == 0 {
+            let listener = req_listener(req, &o);
+            // SAFETY: as above.
+            unsafe { (*known).listener = listener };
+        }
+        return Ok(());
+    }
+    let slot: u32 = read(req, o.req_accept_file_slot)?;
+    let accept = UringAccept {
+        listener: req_listener(req, &o),
+        direct: u32::from(slot != 0),
+        _pad: 0,
+    };
+    let _ = URING_ACCEPTS.insert(&key, &accept, 0);
+    if let Some(seen) = URING_SEEN.get_ptr_mut(0) {
+        // SAFETY: a valid map value pointer; every writer stores the same value.
+        unsafe { *seen = 1 };
+    }
+    Ok(())
+}
+
+/// `req->flags & REQ_F_APOLL_MULTISHOT`.
+#[inline(always)]
+fn is_multishot(req: *const u8, o: &KernelOffsets) -> Result<bool, i64> {
+    let flags: u32 = read(req, o.req_flags)?;
+    Ok(flags & (1u32 << (o.req_multishot_bit & 31)) != 0)
+}
+
+/// The inode of the TCP listener an accept request reads from (`req->file`), or 0
+/// while the request has no file yet (it is assigned when the request is issued).
+#[inline(always)]
+fn req_listener(req: *const u8, o: &KernelOffsets) -> u64 {
+    let Ok(file) = read::<*const u8>(req, o.req_file) else {
+        return 0;
+    };
+    if file.is_null() {
+        return 0;
+    }
+    let Ok(socket) = read::<*const u8>(file, o.file_private_data) else {
+        return 0;
+    };
+    if socket.is_null() {
+        return 0;
+    }
+    let Ok(sk) = read::<*const u8>(socket, o.socket_sk) else {
+        return 0;
+    };
+    if sk.is_null() || sock_protocol(sk, o).is_some_and(|p| p != IPPROTO_TCP) {
+        return 0;
+    }
+    listener_inode(sk, o).unwrap_or(0)
+}
+
+/// Counts the accept of descriptor `fd` for `listener` (0: the one its stamp names)
+/// and the current thread, with its wait when its handshake was stamped.
+#[inline(always)]
+fn count_accept(fd: u64, listener: u64, o: &KernelOffsets) {
+    let Some(child) = fd_sock(fd, o) else {
+        bump_stat(STAT_URING_UNATTRIBUTED);
+        return;
+    };
+    let key = child as u64;
+    // SAFETY: the value is copied out at once.
+    let stamp = (unsafe { QUEUED.get(&key) }).copied();
+    if stamp.is_some() {
+        let _ = QUEUED.remove(&key);
+    }
+    let listener = match stamp {
+        Some(s) if listener == 0 => s.listener,
+        _ => listener,
+    };
+    if listener == 0 {
+        bump_stat(STAT_URING_UNATTRIBUTED);
+        return;
+    }
+    let Some(q) = listener_queue(listener, sock_netns(child, o)) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer; counters change through atomics only.
+    unsafe { atomic_add(&raw mut (*q).accepts, 1) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    count_acceptor(&AcceptorKey {
+        listener,
+        pid: (pid_tgid >> 32) as u32,
+        tid,
+    });
+    if let Some(stamp) = stamp {
+        // SAFETY: a helper without preconditions.
+        let wait_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(stamp.enqueued_ns);
+        // SAFETY: as above.
+        unsafe {
+            atomic_add(&raw mut (*q).waits, 1);
+            atomic_add(&raw mut (*q).wait_sum_ns, wait_ns);
+            if let Some(slot) = (*q).wait_hist.get_mut(wait_bucket(wait_ns / 1000)) {
+                atomic_add(slot, 1);
+            }
+        }
+    }
+    // Watch who reads a sample of the accepted connections (sock_recv_length).
+    // SAFETY: a helper without preconditions.
+    if unsafe { bpf_get_prandom_u32() } % SAMPLE_ONE_IN == 0 {
+        let track = ReaderTrack {
+            listener,
+            acceptor_tid: tid,
+            first_reader: 0,
+            reads: 0,
+            by_acceptor: 0,
+            by_others_than_first: 0,
+            _pad: 0,
+        };
+        let _ = READERS.insert(&key, &track, 0);
+    }
+}
