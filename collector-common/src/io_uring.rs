@@ -16,7 +16,7 @@ pub const CQE_FLAGS: u32 = 12;
 /// (Linux 6.13 on): `KernelOffsets::uring_complete_layout`.
 pub const COMPLETE_CQE: u32 = 1;
 /// `io_uring_complete(void *ctx, void *req, u64 user_data, int res, unsigned cflags,
-/// u64 extra1, u64 extra2)` (5.19 to 6.12; 5.16 to 5.18 without the extras).
+/// u64 extra1, u64 extra2)` before (seen on 6.1 and 6.12).
 pub const COMPLETE_VALUES: u32 = 2;
 
 /// Capacity of `URING_ACCEPTS` (LRU): multishot accept requests alive at once.

@@ -1,5 +1,5 @@
 //! Hooks: `io_uring:io_uring_complete`, `io_uring:io_uring_submit_req` (named
-//! `io_uring_submit_sqe` up to 6.0) and `io_uring:io_uring_task_add`, raw
+//! `io_uring_submit_sqe` up to 6.1) and `io_uring:io_uring_task_add`, raw
 //! tracepoints. Accepts made through io_uring (`IORING_OP_ACCEPT`, single-shot and
 //! multishot) make no accept syscall: this counts them as `accept.rs` counts
 //! accept()/accept4() ones.
@@ -8,10 +8,10 @@
 //! userspace, `uring_complete_layout`):
 //! - `io_uring_complete(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe)`
 //!   since 6.13 ([`io_uring_complete`]); `(void *ctx, void *req, u64 user_data,
-//!   int res, unsigned cflags, u64 extra1, u64 extra2)` from 5.19 to 6.12
+//!   int res, unsigned cflags, u64 extra1, u64 extra2)` before (6.1, 6.12)
 //!   ([`io_uring_complete_values`], which reads five arguments, so the kernel refuses
 //!   to attach it where there are three: userspace tries it first);
-//! - `io_uring_submit_req(struct io_kiocb *req)` (6.1 on; `io_uring_submit_sqe(req,
+//! - `io_uring_submit_req(struct io_kiocb *req)` (6.2 on; `io_uring_submit_sqe(req,
 //!   bool force_nonblock)` before), after the request was prepared;
 //! - `io_uring_task_add(struct io_kiocb *req, int mask)`: a polled request woke up.
 //!

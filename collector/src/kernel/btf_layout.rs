@@ -52,6 +52,8 @@ pub enum LayoutError {
         path: String,
         why: &'static str,
     },
+    #[error("kernel BTF: the io_uring:{tracepoint} tracepoint: {why}")]
+    Prototype { tracepoint: String, why: String },
     #[error("kernel BTF lookup of `{what}` failed")]
     Lookup {
         what: String,

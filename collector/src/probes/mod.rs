@@ -14,11 +14,11 @@
 //!   accepted connections (the execution pattern);
 //! - `sys_enter_accept4`/`sys_exit_accept4`, `sys_enter_accept`/`sys_exit_accept`,
 //!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
-//!   `CONFIG_FTRACE_SYSCALLS`).
-//!
-//! - `io_uring_complete`, `io_uring_submit_req` (`io_uring_submit_sqe` up to 6.0),
+//!   `CONFIG_FTRACE_SYSCALLS`);
+//! - `io_uring_complete`, `io_uring_submit_req` (`io_uring_submit_sqe` up to 6.1),
 //!   `io_uring_task_add` (`Family::IoUring`): raw tracepoints, accepts made through
-//!   io_uring (5.19+: both `io_uring_complete` prototypes, chosen from BTF).
+//!   io_uring (both `io_uring_complete` prototypes, before and since 6.13, chosen
+//!   from BTF; kernels whose io_uring tracepoints pass the ring first, 5.10, refused).
 //!
 //! The Nagle / delayed-ACK family (`Family::Nagle`, off unless `--nagle`: it runs on
 //! per-segment and per-timer paths and costs more than 3% of the connection rate,

@@ -153,7 +153,7 @@ pub const PROBES: [ProbeSpec; 17] = [
         needs_queue_offsets: true,
         family: Family::Core,
     },
-    // io_uring accepts. The 5.19-6.12 prototype of io_uring_complete first: its
+    // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
     // program reads five arguments, so the kernel refuses it on the three-argument
     // tracepoint of 6.13 on, where the next one attaches.
     ProbeSpec {
@@ -178,7 +178,7 @@ pub const PROBES: [ProbeSpec; 17] = [
                 program: "io_uring_submit_req",
                 tracepoint: "io_uring_submit_req",
             },
-            // Its name up to 6.0.
+            // Its name up to 6.1 (5.10 passes the ring first: refused from BTF).
             Hook::Raw {
                 program: "io_uring_submit_sqe",
                 tracepoint: "io_uring_submit_sqe",

@@ -220,9 +220,10 @@ const HELP_TRANSITIONS: &str = "TCP state changes of sockets in this network nam
     tracepoint since the program was loaded.";
 const HELP_LOST: &str = "Events sockq could not record, all causes summed: ring buffer \
     records (listener, queue-full, stall events) that found the ring buffer full, stall \
-    events the daemon's queue had no room for, and entries the in-kernel maps (transitions, \
-    listeners, queued connections, Nagle state) had no room for; they are missing from the \
-    other metrics.";
+    events the daemon's queue had no room for, entries the in-kernel maps (transitions, \
+    listeners, queued connections, Nagle state) had no room for, and io_uring accepts that \
+    could not be counted (into direct descriptors, or of an unknown listener); they are \
+    missing from the other metrics.";
 const HELP_RING: &str = "Records sockq read from its eBPF ring buffer, by kind (listener: a \
     listener opened or closed; queue_full: an accept queue overflowed; stall: a Nagle x \
     delayed-ACK stall). With sockq_events_lost_total, what the kernel side produced.";

@@ -42,64 +42,102 @@ impl Layout {
         Ok(())
     }
 
-    /// Which `io_uring_complete` prototype this kernel has, from the type of its raw
-    /// tracepoint (`btf_trace_io_uring_complete`: the tracepoint's arguments after a
-    /// `void *` of the tracing machinery's own).
+    /// Which `io_uring_complete` prototype this kernel has, and that the submission
+    /// and wake-up tracepoints pass the request first (older kernels, 5.10, pass the
+    /// ring first: the programs would read it as a request).
     fn uring_complete_layout(&self) -> Result<u32, LayoutError> {
-        const NAME: &str = "btf_trace_io_uring_complete";
-        let unknown = |why: &str| LayoutError::NoMember {
-            strukt: format!("{NAME} (the io_uring_complete tracepoint)"),
-            path: why.into(),
+        let submit = match self.tracepoint_args("io_uring_submit_req") {
+            Ok(args) => ("io_uring_submit_req", args),
+            Err(_) => (
+                "io_uring_submit_sqe",
+                self.tracepoint_args("io_uring_submit_sqe")?,
+            ),
         };
-        let lookup = |what: &str, source| LayoutError::Lookup {
-            what: what.into(),
+        let wake = (
+            "io_uring_task_add",
+            self.tracepoint_args("io_uring_task_add")?,
+        );
+        for (name, args) in [submit, wake] {
+            if !args.first().is_some_and(|t| self.points_to(t, "io_kiocb")) {
+                return Err(unknown_prototype(
+                    name,
+                    "its first argument is not the request",
+                ));
+            }
+        }
+        let args = self.tracepoint_args("io_uring_complete")?;
+        match (args.len(), args.get(2)) {
+            (3, Some(cqe)) if self.points_to(cqe, "io_uring_cqe") => Ok(COMPLETE_CQE),
+            (5.., Some(Type::Int(user_data))) if user_data.size() == 8 => Ok(COMPLETE_VALUES),
+            (n, _) => Err(unknown_prototype(
+                "io_uring_complete",
+                &format!(
+                    "{n} arguments, not (ctx, req, cqe) nor (ctx, req, user_data, res, cflags, ...)"
+                ),
+            )),
+        }
+    }
+
+    /// The argument types of raw tracepoint `name`, from the type the kernel gives
+    /// its programs (`btf_trace_<name>`, a pointer to a function whose first argument
+    /// is the tracing machinery's own `void *`), typedefs and qualifiers stripped.
+    fn tracepoint_args(&self, name: &str) -> Result<Vec<Type>, LayoutError> {
+        let typedef = format!("btf_trace_{name}");
+        let lookup = |source| LayoutError::Lookup {
+            what: typedef.clone(),
             source,
         };
         let types = self
             .btf
-            .resolve_types_by_name(NAME)
-            .map_err(|_| unknown("absent: no io_uring, or no such tracepoint"))?;
-        let Some(Type::Typedef(typedef)) = types.into_iter().next() else {
-            return Err(unknown("not a typedef"));
+            .resolve_types_by_name(&typedef)
+            .map_err(|_| unknown_prototype(name, ABSENT))?;
+        let t = match types.into_iter().next() {
+            Some(Type::Typedef(t)) => t,
+            Some(_) => {
+                return Err(unknown_prototype(
+                    name,
+                    "its btf_trace_ type is not a typedef",
+                ));
+            }
+            None => return Err(unknown_prototype(name, ABSENT)),
         };
-        let pointer = self
-            .btf
-            .resolve_chained_type(&typedef)
-            .map_err(|e| lookup(NAME, e))?;
-        let Type::Ptr(pointer) = pointer else {
-            return Err(unknown("not a function pointer"));
+        let Type::Ptr(pointer) = self.btf.resolve_chained_type(&t).map_err(lookup)? else {
+            return Err(unknown_prototype(
+                name,
+                "its btf_trace_ type is no function pointer",
+            ));
         };
-        let Type::FuncProto(proto) = self
-            .btf
-            .resolve_chained_type(&pointer)
-            .map_err(|e| lookup(NAME, e))?
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&pointer).map_err(lookup)?
         else {
-            return Err(unknown("not a function pointer"));
+            return Err(unknown_prototype(
+                name,
+                "its btf_trace_ type is no function pointer",
+            ));
         };
-        // The third tracepoint argument: the CQE, or the user_data of the old layout.
-        let Some(third) = proto.parameters.get(3) else {
-            return Err(unknown("fewer than three arguments"));
-        };
-        let third = self.strip(
-            self.btf
-                .resolve_chained_type(third)
-                .map_err(|e| lookup(NAME, e))?,
-        )?;
-        match (proto.parameters.len(), third) {
-            (4, Type::Ptr(p)) => match self.btf.resolve_chained_type(&p) {
-                Ok(Type::Struct(s)) if self.name_of(&s).is_ok_and(|n| n == "io_uring_cqe") => {
-                    Ok(COMPLETE_CQE)
-                }
-                _ => Err(unknown(
-                    "(ctx, req, a pointer that is not a struct io_uring_cqe)",
-                )),
-            },
-            (6.., Type::Int(i)) if i.size() == 8 => Ok(COMPLETE_VALUES),
-            (n, _) => Err(unknown(&format!(
-                "{} arguments, not (ctx, req, cqe) nor (ctx, req, user_data, res, cflags, ...)",
-                n - 1
-            ))),
-        }
+        proto
+            .parameters
+            .iter()
+            .skip(1)
+            .map(|p| self.strip(self.btf.resolve_chained_type(p).map_err(lookup)?))
+            .collect()
+    }
+
+    /// Whether `t` is a pointer to `struct strukt`.
+    fn points_to(&self, t: &Type, strukt: &str) -> bool {
+        let Type::Ptr(p) = t else { return false };
+        matches!(
+            self.btf.resolve_chained_type(p),
+            Ok(Type::Struct(s)) if self.name_of(&s).is_ok_and(|n| n == strukt)
+        )
+    }
+}
+
+const ABSENT: &str = "absent: no io_uring, or no such tracepoint";
+
+fn unknown_prototype(tracepoint: &str, why: &str) -> LayoutError {
+    LayoutError::Prototype {
+        tracepoint: tracepoint.into(),
+        why: why.into(),
     }
 }
 
@@ -139,9 +177,12 @@ mod tests {
     }
 
     /// BTF with `btf_trace_io_uring_complete`, a pointer to a function taking
-    /// `params` (type ids: 1 `u64`, 2 `int`, 3 `void *`, 5 `struct io_uring_cqe *`).
-    fn complete_tracepoint_btf(params: &[u32]) -> Vec<u8> {
-        let strings = b"\0u64\0int\0io_uring_cqe\0btf_trace_io_uring_complete\0";
+    /// `complete` (type ids: 1 `u64`, 2 `int`, 3 `void *`, 5 `struct io_uring_cqe *`,
+    /// 7 `struct io_kiocb *`), and `btf_trace_io_uring_submit_req` and `..._task_add`
+    /// taking (`void *`, `submit`).
+    fn tracepoints_btf(complete: &[u32], submit: u32) -> Vec<u8> {
+        let strings = b"\0u64\0int\0io_uring_cqe\0io_kiocb\0btf_trace_io_uring_complete\0\
+            btf_trace_io_uring_submit_req\0btf_trace_io_uring_task_add\0";
         let name = |n: &str| {
             let needle = format!("\0{n}\0");
             let at = strings
@@ -150,54 +191,58 @@ mod tests {
                 .expect("name");
             u32::try_from(at + 1).expect("offset")
         };
-        let vlen = u32::try_from(params.len()).expect("params");
+        let vlen = u32::try_from(complete.len()).expect("params");
+        let (ptr, typedef) = (2 << 24, 8 << 24);
         #[rustfmt::skip]
         let mut types: Vec<u32> = vec![
-            // [1] u64, [2] int, [3] void *, [4] struct io_uring_cqe, [5] a pointer to it
+            // [1] u64, [2] int, [3] void *
             name("u64"), 1 << 24, 8, 64,
             name("int"), 1 << 24, 4, (1 << 24) | 32,
-            0, 2 << 24, 0,
+            0, ptr, 0,
+            // [4] struct io_uring_cqe, [5] a pointer to it, [6] struct io_kiocb, [7] ...
             name("io_uring_cqe"), 4 << 24, 16,
-            0, 2 << 24, 4,
-            // [6] void (*)(params...)
+            0, ptr, 4,
+            name("io_kiocb"), 4 << 24, 64,
+            0, ptr, 6,
+            // [8] void (*)(void *, submit), [9] a pointer to it, [10] [11] typedefs
+            0, (13 << 24) | 2, 0, 0, 3, 0, submit,
+            0, ptr, 8,
+            name("btf_trace_io_uring_submit_req"), typedef, 9,
+            name("btf_trace_io_uring_task_add"), typedef, 9,
+            // [12] void (*)(complete...)
             0, (13 << 24) | vlen, 0,
         ];
-        types.extend(params.iter().flat_map(|&t| [0, t]));
-        // [7] a pointer to [6], [8] the typedef
-        types.extend([
-            0,
-            2 << 24,
-            6,
-            name("btf_trace_io_uring_complete"),
-            8 << 24,
-            7,
-        ]);
+        types.extend(complete.iter().flat_map(|&t| [0, t]));
+        // [13] a pointer to [12], [14] its typedef
+        #[rustfmt::skip]
+        types.extend([0, ptr, 12, name("btf_trace_io_uring_complete"), typedef, 13]);
         btf_blob(&types, strings)
     }
 
     #[test]
-    fn tells_the_io_uring_complete_prototypes_apart() {
-        let layout = |params: &[u32]| {
-            Layout::from_bytes(&complete_tracepoint_btf(params))
+    fn tells_the_io_uring_prototypes_apart() {
+        let layout = |complete: &[u32], submit: u32| {
+            Layout::from_bytes(&tracepoints_btf(complete, submit))
                 .expect("parses")
                 .uring_complete_layout()
         };
         // 6.13 on: (ctx, req, cqe) after the tracing machinery's void *.
-        assert_eq!(layout(&[3, 3, 3, 5]).expect("6.13 layout"), COMPLETE_CQE);
-        // 5.19 to 6.12: (ctx, req, user_data, res, cflags, extra1, extra2).
+        assert_eq!(layout(&[3, 3, 3, 5], 7).expect("6.13 layout"), COMPLETE_CQE);
+        // Before 6.13 (6.1, 6.12): (ctx, req, user_data, res, cflags, extra1, extra2).
         assert_eq!(
-            layout(&[3, 3, 3, 1, 2, 2, 1, 1]).expect("6.1 layout"),
+            layout(&[3, 3, 3, 1, 2, 2, 1, 1], 7).expect("6.1 layout"),
             COMPLETE_VALUES
         );
         // Anything else is refused, not guessed: a pointer that is no CQE, too few
-        // arguments.
-        assert!(layout(&[3, 3, 3, 3]).is_err());
-        assert!(layout(&[3, 3, 3]).is_err());
-        assert!(
-            Layout::from_bytes(&btf_blob(&[1, 1 << 24, 4, 32], b"\0int\0"))
-                .expect("parses")
-                .uring_complete_layout()
-                .is_err()
-        );
+        // arguments, submission tracepoints that pass the ring first (5.10).
+        assert!(layout(&[3, 3, 3, 3], 7).is_err());
+        assert!(layout(&[3, 3, 3], 7).is_err());
+        let err = layout(&[3, 3, 3, 1, 2, 2, 1, 1], 3).expect_err("ring first");
+        assert!(err.to_string().contains("io_uring_submit_req"), "{err}");
+        let err = Layout::from_bytes(&btf_blob(&[1, 1 << 24, 4, 32], b"\0int\0"))
+            .expect("parses")
+            .uring_complete_layout()
+            .expect_err("no io_uring");
+        assert!(err.to_string().contains("absent"), "{err}");
     }
 }
