@@ -29,10 +29,12 @@ const HELP_MAX_DEPTH: &str = "Deepest accept queue seen right after an enqueue s
 const HELP_DEPTH: &str = "Accept queue depth right after each enqueue (sk_ack_backlog at \
     sock:sk_data_ready): catches spikes between scrapes.";
 const HELP_ACCEPTS: &str = "Connections accept()/accept4() returned from this listener \
-    (syscalls:sys_enter/exit_accept4; not counted: io_uring accepts).";
+    (syscalls:sys_enter/exit_accept4) and io_uring accepts completed \
+    (io_uring:io_uring_complete; not counted: accepts into direct descriptors).";
 const HELP_WAIT: &str = "Time each accepted connection waited to be accepted: from its \
     handshake completing (the child socket created, sock:inet_sock_set_state LISTEN -> \
-    SYN_RECV) to the accept()/accept4() that returned it (syscalls:sys_exit_accept4).";
+    SYN_RECV) to the accept()/accept4() that returned it (syscalls:sys_exit_accept4) or \
+    the completion of its io_uring accept (io_uring:io_uring_complete).";
 const HELP_SYNACK: &str = "SYN-ACKs this listener retransmitted (tcp:tcp_retransmit_synack): \
     handshakes whose final ACK did not arrive in time.";
 const HELP_BACKLOG: &str = "The backlog argument the application passed to listen() \
