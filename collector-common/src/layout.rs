@@ -78,9 +78,12 @@ pub struct KernelOffsets {
     pub tp_accept4_fd: u32,
     /// ... `syscalls/sys_enter_accept`: `fd`.
     pub tp_accept_fd: u32,
+    /// `struct net` -> `net_cookie` (u64, never reused, unlike the inode); 0 where the
+    /// kernel has none (before 5.14): state is then keyed by the inode.
+    pub net_cookie: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 128);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 132);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -14,6 +14,8 @@ pub const QUEUED_MAX_ENTRIES: u32 = 65536;
 pub const ACCEPTING_MAX_ENTRIES: u32 = 16384;
 /// Capacity of `ACCEPTORS` (LRU): (listener, thread) pairs.
 pub const ACCEPTORS_MAX_ENTRIES: u32 = 16384;
+/// Threads between `listen()` and their socket entering LISTEN (LRU).
+pub const LISTEN_BACKLOG_MAX_ENTRIES: u32 = 1024;
 
 /// Buckets of the depth-at-enqueue histogram: bucket `i` holds depths in
 /// [2^i, 2^(i+1)), the last one everything above.

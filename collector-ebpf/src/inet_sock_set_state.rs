@@ -5,7 +5,11 @@
 //! Attached as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate,
 //! int newstate)`, cheapest) where that loads, else as a classic tracepoint whose record
 //! offsets userspace reads from tracefs. Both entry points share [`on_state_change`]:
-//! - counts the transition in `TRANSITIONS` per (netns, from, to), in the kernel;
+//! - counts the transition in `TRANSITIONS` per (namespace cookie, from, to), in the
+//!   kernel (the cookie is never reused, unlike the inode: a new namespace does not
+//!   inherit a dead one's counts; userspace removes the entries of dead namespaces);
+//! - for a socket entering LISTEN, creates its accept-queue counters (only TCP sockets
+//!   whose `listen()` succeeded get one) and removes them when it leaves LISTEN;
 //! - for a socket entering LISTEN or going from LISTEN to CLOSE, sends a
 //!   `ListenerEvent` with the current thread (the one that called `listen()` or
 //!   `close()`) through `EVENTS`. Rare: nothing per connection reaches the ring buffer.
@@ -25,15 +29,14 @@ use collector_common::{
     listener::{AF_INET, AF_INET6, EVENT_LISTENER, ListenerEvent},
     queue::QueuedChild,
     stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL, STAT_TRANSITIONS_FULL},
-    tcp_state::{
-        IPPROTO_TCP, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV,
-        TransitionKey,
-    },
+    tcp_state::{IPPROTO_TCP, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TransitionKey},
 };
 
 use crate::{
-    kernel::{offsets, read, sock_inode, sock_netns, sock_protocol},
-    maps::{EVENTS, LISTENER_QUEUES, QUEUED, TRANSITIONS, bump_stat},
+    kernel::{offsets, read, sock_inode, sock_net_key, sock_netns, sock_protocol},
+    maps::{
+        EVENTS, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, bump_stat, listener_queue,
+    },
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -72,13 +75,12 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
     {
         return Ok(());
     }
-    let netns = sock_netns(sk, &o);
     let (from, to) = (old as u8, new as u8);
     count_transition(TransitionKey {
-        netns,
+        netns: sock_net_key(sk, &o),
         from,
         to,
-        _pad: [0; 2],
+        _pad: [0; 6],
     });
     if to == TCP_CLOSE {
         crate::nagle::forget_conn(sk);
@@ -97,22 +99,44 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
             bump_stat(STAT_QUEUED_FULL);
         }
     } else if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
-        if from == TCP_LISTEN && o.queue_valid != 0 {
-            // The listener closes: its accept-queue counters go with it.
-            let _ = LISTENER_QUEUES.remove(&sock_inode(sk, &o));
+        let netns = sock_netns(sk, &o);
+        if o.queue_valid != 0 {
+            let inode = sock_inode(sk, &o);
+            if to == TCP_LISTEN {
+                // A TCP socket became a listener (listen() succeeded): its counters
+                // start here, with the backlog its thread asked for.
+                listener_opened(inode, netns);
+            } else {
+                // The listener closes: its accept-queue counters go with it.
+                let _ = LISTENER_QUEUES.remove(&inode);
+            }
         }
         send_listener_event(sk, &o, netns, from, to)?;
-    } else if to == TCP_CLOSE
-        && o.queue_valid != 0
-        && (from == TCP_ESTABLISHED || from == TCP_CLOSE_WAIT)
-        && read::<u64>(sk, o.sk_socket).is_ok_and(|socket| socket == 0)
-    {
-        // A reset of a connection no process holds: one still queued for accept()
-        // (accept() attaches a struct socket). Forget its stamp. Accepted connections
-        // were removed by accept(); normal closes end in LAST_ACK or FIN_WAIT2.
-        let _ = QUEUED.remove(&(sk as u64));
     }
+    // A child reset by its client while still queued keeps its stamp: accept()
+    // returns it all the same, and its wait is counted then. Stamps of children
+    // never accepted are removed by userspace (their listener closed, or its queue
+    // emptied without them).
     Ok(())
+}
+
+/// Creates the counters of a new listener, with the `listen()` backlog its thread
+/// stashed (`listen.rs`).
+#[inline(always)]
+fn listener_opened(inode: u64, netns: u32) {
+    if inode == 0 {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out at once.
+    let backlog = unsafe { LISTEN_BACKLOG.get(&tid) }.copied();
+    let _ = LISTEN_BACKLOG.remove(&tid);
+    if let Some(q) = listener_queue(inode, netns)
+        && let Some(backlog) = backlog
+    {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*q).backlog_arg = backlog };
+    }
 }
 
 #[inline(always)]

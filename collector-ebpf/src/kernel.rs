@@ -40,6 +40,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     queue_valid: 0,
     tp_accept4_fd: 0,
     tp_accept_fd: 0,
+    net_cookie: 0,
 };
 
 #[inline(always)]
@@ -73,6 +74,23 @@ pub fn sock_netns(sk: *const u8, o: &KernelOffsets) -> u32 {
         return 0;
     }
     read::<u32>(net, o.net_ns_inum).unwrap_or(0)
+}
+
+/// The key of `sk`'s network namespace in kernel state: its cookie where the kernel
+/// has one (never reused), else its inode; 0 when unreadable.
+#[inline(always)]
+pub fn sock_net_key(sk: *const u8, o: &KernelOffsets) -> u64 {
+    let Ok(net) = read::<*const u8>(sk, o.sk_net) else {
+        return 0;
+    };
+    if net.is_null() {
+        return 0;
+    }
+    if o.net_cookie != 0 {
+        read::<u64>(net, o.net_cookie).unwrap_or(0)
+    } else {
+        read::<u32>(net, o.net_ns_inum).map_or(0, u64::from)
+    }
 }
 
 /// `sk->sk_protocol`, or `None` when this kernel's layout does not let us read it.
@@ -131,6 +149,14 @@ pub fn fd_sock(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
 pub fn listener_inode(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
     let state: u8 = read(sk, o.sk_state).ok()?;
     if state != collector_common::tcp_state::TCP_LISTEN {
+        return None;
+    }
+    // Unix stream listeners are in TCP_LISTEN too, and `sk_data_ready` fires for
+    // them: only TCP (inet) listeners have accept-queue counters here.
+    let family: u16 = read(sk, o.sk_family).ok()?;
+    if family != collector_common::listener::AF_INET
+        && family != collector_common::listener::AF_INET6
+    {
         return None;
     }
     let inode = sock_inode(sk, o);

@@ -12,8 +12,8 @@ use collector_common::{
     listener::EVENTS_RING_BYTES,
     queue::{
         ACCEPTING_MAX_ENTRIES, ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES,
-        DropKey, LISTENERS_MAX_ENTRIES, ListenerQueue, QUEUED_MAX_ENTRIES, QueuedChild,
-        READERS_MAX_ENTRIES, ReaderTrack,
+        DropKey, LISTEN_BACKLOG_MAX_ENTRIES, LISTENERS_MAX_ENTRIES, ListenerQueue,
+        QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES, ReaderTrack,
     },
     stats::{STAT_LISTENERS_FULL, STATS_LEN},
     tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
@@ -61,6 +61,12 @@ pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_
 /// The listener fd of each thread inside accept()/accept4(), by tid.
 #[map]
 pub static ACCEPTING: HashMap<u32, u64> = HashMap::with_max_entries(ACCEPTING_MAX_ENTRIES, 0);
+
+/// The backlog a thread passed to its last `listen()`, until its socket enters
+/// LISTEN (`listen.rs`). LRU: failed calls leave entries nobody removes.
+#[map]
+pub static LISTEN_BACKLOG: LruHashMap<u32, u32> =
+    LruHashMap::with_max_entries(LISTEN_BACKLOG_MAX_ENTRIES, 0);
 
 /// Accepts per (listener, thread). Userspace removes the entries of closed listeners.
 #[map]

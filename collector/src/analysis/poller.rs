@@ -13,10 +13,12 @@ use collector_common::{nagle::StallEvent, queue::AcceptorKey};
 
 use super::{
     episodes::{EpisodeEvent, EpisodeTracker, Limits},
-    nagle, pattern, queue_stats,
+    nagle,
+    netns_keys::NetnsKeys,
+    pattern, queue_stats,
 };
 use crate::{
-    inventory::{self, ScanReport, threads},
+    inventory::{self, ScanReport, VisitedNetns, threads},
     model::{Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot},
     probes::{KernelView, Probes, ring::RingCounters},
     text,
@@ -52,6 +54,11 @@ pub struct Poller {
     /// Why there are no probes, in polling mode.
     polling: Option<String>,
     health: Health,
+    netns_keys: NetnsKeys,
+    /// The namespaces the last inventory read, and those it could not read but that
+    /// still exist.
+    visited: Vec<VisitedNetns>,
+    kept: HashSet<u64>,
 }
 
 impl Poller {
@@ -72,6 +79,9 @@ impl Poller {
             stalls,
             ring,
             polling,
+            netns_keys: NetnsKeys::default(),
+            visited: Vec::new(),
+            kept: HashSet::new(),
             health: Health {
                 poll_seconds: Histogram {
                     bounds: POLL_BOUNDS.to_vec(),
@@ -163,6 +173,13 @@ impl Poller {
                 .or_default() += 1;
         }
         self.health.carried_listeners = carry_over(&self.last_listeners, &mut report);
+        self.visited = std::mem::take(&mut report.visited);
+        self.kept = report
+            .skipped
+            .iter()
+            .filter(|s| !s.error.is_vanished())
+            .map(|s| s.netns)
+            .collect();
         report
     }
 
@@ -219,7 +236,15 @@ impl Poller {
         self.nagle
             .update(&view.conns, &snapshot.listeners, threads::process_comm);
         snapshot.acceptors = acceptors(&live, &view.acceptors).into();
-        snapshot.transitions = view.transitions;
+        let resolved = self.netns_keys.resolve(
+            Instant::now(),
+            &view.transitions,
+            &self.visited,
+            &self.kept,
+            p.net_keys_are_cookies(),
+        );
+        p.remove_transitions_of(&resolved.dead);
+        snapshot.transitions = resolved.transitions;
         snapshot.tcp_sends = view.sends;
     }
 
@@ -424,6 +449,7 @@ mod tests {
         let mut report = ScanReport {
             listeners: vec![listener(1, 10)],
             netns: Vec::new(),
+            visited: Vec::new(),
             skipped: vec![
                 SkippedNetns {
                     netns: 2,

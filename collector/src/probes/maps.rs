@@ -1,8 +1,6 @@
 //! Reading what the programs aggregated, and removing what userspace owns: the
 //! per-thread accept counts of listeners that closed.
 
-use std::collections::BTreeMap;
-
 use aya::{Ebpf, maps::MapError};
 use collector_common::{
     nagle::{ConnKey, ConnStats, SENDS_CORK, SENDS_NAGLE, SENDS_NODELAY},
@@ -14,7 +12,7 @@ use collector_common::{
 };
 
 use super::{ProbeError, Probes};
-use crate::model::{ProbeStatus, TransitionKey};
+use crate::model::ProbeStatus;
 
 /// Counters the programs keep about themselves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,9 +31,18 @@ pub struct ProgramStats {
     pub conns_full: u64,
 }
 
+/// A TCP state transition as the kernel counts it: per namespace *key*, the
+/// namespace's cookie where [`Probes::net_keys_are_cookies`], else its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetTransition {
+    pub net_key: u64,
+    pub from: u8,
+    pub to: u8,
+}
+
 /// What userspace reads from the kernel at each poll.
 pub struct KernelView {
-    pub transitions: BTreeMap<TransitionKey, u64>,
+    pub transitions: Vec<(NetTransition, u64)>,
     /// Accept-queue counters by listener socket inode.
     pub queues: std::collections::HashMap<u64, ListenerQueue>,
     /// Accepts by (listener inode, pid, tid).
@@ -61,18 +68,16 @@ impl Probes {
 
     /// Everything the programs aggregated, read in one go.
     pub fn read(&self) -> Result<KernelView, ProbeError> {
-        let mut transitions = BTreeMap::new();
+        let mut transitions = Vec::new();
         for entry in self.transitions.iter() {
             let (key, per_cpu) = entry.map_err(|source| map_error("TRANSITIONS", source))?;
             let total: u64 = per_cpu.iter().copied().fold(0, u64::wrapping_add);
-            transitions.insert(
-                TransitionKey {
-                    netns: u64::from(key.netns),
-                    from: key.from,
-                    to: key.to,
-                },
-                total,
-            );
+            let key = NetTransition {
+                net_key: key.netns,
+                from: key.from,
+                to: key.to,
+            };
+            transitions.push((key, total));
         }
         // An entry evicted between get_next_key and lookup is simply skipped.
         let queues = self.queues.iter().flatten().collect();
@@ -113,6 +118,27 @@ impl Probes {
                 .or_insert(child.enqueued_ns);
         }
         oldest
+    }
+
+    /// Whether the programs key namespaces by cookie (never reused) rather than inode.
+    pub fn net_keys_are_cookies(&self) -> bool {
+        self.net_cookies
+    }
+
+    /// Removes the transition counts of namespaces that no longer exist.
+    pub fn remove_transitions_of(&mut self, dead: &std::collections::HashSet<u64>) {
+        if dead.is_empty() {
+            return;
+        }
+        let keys: Vec<_> = self
+            .transitions
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| dead.contains(&k.netns))
+            .collect();
+        for key in keys {
+            let _ = self.transitions.remove(&key);
+        }
     }
 
     /// Removes the per-thread accept counts of listeners that no longer exist.

@@ -46,7 +46,7 @@ use collector_common::{
 
 use self::maps::{map_error, take_map};
 pub use self::{
-    maps::{KernelView, ProgramStats},
+    maps::{KernelView, NetTransition, ProgramStats},
     offsets::{KernelInfo, kernel_info},
     table::{Family, PROBES, ProbeSpec},
 };
@@ -112,6 +112,8 @@ pub struct Probes {
     conn_stats: HashMap<MapData, ConnKey, ConnStats>,
     sends: PerCpuArray<MapData, u64>,
     nagle_on: bool,
+    /// Namespaces are keyed by cookie (`KernelOffsets::net_cookie` resolved).
+    net_cookies: bool,
     drop_reasons: std::collections::HashMap<u32, String>,
 }
 
@@ -192,6 +194,7 @@ impl Probes {
             _ebpf: ebpf,
             status,
             nagle_on,
+            net_cookies: kernel.offsets.net_cookie != 0,
             drop_reasons: kernel.drop_reasons.clone(),
         })
     }
