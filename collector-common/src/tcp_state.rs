@@ -32,4 +32,4 @@ unsafe impl aya::Pod for TransitionKey {}
 /// Capacity of the `TRANSITIONS` map: namespaces x observed (from, to) pairs. About 15
 /// pairs occur in practice, so this covers some 270 namespaces; past that, increments
 /// are counted as lost (`stats::STAT_TRANSITIONS_FULL`).
-pub const TRANSITIONS_MAX_ENTRIES: u32 = 4096;
+pub const TRANSITIONS_MAX_ENTRIES: u32 = 16384;

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     inventory::{self, ScanReport, VisitedNetns, threads},
     model::{Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot},
-    probes::{KernelView, Probes, ring::RingCounters},
+    probes::{KernelView, Probes, prune::Live, ring::RingCounters},
     text,
 };
 
@@ -101,6 +101,7 @@ impl Poller {
 
     pub async fn poll(&mut self) -> Poll {
         let started = Instant::now();
+        let inventory_started_ns = monotonic_ns();
         let (listeners, netns) = self.inventory().await;
         self.log_changes(&listeners);
         let mut snapshot = Snapshot {
@@ -109,7 +110,7 @@ impl Poller {
             polling: self.polling.clone(),
             ..Snapshot::default()
         };
-        self.add_kernel_view(&mut snapshot);
+        self.add_kernel_view(&mut snapshot, inventory_started_ns);
         let episodes = self.episodes.update(
             Instant::now(),
             SystemTime::now(),
@@ -198,12 +199,24 @@ impl Poller {
     }
 
     /// What the probes measured, attached to the inventory's listeners.
-    fn add_kernel_view(&mut self, snapshot: &mut Snapshot) {
+    fn add_kernel_view(&mut self, snapshot: &mut Snapshot, inventory_started_ns: u64) {
         let Some(p) = &mut self.probes else {
             return;
         };
-        let live: HashSet<u64> = snapshot.listeners.iter().map(|l| l.inode).collect();
-        p.prune_acceptors(&live);
+        let queue_len: HashMap<u64, u32> = snapshot
+            .listeners
+            .iter()
+            .map(|l| (l.inode, l.accept_queue_len))
+            .collect();
+        let live: HashSet<u64> = queue_len.keys().copied().collect();
+        snapshot.maps = p.prune(
+            &Live {
+                queue_len: &queue_len,
+                inventory_started_ns,
+                now_ns: monotonic_ns(),
+            },
+            threads::exists,
+        );
         let view = match p.read() {
             Ok(view) => view,
             Err(e) => {

@@ -45,6 +45,15 @@ pub fn thread(pid: u32, tid: u32) -> ThreadDetails {
     }
 }
 
+/// Whether thread `tid` of process `pid` still exists.
+pub fn exists(pid: u32, tid: u32) -> bool {
+    Path::new("/proc")
+        .join(pid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .exists()
+}
+
 /// `/proc/PID/comm` of a live process.
 pub fn process_comm(pid: u32) -> Option<String> {
     if pid == 0 {

@@ -267,6 +267,16 @@ pub struct Snapshot {
     pub ring_events: [u64; 3],
     /// How the daemon itself is doing.
     pub health: Health,
+    /// Occupancy of the in-kernel maps (empty without probes).
+    pub maps: Vec<MapOccupancy>,
+}
+
+/// Entries and capacity of one in-kernel map, after the poll's pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MapOccupancy {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 /// The daemon's own health, for `sockq_poll_*` and `sockq_inventory_*`.

@@ -141,19 +141,6 @@ impl Probes {
         }
     }
 
-    /// Removes the per-thread accept counts of listeners that no longer exist.
-    pub fn prune_acceptors(&mut self, live: &std::collections::HashSet<u64>) {
-        let dead: Vec<AcceptorKey> = self
-            .acceptors
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !live.contains(&k.listener))
-            .collect();
-        for key in dead {
-            let _ = self.acceptors.remove(&key);
-        }
-    }
-
     pub fn program_stats(&self) -> Result<ProgramStats, ProbeError> {
         let read = |index: u32| -> Result<u64, ProbeError> {
             let per_cpu = self

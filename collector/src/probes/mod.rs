@@ -28,6 +28,7 @@ pub mod attach;
 pub mod events;
 pub mod maps;
 pub mod offsets;
+pub mod prune;
 pub mod ring;
 pub mod table;
 
@@ -114,6 +115,8 @@ pub struct Probes {
     nagle_on: bool,
     /// Namespaces are keyed by cookie (`KernelOffsets::net_cookie` resolved).
     net_cookies: bool,
+    /// `LISTENER_QUEUES` keys that were not a live listener at the last prune.
+    listener_suspects: std::collections::HashSet<u64>,
     drop_reasons: std::collections::HashMap<u32, String>,
 }
 
@@ -195,6 +198,7 @@ impl Probes {
             status,
             nagle_on,
             net_cookies: kernel.offsets.net_cookie != 0,
+            listener_suspects: std::collections::HashSet::new(),
             drop_reasons: kernel.drop_reasons.clone(),
         })
     }

@@ -59,6 +59,17 @@
 //!                                                 listening on 127.0.0.1 for MS ms then
 //!                                                 exiting; reaps them all, then prints
 //!                                                 `done LISTENED` (children that listened)
+//!   sockq-scenario bad-listen DIR COUNT           COUNT times: listen() on a Unix socket in
+//!                                                 DIR (and accept one connection on it),
+//!                                                 on a UDP socket (fails), on a closed fd
+//!                                                 (fails), on a pipe (fails); `done COUNT`
+//!   sockq-scenario reset-queued ADDR COUNT        COUNT clients connect and reset
+//!                                                 (SO_LINGER 0) while queued; then the
+//!                                                 server accepts all COUNT (Linux returns
+//!                                                 them); ready when done, then hold
+//!   sockq-scenario thread-accepts ADDR COUNT      COUNT threads in turn, each accepting one
+//!                                                 connection (its own client's) and exiting;
+//!                                                 ready when done, then hold
 //!   sockq-scenario accept-every ADDR MS           listen(128); a thread accepts one
 //!                                                 connection every MS ms (blocked in
 //!                                                 accept while none is queued), keeping
@@ -103,6 +114,9 @@ fn main() -> ExitCode {
         ["many-listeners", count, port] => many_ports_scenario(count, port),
         ["listen-burst", count, ms] => listen_burst_scenario(count, ms),
         ["accept-every", addr, ms] => accept_every_scenario(addr, ms),
+        ["bad-listen", dir, count] => bad_listen_scenario(dir, count),
+        ["thread-accepts", addr, count] => thread_accepts_scenario(addr, count),
+        ["reset-queued", addr, count] => reset_queued_scenario(addr, count),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -185,6 +199,94 @@ fn connect_scenario(addr: &str, connects: &str, from: Option<&str>) -> Result<()
 fn listen_scenario(addr: &str) -> Result<(), String> {
     let (_listener, local) = listener(addr, 128)?;
     say(&format!("ready {local}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+/// listen() calls that must leave no TCP listener state behind in the kernel.
+fn bad_listen_scenario(dir: &str, count: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let count: usize = parse(count, "count")?;
+    for i in 0..count {
+        let path = std::path::Path::new(dir).join(format!("l{i}.sock"));
+        let unix = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| format!("unix bind {i}: {e}"))?;
+        let client = std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| format!("unix connect {i}: {e}"))?;
+        let (conn, _) = unix.accept().map_err(|e| format!("unix accept {i}: {e}"))?;
+        drop((conn, client, unix));
+        let _ = std::fs::remove_file(&path);
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("udp: {e}"))?;
+        // SAFETY: listen(2) on descriptors we own or on a number nobody owns; each
+        // fails without side effects.
+        unsafe {
+            libc::listen(udp.as_raw_fd(), 16);
+            libc::listen(1_000_000, 16);
+        }
+        let (r, w) = {
+            let mut fds = [0; 2];
+            // SAFETY: pipe(2) writes two descriptors into the array.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+            }
+            (fds[0], fds[1])
+        };
+        // SAFETY: as above; the pipe's descriptors are closed right after.
+        unsafe {
+            libc::listen(r, 16);
+            libc::close(r);
+            libc::close(w);
+        }
+    }
+    say(&format!("done {count}"));
+    Ok(())
+}
+
+/// Connections reset by their clients while still in the accept queue, accepted
+/// afterwards all the same.
+fn reset_queued_scenario(addr: &str, count: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let (listener, local) = listener(addr, 1024)?;
+    let listener: std::net::TcpListener = listener.into();
+    for i in 0..count {
+        let client = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("socket {i}: {e}"))?;
+        client
+            .connect(&SockAddr::from(local))
+            .map_err(|e| format!("connect {i}: {e}"))?;
+        client
+            .set_linger(Some(Duration::ZERO))
+            .map_err(|e| format!("linger {i}: {e}"))?;
+        drop(client); // RST while the connection waits for accept()
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut kept = Vec::new();
+    for i in 0..count {
+        let (c, _) = listener.accept().map_err(|e| format!("accept {i}: {e}"))?;
+        kept.push(c);
+    }
+    say(&format!("ready {local} {count}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+/// Short-lived acceptor threads, as servers that recycle workers have.
+fn thread_accepts_scenario(addr: &str, count: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let (listener, local) = listener(addr, 128)?;
+    let listener: std::net::TcpListener = listener.into();
+    let listener = std::sync::Arc::new(listener);
+    let mut kept = Vec::new();
+    for i in 0..count {
+        let client = TcpStream::connect(local).map_err(|e| format!("connect {i}: {e}"))?;
+        let l = std::sync::Arc::clone(&listener);
+        let accepted = std::thread::spawn(move || l.accept().map(|(c, _)| c))
+            .join()
+            .map_err(|_| format!("acceptor thread {i} panicked"))?
+            .map_err(|e| format!("accept {i}: {e}"))?;
+        kept.push((client, accepted));
+    }
+    say(&format!("ready {local} {count}"));
     wait_for_stdin_close();
     Ok(())
 }

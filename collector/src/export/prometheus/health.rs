@@ -19,6 +19,12 @@ const HELP_SKIPPED: &str = "Network namespaces the last inventory could not read
 const HELP_CARRIED: &str = "Listeners of namespaces the last inventory could not read \
     (other than vanished ones), reported as last seen rather than dropped.";
 
+const HELP_MAP_ENTRIES: &str = "Entries in one of sockq's in-kernel maps after the poll's \
+    pruning (every entry has an owner that removes it: a listener's counters go when it \
+    closes, an acceptor's when its thread exits, a namespace's when it dies).";
+const HELP_MAP_CAPACITY: &str = "How many entries one of sockq's in-kernel maps can hold; \
+    a full map is counted in sockq_events_lost_total.";
+
 pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     let h = &snapshot.health;
     let mut poll = Family::histogram("sockq_poll_duration_seconds", HELP_POLL);
@@ -43,5 +49,11 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     }
     let mut carried = Family::gauge("sockq_inventory_carried_listeners", HELP_CARRIED);
     carried.push(Vec::new(), h.carried_listeners);
-    vec![poll, last, stale, skipped, carried]
+    let mut entries = Family::gauge("sockq_map_entries", HELP_MAP_ENTRIES);
+    let mut capacity = Family::gauge("sockq_map_capacity", HELP_MAP_CAPACITY);
+    for m in &snapshot.maps {
+        entries.push(vec![("map", m.map.to_owned())], m.entries);
+        capacity.push(vec![("map", m.map.to_owned())], m.capacity);
+    }
+    vec![poll, last, stale, skipped, carried, entries, capacity]
 }
