@@ -82,14 +82,14 @@ fn maps_return_to_baseline_and_a_fresh_namespace_is_exact() {
     });
     held.finish();
 
-    // The recycled acceptor threads are gone: their per-thread counts too, while the
-    // listener's accepts stay exact.
+    // The recycled acceptor threads are gone: their per-thread counts too (20 s after
+    // they exited), while the listener's accepts stay exact.
     let tnetns = threads.inode().to_string();
     let labels = [
         ("netns", tnetns.as_str()),
         ("listen_addr", "127.0.0.1:7101"),
     ];
-    daemon.wait_for(Duration::from_secs(10), |m| {
+    daemon.wait_for(Duration::from_secs(45), |m| {
         let accepts = m.one("sockq_listen_accepts_total", &labels)?;
         let waits = m
             .one("sockq_accept_wait_seconds_count", &labels)

@@ -7,11 +7,13 @@
 //! - `test`: setup, then every test: unit tests, then the privileged integration
 //!   tests that load the real programs into the real kernel;
 //! - `vm-test`: the core scenarios on Debian's 6.1 kernel in qemu;
-//! - `bench`: the cost of watching, side by side.
+//! - `bench`: the cost of watching, side by side;
+//! - `soak`: the churn test in a loop against one long-running daemon.
 
 mod bench;
 mod fuzz;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -65,6 +67,13 @@ enum Task {
         /// Rounds; the variants alternate and medians are reported.
         #[arg(long, default_value = "3")]
         rounds: usize,
+    },
+    /// Soak sockq (for nights, not CI): one daemon stays up while the churn test runs
+    /// against it in a loop; fails on the first broken invariant or growing memory.
+    Soak {
+        /// How long to soak.
+        #[arg(long, default_value = "60")]
+        minutes: u64,
     },
     /// Run each cargo-fuzz target (fuzz/: sock_diag, btf, cli, http) for a bounded
     /// time, installing cargo-fuzz if missing; fails on any crash.
@@ -154,6 +163,17 @@ fn dispatch(task: Task) -> Result<()> {
                 &bench::release_bin(&root),
                 &bench::Options { seconds, rounds },
             )
+        }
+        Task::Soak { minutes } => {
+            let env = setup::ensure()?;
+            setup::ensure_test_tools()?;
+            let sockq = build(&root, &env, false)?;
+            if !nix_is_root() {
+                bail!(
+                    "the soak loads eBPF programs and creates network namespaces: run it as root"
+                );
+            }
+            soak::run(&root, &sockq, minutes)
         }
         Task::Fuzz { seconds, targets } => fuzz::run(&root, &fuzz::Options { seconds, targets }),
     }

@@ -133,23 +133,13 @@ mod tests {
 
     fn listener(inode: u64, port: u16, reads: (u64, u64, u64)) -> Listener {
         Listener {
-            netns: 1,
-            addr: "127.0.0.1".parse().expect("ip"),
-            port,
-            inode,
-            cookie: 0,
-            accept_queue_len: 0,
-            accept_queue_limit: 128,
-            syn_queue_len: 0,
-            drops: 0,
-            owners: Vec::new(),
             kernel: Some(ListenerKernelStats {
                 read_by_acceptor: reads.0,
                 read_by_one_other: reads.1,
                 read_by_several: reads.2,
                 ..ListenerKernelStats::default()
             }),
-            queue_full: false,
+            ..Listener::loopback_for_test(1, port, inode)
         }
     }
 

@@ -440,20 +440,7 @@ mod tests {
     use crate::inventory::{InventoryError, SkippedNetns};
 
     fn listener(netns: u64, inode: u64) -> Listener {
-        Listener {
-            netns,
-            addr: "127.0.0.1".parse().expect("ip"),
-            port: 80,
-            inode,
-            cookie: 0,
-            accept_queue_len: 0,
-            accept_queue_limit: 128,
-            syn_queue_len: 0,
-            drops: 0,
-            owners: Vec::new(),
-            kernel: None,
-            queue_full: false,
-        }
+        Listener::loopback_for_test(netns, 80, inode)
     }
 
     #[test]

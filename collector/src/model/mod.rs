@@ -86,6 +86,26 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// A listener on 127.0.0.1 with an empty queue of limit 128, no owners and no
+    /// kernel statistics: the fixture unit tests start from.
+    #[cfg(test)]
+    pub fn loopback_for_test(netns: NetnsInode, port: u16, inode: u64) -> Self {
+        Self {
+            netns,
+            addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port,
+            inode,
+            cookie: 0,
+            accept_queue_len: 0,
+            accept_queue_limit: 128,
+            syn_queue_len: 0,
+            drops: 0,
+            owners: Vec::new(),
+            kernel: None,
+            queue_full: false,
+        }
+    }
+
     /// `ip:port`, with brackets around IPv6 addresses.
     pub fn listen_addr(&self) -> String {
         std::net::SocketAddr::new(self.addr, self.port).to_string()

@@ -115,8 +115,10 @@ pub struct Probes {
     nagle_on: bool,
     /// Namespaces are keyed by cookie (`KernelOffsets::net_cookie` resolved).
     net_cookies: bool,
-    /// `LISTENER_QUEUES` keys that were not a live listener at the last prune.
-    listener_suspects: std::collections::HashSet<u64>,
+    /// Listeners the maps referred to that the last inventory did not list.
+    absent_listeners: std::collections::HashSet<u64>,
+    /// Accepting threads seen exited, and since when (`CLOCK_MONOTONIC` ns).
+    exited_threads: std::collections::HashMap<(u32, u32), u64>,
     drop_reasons: std::collections::HashMap<u32, String>,
 }
 
@@ -198,7 +200,8 @@ impl Probes {
             status,
             nagle_on,
             net_cookies: kernel.offsets.net_cookie != 0,
-            listener_suspects: std::collections::HashSet::new(),
+            absent_listeners: std::collections::HashSet::new(),
+            exited_threads: std::collections::HashMap::new(),
             drop_reasons: kernel.drop_reasons.clone(),
         })
     }

@@ -594,24 +594,35 @@ fn fork_fd_readers(n: usize) -> Result<Vec<std::os::unix::net::UnixStream>, Stri
     Ok(ends)
 }
 
+/// The one-byte data buffer and the control buffer of a message carrying one fd.
+fn rights_buffers(byte: &mut [u8; 1]) -> (libc::iovec, Vec<u8>) {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    (iov, vec![0u8; space])
+}
+
+/// A msghdr over those buffers.
+fn rights_msghdr(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 /// Sends `conn`'s descriptor over `to` (one byte of data, the fd as SCM_RIGHTS).
 fn send_fd(to: &std::os::unix::net::UnixStream, conn: &TcpStream) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let fd = conn.as_raw_fd();
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; zeroed is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let (mut iov, mut control) = rights_buffers(&mut byte);
+    let msg = rights_msghdr(&mut iov, &mut control);
     // SAFETY: the control buffer has room for one cmsg carrying one int.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -631,19 +642,8 @@ fn send_fd(to: &std::os::unix::net::UnixStream, conn: &TcpStream) -> std::io::Re
 fn recv_fd(from: &std::os::unix::net::UnixStream) -> Option<TcpStream> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: as in send_fd.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: as in send_fd.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let (mut iov, mut control) = rights_buffers(&mut byte);
+    let mut msg = rights_msghdr(&mut iov, &mut control);
     // SAFETY: msg points at live buffers for the call.
     if unsafe { libc::recvmsg(from.as_raw_fd(), &mut msg, 0) } <= 0 {
         return None;

@@ -8,7 +8,8 @@ use crate::model::Snapshot;
 
 const HELP_POLL: &str = "Time each poll took (inventory of every namespace, reading the \
     probes' maps, analyses), seconds. Its _count is the number of polls: listener events \
-    trigger polls at most four times a second.";
+    trigger polls at most ten times a second, leaving the daemon at least half its \
+    time.";
 const HELP_LAST: &str = "Unix time of the last inventory that could read sockq's own network \
     namespace (sock_diag and /proc).";
 const HELP_STALE: &str = "1 when the last complete inventory is older than three poll \
