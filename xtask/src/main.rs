@@ -31,6 +31,24 @@ struct Cli {
     command: Task,
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Seconds per storm (default 4; 0.5 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Paired rounds, each running every variant in a shuffled order (default 10;
+    /// 3 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// A developer's run of about a minute: fewer rounds, shorter storms, still with
+    /// intervals; skips the footprint, scrape and event figures.
+    #[arg(long)]
+    quick: bool,
+    /// Seed of the variants' order and the bootstrap (printed by every run).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Task {
     /// Install the eBPF toolchain and the test tools if missing (Debian/Ubuntu, as root).
@@ -58,16 +76,11 @@ enum Task {
     /// there: exact overflow drops, accept wait, state transitions, owners, with the
     /// fallbacks that kernel needs. Downloads the kernel package once (target/vm).
     VmTest,
-    /// Measure the cost of watching: connection storm with and without sockq and
-    /// with a bpftrace peer, per-program run time, daemon footprint, scrape latency.
-    Bench {
-        /// Seconds per storm.
-        #[arg(long, default_value = "5")]
-        seconds: f64,
-        /// Rounds; the variants alternate and medians are reported.
-        #[arg(long, default_value = "3")]
-        rounds: usize,
-    },
+    /// Measure the cost of watching: paired rounds of connection storms without
+    /// sockq, with sockq (default, --nagle), with the floor (empty programs on sockq's
+    /// hooks) and with two bpftrace peers, with 90% bootstrap intervals; each program's
+    /// run time; in a full run also the daemon's footprint, scrape latency and events.
+    Bench(BenchArgs),
     /// Soak sockq (for nights, not CI): one daemon stays up while the churn test runs
     /// against it in a loop; fails on the first broken invariant or growing memory.
     Soak {
@@ -140,43 +153,50 @@ fn dispatch(task: Task) -> Result<()> {
                 ],
             )
         }
-        Task::Bench { seconds, rounds } => {
-            let env = setup::ensure()?;
-            setup::install_packages(&["bpftrace", "iproute2"])?;
-            build(&root, &env, true)?;
-            step("building the scenario programs (release)");
-            run(cargo(&root, &env).args([
-                "build",
-                "--release",
-                "--package",
-                "sockq-tests",
-                "--bin",
-                "sockq-scenario",
-            ]))?;
-            if !nix_is_root() {
-                bail!(
-                    "the benchmark loads eBPF programs and creates network namespaces: run it as root"
-                );
-            }
-            bench::run(
-                &root,
-                &bench::release_bin(&root),
-                &bench::Options { seconds, rounds },
-            )
-        }
-        Task::Soak { minutes } => {
-            let env = setup::ensure()?;
-            setup::ensure_test_tools()?;
-            let sockq = build(&root, &env, false)?;
-            if !nix_is_root() {
-                bail!(
-                    "the soak loads eBPF programs and creates network namespaces: run it as root"
-                );
-            }
-            soak::run(&root, &sockq, minutes)
-        }
+        Task::Bench(args) => bench_task(&root, args),
+        Task::Soak { minutes } => soak_task(&root, minutes),
         Task::Fuzz { seconds, targets } => fuzz::run(&root, &fuzz::Options { seconds, targets }),
     }
+}
+
+/// Builds sockq (debug, as the tests use it), then soaks it.
+fn soak_task(root: &Path, minutes: u64) -> Result<()> {
+    let env = setup::ensure()?;
+    setup::ensure_test_tools()?;
+    let sockq = build(root, &env, false)?;
+    if !nix_is_root() {
+        bail!("the soak loads eBPF programs and creates network namespaces: run it as root");
+    }
+    soak::run(root, &sockq, minutes)
+}
+
+/// Builds sockq and the scenario programs (release), then runs the benchmark.
+fn bench_task(root: &Path, args: BenchArgs) -> Result<()> {
+    let env = setup::ensure()?;
+    setup::install_packages(&["bpftrace", "bpftool", "iproute2"])?;
+    build(root, &env, true)?;
+    step("building the scenario programs (release)");
+    run(cargo(root, &env).args([
+        "build",
+        "--release",
+        "--package",
+        "sockq-tests",
+        "--bin",
+        "sockq-scenario",
+    ]))?;
+    if !nix_is_root() {
+        bail!("the benchmark loads eBPF programs and creates network namespaces: run it as root");
+    }
+    bench::run(
+        root,
+        &bench::release_bin(root),
+        &bench::Options {
+            seconds: args.seconds,
+            rounds: args.rounds,
+            quick: args.quick,
+            seed: args.seed,
+        },
+    )
 }
 
 /// Prints a step of long work so the user sees progress.
