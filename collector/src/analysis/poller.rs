@@ -255,6 +255,11 @@ fn events_lost(view: &KernelView, ring: &RingCounters) -> u64 {
         + s.listeners_full
         + s.queued_full
         + s.conns_full
+        + s.acceptors_full
+        + s.accepting_full
+        + s.drop_reasons_full
+        + s.readers_full
+        + s.conn_stats_full
         + ring.stalls_lost()
 }
 

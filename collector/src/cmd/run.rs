@@ -149,7 +149,11 @@ async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonErro
             Arc::clone(&counters),
         ));
     }
-    let mut poller = Poller::new(started.probes, stall_rx, counters, started.polling.clone());
+    let mut loaded = started.probes;
+    if let Some(log) = loaded.as_mut().and_then(Probes::take_kernel_log) {
+        tokio::spawn(probes::kernel_log::forward(log));
+    }
+    let mut poller = Poller::new(loaded, stall_rx, counters, started.polling.clone());
     let state = http::SharedState::new(BuildInfo::detect());
     // Until the first poll: no listeners yet, but which probes are attached.
     state.replace(Snapshot {
