@@ -20,11 +20,16 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use collector_common::queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket};
+use collector_common::{
+    queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket},
+    stats::{STAT_ACCEPTING_FULL, STAT_READERS_FULL},
+};
 
 use crate::{
     kernel::{fd_sock, offsets, read, sock_inode, sock_netns},
-    maps::{ACCEPTING, QUEUED, READERS, atomic_add, count_acceptor, listener_queue},
+    maps::{
+        ACCEPTING, QUEUED, READERS, atomic_add, count_acceptor, insert_or_count, listener_queue,
+    },
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
@@ -58,7 +63,7 @@ fn on_accept_enter(ctx: &TracePointContext, fd_offset: u32) -> Result<(), i64> {
     }
     let fd: u64 = read(ctx.as_ptr() as *const u8, fd_offset)?;
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = ACCEPTING.insert(&tid, &fd, 0);
+    insert_or_count(&ACCEPTING, &tid, &fd, 0, STAT_ACCEPTING_FULL);
     Ok(())
 }
 
@@ -126,7 +131,7 @@ fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64>
             by_others_than_first: 0,
             _pad: 0,
         };
-        let _ = READERS.insert(&key, &track, 0);
+        insert_or_count(&READERS, &key, &track, 0, STAT_READERS_FULL);
     }
     Ok(())
 }

@@ -19,7 +19,6 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -35,8 +34,10 @@ use collector_common::{
 use crate::{
     kernel::{offsets, read, sock_inode, sock_net_key, sock_netns, sock_protocol},
     maps::{
-        EVENTS, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, bump_stat, listener_queue,
+        EVENTS, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, get_or_insert,
+        insert_or_count, listener_queue,
     },
+    stats::count_failure,
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -95,9 +96,7 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
             enqueued_ns: unsafe { bpf_ktime_get_ns() },
             listener: 0,
         };
-        if QUEUED.insert(&(sk as u64), &stamp, 0).is_err() {
-            bump_stat(STAT_QUEUED_FULL);
-        }
+        insert_or_count(&QUEUED, &(sk as u64), &stamp, 0, STAT_QUEUED_FULL);
     } else if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
         let netns = sock_netns(sk, &o);
         if o.queue_valid != 0 {
@@ -141,19 +140,9 @@ fn listener_opened(inode: u64, netns: u32) {
 
 #[inline(always)]
 fn count_transition(key: TransitionKey) {
-    if let Some(count) = TRANSITIONS.get_ptr_mut(&key) {
+    if let Some(count) = get_or_insert(&TRANSITIONS, &key, STAT_TRANSITIONS_FULL, || Some(0u64)) {
         // SAFETY: per-CPU value, written only by this CPU while the program runs.
         unsafe { *count += 1 };
-        return;
-    }
-    if TRANSITIONS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    // Another CPU inserted the key first (EEXIST), or the map is full.
-    match TRANSITIONS.get_ptr_mut(&key) {
-        // SAFETY: as above.
-        Some(count) => unsafe { *count += 1 },
-        None => bump_stat(STAT_TRANSITIONS_FULL),
     }
 }
 
@@ -177,7 +166,7 @@ fn send_listener_event(
     let pid_tgid = bpf_get_current_pid_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let Some(mut entry) = EVENTS.reserve::<ListenerEvent>(0) else {
-        bump_stat(STAT_EVENTS_LOST);
+        count_failure(STAT_EVENTS_LOST, 0);
         return Ok(());
     };
     entry.write(ListenerEvent {

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use collector_common::{layout::KernelOffsets, stats::STAT_READ_ERRORS};
 
-use crate::maps::bump_stat;
+use crate::stats::count_failure;
 
 /// Filled by userspace before loading (`EbpfLoader::set_global`, read-only).
 #[unsafe(no_mangle)]
@@ -57,8 +57,9 @@ pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     match unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) } {
         Ok(v) => Ok(v),
         Err(e) => {
-            bump_stat(STAT_READ_ERRORS);
-            Err(e.into())
+            let e: i64 = e.into();
+            count_failure(STAT_READ_ERRORS, e);
+            Err(e)
         }
     }
 }

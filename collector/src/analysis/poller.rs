@@ -245,7 +245,12 @@ impl Poller {
                 reason_names: p.drop_reason_names(),
             },
         );
-        snapshot.events_lost = events_lost(&view, &self.ring);
+        snapshot.lost_by_cause = events_lost(&view, &self.ring);
+        snapshot.events_lost = snapshot
+            .lost_by_cause
+            .iter()
+            .fold(0, |sum, (_, n)| sum.saturating_add(*n));
+        snapshot.read_errors = view.stats.read_errors;
         self.nagle
             .update(&view.conns, &snapshot.listeners, threads::process_comm);
         snapshot.acceptors = acceptors(&live, &view.acceptors).into();
@@ -365,14 +370,21 @@ pub fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
 
 /// Everything that could not be recorded: the ring buffer's losses, full in-kernel
 /// maps, and stall events the poller's queue had no room for.
-fn events_lost(view: &KernelView, ring: &RingCounters) -> u64 {
+fn events_lost(view: &KernelView, ring: &RingCounters) -> Vec<(&'static str, u64)> {
     let s = &view.stats;
-    s.events_lost
-        + s.transitions_full
-        + s.listeners_full
-        + s.queued_full
-        + s.conns_full
-        + ring.stalls_lost()
+    vec![
+        ("ring_buffer_full", s.events_lost),
+        ("stall_queue_full", ring.stalls_lost()),
+        ("map_full:TRANSITIONS", s.transitions_full),
+        ("map_full:LISTENER_QUEUES", s.listeners_full),
+        ("map_full:QUEUED", s.queued_full),
+        ("map_full:ACCEPTORS", s.acceptors_full),
+        ("map_full:ACCEPTING", s.accepting_full),
+        ("map_full:DROP_REASONS", s.drop_reasons_full),
+        ("map_full:READERS", s.readers_full),
+        ("map_full:CONNS", s.conns_full),
+        ("map_full:CONN_STATS", s.conn_stats_full),
+    ]
 }
 
 /// Each namespace's listener sysctls, for the episodes' diagnosis.

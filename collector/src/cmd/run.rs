@@ -158,8 +158,12 @@ async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonErro
             Arc::clone(&counters),
         ));
     }
+    let mut loaded = started.probes;
+    if let Some(log) = loaded.as_mut().and_then(Probes::take_kernel_log) {
+        tokio::spawn(probes::kernel_log::forward(log));
+    }
     let mut poller = Poller::new(
-        started.probes,
+        loaded,
         stall_rx,
         counters,
         started.polling.clone(),

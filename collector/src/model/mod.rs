@@ -289,6 +289,11 @@ pub struct Snapshot {
     pub health: Health,
     /// Occupancy of the in-kernel maps (empty without probes).
     pub maps: Vec<MapOccupancy>,
+    /// `events_lost` by cause: `ring_buffer_full`, `stall_queue_full`,
+    /// `map_full:<MAP>` (empty without probes).
+    pub lost_by_cause: Vec<(&'static str, u64)>,
+    /// Kernel reads the programs could not make (wrong BTF offsets, or memory gone).
+    pub read_errors: u64,
 }
 
 /// Entries and capacity of one in-kernel map, after the poll's pruning.

@@ -6,8 +6,9 @@ use collector_common::{
     nagle::{ConnKey, ConnStats, SENDS_CORK, SENDS_NAGLE, SENDS_NODELAY},
     queue::{AcceptorKey, DropKey, ListenerQueue},
     stats::{
-        STAT_CONNS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
-        STAT_TRANSITIONS_FULL,
+        STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_CONN_STATS_FULL, STAT_CONNS_FULL,
+        STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL,
+        STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL,
     },
 };
 
@@ -27,8 +28,19 @@ pub struct ProgramStats {
     pub queued_full: u64,
     /// Failed kernel reads.
     pub read_errors: u64,
-    /// Connections whose Nagle/delayed-ACK state or counters could not be created.
+    /// Connections whose Nagle/delayed-ACK state could not be created.
     pub conns_full: u64,
+    /// Accepts not counted for their (listener, thread) (map full).
+    pub acceptors_full: u64,
+    /// Threads entering accept() that could not be noted (map full): accepts missed.
+    pub accepting_full: u64,
+    /// Listener drops not counted by reason (the LRU map refused an entry).
+    pub drop_reasons_full: u64,
+    /// Sampled connections whose readers could not be watched (LRU refused).
+    pub readers_full: u64,
+    /// Nagle/delayed-ACK counters of a (netns, port, process) that could not be
+    /// created (LRU refused).
+    pub conn_stats_full: u64,
 }
 
 /// A TCP state transition as the kernel counts it: per namespace *key*, the
@@ -156,6 +168,11 @@ impl Probes {
             queued_full: read(STAT_QUEUED_FULL)?,
             read_errors: read(STAT_READ_ERRORS)?,
             conns_full: read(STAT_CONNS_FULL)?,
+            acceptors_full: read(STAT_ACCEPTORS_FULL)?,
+            accepting_full: read(STAT_ACCEPTING_FULL)?,
+            drop_reasons_full: read(STAT_DROP_REASONS_FULL)?,
+            readers_full: read(STAT_READERS_FULL)?,
+            conn_stats_full: read(STAT_CONN_STATS_FULL)?,
         })
     }
 }

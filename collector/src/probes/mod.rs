@@ -23,9 +23,13 @@
 //!   filtered on `tcp_delack_timer` (its address from `/proc/kallsyms`);
 //! - `tcp_sendmsg_locked` (6.2+) and `tcp_probe`: raw tracepoints on each send and
 //!   each segment an established socket receives: Nagle holds and stalls.
+//!
+//! The programs count their own failures (maps with no room, failed kernel reads) and
+//! log the rare ones through aya-log; [`kernel_log`] forwards that log.
 
 pub mod attach;
 pub mod events;
+pub mod kernel_log;
 pub mod maps;
 pub mod offsets;
 pub mod prune;
@@ -45,13 +49,20 @@ use collector_common::{
     tcp_state::TransitionKey as RawTransitionKey,
 };
 
-use self::maps::{map_error, take_map};
+use self::{
+    kernel_log::KernelLog,
+    maps::{map_error, take_map},
+};
 pub use self::{
     maps::{KernelView, NetTransition, ProgramStats},
     offsets::{KernelInfo, kernel_info},
     table::{Family, PROBES, ProbeSpec},
 };
 use crate::{kernel::btf_layout::LayoutError, model::ProbeStatus};
+
+/// Test-only: `NAME=ENTRIES[,NAME=ENTRIES]` resizes the named maps, so a privileged
+/// test can fill one on purpose. The daemon warns when it is set.
+pub const TEST_MAP_ENTRIES_ENV: &str = "SOCKQ_TEST_MAP_ENTRIES";
 
 /// The eBPF object built by `build.rs`; empty when built with `AYA_BUILD_SKIP=1`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockq"));
@@ -120,6 +131,7 @@ pub struct Probes {
     /// Accepting threads seen exited, and since when (`CLOCK_MONOTONIC` ns).
     exited_threads: std::collections::HashMap<(u32, u32), u64>,
     drop_reasons: std::collections::HashMap<u32, String>,
+    kernel_log: Option<KernelLog>,
 }
 
 impl Probes {
@@ -140,14 +152,20 @@ impl Probes {
             (Ok(n), true) => *n,
             _ => NagleOffsets::default(),
         };
+        let resized = test_map_entries();
         let mut loader = EbpfLoader::new();
         loader
             .override_global(KERNEL_OFFSETS_SYMBOL, offsets, true)
             .override_global(NAGLE_OFFSETS_SYMBOL, &nagle_offsets, true)
             .map_max_entries("CONNS", options.conn_track_entries.max(1));
+        for (name, entries) in &resized {
+            tracing::warn!("test setting {TEST_MAP_ENTRIES_ENV}: map {name} holds {entries}");
+            loader.map_max_entries(name, *entries);
+        }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load { source })?;
+        let kernel_log = kernel_log::init(&mut ebpf);
 
         let status: Vec<ProbeStatus> = PROBES
             .iter()
@@ -170,8 +188,15 @@ impl Probes {
         }
         let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
             .map_err(|source| map_error("EVENTS", source))?;
-        let probes = Self::from_loaded(ebpf, status, nagle_offsets.valid != 0, kernel)?;
+        let mut probes = Self::from_loaded(ebpf, status, nagle_offsets.valid != 0, kernel)?;
+        probes.kernel_log = kernel_log;
         Ok((probes, events))
+    }
+
+    /// The programs' own log, for [`kernel_log::forward`] (once; `None` when it could
+    /// not be set up, which was said then).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
     }
 
     /// Takes the maps userspace reads out of the loaded object.
@@ -203,6 +228,7 @@ impl Probes {
             absent_listeners: std::collections::HashSet::new(),
             exited_threads: std::collections::HashMap::new(),
             drop_reasons: kernel.drop_reasons.clone(),
+            kernel_log: None,
         })
     }
 }
@@ -226,4 +252,40 @@ fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Op
         "this kernel's BTF lacks a field the accept-queue probes read (`sockq doctor` names it)"
             .into()
     })
+}
+
+/// The map sizes [`TEST_MAP_ENTRIES_ENV`] asks for; malformed pairs are skipped, with a
+/// warning.
+fn test_map_entries() -> Vec<(String, u32)> {
+    std::env::var(TEST_MAP_ENTRIES_ENV)
+        .map(|spec| parse_map_entries(&spec))
+        .unwrap_or_default()
+}
+
+fn parse_map_entries(spec: &str) -> Vec<(String, u32)> {
+    spec.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .filter_map(|pair| {
+            let parsed = pair
+                .split_once('=')
+                .and_then(|(name, n)| Some((name.trim().to_owned(), n.trim().parse().ok()?)))
+                .filter(|(name, n)| !name.is_empty() && *n > 0);
+            if parsed.is_none() {
+                tracing::warn!("{TEST_MAP_ENTRIES_ENV}: ignoring {pair:?} (want NAME=ENTRIES)");
+            }
+            parsed
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn test_map_sizes_parse_and_skip_nonsense() {
+        assert_eq!(
+            super::parse_map_entries("LISTENER_QUEUES=8, QUEUED = 16,bad,X=0,=3,Y=z,"),
+            vec![("LISTENER_QUEUES".to_owned(), 8), ("QUEUED".to_owned(), 16)]
+        );
+        assert!(super::parse_map_entries("").is_empty());
+    }
 }
