@@ -26,5 +26,9 @@ pub const STAT_READERS_FULL: u32 = 9;
 /// Nagle/delayed-ACK counters of a (netns, port, process) could not be created
 /// (`CONN_STATS`).
 pub const STAT_CONN_STATS_FULL: u32 = 10;
+/// Accepted connections whose listener could not be known: no handshake stamp naming
+/// it (the connection completed before sockq started, or `QUEUED` was full) and no
+/// listener fd from `sys_enter_accept*`. Counted nowhere else.
+pub const STAT_ACCEPTS_UNATTRIBUTED: u32 = 11;
 /// Number of slots in `STATS` (room to grow).
 pub const STATS_LEN: u32 = 16;

@@ -44,10 +44,14 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 };
 
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // SAFETY: a plain read of a read-only global; volatile so the compiler does not
-    // fold the zero initialiser userspace replaces at load time.
-    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+pub fn offsets() -> &'static KernelOffsets {
+    let global: *const KernelOffsets = &raw const KERNEL_OFFSETS;
+    // SAFETY: a volatile read of a local: it hides where the pointer points, so the
+    // compiler cannot fold the zero initialiser userspace replaces at load time, and
+    // fields are then loaded one by one when used (no copy of the whole struct).
+    let global = unsafe { core::ptr::read_volatile(&global) };
+    // SAFETY: a read-only global, valid for the program's life.
+    unsafe { &*global }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory; counts failures.

@@ -11,9 +11,9 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use aya_log_ebpf::warn;
 use collector_common::stats::{
-    STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_CONN_STATS_FULL, STAT_CONNS_FULL,
-    STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL,
-    STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL, STATS_LEN,
+    STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_CONN_STATS_FULL,
+    STAT_CONNS_FULL, STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL,
+    STAT_QUEUED_FULL, STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL, STATS_LEN,
 };
 
 /// The programs' own counters (`collector_common::stats`), summed by userspace.
@@ -103,6 +103,7 @@ static WHAT_FAILED: [[u8; WHAT_WIDTH]; STATS_LEN as usize] = {
     what[STAT_DROP_REASONS_FULL as usize] = padded("map DROP_REASONS (LRU) refused an entry");
     what[STAT_READERS_FULL as usize] = padded("map READERS (LRU) refused an entry");
     what[STAT_CONN_STATS_FULL as usize] = padded("map CONN_STATS (LRU) refused an entry");
+    what[STAT_ACCEPTS_UNATTRIBUTED as usize] = padded("an accept whose listener is unknown");
     what
 };
 

@@ -384,6 +384,7 @@ fn events_lost(view: &KernelView, ring: &RingCounters) -> Vec<(&'static str, u64
         ("map_full:READERS", s.readers_full),
         ("map_full:CONNS", s.conns_full),
         ("map_full:CONN_STATS", s.conn_stats_full),
+        ("accept_unattributed", s.accepts_unattributed),
     ]
 }
 

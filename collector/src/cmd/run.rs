@@ -343,6 +343,8 @@ fn load_probes(
     for s in probes.status() {
         if s.attached {
             tracing::info!("probe {} attached ({})", s.name, s.detail);
+        } else if s.detail.starts_with(probes::NOT_NEEDED) {
+            tracing::info!("probe {} {}", s.name, s.detail);
         } else if !by_choice(s.name) {
             tracing::warn!("probe {} not attached: {}", s.name, s.detail);
         }

@@ -6,9 +6,9 @@ use collector_common::{
     nagle::{ConnKey, ConnStats, SENDS_CORK, SENDS_NAGLE, SENDS_NODELAY},
     queue::{AcceptorKey, DropKey, ListenerQueue},
     stats::{
-        STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_CONN_STATS_FULL, STAT_CONNS_FULL,
-        STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL,
-        STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL,
+        STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_CONN_STATS_FULL,
+        STAT_CONNS_FULL, STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL,
+        STAT_QUEUED_FULL, STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL,
     },
 };
 
@@ -41,6 +41,8 @@ pub struct ProgramStats {
     /// Nagle/delayed-ACK counters of a (netns, port, process) that could not be
     /// created (LRU refused).
     pub conn_stats_full: u64,
+    /// Accepts whose listener could not be known (`STAT_ACCEPTS_UNATTRIBUTED`).
+    pub accepts_unattributed: u64,
 }
 
 /// A TCP state transition as the kernel counts it: per namespace *key*, the
@@ -167,6 +169,7 @@ impl Probes {
             listeners_full: read(STAT_LISTENERS_FULL)?,
             queued_full: read(STAT_QUEUED_FULL)?,
             read_errors: read(STAT_READ_ERRORS)?,
+            accepts_unattributed: read(STAT_ACCEPTS_UNATTRIBUTED)?,
             conns_full: read(STAT_CONNS_FULL)?,
             acceptors_full: read(STAT_ACCEPTORS_FULL)?,
             accepting_full: read(STAT_ACCEPTING_FULL)?,

@@ -167,17 +167,19 @@ impl Probes {
             .map_err(|source| ProbeError::Load { source })?;
         let kernel_log = kernel_log::init(&mut ebpf);
 
-        let status: Vec<ProbeStatus> = PROBES
-            .iter()
-            .map(|spec| match not_wanted(spec, kernel, options) {
+        // In table order: whether sk_data_ready attached decides the accept entries.
+        let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
+        for spec in &PROBES {
+            let s = match not_wanted(spec, kernel, options, &status) {
                 Some(why) => ProbeStatus {
                     name: spec.name,
                     attached: false,
                     detail: why,
                 },
                 None => attach::attach(&mut ebpf, spec, tracefs_root),
-            })
-            .collect();
+            };
+            status.push(s);
+        }
         if status.iter().all(|s| !s.attached) {
             let why = status
                 .iter()
@@ -234,7 +236,21 @@ impl Probes {
 }
 
 /// Why `spec` is not even tried on this kernel with these options, if it is not.
-fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Option<String> {
+fn not_wanted(
+    spec: &ProbeSpec,
+    kernel: &KernelInfo,
+    options: LoadOptions,
+    so_far: &[ProbeStatus],
+) -> Option<String> {
+    if spec.only_without_sk_data_ready
+        && so_far
+            .iter()
+            .any(|s| s.name == "sk_data_ready" && s.attached)
+    {
+        return Some(format!(
+            "{NOT_NEEDED}: sk_data_ready names each accepted child's listener"
+        ));
+    }
     match (spec.family, &kernel.nagle) {
         (Family::Nagle, _) if !options.nagle => {
             return Some(
@@ -253,6 +269,9 @@ fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Op
             .into()
     })
 }
+
+/// How a probe that is not attached because another one does its work says so.
+pub const NOT_NEEDED: &str = "not needed";
 
 /// The map sizes [`TEST_MAP_ENTRIES_ENV`] asks for; malformed pairs are skipped, with a
 /// warning.

@@ -28,6 +28,9 @@ pub struct ProbeSpec {
     pub hooks: &'static [Hook],
     /// Reads the accept-queue fields (`KernelOffsets::queue_valid`).
     pub needs_queue_offsets: bool,
+    /// Needed only where `sk_data_ready` cannot be attached (the accept entries: the
+    /// listener's fd stands in for the stamp's listener).
+    pub only_without_sk_data_ready: bool,
     pub family: Family,
 }
 
@@ -56,6 +59,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             },
         ],
         needs_queue_offsets: false,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -71,6 +75,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             },
         ],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -80,6 +85,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             tracepoint: "tcp_retransmit_synack",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -89,6 +95,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             tracepoint: "kfree_skb",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -98,6 +105,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             tracepoint: "sock_recv_length",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -108,6 +116,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             name: "sys_enter_accept4",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: true,
         family: Family::Core,
     },
     ProbeSpec {
@@ -118,6 +127,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             name: "sys_enter_accept",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: true,
         family: Family::Core,
     },
     ProbeSpec {
@@ -128,6 +138,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             name: "sys_exit_accept4",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -138,6 +149,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             name: "sys_exit_accept",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -148,6 +160,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             name: "sys_enter_listen",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -157,6 +170,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             tracepoint: "timer_start",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -166,6 +180,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             tracepoint: "timer_expire_entry",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -181,6 +196,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             },
         ],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -190,6 +206,7 @@ pub const PROBES: [ProbeSpec; 14] = [
             tracepoint: "tcp_probe",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
 ];
