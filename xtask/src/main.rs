@@ -6,7 +6,7 @@
 //! - `run`: build, then `sockq run` as root with defaults;
 //! - `test`: setup, then every test: unit tests, then the privileged integration
 //!   tests that load the real programs into the real kernel;
-//! - `vm-test`: the core scenarios on Debian's 6.1 kernel in qemu;
+//! - `vm-test`: the core scenarios on Debian's 5.10, 6.1 and 6.12 kernels in qemu;
 //! - `bench`: the cost of watching, side by side.
 
 mod bench;
@@ -52,10 +52,26 @@ enum Task {
     },
     /// cargo fmt --check and cargo clippy -D warnings over the workspace.
     Lint,
-    /// Boot Debian's 6.1 cloud kernel in qemu (TCG) and run sockq's core checks
-    /// there: exact overflow drops, accept wait, state transitions, owners, with the
-    /// fallbacks that kernel needs. Downloads the kernel package once (target/vm).
-    VmTest,
+    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels in qemu (TCG) and run sockq's
+    /// core checks on each against the kernel's own counters, with the fallbacks each
+    /// needs; check README.md's kernel x probe matrix against what they showed.
+    /// Downloads each kernel package once (target/vm/<series>).
+    VmTest {
+        /// Only these kernel series (default: all; the README is then not compared).
+        kernels: Vec<String>,
+        /// VMs run at once.
+        #[arg(long, default_value = "3")]
+        jobs: usize,
+        /// vCPUs per VM.
+        #[arg(long, default_value = "1")]
+        smp: u32,
+        /// Seconds each VM may take, boot to verdict.
+        #[arg(long, default_value = "420")]
+        timeout: u64,
+        /// Rewrite README.md's kernel matrix when it differs, instead of failing.
+        #[arg(long)]
+        update_readme: bool,
+    },
     /// Measure the cost of watching: connection storm with and without sockq and
     /// with a bpftrace peer, per-program run time, daemon footprint, scrape latency.
     Bench {
@@ -109,7 +125,13 @@ fn dispatch(task: Task) -> Result<()> {
             test(&root, &env, filter.as_deref())
         }
         Task::Lint => lint(&root),
-        Task::VmTest => {
+        Task::VmTest {
+            kernels,
+            jobs,
+            smp,
+            timeout,
+            update_readme,
+        } => {
             let env = setup::ensure()?;
             let sockq = build(&root, &env, true)?;
             step("building the scenario and check programs (release)");
@@ -121,6 +143,13 @@ fn dispatch(task: Task) -> Result<()> {
                 "--bins",
             ]))?;
             let release = root.join("target/release");
+            let options = vm::Options {
+                kernels,
+                jobs,
+                smp,
+                timeout: std::time::Duration::from_secs(timeout),
+                update_readme,
+            };
             vm::run_vm_test(
                 &root,
                 &[
@@ -128,6 +157,7 @@ fn dispatch(task: Task) -> Result<()> {
                     release.join("sockq-scenario"),
                     release.join("sockq-vmcheck"),
                 ],
+                &options,
             )
         }
         Task::Bench { seconds, rounds } => {
