@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::apt::{Apt, deb_field, upstream_version, version_key};
 use crate::{run, step};
 
 /// A kernel series and where its package comes from.
@@ -44,8 +45,6 @@ pub const SERIES: [Series; 3] = [
     },
 ];
 
-/// The machine's apt sources: their archive URI and keyring are reused.
-const MACHINE_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 /// The TCP sock_diag modules (modular in Debian's kernels), in load order.
 const DIAG_MODULES: [&str; 2] = ["inet_diag", "tcp_diag"];
 /// Packages tried, newest first, when a download fails (a mirror may list a
@@ -164,20 +163,8 @@ fn download(apt: &Apt, dir: &Path, package: &str, series: &Series) -> Result<Ker
         std::fs::remove_dir_all(&work)?;
     }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let mut cmd = apt.command("apt-get");
-    run(cmd.args(["download", package]).current_dir(&work))?;
-    let deb = std::fs::read_dir(&work)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
-    let out = Command::new("dpkg-deb")
-        .args(["-f"])
-        .arg(&deb)
-        .arg("Version")
-        .output()
-        .context("dpkg-deb -f")?;
-    let version = upstream_version(String::from_utf8_lossy(&out.stdout).trim());
+    let deb = apt.download(package, &work)?;
+    let version = upstream_version(&deb_field(&deb, "Version")?);
     let tree = work.join("tree");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
 
@@ -257,159 +244,16 @@ fn find_file(dir: &Path, matches: impl Fn(&str) -> bool) -> Option<PathBuf> {
         .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&matches))
 }
 
-/// apt-get / apt-cache, on the machine's lists or on the private configuration.
-struct Apt {
-    options: Vec<String>,
-}
-
-impl Apt {
-    fn machine() -> Self {
-        Self {
-            options: Vec::new(),
-        }
-    }
-
-    /// The private configuration in `vm_dir/apt`: one sources file with every
-    /// private suite, its own lists and cache.
-    fn private(vm_dir: &Path) -> Result<Self> {
-        let dir = vm_dir.join("apt");
-        for sub in ["lists/partial", "cache/archives/partial"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        let machine = std::fs::read_to_string(MACHINE_SOURCES)
-            .with_context(|| format!("reading {MACHINE_SOURCES}"))?;
-        let suites: Vec<&str> = SERIES.iter().filter_map(|s| s.suite).collect();
-        let sources = dir.join("private.sources");
-        std::fs::write(&sources, private_sources(&machine, &suites)?)?;
-        let opt = |key: &str, value: &Path| format!("{key}={}", value.display());
-        Ok(Self {
-            options: vec![
-                opt("Dir::Etc::sourcelist", &sources),
-                "Dir::Etc::sourceparts=/nonexistent".into(),
-                opt("Dir::State::Lists", &dir.join("lists")),
-                opt("Dir::Cache", &dir.join("cache")),
-                // The files are root's, in root's tree: no sandbox user to fall back from.
-                "APT::Sandbox::User=root".into(),
-            ],
-        })
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        for o in &self.options {
-            cmd.args(["-o", o]);
-        }
-        cmd
-    }
-
-    fn update(&self) -> Result<()> {
-        run(self.command("apt-get").args(["-q", "update"]))
-    }
-
-    /// The packages matching `pattern`, newest first.
-    fn search(&self, pattern: &str) -> Result<Vec<String>> {
-        let out = self
-            .command("apt-cache")
-            .args(["search", "--names-only", pattern])
-            .output()
-            .context("apt-cache search")?;
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_owned)
-            .collect();
-        names.sort_by_key(|n| std::cmp::Reverse(version_key(n)));
-        names.dedup();
-        Ok(names)
-    }
-}
-
-/// A deb822 sources file for `suites`, with the URI and keyring of the machine's
-/// stanza for Debian's main archive (the one serving `bookworm`).
-fn private_sources(machine: &str, suites: &[&str]) -> Result<String> {
-    for stanza in machine.split("\n\n") {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .filter(|l| !l.trim_start().starts_with('#'))
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
-        let serves_bookworm =
-            field("Suites").is_some_and(|s| s.split_whitespace().any(|suite| suite == "bookworm"));
-        if let (true, Some(uris), Some(keyring)) =
-            (serves_bookworm, field("URIs"), field("Signed-By"))
-        {
-            return Ok(format!(
-                "Types: deb\nURIs: {uris}\nSuites: {}\nComponents: main\nSigned-By: {keyring}\n",
-                suites.join(" ")
-            ));
-        }
-    }
-    bail!("{MACHINE_SOURCES} has no stanza for bookworm with URIs and Signed-By")
-}
-
-/// The numbers in a package name, to order them: `linux-image-5.10.0-32-...` ->
-/// [5, 10, 0, 32, 64].
-fn version_key(package: &str) -> Vec<u64> {
-    package
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
-
-/// `5.10.223-1` -> `5.10.223`; `6.12.95-1~bpo12+1` -> `6.12.95`.
-fn upstream_version(debian: &str) -> String {
-    debian
-        .split(['-', '~', '+'])
-        .next()
-        .unwrap_or(debian)
-        .to_owned()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::apt::PRIVATE_SUITES;
     use super::*;
 
     #[test]
-    fn newest_package_first() {
-        let mut names = [
-            "linux-image-6.1.0-9-cloud-amd64-unsigned",
-            "linux-image-6.1.0-57-cloud-amd64-unsigned",
-            "linux-image-6.1.0-50-cloud-amd64-unsigned",
-        ];
-        names.sort_by_key(|n| std::cmp::Reverse(version_key(n)));
-        assert_eq!(names[0], "linux-image-6.1.0-57-cloud-amd64-unsigned");
-        assert_eq!(names[2], "linux-image-6.1.0-9-cloud-amd64-unsigned");
-        assert!(
-            version_key("linux-image-6.12.95+deb12-cloud-amd64-unsigned")
-                > version_key("linux-image-6.12.9+deb12-cloud-amd64-unsigned")
-        );
-    }
-
-    #[test]
-    fn upstream_versions() {
-        assert_eq!(upstream_version("5.10.223-1"), "5.10.223");
-        assert_eq!(upstream_version("6.12.95-1~bpo12+1"), "6.12.95");
-        assert_eq!(upstream_version("6.1.192-3"), "6.1.192");
-    }
-
-    #[test]
-    fn private_sources_reuse_the_main_archive() {
-        let machine = "Types: deb\n# a comment\nURIs: http://archive.example/debian\n\
-                       Suites: bookworm bookworm-updates\nComponents: main\n\
-                       Signed-By: /usr/share/keyrings/k.gpg\n\n\
-                       Types: deb\nURIs: http://archive.example/debian-security\n\
-                       Suites: bookworm-security\nComponents: main\n\
-                       Signed-By: /usr/share/keyrings/k.gpg\n";
-        let text = private_sources(machine, &["bullseye", "bookworm-backports"]).unwrap();
-        assert_eq!(
-            text,
-            "Types: deb\nURIs: http://archive.example/debian\n\
-             Suites: bullseye bookworm-backports\nComponents: main\n\
-             Signed-By: /usr/share/keyrings/k.gpg\n"
-        );
-        assert!(private_sources("Types: deb\n", &["bullseye"]).is_err());
+    fn private_series_are_in_the_private_sources() {
+        for s in SERIES.iter().filter_map(|s| s.suite) {
+            assert!(PRIVATE_SUITES.contains(&s), "{s}");
+        }
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! Debian's 5.10, 6.1 and 6.12 cloud kernels, each booted in qemu (TCG: no KVM
 //! here) from an initramfs holding busybox, sockq, the scenario programs and
 //! `sockq-vmcheck`, which runs the checks inside the VM against the kernel's own
-//! counters and prints `VMTEST PASS` or `VMTEST FAIL`. The VMs run side by side
-//! (`--jobs`), each with a timeout; one verdict line per kernel. From the doctor's
-//! report in each VM and on the host, the kernel x probe matrix in README.md.
+//! counters and prints `VMTEST PASS` or `VMTEST FAIL` (on bookworm-backports' QEMU:
+//! see `emulator`). The VMs run side by side (`--jobs`), each with a timeout; one
+//! verdict line per kernel. From the doctor's report in each VM and on the host, the
+//! kernel x probe matrix in README.md.
 
+mod apt;
+mod emulator;
 mod initramfs;
 mod kernels;
 mod matrix;
@@ -52,6 +55,7 @@ pub fn run_vm_test(root: &Path, binaries: &[PathBuf], options: &Options) -> Resu
         .iter()
         .map(|s| kernels::fetch(&vm_dir, s))
         .collect::<Result<Vec<_>>>()?;
+    let emulator = emulator::fetch(&vm_dir)?;
     let base = initramfs::base(&vm_dir, binaries)?;
     let mut jobs = Vec::new();
     for kernel in kernels {
@@ -62,14 +66,15 @@ pub fn run_vm_test(root: &Path, binaries: &[PathBuf], options: &Options) -> Resu
     let host = host_column(&binaries[0])?;
 
     step(&format!(
-        "booting {} kernels in qemu (TCG), {} at a time, {} vCPU each, {} s timeout each",
+        "booting {} kernels in QEMU {} (TCG), {} at a time, {} vCPU each, {} s timeout each",
         jobs.len(),
+        emulator.version,
         options.jobs,
         options.smp,
         options.timeout.as_secs()
     ));
     let started = Instant::now();
-    let outcomes = run_all(jobs, options);
+    let outcomes = run_all(&emulator, jobs, options);
     let wall = started.elapsed();
 
     let mut columns: Vec<matrix::Column> = outcomes
@@ -116,6 +121,7 @@ fn has_report(o: &qemu::Outcome) -> bool {
 
 /// Runs the VMs, `options.jobs` at a time; outcomes in the order given.
 fn run_all(
+    emulator: &emulator::Emulator,
     jobs: Vec<(kernels::Kernel, PathBuf, PathBuf)>,
     options: &Options,
 ) -> Vec<qemu::Outcome> {
@@ -134,7 +140,7 @@ fn run_all(
                     let Ok(Some((i, (kernel, image, log)))) = next else {
                         break;
                     };
-                    let outcome = qemu::boot(&kernel, &image, boot, &log);
+                    let outcome = qemu::boot(emulator, &kernel, &image, boot, &log);
                     step(&outcome.verdict_line());
                     if let Ok(mut d) = done.lock() {
                         d.push((i, outcome));

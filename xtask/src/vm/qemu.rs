@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::kernels::Kernel;
+use super::{emulator::Emulator, kernels::Kernel};
 
 /// How each VM runs.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +62,13 @@ impl Outcome {
 }
 
 /// Boots `kernel` and waits for its verdict; never fails, the outcome says why.
-pub fn boot(kernel: &Kernel, initramfs: &Path, options: BootOptions, log: &Path) -> Outcome {
+pub fn boot(
+    emulator: &Emulator,
+    kernel: &Kernel,
+    initramfs: &Path,
+    options: BootOptions,
+    log: &Path,
+) -> Outcome {
     let started = Instant::now();
     let mut outcome = Outcome {
         series: kernel.series,
@@ -73,16 +79,21 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, options: BootOptions, log: &Path)
         doctor: Vec::new(),
         log: log.to_path_buf(),
     };
-    if let Err(e) = watch(kernel, initramfs, options, &mut outcome) {
+    if let Err(e) = watch(emulator, kernel, initramfs, options, &mut outcome) {
         outcome.verdict = Verdict::None(format!("{e:#}"));
     }
     outcome.elapsed = started.elapsed();
     outcome
 }
 
-fn spawn(kernel: &Kernel, initramfs: &Path, smp: u32) -> Result<Child> {
-    Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"])
+/// The VM: no default devices (no NIC, no VGA), its serial console on stdout.
+fn spawn(emulator: &Emulator, kernel: &Kernel, initramfs: &Path, smp: u32) -> Result<Child> {
+    Command::new(&emulator.binary)
+        .env("QEMU_MODULE_DIR", &emulator.modules)
+        .arg("-L")
+        .arg(&emulator.data)
+        .args(["-accel", "tcg", "-m", "1024", "-no-reboot"])
+        .args(["-nodefaults", "-display", "none", "-serial", "stdio"])
         .args(["-smp", &smp.to_string()])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
@@ -93,12 +104,18 @@ fn spawn(kernel: &Kernel, initramfs: &Path, smp: u32) -> Result<Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")
+        .with_context(|| format!("starting {}", emulator.binary.display()))
 }
 
 /// Reads the console until the verdict or the timeout, then stops the VM.
-fn watch(kernel: &Kernel, initramfs: &Path, options: BootOptions, out: &mut Outcome) -> Result<()> {
-    let mut child = spawn(kernel, initramfs, options.smp)?;
+fn watch(
+    emulator: &Emulator,
+    kernel: &Kernel,
+    initramfs: &Path,
+    options: BootOptions,
+    out: &mut Outcome,
+) -> Result<()> {
+    let mut child = spawn(emulator, kernel, initramfs, options.smp)?;
     let (tx, rx) = mpsc::channel();
     for stream in [
         child
