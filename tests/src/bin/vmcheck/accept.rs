@@ -13,6 +13,7 @@ pub(crate) fn acceptors(ctx: &Ctx) -> Result<String, String> {
     const CONNS: u32 = 12;
     let server = scenario(&ctx.scenario, &["serve", "multi", "127.0.0.1:7017", "3"])?;
     let pid = server.child.id().to_string();
+    listed("127.0.0.1:7017", &pid)?;
     drop(scenario(
         &ctx.scenario,
         &["chat", "127.0.0.1:7017", &CONNS.to_string(), "1"],
@@ -71,6 +72,7 @@ pub(crate) fn patterns(ctx: &Ctx) -> Result<String, String> {
     const CONNS: u32 = 40;
     let server = scenario(&ctx.scenario, &["serve", "single", "127.0.0.1:7018", "1"])?;
     let pid = server.child.id().to_string();
+    listed("127.0.0.1:7018", &pid)?;
     // Four messages each, as the host's pattern tests send: a sampled connection is
     // classified at its fourth read (READS_TO_CLASSIFY).
     drop(scenario(
@@ -106,4 +108,18 @@ pub(crate) fn patterns(ctx: &Ctx) -> Result<String, String> {
         .and_then(|r| r["pattern"]["evidence"].as_str())
         .ok_or("no evidence for 127.0.0.1:7018 in /api/listeners")?;
     Ok(format!("{expected}: {evidence}"))
+}
+
+/// Waits until sockq's inventory lists the listener. Accepts made before that can
+/// lose their per-thread counts: each poll drops the counts of listeners missing
+/// from its sock_diag dump, and one opened after the dump is missing from it.
+fn listed(listen_addr: &str, pid: &str) -> Result<(), String> {
+    eventually(15, || {
+        metrics()?
+            .one(
+                "sockq_listener_info",
+                &[("listen_addr", listen_addr), ("pid", pid)],
+            )
+            .map(|_| ())
+    })
 }
