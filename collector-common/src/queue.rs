@@ -267,9 +267,13 @@ pub struct ReaderTrack {
     /// Reads by threads other than the acceptor and `first_reader`.
     pub by_others_than_first: u32,
     pub _pad: u32,
+    /// Inode of the accepted connection's socket: a socket allocated later at the same
+    /// address (the sampled one closed before it was classified) does not match, and
+    /// does not inherit the sample.
+    pub socket_inode: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ReaderTrack>() == 32);
+const _: () = assert!(core::mem::size_of::<ReaderTrack>() == 40);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers with explicit padding; any bit pattern is valid.

@@ -140,15 +140,16 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, fallback: impl FnOnce() -
             }
         }
     }
-    sample_readers(key, listener, tid);
+    sample_readers(child, listener, tid);
 }
 
 /// Watches who reads a sample of the accepted connections (`sock_recv_length`).
 #[inline(always)]
-fn sample_readers(child: u64, listener: u64, acceptor_tid: u32) {
+fn sample_readers(child: *const u8, listener: u64, acceptor_tid: u32) {
     // SAFETY: a helper without preconditions.
     if unsafe { bpf_get_prandom_u32() } % SAMPLE_ONE_IN == 0 {
         let track = ReaderTrack {
+            socket_inode: sock_inode(child, offsets()),
             listener,
             acceptor_tid,
             first_reader: 0,
@@ -157,6 +158,6 @@ fn sample_readers(child: u64, listener: u64, acceptor_tid: u32) {
             by_others_than_first: 0,
             _pad: 0,
         };
-        insert_or_count(&READERS, &child, &track, 0, STAT_READERS_FULL);
+        insert_or_count(&READERS, &(child as u64), &track, 0, STAT_READERS_FULL);
     }
 }

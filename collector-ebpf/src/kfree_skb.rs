@@ -1,6 +1,6 @@
 //! Hook: `skb:kfree_skb`, raw tracepoint, `TP_PROTO(struct sk_buff *skb, void
 //! *location, enum skb_drop_reason reason, struct sock *rx_sk)` (the `rx_sk` argument
-//! since Linux 6.13). Fires for every dropped packet (consumed packets go through
+//! present in 6.12: Debian's 6.12.95 attaches; 5.10 and 6.1 refuse the program with EINVAL). Fires for every dropped packet (consumed packets go through
 //! `consume_skb` instead), so it leaves at once unless the receiving socket is a
 //! listener; then it counts the drop per (listener inode, reason) in `DROP_REASONS`.
 //!

@@ -121,7 +121,11 @@ impl Poller {
         for l in &mut snapshot.listeners {
             l.queue_full = self.episodes.is_full(l.netns, l.inode);
         }
-        snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors);
+        let reads_seen = snapshot
+            .probes
+            .iter()
+            .any(|p| p.name == "sock_recv_length" && p.attached);
+        snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors, reads_seen);
         snapshot.netns = netns;
         snapshot.nagle = self.nagle.series();
         snapshot.ring_events = self.ring.snapshot();

@@ -8,7 +8,7 @@
 //! - `sk_data_ready`: raw tracepoint (6.3+), else a kprobe on `sock_def_readable`:
 //!   accept queue depth at every enqueue and the enqueue time of each connection;
 //! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
-//! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (6.13+): drop reasons per
+//! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (Debian's 6.12 has it, 6.1 not): drop reasons per
 //!   listener;
 //! - `sock_recv_length`: raw tracepoint (6.4+): which threads read a sample of the
 //!   accepted connections (the execution pattern);
