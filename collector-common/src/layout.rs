@@ -78,6 +78,9 @@ pub struct KernelOffsets {
     pub tp_accept4_fd: u32,
     /// ... `syscalls/sys_enter_accept`: `fd`.
     pub tp_accept_fd: u32,
+    /// `struct net` -> `net_cookie` (u64, never reused, unlike the inode); 0 where the
+    /// kernel has none (before 5.14): state is then keyed by the inode.
+    pub net_cookie: u32,
     /// Nonzero when every io_uring field below resolved and `io_uring_complete` has a
     /// layout the programs know; the io_uring programs do nothing otherwise.
     pub uring_valid: u32,
@@ -101,7 +104,7 @@ pub struct KernelOffsets {
     pub req_accept_file_slot: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 164);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 168);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -14,6 +14,8 @@ pub const QUEUED_MAX_ENTRIES: u32 = 65536;
 pub const ACCEPTING_MAX_ENTRIES: u32 = 16384;
 /// Capacity of `ACCEPTORS` (LRU): (listener, thread) pairs.
 pub const ACCEPTORS_MAX_ENTRIES: u32 = 16384;
+/// Threads between `listen()` and their socket entering LISTEN (LRU).
+pub const LISTEN_BACKLOG_MAX_ENTRIES: u32 = 1024;
 
 /// Buckets of the depth-at-enqueue histogram: bucket `i` holds depths in
 /// [2^i, 2^(i+1)), the last one everything above.
@@ -265,9 +267,13 @@ pub struct ReaderTrack {
     /// Reads by threads other than the acceptor and `first_reader`.
     pub by_others_than_first: u32,
     pub _pad: u32,
+    /// Inode of the accepted connection's socket: a socket allocated later at the same
+    /// address (the sampled one closed before it was classified) does not match, and
+    /// does not inherit the sample.
+    pub socket_inode: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ReaderTrack>() == 32);
+const _: () = assert!(core::mem::size_of::<ReaderTrack>() == 40);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers with explicit padding; any bit pattern is valid.

@@ -14,14 +14,16 @@ pub const IPPROTO_TCP: u16 = 6;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TransitionKey {
-    /// Network namespace inode (`net->ns.inum`); 0 when it could not be read.
-    pub netns: u32,
+    /// The network namespace: its cookie (`net->net_cookie`, never reused) where the
+    /// kernel has one, else its inode (`net->ns.inum`, reused after the namespace
+    /// dies); 0 when it could not be read.
+    pub netns: u64,
     pub from: u8,
     pub to: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
-const _: () = assert!(core::mem::size_of::<TransitionKey>() == 8);
+const _: () = assert!(core::mem::size_of::<TransitionKey>() == 16);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) with explicit padding; any bit pattern is valid.
@@ -30,4 +32,4 @@ unsafe impl aya::Pod for TransitionKey {}
 /// Capacity of the `TRANSITIONS` map: namespaces x observed (from, to) pairs. About 15
 /// pairs occur in practice, so this covers some 270 namespaces; past that, increments
 /// are counted as lost (`stats::STAT_TRANSITIONS_FULL`).
-pub const TRANSITIONS_MAX_ENTRIES: u32 = 4096;
+pub const TRANSITIONS_MAX_ENTRIES: u32 = 16384;

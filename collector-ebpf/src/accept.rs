@@ -1,18 +1,20 @@
-//! Hooks: `syscalls:sys_enter_accept4`/`sys_exit_accept4` and
-//! `syscalls:sys_enter_accept`/`sys_exit_accept`, classic tracepoints (specific to
-//! these syscalls, unlike the raw `sys_enter`/`sys_exit` that fire for every
-//! syscall). They fire in the accepting thread.
+//! Hooks: `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept` (and, only on
+//! kernels where `sk_data_ready` cannot be attached, `sys_enter_accept4` /
+//! `sys_enter_accept`), classic tracepoints specific to these syscalls. They fire in
+//! the accepting thread.
 //!
-//! On entry the listener's fd is kept for the thread (`ACCEPTING`). On a successful
-//! return both fds are followed through the task's file table to their sockets
-//! (task->files->fdt->fd[n]->private_data->sk): the accept is counted for the
-//! listener and the (listener, thread) pair, and if `inet_sock_set_state` stamped the
-//! child when its handshake completed, the difference is the true time it waited
-//! to be accepted. A sample of the accepted connections is kept in `READERS` to see
-//! which threads read them.
+//! On a successful return the new fd is followed through the task's file table to its
+//! socket (task->files->fdt->fd[n]->private_data->sk). That child was stamped when its
+//! handshake completed (`inet_sock_set_state`) and given its listener when it was
+//! queued (`sk_data_ready`), so the stamp says which listener it came from and how
+//! long it waited: [`account_accept`] counts the accept for the listener and the
+//! (listener, thread) pair, its wait, and samples it for `READERS` (who reads it).
+//! The same accounting serves every accept path (io_uring too). Where `sk_data_ready`
+//! is not attached, the entry programs keep the listener fd per thread (`ACCEPTING`)
+//! and the listener is found from it instead, as before.
 //!
-//! Accepts through io_uring make no syscall: `io_uring.rs` counts them. Not timed:
-//! connections whose handshake completed before sockq started (counted only).
+//! Not timed: connections whose handshake completed before sockq started; accepts
+//! whose listener cannot be known are counted in `STAT_ACCEPTS_UNATTRIBUTED`.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -20,11 +22,17 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use collector_common::queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket};
+use collector_common::{
+    queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket},
+    stats::{STAT_ACCEPTING_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_READERS_FULL},
+};
 
 use crate::{
-    kernel::{fd_sock, offsets, read, sock_inode, sock_netns},
-    maps::{ACCEPTING, QUEUED, READERS, atomic_add, count_acceptor, listener_queue},
+    kernel::{fd_sock, offsets, read, sock_inode},
+    maps::{
+        ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor, insert_or_count,
+    },
+    stats::count_failure,
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
@@ -58,7 +66,7 @@ fn on_accept_enter(ctx: &TracePointContext, fd_offset: u32) -> Result<(), i64> {
     }
     let fd: u64 = read(ctx.as_ptr() as *const u8, fd_offset)?;
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = ACCEPTING.insert(&tid, &fd, 0);
+    insert_or_count(&ACCEPTING, &tid, &fd, 0, STAT_ACCEPTING_FULL);
     Ok(())
 }
 
@@ -70,38 +78,56 @@ fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64>
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
+    // Only where the entry programs run (no sk_data_ready): the listener's fd.
     // SAFETY: the value is copied out at once.
-    let Some(listen_fd) = (unsafe { ACCEPTING.get(&tid) }).copied() else {
-        return Ok(());
-    };
-    let _ = ACCEPTING.remove(&tid);
+    let listen_fd = (unsafe { ACCEPTING.get(&tid) }).copied();
+    if listen_fd.is_some() {
+        let _ = ACCEPTING.remove(&tid);
+    }
     let ret: i64 = read(ctx.as_ptr() as *const u8, ret_offset)?;
     if ret < 0 {
         return Ok(());
     }
-    let Some(listener_sk) = fd_sock(listen_fd, &o) else {
+    let Some(child) = fd_sock(ret as u64, o) else {
         return Ok(());
     };
-    let listener = sock_inode(listener_sk, &o);
-    if listener == 0 {
-        return Ok(());
-    }
-    let Some(q) = listener_queue(listener, sock_netns(listener_sk, &o)) else {
-        return Ok(());
+    account_accept(child, pid_tgid, || {
+        let listener = sock_inode(fd_sock(listen_fd?, o)?, o);
+        (listener != 0).then_some(listener)
+    });
+    Ok(())
+}
+
+/// Counts the accept of `child` by thread `pid_tgid`: for the listener its stamp names
+/// (else the one `fallback` finds), with its wait when it was stamped.
+#[inline(always)]
+pub fn account_accept(child: *const u8, pid_tgid: u64, fallback: impl FnOnce() -> Option<u64>) {
+    let key = child as u64;
+    // SAFETY: the value is copied out at once.
+    let stamp = (unsafe { QUEUED.get(&key) }).copied();
+    let listener = match stamp {
+        Some(s) if s.listener != 0 => Some(s.listener),
+        _ => fallback(),
+    };
+    // Only listeners with counters: a Unix listener's accept has neither stamp nor
+    // counters, and creates none.
+    let Some((listener, q)) =
+        listener.and_then(|l| LISTENER_QUEUES.get_ptr_mut(&l).map(|q| (l, q)))
+    else {
+        if stamp.is_some() {
+            count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
+        }
+        return;
     };
     // SAFETY: a valid map value pointer; counters change through atomics only.
     unsafe { atomic_add(&raw mut (*q).accepts, 1) };
+    let tid = pid_tgid as u32;
     count_acceptor(&AcceptorKey {
         listener,
         pid: (pid_tgid >> 32) as u32,
         tid,
     });
-    let Some(child) = fd_sock(ret as u64, &o) else {
-        return Ok(());
-    };
-    let key = child as u64;
-    // SAFETY: the value is copied out at once.
-    if let Some(stamp) = (unsafe { QUEUED.get(&key) }).copied() {
+    if let Some(stamp) = stamp {
         let _ = QUEUED.remove(&key);
         // SAFETY: a helper without preconditions.
         let wait_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(stamp.enqueued_ns);
@@ -114,19 +140,24 @@ fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64>
             }
         }
     }
-    // Watch who reads a sample of the accepted connections (sock_recv_length).
+    sample_readers(child, listener, tid);
+}
+
+/// Watches who reads a sample of the accepted connections (`sock_recv_length`).
+#[inline(always)]
+fn sample_readers(child: *const u8, listener: u64, acceptor_tid: u32) {
     // SAFETY: a helper without preconditions.
     if unsafe { bpf_get_prandom_u32() } % SAMPLE_ONE_IN == 0 {
         let track = ReaderTrack {
+            socket_inode: sock_inode(child, offsets()),
             listener,
-            acceptor_tid: tid,
+            acceptor_tid,
             first_reader: 0,
             reads: 0,
             by_acceptor: 0,
             by_others_than_first: 0,
             _pad: 0,
         };
-        let _ = READERS.insert(&key, &track, 0);
+        insert_or_count(&READERS, &(child as u64), &track, 0, STAT_READERS_FULL);
     }
-    Ok(())
 }

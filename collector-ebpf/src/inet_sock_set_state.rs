@@ -5,7 +5,11 @@
 //! Attached as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate,
 //! int newstate)`, cheapest) where that loads, else as a classic tracepoint whose record
 //! offsets userspace reads from tracefs. Both entry points share [`on_state_change`]:
-//! - counts the transition in `TRANSITIONS` per (netns, from, to), in the kernel;
+//! - counts the transition in `TRANSITIONS` per (namespace cookie, from, to), in the
+//!   kernel (the cookie is never reused, unlike the inode: a new namespace does not
+//!   inherit a dead one's counts; userspace removes the entries of dead namespaces);
+//! - for a socket entering LISTEN, creates its accept-queue counters (only TCP sockets
+//!   whose `listen()` succeeded get one) and removes them when it leaves LISTEN;
 //! - for a socket entering LISTEN or going from LISTEN to CLOSE, sends a
 //!   `ListenerEvent` with the current thread (the one that called `listen()` or
 //!   `close()`) through `EVENTS`. Rare: nothing per connection reaches the ring buffer.
@@ -15,7 +19,6 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -25,15 +28,16 @@ use collector_common::{
     listener::{AF_INET, AF_INET6, EVENT_LISTENER, ListenerEvent},
     queue::QueuedChild,
     stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL, STAT_TRANSITIONS_FULL},
-    tcp_state::{
-        IPPROTO_TCP, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV,
-        TransitionKey,
-    },
+    tcp_state::{IPPROTO_TCP, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TransitionKey},
 };
 
 use crate::{
-    kernel::{offsets, read, sock_inode, sock_netns, sock_protocol},
-    maps::{EVENTS, LISTENER_QUEUES, QUEUED, TRANSITIONS, bump_stat},
+    kernel::{offsets, read, sock_inode, sock_net_key, sock_netns, sock_protocol},
+    maps::{
+        EVENTS, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, get_or_insert,
+        insert_or_count, listener_queue,
+    },
+    stats::count_failure,
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -72,13 +76,12 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
     {
         return Ok(());
     }
-    let netns = sock_netns(sk, &o);
     let (from, to) = (old as u8, new as u8);
     count_transition(TransitionKey {
-        netns,
+        netns: sock_net_key(sk, &o),
         from,
         to,
-        _pad: [0; 2],
+        _pad: [0; 6],
     });
     if to == TCP_CLOSE {
         crate::nagle::forget_conn(sk);
@@ -93,43 +96,53 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
             enqueued_ns: unsafe { bpf_ktime_get_ns() },
             listener: 0,
         };
-        if QUEUED.insert(&(sk as u64), &stamp, 0).is_err() {
-            bump_stat(STAT_QUEUED_FULL);
-        }
+        insert_or_count(&QUEUED, &(sk as u64), &stamp, 0, STAT_QUEUED_FULL);
     } else if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
-        if from == TCP_LISTEN && o.queue_valid != 0 {
-            // The listener closes: its accept-queue counters go with it.
-            let _ = LISTENER_QUEUES.remove(&sock_inode(sk, &o));
+        let netns = sock_netns(sk, &o);
+        if o.queue_valid != 0 {
+            let inode = sock_inode(sk, &o);
+            if to == TCP_LISTEN {
+                // A TCP socket became a listener (listen() succeeded): its counters
+                // start here, with the backlog its thread asked for.
+                listener_opened(inode, netns);
+            } else {
+                // The listener closes: its accept-queue counters go with it.
+                let _ = LISTENER_QUEUES.remove(&inode);
+            }
         }
         send_listener_event(sk, &o, netns, from, to)?;
-    } else if to == TCP_CLOSE
-        && o.queue_valid != 0
-        && (from == TCP_ESTABLISHED || from == TCP_CLOSE_WAIT)
-        && read::<u64>(sk, o.sk_socket).is_ok_and(|socket| socket == 0)
-    {
-        // A reset of a connection no process holds: one still queued for accept()
-        // (accept() attaches a struct socket). Forget its stamp. Accepted connections
-        // were removed by accept(); normal closes end in LAST_ACK or FIN_WAIT2.
-        let _ = QUEUED.remove(&(sk as u64));
     }
+    // A child reset by its client while still queued keeps its stamp: accept()
+    // returns it all the same, and its wait is counted then. Stamps of children
+    // never accepted are removed by userspace (their listener closed, or its queue
+    // emptied without them).
     Ok(())
+}
+
+/// Creates the counters of a new listener, with the `listen()` backlog its thread
+/// stashed (`listen.rs`).
+#[inline(always)]
+fn listener_opened(inode: u64, netns: u32) {
+    if inode == 0 {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out at once.
+    let backlog = unsafe { LISTEN_BACKLOG.get(&tid) }.copied();
+    let _ = LISTEN_BACKLOG.remove(&tid);
+    if let Some(q) = listener_queue(inode, netns)
+        && let Some(backlog) = backlog
+    {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*q).backlog_arg = backlog };
+    }
 }
 
 #[inline(always)]
 fn count_transition(key: TransitionKey) {
-    if let Some(count) = TRANSITIONS.get_ptr_mut(&key) {
+    if let Some(count) = get_or_insert(&TRANSITIONS, &key, STAT_TRANSITIONS_FULL, || Some(0u64)) {
         // SAFETY: per-CPU value, written only by this CPU while the program runs.
         unsafe { *count += 1 };
-        return;
-    }
-    if TRANSITIONS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    // Another CPU inserted the key first (EEXIST), or the map is full.
-    match TRANSITIONS.get_ptr_mut(&key) {
-        // SAFETY: as above.
-        Some(count) => unsafe { *count += 1 },
-        None => bump_stat(STAT_TRANSITIONS_FULL),
     }
 }
 
@@ -153,7 +166,7 @@ fn send_listener_event(
     let pid_tgid = bpf_get_current_pid_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let Some(mut entry) = EVENTS.reserve::<ListenerEvent>(0) else {
-        bump_stat(STAT_EVENTS_LOST);
+        count_failure(STAT_EVENTS_LOST, 0);
         return Ok(());
     };
     entry.write(ListenerEvent {

@@ -29,12 +29,13 @@
 //! was stamped in `QUEUED` when its handshake completed and given its listener by
 //! `sk_data_ready`. The accept is counted for the request's listener (or the stamp's,
 //! for CQEs without a request) and for the current thread, its wait is the time
-//! since the stamp, and a sample is watched for its readers, as in `accept.rs`.
+//! since the stamp, and a sample is watched for its readers: `accept::account_accept`,
+//! the accounting of every accept path.
 //!
 //! Not counted: accepts into direct descriptors (fixed-file slots, `file_index`):
 //! `res` is a slot, and finding its socket means walking the ring's file table;
 //! they are counted in `STAT_URING_DIRECT`. Accepts whose listener is unknown (no
-//! stamp, no request) go to `STAT_URING_UNATTRIBUTED`. CQEs that overflow the
+//! stamp, no request) go to `STAT_ACCEPTS_UNATTRIBUTED`. CQEs that overflow the
 //! completion ring and requests with `IOSQE_CQE_SKIP_SUCCESS` fire no
 //! `io_uring_complete`: unseen. Two multishot accepts with the same `user_data` on
 //! one ring share an entry: when one ends, the other's CQEs are recognised again
@@ -42,7 +43,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint},
     maps::{Array, LruHashMap},
     programs::RawTracePointContext,
@@ -53,14 +54,15 @@ use collector_common::{
         IORING_OP_ACCEPT, URING_ACCEPTS_MAX_ENTRIES, UringAccept, UringReqKey,
     },
     layout::KernelOffsets,
-    queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket},
-    stats::{STAT_URING_DIRECT, STAT_URING_UNATTRIBUTED},
+    stats::{STAT_ACCEPTS_UNATTRIBUTED, STAT_URING_DIRECT},
     tcp_state::IPPROTO_TCP,
 };
 
 use crate::{
-    kernel::{fd_sock, listener_inode, offsets, read, sock_netns, sock_protocol},
-    maps::{QUEUED, READERS, atomic_add, bump_stat, count_acceptor, listener_queue},
+    accept::account_accept,
+    kernel::{fd_sock, offsets, read, sock_inode, sock_netns, sock_protocol},
+    maps::{QUEUED, listener_queue},
+    stats::count_failure,
 };
 
 /// Multishot accept requests, by the (ring, user_data) their CQEs carry. LRU: a ring
@@ -102,7 +104,7 @@ pub fn io_uring_complete_values(ctx: RawTracePointContext) -> i32 {
     if o.uring_valid == 0 || o.uring_complete_layout != COMPLETE_VALUES {
         return 0;
     }
-    let _ = on_complete(&o, ring, req, user_data, res, cflags);
+    let _ = on_complete(o, ring, req, user_data, res, cflags);
     0
 }
 
@@ -145,7 +147,7 @@ fn try_complete_cqe(ring: u64, req: *const u8, cqe: *const u8) -> Result<(), i64
     let user_data: u64 = read(cqe, CQE_USER_DATA)?;
     let res: i32 = read(cqe, CQE_RES)?;
     let cflags: u32 = read(cqe, CQE_FLAGS)?;
-    on_complete(&o, ring, req, user_data, res, cflags)
+    on_complete(o, ring, req, user_data, res, cflags)
 }
 
 #[inline(always)]
@@ -195,10 +197,33 @@ fn on_complete(
         return Ok(());
     }
     if direct {
-        bump_stat(STAT_URING_DIRECT);
+        count_failure(STAT_URING_DIRECT, 0);
         return Ok(());
     }
-    count_accept(res as u64, listener, o);
+    let Some(child) = fd_sock(res as u64, o) else {
+        return Ok(());
+    };
+    // Called only when the child's stamp names no listener (most often: no stamp, its
+    // handshake completed before sockq started).
+    account_accept(child, bpf_get_current_pid_tgid(), || {
+        let tcp = sock_protocol(child, o) == Some(IPPROTO_TCP);
+        if listener != 0 {
+            // The request names it; it may have no counters yet (nothing queued since
+            // sockq started). Only a TCP listener gets them.
+            if tcp {
+                let _ = listener_queue(listener, sock_netns(child, o));
+            }
+            return Some(listener);
+        }
+        // Nothing names it. A stamp without a listener is counted by account_accept;
+        // a TCP child without a stamp here; a Unix socket's is nobody's concern.
+        // SAFETY: only whether the entry exists is used.
+        let stamped = unsafe { QUEUED.get(&(child as u64)) }.is_some();
+        if tcp && !stamped {
+            count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
+        }
+        None
+    });
     Ok(())
 }
 
@@ -210,7 +235,7 @@ fn on_request(req: *const u8) -> Result<(), i64> {
     if o.uring_valid == 0 || o.queue_valid == 0 {
         return Ok(());
     }
-    if read::<u8>(req, o.req_opcode)? != IORING_OP_ACCEPT || !is_multishot(req, &o)? {
+    if read::<u8>(req, o.req_opcode)? != IORING_OP_ACCEPT || !is_multishot(req, o)? {
         return Ok(());
     }
     let key = UringReqKey {
@@ -220,7 +245,7 @@ fn on_request(req: *const u8) -> Result<(), i64> {
     if let Some(known) = URING_ACCEPTS.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer; only the listener is filled in late.
         if unsafe { (*known).listener } == 0 {
-            let listener = req_listener(req, &o);
+            let listener = req_listener(req, o);
             // SAFETY: as above.
             unsafe { (*known).listener = listener };
         }
@@ -228,7 +253,7 @@ fn on_request(req: *const u8) -> Result<(), i64> {
     }
     let slot: u32 = read(req, o.req_accept_file_slot)?;
     let accept = UringAccept {
-        listener: req_listener(req, &o),
+        listener: req_listener(req, o),
         direct: u32::from(slot != 0),
         _pad: 0,
     };
@@ -247,8 +272,8 @@ fn is_multishot(req: *const u8, o: &KernelOffsets) -> Result<bool, i64> {
     Ok(flags & (1u32 << (o.req_multishot_bit & 31)) != 0)
 }
 
-/// The inode of the TCP listener an accept request reads from (`req->file`), or 0
-/// while the request has no file yet (it is assigned when the request is issued).
+/// The inode of the socket an accept request reads from (`req->file`), or 0 while the
+/// request has no file yet (it is assigned when the request is issued).
 #[inline(always)]
 fn req_listener(req: *const u8, o: &KernelOffsets) -> u64 {
     let Ok(file) = read::<*const u8>(req, o.req_file) else {
@@ -263,73 +288,8 @@ fn req_listener(req: *const u8, o: &KernelOffsets) -> u64 {
     if socket.is_null() {
         return 0;
     }
-    let Ok(sk) = read::<*const u8>(socket, o.socket_sk) else {
-        return 0;
-    };
-    if sk.is_null() || sock_protocol(sk, o).is_some_and(|p| p != IPPROTO_TCP) {
-        return 0;
-    }
-    listener_inode(sk, o).unwrap_or(0)
-}
-
-/// Counts the accept of descriptor `fd` for `listener` (0: the one its stamp names)
-/// and the current thread, with its wait when its handshake was stamped.
-#[inline(always)]
-fn count_accept(fd: u64, listener: u64, o: &KernelOffsets) {
-    let Some(child) = fd_sock(fd, o) else {
-        bump_stat(STAT_URING_UNATTRIBUTED);
-        return;
-    };
-    let key = child as u64;
-    // SAFETY: the value is copied out at once.
-    let stamp = (unsafe { QUEUED.get(&key) }).copied();
-    if stamp.is_some() {
-        let _ = QUEUED.remove(&key);
-    }
-    let listener = match stamp {
-        Some(s) if listener == 0 => s.listener,
-        _ => listener,
-    };
-    if listener == 0 {
-        bump_stat(STAT_URING_UNATTRIBUTED);
-        return;
-    }
-    let Some(q) = listener_queue(listener, sock_netns(child, o)) else {
-        return;
-    };
-    // SAFETY: a valid map value pointer; counters change through atomics only.
-    unsafe { atomic_add(&raw mut (*q).accepts, 1) };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    count_acceptor(&AcceptorKey {
-        listener,
-        pid: (pid_tgid >> 32) as u32,
-        tid,
-    });
-    if let Some(stamp) = stamp {
-        // SAFETY: a helper without preconditions.
-        let wait_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(stamp.enqueued_ns);
-        // SAFETY: as above.
-        unsafe {
-            atomic_add(&raw mut (*q).waits, 1);
-            atomic_add(&raw mut (*q).wait_sum_ns, wait_ns);
-            if let Some(slot) = (*q).wait_hist.get_mut(wait_bucket(wait_ns / 1000)) {
-                atomic_add(slot, 1);
-            }
-        }
-    }
-    // Watch who reads a sample of the accepted connections (sock_recv_length).
-    // SAFETY: a helper without preconditions.
-    if unsafe { bpf_get_prandom_u32() } % SAMPLE_ONE_IN == 0 {
-        let track = ReaderTrack {
-            listener,
-            acceptor_tid: tid,
-            first_reader: 0,
-            reads: 0,
-            by_acceptor: 0,
-            by_others_than_first: 0,
-            _pad: 0,
-        };
-        let _ = READERS.insert(&key, &track, 0);
+    match read::<*const u8>(socket, o.socket_sk) {
+        Ok(sk) if !sk.is_null() => sock_inode(sk, o),
+        _ => 0,
     }
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use collector_common::{layout::KernelOffsets, stats::STAT_READ_ERRORS};
 
-use crate::maps::bump_stat;
+use crate::stats::count_failure;
 
 /// Filled by userspace before loading (`EbpfLoader::set_global`, read-only).
 #[unsafe(no_mangle)]
@@ -40,6 +40,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     queue_valid: 0,
     tp_accept4_fd: 0,
     tp_accept_fd: 0,
+    net_cookie: 0,
     uring_valid: 0,
     uring_complete_layout: 0,
     req_opcode: 0,
@@ -52,10 +53,14 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 };
 
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // SAFETY: a plain read of a read-only global; volatile so the compiler does not
-    // fold the zero initialiser userspace replaces at load time.
-    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+pub fn offsets() -> &'static KernelOffsets {
+    let global: *const KernelOffsets = &raw const KERNEL_OFFSETS;
+    // SAFETY: a volatile read of a local: it hides where the pointer points, so the
+    // compiler cannot fold the zero initialiser userspace replaces at load time, and
+    // fields are then loaded one by one when used (no copy of the whole struct).
+    let global = unsafe { core::ptr::read_volatile(&global) };
+    // SAFETY: a read-only global, valid for the program's life.
+    unsafe { &*global }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory; counts failures.
@@ -65,8 +70,9 @@ pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     match unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) } {
         Ok(v) => Ok(v),
         Err(e) => {
-            bump_stat(STAT_READ_ERRORS);
-            Err(e.into())
+            let e: i64 = e.into();
+            count_failure(STAT_READ_ERRORS, e);
+            Err(e)
         }
     }
 }
@@ -82,6 +88,23 @@ pub fn sock_netns(sk: *const u8, o: &KernelOffsets) -> u32 {
         return 0;
     }
     read::<u32>(net, o.net_ns_inum).unwrap_or(0)
+}
+
+/// The key of `sk`'s network namespace in kernel state: its cookie where the kernel
+/// has one (never reused), else its inode; 0 when unreadable.
+#[inline(always)]
+pub fn sock_net_key(sk: *const u8, o: &KernelOffsets) -> u64 {
+    let Ok(net) = read::<*const u8>(sk, o.sk_net) else {
+        return 0;
+    };
+    if net.is_null() {
+        return 0;
+    }
+    if o.net_cookie != 0 {
+        read::<u64>(net, o.net_cookie).unwrap_or(0)
+    } else {
+        read::<u32>(net, o.net_ns_inum).map_or(0, u64::from)
+    }
 }
 
 /// `sk->sk_protocol`, or `None` when this kernel's layout does not let us read it.
@@ -140,6 +163,14 @@ pub fn fd_sock(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
 pub fn listener_inode(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
     let state: u8 = read(sk, o.sk_state).ok()?;
     if state != collector_common::tcp_state::TCP_LISTEN {
+        return None;
+    }
+    // Unix stream listeners are in TCP_LISTEN too, and `sk_data_ready` fires for
+    // them: only TCP (inet) listeners have accept-queue counters here.
+    let family: u16 = read(sk, o.sk_family).ok()?;
+    if family != collector_common::listener::AF_INET
+        && family != collector_common::listener::AF_INET6
+    {
         return None;
     }
     let inode = sock_inode(sk, o);

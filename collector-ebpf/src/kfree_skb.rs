@@ -1,6 +1,6 @@
 //! Hook: `skb:kfree_skb`, raw tracepoint, `TP_PROTO(struct sk_buff *skb, void
 //! *location, enum skb_drop_reason reason, struct sock *rx_sk)` (the `rx_sk` argument
-//! since Linux 6.13). Fires for every dropped packet (consumed packets go through
+//! present in 6.12: Debian's 6.12.95 attaches; 5.10 and 6.1 refuse the program with EINVAL). Fires for every dropped packet (consumed packets go through
 //! `consume_skb` instead), so it leaves at once unless the receiving socket is a
 //! listener; then it counts the drop per (listener inode, reason) in `DROP_REASONS`.
 //!
@@ -11,11 +11,11 @@
 //! rejects reading a fourth argument): the probe reports so.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use collector_common::queue::DropKey;
+use collector_common::{queue::DropKey, stats::STAT_DROP_REASONS_FULL};
 
 use crate::{
     kernel::{listener_inode, offsets},
-    maps::{DROP_REASONS, atomic_add},
+    maps::{DROP_REASONS, atomic_add, get_or_insert},
 };
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
@@ -43,15 +43,7 @@ fn on_drop(sk: *const u8, reason: u32) -> Result<(), i64> {
         reason,
         _pad: 0,
     };
-    if let Some(n) = DROP_REASONS.get_ptr_mut(&key) {
-        atomic_add(n, 1);
-        return Ok(());
-    }
-    if DROP_REASONS
-        .insert(&key, &1, aya_ebpf::bindings::BPF_NOEXIST as u64)
-        .is_err()
-        && let Some(n) = DROP_REASONS.get_ptr_mut(&key)
-    {
+    if let Some(n) = get_or_insert(&DROP_REASONS, &key, STAT_DROP_REASONS_FULL, || Some(0u64)) {
         atomic_add(n, 1);
     }
     Ok(())

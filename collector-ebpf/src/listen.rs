@@ -2,12 +2,24 @@
 //! application asked for. The kernel keeps only min(backlog, somaxconn) as the
 //! queue limit; knowing both tells whether the application or the sysctl is the
 //! bottleneck when the queue overflows.
+//!
+//! The syscall has not been validated yet here (the fd may not be a socket, or not a
+//! TCP one, or the call may fail), so nothing is created for the socket: the backlog
+//! waits per thread in `LISTEN_BACKLOG` until `inet_sock_set_state` sees this thread's
+//! socket enter LISTEN (inside the same `listen()` call, after the kernel accepted
+//! it) and creates the listener's counters with it. A `listen()` that fails, or one
+//! on a Unix socket, leaves only this per-thread value, replaced by the thread's next
+//! call (an LRU map bounds them). A second `listen()` on a listening socket (a
+//! backlog change without a state change) is not seen.
 
-use aya_ebpf::{EbpfContext as _, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext as _, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
+    programs::TracePointContext,
+};
 
 use crate::{
-    kernel::{fd_sock, offsets, read, sock_inode, sock_netns},
-    maps::listener_queue,
+    kernel::{offsets, read},
+    maps::LISTEN_BACKLOG,
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
@@ -19,30 +31,18 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_listen(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
-    if o.queue_valid == 0 || o.tp_listen_fd == 0 {
+    if o.queue_valid == 0 || o.tp_listen_backlog == 0 {
         return Ok(());
     }
-    let base = ctx.as_ptr() as *const u8;
-    let fd: u64 = read(base, o.tp_listen_fd)?;
-    let backlog: u64 = read(base, o.tp_listen_backlog)?;
-    let Some(sk) = fd_sock(fd, &o) else {
-        return Ok(());
+    let backlog: u64 = read(ctx.as_ptr() as *const u8, o.tp_listen_backlog)?;
+    // The kernel reads backlog as an int; negative values mean "the maximum".
+    let backlog = backlog as i32;
+    let backlog = if backlog < 0 {
+        u32::MAX
+    } else {
+        backlog as u32
     };
-    let inode = sock_inode(sk, &o);
-    if inode == 0 {
-        return Ok(());
-    }
-    if let Some(q) = listener_queue(inode, sock_netns(sk, &o)) {
-        // The kernel reads backlog as an int; negative values mean "the maximum".
-        let backlog = backlog as i32;
-        // SAFETY: a valid map value pointer.
-        unsafe {
-            (*q).backlog_arg = if backlog < 0 {
-                u32::MAX
-            } else {
-                backlog as u32
-            }
-        };
-    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = LISTEN_BACKLOG.insert(&tid, &backlog, 0);
     Ok(())
 }

@@ -3,7 +3,8 @@
 //!
 //! One module per hook, named after it. Programs only read kernel memory through
 //! offsets resolved from BTF by userspace (`collector_common::layout`), aggregate in
-//! maps, and send rare events through a ring buffer; nothing here can panic.
+//! maps, and send rare events through a ring buffer; nothing here can panic. Their
+//! own failures are counted and, rarely, logged (`stats`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds on shared map values (`maps::atomic_add`); the eBPF build runs with
@@ -31,6 +32,8 @@ mod nagle;
 mod sk_data_ready;
 #[cfg(target_arch = "bpf")]
 mod sock_recv_length;
+#[cfg(target_arch = "bpf")]
+mod stats;
 #[cfg(target_arch = "bpf")]
 mod tcp_retransmit_synack;
 

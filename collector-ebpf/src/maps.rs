@@ -1,23 +1,30 @@
-//! The maps shared by the programs. Names are part of the contract with userspace
+//! The maps shared by the programs, and the one way entries are created in them
+//! ([`get_or_insert`], [`insert_or_count`]): a map with no room counts the failure
+//! under its own `STATS` counter. Names are part of the contract with userspace
 //! (`collector::probes`).
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    borrow::Borrow,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use collector_common::{
     listener::EVENTS_RING_BYTES,
     queue::{
         ACCEPTING_MAX_ENTRIES, ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES,
-        DropKey, LISTENERS_MAX_ENTRIES, ListenerQueue, QUEUED_MAX_ENTRIES, QueuedChild,
-        READERS_MAX_ENTRIES, ReaderTrack,
+        DropKey, LISTEN_BACKLOG_MAX_ENTRIES, LISTENERS_MAX_ENTRIES, ListenerQueue,
+        QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES, ReaderTrack,
     },
-    stats::{STAT_LISTENERS_FULL, STATS_LEN},
+    stats::{STAT_ACCEPTORS_FULL, STAT_LISTENERS_FULL},
     tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
 };
+
+use crate::stats::count_failure;
 
 /// TCP state transitions per (netns, from, to); per-CPU, summed by userspace.
 #[map]
@@ -27,18 +34,6 @@ pub static TRANSITIONS: PerCpuHashMap<TransitionKey, u64> =
 /// Rare events for userspace (listener lifecycle).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
-
-/// The programs' own counters (`collector_common::stats`).
-#[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
-
-#[inline(always)]
-pub fn bump_stat(index: u32) {
-    if let Some(slot) = STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
-    }
-}
 
 /// Accept-queue counters per listener (socket inode), shared by all CPUs. A plain
 /// (preallocated) hash: LRU maps cost several times more per lookup on the
@@ -61,6 +56,12 @@ pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_
 /// The listener fd of each thread inside accept()/accept4(), by tid.
 #[map]
 pub static ACCEPTING: HashMap<u32, u64> = HashMap::with_max_entries(ACCEPTING_MAX_ENTRIES, 0);
+
+/// The backlog a thread passed to its last `listen()`, until its socket enters
+/// LISTEN (`listen.rs`). LRU: failed calls leave entries nobody removes.
+#[map]
+pub static LISTEN_BACKLOG: LruHashMap<u32, u32> =
+    LruHashMap::with_max_entries(LISTEN_BACKLOG_MAX_ENTRIES, 0);
 
 /// Accepts per (listener, thread). Userspace removes the entries of closed listeners.
 #[map]
@@ -88,38 +89,92 @@ pub fn atomic_add(counter: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
 }
 
-/// The counters of listener `inode`, created (zeroed) on first use.
+/// The hash maps entries are created in (aya-ebpf's map types share no trait).
+pub trait KeyedMap<K, V> {
+    fn lookup(&self, key: &K) -> Option<*mut V>;
+    fn insert_entry(&self, key: &K, value: &V, flags: u64) -> Result<(), i32>;
+}
+
+macro_rules! keyed_map {
+    ($($map:ident),*) => {$(
+        impl<K, V> KeyedMap<K, V> for $map<K, V> {
+            #[inline(always)]
+            fn lookup(&self, key: &K) -> Option<*mut V> {
+                self.get_ptr_mut(key)
+            }
+
+            #[inline(always)]
+            fn insert_entry(&self, key: &K, value: &V, flags: u64) -> Result<(), i32> {
+                self.insert(key, value, flags)
+            }
+        }
+    )*};
+}
+
+keyed_map!(HashMap, LruHashMap, PerCpuHashMap);
+
+/// The entry of `key` in `map`, created with the value `init` returns when missing.
+///
+/// One lookup when the entry exists (the hot path; `init` is not called); the first
+/// time, an insert and a second lookup. When the map has no room the failure is
+/// counted (and rarely logged) under `full_stat`, and there is no entry. `init`
+/// returning `None` (an all-zero template missing) also gives no entry.
+#[inline(always)]
+pub fn get_or_insert<K, V, I: Borrow<V>>(
+    map: &impl KeyedMap<K, V>,
+    key: &K,
+    full_stat: u32,
+    init: impl FnOnce() -> Option<I>,
+) -> Option<*mut V> {
+    if let Some(entry) = map.lookup(key) {
+        return Some(entry);
+    }
+    let inserted = map.insert_entry(key, init()?.borrow(), BPF_NOEXIST as u64);
+    // EEXIST when another CPU created it first: fine, it is there now.
+    if let Some(entry) = map.lookup(key) {
+        return Some(entry);
+    }
+    if let Err(err) = inserted {
+        count_failure(full_stat, err.into());
+    }
+    None
+}
+
+/// Inserts (or with `flags` 0, replaces) `key`'s entry; a failure is counted (and
+/// rarely logged) under `full_stat`.
+#[inline(always)]
+pub fn insert_or_count<K, V>(
+    map: &impl KeyedMap<K, V>,
+    key: &K,
+    value: &V,
+    flags: u64,
+    full_stat: u32,
+) {
+    if let Err(err) = map.insert_entry(key, value, flags) {
+        count_failure(full_stat, err.into());
+    }
+}
+
+/// The counters of listener `inode`, created (zeroed) on first use. `netns` is
+/// recorded by the first call that could read it.
 #[inline(always)]
 pub fn listener_queue(inode: u64, netns: u32) -> Option<*mut ListenerQueue> {
-    if let Some(q) = LISTENER_QUEUES.get_ptr_mut(&inode) {
-        return Some(q);
-    }
-    let zero = ZERO_QUEUE.get(0)?;
-    // EEXIST when another CPU created it first: fine, look it up again.
-    if LISTENER_QUEUES
-        .insert(&inode, zero, BPF_NOEXIST as u64)
-        .is_err()
-        && LISTENER_QUEUES.get_ptr_mut(&inode).is_none()
-    {
-        bump_stat(STAT_LISTENERS_FULL);
-        return None;
-    }
-    let q = LISTENER_QUEUES.get_ptr_mut(&inode)?;
+    let q = get_or_insert(&LISTENER_QUEUES, &inode, STAT_LISTENERS_FULL, || {
+        ZERO_QUEUE.get(0)
+    })?;
     // SAFETY: a valid map value pointer.
-    unsafe { (*q).netns = netns };
+    unsafe {
+        if (*q).netns == 0 {
+            (*q).netns = netns;
+        }
+    }
     Some(q)
 }
 
 /// Adds one accept to (listener, thread), creating the entry on first use.
 #[inline(always)]
 pub fn count_acceptor(key: &AcceptorKey) {
-    if let Some(n) = ACCEPTORS.get_ptr_mut(key) {
-        atomic_add(n, 1);
-        return;
-    }
-    if ACCEPTORS.insert(key, &1, BPF_NOEXIST as u64).is_err()
-        && let Some(n) = ACCEPTORS.get_ptr_mut(key)
-    {
+    if let Some(n) = get_or_insert(&ACCEPTORS, key, STAT_ACCEPTORS_FULL, || Some(0u64)) {
         atomic_add(n, 1);
     }
 }

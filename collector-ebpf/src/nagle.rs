@@ -23,7 +23,6 @@
 //! `inet_sock_set_state` forgets a connection when it closes (`forget_conn`).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{kprobe, map, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -38,13 +37,14 @@ use collector_common::{
         STALL_EXCESS_NS, StallEvent, TCP_NAGLE_CORK, TCP_NAGLE_OFF,
     },
     queue::wait_bucket,
-    stats::{STAT_CONNS_FULL, STAT_EVENTS_LOST},
+    stats::{STAT_CONN_STATS_FULL, STAT_CONNS_FULL, STAT_EVENTS_LOST},
     tcp_state::{TCP_CLOSE, TCP_LISTEN},
 };
 
 use crate::{
     kernel::{offsets, read, sock_netns},
-    maps::{EVENTS, atomic_add, bump_stat},
+    maps::{EVENTS, atomic_add, get_or_insert},
+    stats::count_failure,
 };
 
 /// Filled by userspace before loading when the family is on.
@@ -127,28 +127,20 @@ fn delack_sock(timer: *const u8, n: &NagleOffsets) -> Option<*const u8> {
 /// aggregation port (0 for a local port in the ephemeral range: the client side).
 #[inline(always)]
 fn conn_track(sk: *const u8, n: &NagleOffsets) -> Option<*mut ConnTrack> {
-    let key = sk as u64;
-    if let Some(t) = CONNS.get_ptr_mut(&key) {
-        return Some(t);
-    }
-    let o = offsets();
-    let port: u16 = read(sk, o.sk_num).unwrap_or(0);
-    let fresh = ConnTrack {
-        netns: sock_netns(sk, &o),
-        port: if (n.ephemeral_lo..=n.ephemeral_hi).contains(&port) {
-            0
-        } else {
-            port
-        },
-        ..ConnTrack::default()
-    };
     // An LRU map evicts instead of failing when full; an error here is rare.
-    if CONNS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() && CONNS.get_ptr_mut(&key).is_none()
-    {
-        bump_stat(STAT_CONNS_FULL);
-        return None;
-    }
-    CONNS.get_ptr_mut(&key)
+    get_or_insert(&CONNS, &(sk as u64), STAT_CONNS_FULL, || {
+        let o = offsets();
+        let port: u16 = read(sk, o.sk_num).unwrap_or(0);
+        Some(ConnTrack {
+            netns: sock_netns(sk, &o),
+            port: if (n.ephemeral_lo..=n.ephemeral_hi).contains(&port) {
+                0
+            } else {
+                port
+            },
+            ..ConnTrack::default()
+        })
+    })
 }
 
 /// The counters of `t`'s (netns, port, process), created on first use.
@@ -160,17 +152,9 @@ fn conn_stats(t: &ConnTrack) -> Option<*mut ConnStats> {
         port: t.port,
         _pad: [0; 6],
     };
-    if let Some(s) = CONN_STATS.get_ptr_mut(&key) {
-        return Some(s);
-    }
-    let zero = ZERO_CONN_STATS.get(0)?;
-    if CONN_STATS.insert(&key, zero, BPF_NOEXIST as u64).is_err()
-        && CONN_STATS.get_ptr_mut(&key).is_none()
-    {
-        bump_stat(STAT_CONNS_FULL);
-        return None;
-    }
-    CONN_STATS.get_ptr_mut(&key)
+    get_or_insert(&CONN_STATS, &key, STAT_CONN_STATS_FULL, || {
+        ZERO_CONN_STATS.get(0)
+    })
 }
 
 #[raw_tracepoint(tracepoint = "timer_start")]
@@ -427,7 +411,7 @@ fn send_stall(
     let sport: u16 = read(sk, o.sk_num)?;
     let dport = u16::from_be(read::<u16>(sk, n.sk_dport)?);
     let Some(mut entry) = EVENTS.reserve::<StallEvent>(0) else {
-        bump_stat(STAT_EVENTS_LOST);
+        count_failure(STAT_EVENTS_LOST, 0);
         return Ok(());
     };
     entry.write(StallEvent {

@@ -32,7 +32,8 @@ use collector_common::{
 
 use crate::{
     kernel::{listener_inode, offsets, read, sock_netns},
-    maps::{EVENTS, QUEUED, atomic_add, bump_stat, listener_queue},
+    maps::{EVENTS, QUEUED, atomic_add, listener_queue},
+    stats::count_failure,
 };
 
 /// Minimum time between two queue-full events of one listener.
@@ -115,7 +116,7 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
 #[inline(always)]
 fn send_full_event(netns: u32, listener: u64, now: u64, depth: u32, limit: u32) {
     let Some(mut entry) = EVENTS.reserve::<QueueFullEvent>(0) else {
-        bump_stat(STAT_EVENTS_LOST);
+        count_failure(STAT_EVENTS_LOST, 0);
         return;
     };
     entry.write(QueueFullEvent {

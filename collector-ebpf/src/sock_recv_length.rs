@@ -13,7 +13,7 @@ use aya_ebpf::{
 use collector_common::queue::READS_TO_CLASSIFY;
 
 use crate::{
-    kernel::offsets,
+    kernel::{offsets, sock_inode},
     maps::{LISTENER_QUEUES, READERS, atomic_add},
 };
 
@@ -28,10 +28,15 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     let Some(track) = READERS.get_ptr_mut(&key) else {
         return 0;
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: a valid map value pointer; one connection is read by one thread at a
     // time in practice, and a lost update only blurs the sample.
     let t = unsafe { &mut *track };
+    // A socket at the address of a sampled one that closed unclassified.
+    if sock_inode(sk, offsets()) != t.socket_inode {
+        let _ = READERS.remove(&key);
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
     // Reads by the acceptor (an acceptor that peeks at a request before passing the
     // descriptor on) do not make a second reader: only threads other than the
     // acceptor count towards "read by several".

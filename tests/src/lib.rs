@@ -272,7 +272,9 @@ pub fn free_port() -> u16 {
 
 /// A running `sockq run`, stopped with SIGTERM on drop.
 pub struct Daemon {
-    child: Child,
+    /// `None` when the tests use a daemon started elsewhere (`cargo xtask soak`).
+    child: Option<Child>,
+    pid: u32,
     pub addr: SocketAddr,
 }
 
@@ -281,9 +283,25 @@ impl Daemon {
         Self::start_with(&["--interval", interval])
     }
 
-    /// Starts `sockq run` with these arguments (besides `--metrics-addr`).
+    /// Starts `sockq run` with these arguments (besides `--metrics-addr`). With
+    /// `SOCKQ_DAEMON_ADDR` and `SOCKQ_DAEMON_PID` set (by `cargo xtask soak`), uses
+    /// that long-running daemon instead; `args` are then ignored.
     pub fn start_with(args: &[&str]) -> Self {
         require_root();
+        if let (Some(addr), Some(pid)) = (
+            std::env::var("SOCKQ_DAEMON_ADDR")
+                .ok()
+                .and_then(|a| a.parse().ok()),
+            std::env::var("SOCKQ_DAEMON_PID")
+                .ok()
+                .and_then(|p| p.parse().ok()),
+        ) {
+            return Self {
+                child: None,
+                pid,
+                addr,
+            };
+        }
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let child = Command::new(sockq_bin())
             .args(["run", "--metrics-addr", &addr.to_string()])
@@ -293,10 +311,15 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", sockq_bin().display()));
-        let mut daemon = Self { child, addr };
+        let pid = child.id();
+        let mut daemon = Self {
+            child: Some(child),
+            pid,
+            addr,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
+            if let Some(Ok(Some(status))) = daemon.child.as_mut().map(Child::try_wait) {
                 panic!("sockq run exited early with {status}");
             }
             if let Some(body) = try_get(addr, "/metrics")
@@ -316,7 +339,7 @@ impl Daemon {
 
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -359,17 +382,20 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let Some(child) = &mut self.child else {
+            return; // not ours to stop
+        };
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

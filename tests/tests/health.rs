@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sockq_tests::{Daemon, Metrics, Netns};
 
 /// Listener events trigger at most this many polls a second (`MIN_REFRESH_GAP`).
-const MAX_EVENT_POLLS_PER_SECOND: f64 = 4.0;
+const MAX_EVENT_POLLS_PER_SECOND: f64 = 10.0;
 
 fn polls(m: &Metrics) -> f64 {
     m.one("sockq_poll_duration_seconds_count", &[])

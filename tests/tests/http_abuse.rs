@@ -1,6 +1,6 @@
 //! The metrics port under abuse, against the real daemon: hundreds of slowloris
-//! clients trickling headers, megabytes of garbage, an oversized header. None of it
-//! may block a scrape.
+//! clients trickling headers, megabytes of garbage, an oversized header, thousands
+//! of connections that send nothing. None of it may block a scrape.
 
 use std::{
     io::{Read as _, Write as _},
@@ -17,22 +17,35 @@ use sockq_tests::{Daemon, try_get};
 /// More than the default soft limit of open files (1024), which sockq raises.
 const SLOW_CLIENTS: usize = 1500;
 
-#[test]
-fn garbage_oversized_and_slow_clients_never_block_a_scrape() {
-    let daemon = Daemon::start("1");
-    let addr = daemon.addr;
-    // Our side needs the descriptors too.
+/// Connections that send nothing: well past the default soft limit of open files,
+/// below sockq's connection cap (`MAX_CONNECTIONS`, 8192).
+const IDLE_CLIENTS: usize = 5000;
+
+/// sockq's `HEADER_READ_TIMEOUT`: how long a connection may go without a request.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Raises our soft limit of open files to the hard one (our side needs the
+/// descriptors too) and returns it.
+fn raise_our_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
     unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+    limit.rlim_cur
+}
+
+#[test]
+fn garbage_oversized_and_slow_clients_never_block_a_scrape() {
+    let daemon = Daemon::start("1");
+    let addr = daemon.addr;
+    raise_our_fd_limit();
 
     // Slowloris: a request line and one header, then a byte every 200 ms, forever.
     let mut slow: Vec<TcpStream> = (0..SLOW_CLIENTS)
@@ -119,4 +132,113 @@ fn garbage_oversized_and_slow_clients_never_block_a_scrape() {
     garbage.join().expect("garbage client");
     stop.store(true, Ordering::Relaxed);
     trickle.join().expect("trickle");
+}
+
+/// How many descriptors `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Waits up to `within` for `check` to hold; whether it did.
+fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !check() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn five_thousand_idle_connections_do_not_delay_a_scrape() {
+    let daemon = Daemon::start("1");
+    let (addr, pid) = (daemon.addr, daemon.pid());
+    let limit = raise_our_fd_limit();
+    assert!(
+        limit >= 2 * IDLE_CLIENTS as u64 + 1000,
+        "this test needs an open-file hard limit of at least {} (sockq's cap is half of \
+         it), not {limit}",
+        2 * IDLE_CLIENTS + 1000
+    );
+    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
+
+    // Connect, send nothing. In steps of 500, each accepted before the next, so
+    // that the listen backlog never overflows (a dropped handshake would only be
+    // accepted after a SYN-ACK retransmission, a second later).
+    let opened = Instant::now();
+    let mut idle = Vec::with_capacity(IDLE_CLIENTS);
+    while idle.len() < IDLE_CLIENTS {
+        for _ in 0..500 {
+            let i = idle.len();
+            idle.push(TcpStream::connect(addr).unwrap_or_else(|e| panic!("idle client {i}: {e}")));
+        }
+        let want = fds_before + idle.len();
+        assert!(
+            eventually(Duration::from_secs(2), || open_fds(pid) >= want),
+            "sockq did not accept {} connections within 2 s (has {} descriptors, had {fds_before})",
+            idle.len(),
+            open_fds(pid)
+        );
+    }
+    let all_open = opened.elapsed();
+    let per_connection = rss_kib(pid).saturating_sub(rss_before) as f64 / IDLE_CLIENTS as f64;
+
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let body = try_get(addr, "/metrics").unwrap_or_else(|| panic!("scrape {i} failed"));
+        latencies.push(started.elapsed());
+        assert!(body.contains("sockq_probe_attached"), "scrape {i}: {body}");
+    }
+    let scraped = opened.elapsed();
+    let still_open = open_fds(pid).saturating_sub(fds_before);
+    latencies.sort();
+    let worst = latencies[latencies.len() - 1];
+    eprintln!(
+        "{IDLE_CLIENTS} idle connections (accepted within {all_open:?}, ~{per_connection:.1} KiB \
+         of sockq's RSS each, {still_open} still open after the scrapes): scrape p50 {:?}, \
+         max {worst:?}",
+        latencies[latencies.len() / 2]
+    );
+    assert!(
+        scraped < HEADER_READ_TIMEOUT,
+        "opening the idle connections and scraping took {scraped:?}: the first ones may have \
+         been closed before the scrapes"
+    );
+    assert!(
+        still_open >= IDLE_CLIENTS,
+        "only {still_open} of the {IDLE_CLIENTS} idle connections were open during the scrapes"
+    );
+    assert!(
+        worst < Duration::from_millis(100),
+        "a scrape took {worst:?} with {IDLE_CLIENTS} idle connections open"
+    );
+
+    // The header-read timeout gives their descriptors back.
+    assert!(
+        eventually(HEADER_READ_TIMEOUT + Duration::from_secs(3), || open_fds(
+            pid
+        ) < fds_before
+            + 100),
+        "sockq still has {} descriptors (had {fds_before}) {:?} after the idle connections \
+         opened",
+        open_fds(pid),
+        opened.elapsed()
+    );
+    drop(idle);
 }

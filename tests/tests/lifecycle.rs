@@ -51,8 +51,10 @@ fn sigterm_detaches_everything_and_a_restart_binds_at_once() {
         programs.len(),
         links.len()
     );
+    // 14 probes; the two accept entries are not loaded where sk_data_ready attaches
+    // (the accepted child's stamp names its listener).
     assert!(
-        programs.len() >= 14,
+        programs.len() >= 12,
         "bpftool shows {programs:?} for pid {pid}"
     );
     // SIGTERM, and wait for the exit (Drop sends SIGTERM and reaps).

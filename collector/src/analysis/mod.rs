@@ -5,6 +5,7 @@
 
 pub mod episodes;
 pub mod nagle;
+pub mod netns_keys;
 pub mod pattern;
 pub mod poller;
 pub mod queue_stats;

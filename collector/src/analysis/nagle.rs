@@ -260,7 +260,6 @@ pub fn notice(ev: &StallEvent, time: String, peer: Option<Peer>) -> Option<Stall
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
 
     use collector_common::queue::wait_bucket;
 
@@ -285,20 +284,7 @@ mod tests {
     }
 
     fn listener(port: u16) -> Listener {
-        Listener {
-            netns: 7,
-            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port,
-            inode: 1,
-            cookie: 1,
-            accept_queue_len: 0,
-            accept_queue_limit: 128,
-            syn_queue_len: 0,
-            drops: 0,
-            owners: Vec::new(),
-            kernel: None,
-            queue_full: false,
-        }
+        Listener::loopback_for_test(7, port, 1)
     }
 
     #[test]

@@ -24,8 +24,13 @@ pub const MIN_SAMPLED: u64 = 3;
 /// Share of sampled connections that must agree.
 pub const AGREEMENT: f64 = 0.8;
 
-/// Classifies every listener. `acceptors` are all threads seen accepting.
-pub fn classify(listeners: &[Listener], acceptors: &Acceptors) -> BTreeMap<u64, PatternReport> {
+/// Classifies every listener. `acceptors` are all threads seen accepting;
+/// `reads_seen`: whether the probe that sees who reads (`sock_recv_length`) runs.
+pub fn classify(
+    listeners: &[Listener],
+    acceptors: &Acceptors,
+    reads_seen: bool,
+) -> BTreeMap<u64, PatternReport> {
     // Sockets sharing an address and port in a namespace form a group.
     let mut groups: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
     for l in listeners {
@@ -49,7 +54,13 @@ pub fn classify(listeners: &[Listener], acceptors: &Acceptors) -> BTreeMap<u64, 
             let shards_accepting = group.iter().filter(|&&i| !threads_of(i).is_empty()).count();
             (
                 l.inode,
-                classify_one(l, group.len(), shards_accepting, &threads_of(l.inode)),
+                classify_one(
+                    l,
+                    group.len(),
+                    shards_accepting,
+                    &threads_of(l.inode),
+                    reads_seen,
+                ),
             )
         })
         .collect()
@@ -60,6 +71,7 @@ fn classify_one(
     group_size: usize,
     shards_accepting: usize,
     threads: &BTreeSet<u32>,
+    reads_seen: bool,
 ) -> PatternReport {
     let report = |pattern, evidence: String| PatternReport { pattern, evidence };
     if group_size > 1 && shards_accepting >= 2 {
@@ -88,6 +100,14 @@ fn classify_one(
     let Some(k) = &l.kernel else {
         return report(Pattern::Undetermined, "no eBPF probes".into());
     };
+    if !reads_seen {
+        return report(
+            Pattern::Undetermined,
+            "one acceptor thread; who reads its connections is not seen on this kernel \
+             (probe sock_recv_length not attached: see `sockq doctor`)"
+                .into(),
+        );
+    }
     let sampled = k.read_by_acceptor + k.read_by_one_other + k.read_by_several;
     if sampled < MIN_SAMPLED {
         return report(
@@ -133,23 +153,13 @@ mod tests {
 
     fn listener(inode: u64, port: u16, reads: (u64, u64, u64)) -> Listener {
         Listener {
-            netns: 1,
-            addr: "127.0.0.1".parse().expect("ip"),
-            port,
-            inode,
-            cookie: 0,
-            accept_queue_len: 0,
-            accept_queue_limit: 128,
-            syn_queue_len: 0,
-            drops: 0,
-            owners: Vec::new(),
             kernel: Some(ListenerKernelStats {
                 read_by_acceptor: reads.0,
                 read_by_one_other: reads.1,
                 read_by_several: reads.2,
                 ..ListenerKernelStats::default()
             }),
-            queue_full: false,
+            ..Listener::loopback_for_test(1, port, inode)
         }
     }
 
@@ -167,7 +177,7 @@ mod tests {
 
     fn one(l: Listener, acceptors: &[Acceptor]) -> Pattern {
         let inode = l.inode;
-        classify(&[l], &acceptors.to_vec().into())[&inode].pattern
+        classify(&[l], &acceptors.to_vec().into(), true)[&inode].pattern
     }
 
     #[test]
@@ -198,12 +208,12 @@ mod tests {
         // Two shards of one address, each with its acceptor.
         let ls = [listener(1, 80, (0, 0, 0)), listener(2, 80, (0, 0, 0))];
         let a = [acceptor(1, 10, 5), acceptor(2, 11, 7)];
-        let r = classify(&ls, &a.to_vec().into());
+        let r = classify(&ls, &a.to_vec().into(), true);
         assert_eq!(r[&1].pattern, Pattern::ReuseportShards);
         assert_eq!(r[&2].pattern, Pattern::ReuseportShards);
         // A group where only one shard accepts is judged socket by socket.
         let a = [acceptor(1, 10, 5)];
-        let r = classify(&ls, &a.to_vec().into());
+        let r = classify(&ls, &a.to_vec().into(), true);
         assert_eq!(r[&2].pattern, Pattern::Undetermined);
     }
 

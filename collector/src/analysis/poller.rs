@@ -13,12 +13,14 @@ use collector_common::{nagle::StallEvent, queue::AcceptorKey};
 
 use super::{
     episodes::{EpisodeEvent, EpisodeTracker, Limits},
-    nagle, pattern, queue_stats,
+    nagle,
+    netns_keys::NetnsKeys,
+    pattern, queue_stats,
 };
 use crate::{
-    inventory::{self, ScanReport, threads},
+    inventory::{self, ScanReport, VisitedNetns, threads},
     model::{Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot},
-    probes::{KernelView, Probes, ring::RingCounters},
+    probes::{KernelView, Probes, prune::Live, ring::RingCounters},
     text,
 };
 
@@ -52,6 +54,11 @@ pub struct Poller {
     /// Why there are no probes, in polling mode.
     polling: Option<String>,
     health: Health,
+    netns_keys: NetnsKeys,
+    /// The namespaces the last inventory read, and those it could not read but that
+    /// still exist.
+    visited: Vec<VisitedNetns>,
+    kept: HashSet<u64>,
 }
 
 impl Poller {
@@ -72,6 +79,9 @@ impl Poller {
             stalls,
             ring,
             polling,
+            netns_keys: NetnsKeys::default(),
+            visited: Vec::new(),
+            kept: HashSet::new(),
             health: Health {
                 poll_seconds: Histogram {
                     bounds: POLL_BOUNDS.to_vec(),
@@ -91,6 +101,7 @@ impl Poller {
 
     pub async fn poll(&mut self) -> Poll {
         let started = Instant::now();
+        let inventory_started_ns = monotonic_ns();
         let (listeners, netns) = self.inventory().await;
         self.log_changes(&listeners);
         let mut snapshot = Snapshot {
@@ -99,7 +110,7 @@ impl Poller {
             polling: self.polling.clone(),
             ..Snapshot::default()
         };
-        self.add_kernel_view(&mut snapshot);
+        self.add_kernel_view(&mut snapshot, inventory_started_ns);
         let episodes = self.episodes.update(
             Instant::now(),
             SystemTime::now(),
@@ -110,7 +121,11 @@ impl Poller {
         for l in &mut snapshot.listeners {
             l.queue_full = self.episodes.is_full(l.netns, l.inode);
         }
-        snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors);
+        let reads_seen = snapshot
+            .probes
+            .iter()
+            .any(|p| p.name == "sock_recv_length" && p.attached);
+        snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors, reads_seen);
         snapshot.netns = netns;
         snapshot.nagle = self.nagle.series();
         snapshot.ring_events = self.ring.snapshot();
@@ -163,6 +178,13 @@ impl Poller {
                 .or_default() += 1;
         }
         self.health.carried_listeners = carry_over(&self.last_listeners, &mut report);
+        self.visited = std::mem::take(&mut report.visited);
+        self.kept = report
+            .skipped
+            .iter()
+            .filter(|s| !s.error.is_vanished())
+            .map(|s| s.netns)
+            .collect();
         report
     }
 
@@ -181,12 +203,24 @@ impl Poller {
     }
 
     /// What the probes measured, attached to the inventory's listeners.
-    fn add_kernel_view(&mut self, snapshot: &mut Snapshot) {
+    fn add_kernel_view(&mut self, snapshot: &mut Snapshot, inventory_started_ns: u64) {
         let Some(p) = &mut self.probes else {
             return;
         };
-        let live: HashSet<u64> = snapshot.listeners.iter().map(|l| l.inode).collect();
-        p.prune_acceptors(&live);
+        let queue_len: HashMap<u64, u32> = snapshot
+            .listeners
+            .iter()
+            .map(|l| (l.inode, l.accept_queue_len))
+            .collect();
+        let live: HashSet<u64> = queue_len.keys().copied().collect();
+        snapshot.maps = p.prune(
+            &Live {
+                queue_len: &queue_len,
+                inventory_started_ns,
+                now_ns: monotonic_ns(),
+            },
+            threads::exists,
+        );
         let view = match p.read() {
             Ok(view) => view,
             Err(e) => {
@@ -215,11 +249,24 @@ impl Poller {
                 reason_names: p.drop_reason_names(),
             },
         );
-        snapshot.events_lost = events_lost(&view, &self.ring);
+        snapshot.lost_by_cause = events_lost(&view, &self.ring);
+        snapshot.events_lost = snapshot
+            .lost_by_cause
+            .iter()
+            .fold(0, |sum, (_, n)| sum.saturating_add(*n));
+        snapshot.read_errors = view.stats.read_errors;
         self.nagle
             .update(&view.conns, &snapshot.listeners, threads::process_comm);
         snapshot.acceptors = acceptors(&live, &view.acceptors).into();
-        snapshot.transitions = view.transitions;
+        let resolved = self.netns_keys.resolve(
+            Instant::now(),
+            &view.transitions,
+            &self.visited,
+            &self.kept,
+            p.net_keys_are_cookies(),
+        );
+        p.remove_transitions_of(&resolved.dead);
+        snapshot.transitions = resolved.transitions;
         snapshot.tcp_sends = view.sends;
     }
 
@@ -326,18 +373,25 @@ pub fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
 }
 
 /// Everything that could not be recorded: the ring buffer's losses, full in-kernel
-/// maps, io_uring accepts that could not be counted (direct descriptors, unknown
-/// listener), and stall events the poller's queue had no room for.
-fn events_lost(view: &KernelView, ring: &RingCounters) -> u64 {
+/// maps, stall events the poller's queue had no room for, and io_uring accepts that
+/// could not be counted (into direct descriptors).
+fn events_lost(view: &KernelView, ring: &RingCounters) -> Vec<(&'static str, u64)> {
     let s = &view.stats;
-    s.events_lost
-        + s.transitions_full
-        + s.listeners_full
-        + s.queued_full
-        + s.conns_full
-        + s.uring_direct
-        + s.uring_unattributed
-        + ring.stalls_lost()
+    vec![
+        ("ring_buffer_full", s.events_lost),
+        ("stall_queue_full", ring.stalls_lost()),
+        ("map_full:TRANSITIONS", s.transitions_full),
+        ("map_full:LISTENER_QUEUES", s.listeners_full),
+        ("map_full:QUEUED", s.queued_full),
+        ("map_full:ACCEPTORS", s.acceptors_full),
+        ("map_full:ACCEPTING", s.accepting_full),
+        ("map_full:DROP_REASONS", s.drop_reasons_full),
+        ("map_full:READERS", s.readers_full),
+        ("map_full:CONNS", s.conns_full),
+        ("map_full:CONN_STATS", s.conn_stats_full),
+        ("accept_unattributed", s.accepts_unattributed),
+        ("accept_direct_descriptor", s.uring_direct),
+    ]
 }
 
 /// Each namespace's listener sysctls, for the episodes' diagnosis.
@@ -405,20 +459,7 @@ mod tests {
     use crate::inventory::{InventoryError, SkippedNetns};
 
     fn listener(netns: u64, inode: u64) -> Listener {
-        Listener {
-            netns,
-            addr: "127.0.0.1".parse().expect("ip"),
-            port: 80,
-            inode,
-            cookie: 0,
-            accept_queue_len: 0,
-            accept_queue_limit: 128,
-            syn_queue_len: 0,
-            drops: 0,
-            owners: Vec::new(),
-            kernel: None,
-            queue_full: false,
-        }
+        Listener::loopback_for_test(netns, 80, inode)
     }
 
     #[test]
@@ -427,6 +468,7 @@ mod tests {
         let mut report = ScanReport {
             listeners: vec![listener(1, 10)],
             netns: Vec::new(),
+            visited: Vec::new(),
             skipped: vec![
                 SkippedNetns {
                     netns: 2,

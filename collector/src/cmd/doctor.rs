@@ -236,6 +236,8 @@ fn probe_checks(checks: &mut Vec<Check>, tracefs_root: Option<&std::path::Path>)
             for s in loaded.status() {
                 let (verdict, detail) = if s.attached {
                     (Verdict::Ok, format!("attaches as {}", s.detail))
+                } else if s.detail.starts_with(probes::NOT_NEEDED) {
+                    (Verdict::Ok, s.detail.clone())
                 } else {
                     // An older kernel lacks some hooks; sockq runs without them.
                     (

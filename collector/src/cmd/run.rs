@@ -30,10 +30,14 @@ pub struct RunConfig {
 /// Stall events waiting for the next poll; more are counted as lost.
 const STALL_QUEUE: usize = 4096;
 
-/// The shortest time between two inventories asked for by listener events: a
-/// `listen()`/`close()` loop (any user can run one) then costs at most this rate of
-/// full inventories, and the changes of a burst are read together.
-const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
+/// Inventories asked for by listener events start at least this long after the
+/// previous poll began, and no sooner after it ended than it took: a
+/// `listen()`/`close()` loop (any user can run one) then costs at most 10 full
+/// inventories a second and at most half the daemon's time, however big the host,
+/// and the changes of a burst are read together.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
+/// The longest such wait (a poll that took seconds on a huge host).
+const MAX_REFRESH_GAP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -154,8 +158,12 @@ async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonErro
             Arc::clone(&counters),
         ));
     }
+    let mut loaded = started.probes;
+    if let Some(log) = loaded.as_mut().and_then(Probes::take_kernel_log) {
+        tokio::spawn(probes::kernel_log::forward(log));
+    }
     let mut poller = Poller::new(
-        started.probes,
+        loaded,
         stall_rx,
         counters,
         started.polling.clone(),
@@ -187,7 +195,7 @@ async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonErro
     Ok(())
 }
 
-/// Polls every `interval`, and when the ring reader asks (at most once per
+/// Polls every `interval`, and when the ring reader asks (debounced: see
 /// [`MIN_REFRESH_GAP`]), until SIGINT or SIGTERM; publishes each snapshot and its
 /// events.
 async fn poll_until_stopped(
@@ -201,14 +209,14 @@ async fn poll_until_stopped(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut memory = MemoryTrim::default();
-    let mut last_poll = tokio::time::Instant::now();
+    let (mut last_poll, mut last_took) = (tokio::time::Instant::now(), Duration::ZERO);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = refresh.notified() => {
                 // Debounce: notifications meanwhile coalesce into this one poll.
                 tokio::select! {
-                    () = tokio::time::sleep_until(last_poll + MIN_REFRESH_GAP) => {}
+                    () = tokio::time::sleep_until(next_refresh(last_poll, last_took)) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                     _ = sigterm.recv() => return Ok(()),
                 }
@@ -218,10 +226,23 @@ async fn poll_until_stopped(
         }
         last_poll = tokio::time::Instant::now();
         let poll = poller.poll().await;
+        last_took = last_poll.elapsed();
         let listeners = poll.snapshot.listeners.len();
         publish(state, poll);
         memory.after_poll(listeners);
     }
+}
+
+/// When an event-driven poll may start after a poll that started at `last` and took
+/// `took`.
+fn next_refresh(last: tokio::time::Instant, took: Duration) -> tokio::time::Instant {
+    last + refresh_gap(took)
+}
+
+/// How long after the start of a poll that took `took` the next event-driven one
+/// may start: as long again as it took, once it ended.
+fn refresh_gap(took: Duration) -> Duration {
+    (took * 2).clamp(MIN_REFRESH_GAP, MAX_REFRESH_GAP)
 }
 
 /// Swaps the snapshot in and logs and records the poll's notable events.
@@ -322,6 +343,8 @@ fn load_probes(
     for s in probes.status() {
         if s.attached {
             tracing::info!("probe {} attached ({})", s.name, s.detail);
+        } else if s.detail.starts_with(probes::NOT_NEEDED) {
+            tracing::info!("probe {} {}", s.name, s.detail);
         } else if !by_choice(s.name) {
             tracing::warn!("probe {} not attached: {}", s.name, s.detail);
         }
@@ -334,6 +357,19 @@ fn load_probes(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn event_polls_leave_the_daemon_half_its_time() {
+        use super::refresh_gap;
+        assert_eq!(refresh_gap(Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(
+            refresh_gap(Duration::from_millis(200)),
+            Duration::from_millis(400)
+        );
+        assert_eq!(refresh_gap(Duration::from_secs(60)), Duration::from_secs(5));
+    }
+
     #[test]
     fn memory_goes_back_after_a_big_shrink_only() {
         assert!(super::shrank_a_lot(10_000, 0));

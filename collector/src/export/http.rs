@@ -4,22 +4,30 @@
 //! [`crate::export::status_page`]), `GET /index.txt` (a plain-text pointer to them), 404 for
 //! any other path.
 //!
-//! axum serves each connection on its own task, so a slow or broken client never
-//! delays another scrape. What it does not bound is how long such a client may hold
-//! its connection (axum 0.8 builds hyper's connection builder itself and gives it no
-//! timer, so hyper's header-read timeout is off): every connection is therefore
-//! wrapped in `IdleTimeout`, which fails reads and writes that make no progress for
-//! [`IDLE_TIMEOUT`]. A client trickling one byte at a time still resets it; the cost
-//! of such a client is one idle task and one socket. On shutdown, open connections
-//! get [`DRAIN_GRACE`] to finish before [`serve`] returns regardless.
+//! axum routes; hyper serves. `axum::serve` builds hyper's connection builder itself
+//! and gives it no timer, so [`serve`] drives the Router with hyper's HTTP/1
+//! connection builder directly, each connection on its own task (a slow or broken
+//! client never delays another scrape), with these bounds:
+//!
+//! - a client has [`HEADER_READ_TIMEOUT`] from its connection's start to send a
+//!   whole request head (hyper's header-read timeout: trickling bytes does not
+//!   extend it), and at most [`MAX_HEADER_SIZE`] of it (431 beyond);
+//! - one request per connection (no keep-alive), so a connection's life is its
+//!   head, then one answer; [`CONNECTION_TIME_LIMIT`] bounds the whole of it, which
+//!   covers a client that never reads its answer;
+//! - at most [`MAX_CONNECTIONS`] connections at once (fewer if the open-file limit
+//!   is low); past that, new ones wait in the kernel's listen backlog;
+//! - a client that half-closes right after its request still gets its answer
+//!   (hyper's `half_close`).
+//!
+//! On shutdown, the listener closes, idle connections close at once, and the
+//! others get [`DRAIN_GRACE`] to finish their answer before [`serve`] closes them.
 
 use std::{
-    future::{Future, IntoFuture},
+    future::Future,
     io,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, PoisonError, RwLock},
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -30,11 +38,16 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::Notify,
-    time::{Instant, Sleep},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::{JoinError, JoinSet},
 };
 
 use super::{
@@ -44,14 +57,43 @@ use super::{
 };
 use crate::model::Snapshot;
 
-/// How long a connection may make no progress (no byte read or written) before it
-/// is closed: bounds slow or silent clients, including idle keep-alive connections.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has, from the start of its connection, to send its whole
+/// request head; then the connection is closed. Scrapers send their few hundred
+/// bytes at once, in one segment, so 5 s leaves room for several retransmissions
+/// (the first comes after 1 s). It also bounds how long idle or slowloris clients
+/// hold the slots of [`MAX_CONNECTIONS`]: when they fill them, each frees up within
+/// this, so a scrape queued behind them in the listen backlog gets in after about
+/// as long, inside Prometheus's default 10 s scrape timeout.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a connection stays open, its answer included. Past the head (bounded
+/// by [`HEADER_READ_TIMEOUT`]) a connection only writes one answer, and no scraper
+/// waits longer than its scrape timeout (Prometheus's default is 10 s, rarely set
+/// above a minute): an answer still unread after 60 s has nobody waiting for it, and
+/// the client that does not read it must not hold a slot and its body forever. A
+/// 10,000-listener exposition (about 12 MiB) gets through a 2 Mbit/s link in that.
+pub const CONNECTION_TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// The largest request head (request line and headers) accepted; larger ones get
+/// 431. Scrapers send a few hundred bytes, a browser with cookies a few KiB (Tomcat's
+/// default limit is 8 KiB). hyper's read buffer grows to about twice this at most,
+/// instead of its default ~400 KiB, so [`MAX_CONNECTIONS`] slowloris clients cannot
+/// make the daemon hold gigabytes.
+pub const MAX_HEADER_SIZE: usize = 16 * 1024;
+
+/// How many connections may be open at once; further ones wait in the listen
+/// backlog until a slot frees up. Far above any real number of scrapers, status
+/// pages and `sockq top`s, and above the 5,000 idle connections the abuse test
+/// holds while a scrape must still answer at once. An idle connection costs the
+/// daemon about 11 KiB (measured: hyper's first 8 KiB read buffer, its task), so a
+/// full house about 90 MiB; slowloris ones up to twice [`MAX_HEADER_SIZE`] more
+/// each. Never more than half the open-file limit, though (see `connection_cap`).
+pub const MAX_CONNECTIONS: usize = 8192;
 
 /// How long open connections may take to finish after shutdown is requested.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
-/// Why the endpoint could not be set up or run.
+/// Why the endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("metrics address {addr} is already in use; pick another with --metrics-addr")]
@@ -63,12 +105,6 @@ pub enum HttpError {
     #[error("cannot listen on metrics address {addr}")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("metrics server on {addr} stopped")]
-    Serve {
-        addr: String,
         #[source]
         source: io::Error,
     },
@@ -182,59 +218,159 @@ impl SharedState {
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes, then stops
-/// accepting, lets open connections finish for up to [`DRAIN_GRACE`], and returns.
+/// accepting, lets open connections finish for up to [`DRAIN_GRACE`], closes the
+/// rest and returns. Accept errors are logged and retried (running out of file
+/// descriptors: after a second), so this returns `Ok` once asked to stop.
 pub async fn serve(
     listener: TcpListener,
     state: SharedState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    serve_with(listener, state, shutdown, IDLE_TIMEOUT, DRAIN_GRACE).await
+    serve_with(listener, state, shutdown, Limits::daemon()).await
+}
+
+/// The bounds [`serve`] applies (tests shrink them).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read_timeout: Duration,
+    connection_time_limit: Duration,
+    max_connections: usize,
+    drain_grace: Duration,
+}
+
+impl Limits {
+    fn daemon() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            connection_time_limit: CONNECTION_TIME_LIMIT,
+            max_connections: connection_cap(),
+            drain_grace: DRAIN_GRACE,
+        }
+    }
+}
+
+/// [`MAX_CONNECTIONS`], or half the open-file limit if that is lower (the daemon
+/// raises its soft limit to the hard one first): the poller opens sockets and
+/// /proc files too and must find descriptors however many clients connect.
+fn connection_cap() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _hard)| soft);
+    usize::try_from(soft / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_CONNECTIONS)
 }
 
 async fn serve_with(
-    listener: TcpListener,
+    mut listener: TcpListener,
     state: SharedState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    idle_timeout: Duration,
-    drain_grace: Duration,
+    limits: Limits,
 ) -> Result<(), HttpError> {
     let addr = listener
         .local_addr()
         .map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
-    let listener = IdleTimeoutListener {
-        inner: listener,
-        idle_timeout,
-    };
+    let http = connection_builder(limits.header_read_timeout);
+    let router = router(state);
+    // The cap. tower's limit layers count requests in flight through a Service (an
+    // idle connection holds none) and hyper-util has no connection limit, so: a
+    // semaphore permit taken before each accept and held by the connection's task,
+    // as tokio's Semaphore documentation does for this very job.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
 
-    // axum owns the shutdown future; learn when it fires to bound the drain.
-    let fired = Arc::new(Notify::new());
-    let signal = {
-        let fired = Arc::clone(&fired);
-        async move {
-            shutdown.await;
-            // notify_one keeps a permit if nobody waits yet.
-            fired.notify_one();
-        }
-    };
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(signal)
-        .into_future();
-    tokio::pin!(server);
-
-    let result = tokio::select! {
-        result = &mut server => result,
-        () = fired.notified() => match tokio::time::timeout(drain_grace, &mut server).await {
-            Ok(result) => result,
-            Err(_elapsed) => {
-                tracing::warn!(
-                    "metrics server on {addr}: connections still open {drain_grace:?} after \
-                     shutdown; abandoning them"
-                );
-                Ok(())
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(done) = connections.join_next() => log_if_failed(done),
+            accepted = accept(&mut listener, &slots) => {
+                let Some((slot, stream)) = accepted else { break };
+                let connection = graceful.watch(connection(&http, &router, stream));
+                connections.spawn(finish(connection, slot, limits.connection_time_limit));
             }
-        },
-    };
-    result.map_err(|source| HttpError::Serve { addr, source })
+        }
+    }
+
+    // New connections are refused from here on.
+    drop(listener);
+    if tokio::time::timeout(limits.drain_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "metrics server on {addr}: connections still open {:?} after shutdown; \
+             closing them",
+            limits.drain_grace
+        );
+    }
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// hyper's HTTP/1 connection settings (see the module documentation).
+fn connection_builder(header_read_timeout: Duration) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_header_size(MAX_HEADER_SIZE)
+        // One request per connection: a scrape every few seconds gains nothing from
+        // reuse, and a connection then never waits for a second request.
+        .keep_alive(false)
+        // Without it hyper reads the client's FIN while the handler runs, takes the
+        // request for cut short and closes without answering.
+        .half_close(true);
+    http
+}
+
+/// hyper serving the Router on `stream`.
+fn connection(
+    http: &http1::Builder,
+    router: &Router,
+    stream: TcpStream,
+) -> http1::Connection<TokioIo<TcpStream>, TowerToHyperService<Router>> {
+    http.serve_connection(
+        TokioIo::new(stream),
+        TowerToHyperService::new(router.clone()),
+    )
+}
+
+/// Waits for a free slot, then for a connection. `None` if the semaphore was
+/// closed (never: nothing closes it).
+async fn accept(
+    listener: &mut TcpListener,
+    slots: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, TcpStream)> {
+    let slot = Arc::clone(slots).acquire_owned().await.ok()?;
+    // axum's accept logs and retries errors: at once for a connection reset before
+    // it was accepted, after a second for the rest (EMFILE, ENFILE, ENOBUFS, ...).
+    let (stream, _peer) = axum::serve::Listener::accept(listener).await;
+    Some((slot, stream))
+}
+
+/// Drives one connection to its end or to [`CONNECTION_TIME_LIMIT`], then frees
+/// its slot.
+async fn finish(
+    connection: impl Future<Output = Result<(), hyper::Error>>,
+    slot: OwnedSemaphorePermit,
+    time_limit: Duration,
+) {
+    match tokio::time::timeout(time_limit, connection).await {
+        Ok(Ok(())) => {}
+        // Timeouts, malformed requests, resets: the client's business.
+        Ok(Err(e)) => tracing::debug!("metrics connection: {e}"),
+        Err(_elapsed) => tracing::debug!("metrics connection open for {time_limit:?}: closed"),
+    }
+    drop(slot);
+}
+
+fn log_if_failed(done: Result<(), JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!("metrics connection task panicked: {e}");
+    }
 }
 
 fn router(state: SharedState) -> Router {
@@ -294,116 +430,6 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     }
 }
 
-/// A [`TcpListener`] whose connections close after [`IDLE_TIMEOUT`] without progress.
-#[derive(Debug)]
-struct IdleTimeoutListener {
-    inner: TcpListener,
-    idle_timeout: Duration,
-}
-
-impl axum::serve::Listener for IdleTimeoutListener {
-    type Io = IdleTimeout<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's impl for TcpListener logs and retries accept errors (EMFILE, ...).
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (IdleTimeout::new(stream, self.idle_timeout), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// Wraps a stream so that an operation left pending longer than `timeout` after
-/// the last completed one fails with [`io::ErrorKind::TimedOut`].
-#[derive(Debug)]
-struct IdleTimeout<T> {
-    inner: T,
-    timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl<T> IdleTimeout<T> {
-    fn new(inner: T, timeout: Duration) -> Self {
-        Self {
-            inner,
-            timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-        }
-    }
-
-    /// Passes a completed operation through and pushes the deadline back; on a
-    /// pending one, fails if the deadline has passed (else waits for it too).
-    fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        match poll {
-            Poll::Ready(result) => {
-                let next = Instant::now() + self.timeout;
-                self.deadline.as_mut().reset(next);
-                Poll::Ready(result)
-            }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no progress on the connection for {:?}", self.timeout),
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.check(cx, poll)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.check(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.check(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_flush(cx);
-        this.check(cx, poll)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.check(cx, poll)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -449,7 +475,15 @@ mod tests {
         task: JoinHandle<Result<(), HttpError>>,
     }
 
-    async fn start(state: SharedState, idle: Duration, drain: Duration) -> Server {
+    /// The daemon's limits, with a fixed connection cap.
+    const LIMITS: Limits = Limits {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        connection_time_limit: CONNECTION_TIME_LIMIT,
+        max_connections: MAX_CONNECTIONS,
+        drain_grace: DRAIN_GRACE,
+    };
+
+    async fn start(state: SharedState, limits: Limits) -> Server {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .expect("bind");
@@ -458,7 +492,7 @@ mod tests {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve_with(listener, state, shutdown, idle, drain));
+        let task = tokio::spawn(serve_with(listener, state, shutdown, limits));
         Server { addr, stop, task }
     }
 
@@ -502,7 +536,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_index_and_404() {
-        let server = start(state(), IDLE_TIMEOUT, DRAIN_GRACE).await;
+        let server = start(state(), LIMITS).await;
         assert_metrics_ok(&exchange(server.addr, GET_METRICS).await);
 
         let index = exchange(
@@ -526,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_then_good_request() {
-        let server = start(state(), IDLE_TIMEOUT, DRAIN_GRACE).await;
+        let server = start(state(), LIMITS).await;
         let garbage = exchange(server.addr, b"\x00\xffGARBAGE {}\r\n\r\n").await;
         assert!(
             garbage.is_empty() || garbage.starts_with("HTTP/1.1 400 "),
@@ -539,7 +573,11 @@ mod tests {
 
     #[tokio::test]
     async fn slow_client_does_not_block_and_times_out() {
-        let server = start(state(), Duration::from_millis(300), DRAIN_GRACE).await;
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let server = start(state(), limits).await;
         let addr = server.addr;
         // Half a request line, then silence.
         let slow = tokio::task::spawn_blocking(move || {
@@ -555,7 +593,7 @@ mod tests {
 
         assert_metrics_ok(&exchange(server.addr, GET_METRICS).await);
 
-        // The idle timeout closes the slow connection, well before the 5 s read timeout.
+        // The header-read timeout closes the slow connection, well before the 5 s read timeout.
         let closed = tokio::task::spawn_blocking(move || {
             let mut slow = slow;
             let started = std::time::Instant::now();
@@ -574,9 +612,193 @@ mod tests {
         server.task.await.expect("server task").expect("serve");
     }
 
+    /// Connects and sends `prefix` (maybe nothing), then waits for the server to
+    /// close the connection; how long that took, or `None` after 5 s.
+    async fn closed_after(addr: SocketAddr, prefix: &'static [u8]) -> Option<Duration> {
+        tokio::task::spawn_blocking(move || {
+            let mut stream = StdTcpStream::connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let started = std::time::Instant::now();
+            stream.write_all(prefix).expect("write");
+            let mut rest = Vec::new();
+            stream
+                .read_to_end(&mut rest)
+                .ok()
+                .map(|_| started.elapsed())
+        })
+        .await
+        .expect("client task")
+    }
+
+    #[tokio::test]
+    async fn header_read_timeout_closes_a_silent_connection() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let server = start(state(), limits).await;
+        let closed = closed_after(server.addr, b"").await;
+        assert!(
+            closed.is_some_and(|t| t >= Duration::from_millis(250)),
+            "a silent connection was closed after {closed:?}, not after the 300 ms header timeout"
+        );
+        let _ = server.stop.send(());
+        server.task.await.expect("server task").expect("serve");
+    }
+
+    #[tokio::test]
+    async fn trickling_bytes_does_not_extend_the_header_deadline() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let server = start(state(), limits).await;
+        let addr = server.addr;
+        let open_for = tokio::task::spawn_blocking(move || {
+            let mut stream = StdTcpStream::connect(addr).expect("connect");
+            let started = std::time::Instant::now();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+                .expect("write");
+            // A byte every 50 ms, for up to 5 s, until a write fails.
+            while started.elapsed() < Duration::from_secs(5) && stream.write_all(b"a").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            started.elapsed()
+        })
+        .await
+        .expect("trickling client");
+        assert!(
+            open_for < Duration::from_secs(2),
+            "a trickling client kept its connection for {open_for:?}"
+        );
+        let _ = server.stop.send(());
+        server.task.await.expect("server task").expect("serve");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+        let server = start(state(), LIMITS).await;
+        let addr = server.addr;
+        let responses = tokio::task::spawn_blocking(move || {
+            (0..50)
+                .map(|_| {
+                    let mut stream = StdTcpStream::connect(addr).expect("connect");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("timeout");
+                    stream.write_all(GET_METRICS).expect("write request");
+                    stream
+                        .shutdown(std::net::Shutdown::Write)
+                        .expect("half-close");
+                    let mut response = Vec::new();
+                    let _ = stream.read_to_end(&mut response);
+                    String::from_utf8_lossy(&response).into_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("client task");
+        for response in &responses {
+            assert_metrics_ok(response);
+        }
+        let _ = server.stop.send(());
+        server.task.await.expect("server task").expect("serve");
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_scrape_waits_for_a_slot_then_gets_its_answer() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(500),
+            max_connections: 2,
+            ..LIMITS
+        };
+        let server = start(state(), limits).await;
+        let addr = server.addr;
+        let idle: Vec<StdTcpStream> = (0..2)
+            .map(|_| StdTcpStream::connect(addr).expect("connect"))
+            .collect();
+        // Let the server accept both.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        assert_metrics_ok(&exchange(addr, GET_METRICS).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "answered after {waited:?} while two idle connections held both slots"
+        );
+        drop(idle);
+        let _ = server.stop.send(());
+        server.task.await.expect("server task").expect("serve");
+    }
+
+    /// A snapshot whose exposition is several MiB: more than the socket buffers hold.
+    fn big_state() -> SharedState {
+        let state = state();
+        let one = state.snapshot().listeners[0].clone();
+        state.replace(Snapshot {
+            listeners: (0..20_000u16)
+                .map(|i| Listener {
+                    port: i,
+                    inode: u64::from(i),
+                    cookie: u64::from(i),
+                    ..one.clone()
+                })
+                .collect(),
+            ..Snapshot::default()
+        });
+        state
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_its_answer_is_closed_at_the_time_limit() {
+        let limits = Limits {
+            connection_time_limit: Duration::from_millis(500),
+            max_connections: 1,
+            ..LIMITS
+        };
+        let server = start(big_state(), limits).await;
+        let addr = server.addr;
+        let deaf = tokio::task::spawn_blocking(move || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+            socket.connect(&addr.into()).expect("connect");
+            let mut stream = StdTcpStream::from(socket);
+            stream.write_all(GET_METRICS).expect("write request");
+            stream
+        })
+        .await
+        .expect("deaf client");
+        // Let the server take it and start answering.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let response = exchange(addr, GET_METRICS).await;
+        let waited = started.elapsed();
+        assert!(
+            response.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{:.200}",
+            response
+        );
+        assert!(
+            waited >= Duration::from_millis(300),
+            "answered after {waited:?}, though a client that reads nothing held the only slot"
+        );
+        drop(deaf);
+        let _ = server.stop.send(());
+        server.task.await.expect("server task").expect("serve");
+    }
+
     #[tokio::test]
     async fn shutdown_does_not_wait_for_stuck_clients() {
-        let server = start(state(), Duration::from_secs(60), Duration::from_millis(200)).await;
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(60),
+            drain_grace: Duration::from_millis(200),
+            ..LIMITS
+        };
+        let server = start(state(), limits).await;
         let addr = server.addr;
         let stuck = tokio::task::spawn_blocking(move || {
             let mut stream = StdTcpStream::connect(addr).expect("connect");

@@ -133,6 +133,16 @@ pub struct ScanReport {
     /// Counters and sysctls of each namespace that could be read.
     pub netns: Vec<NetnsStats>,
     pub skipped: Vec<SkippedNetns>,
+    /// Every namespace read, with its cookie where the kernel has one.
+    pub visited: Vec<VisitedNetns>,
+}
+
+/// A namespace the inventory read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisitedNetns {
+    pub netns: NetnsInode,
+    /// `SO_NETNS_COOKIE`; `None` before Linux 5.14.
+    pub cookie: Option<u64>,
 }
 
 /// Every TCP listener in every network namespace of the host, sorted by
@@ -151,7 +161,11 @@ pub fn scan_report() -> Result<ScanReport, InventoryError> {
     let mut report = ScanReport::default();
     for (index, ns) in host_first_namespaces()?.iter().enumerate() {
         match visit(ns) {
-            Ok((listeners, stats)) => {
+            Ok((listeners, stats, cookie)) => {
+                report.visited.push(VisitedNetns {
+                    netns: ns.inode(),
+                    cookie,
+                });
                 report.listeners.extend(listeners);
                 match stats {
                     Ok(stats) => report.netns.push(stats),
@@ -186,14 +200,20 @@ pub fn host_first_namespaces() -> Result<Vec<Netns>, InventoryError> {
     Ok(namespaces)
 }
 
-type Visit = (Vec<Listener>, Result<NetnsStats, InventoryError>);
+type Visit = (
+    Vec<Listener>,
+    Result<NetnsStats, InventoryError>,
+    Option<u64>,
+);
 
-/// One namespace, entered once: its listeners (no owners yet) and its counters.
+/// One namespace, entered once: its listeners (no owners yet), its counters and its
+/// cookie.
 fn visit(ns: &Netns) -> Result<Visit, InventoryError> {
     let netns = ns.inode();
     let (socket, stats) =
         ns.run(move || Ok((DiagSocket::open()?, netns_stats::read_current(netns))))?;
-    Ok((listeners_from(netns, socket)?, stats))
+    let cookie = socket.netns_cookie();
+    Ok((listeners_from(netns, socket)?, stats, cookie))
 }
 
 /// The listeners of one namespace, with SYN queue lengths and owners, sorted like

@@ -1,19 +1,37 @@
 //! What a listener owner is, beyond its pid and comm: command line, user, cgroup and
 //! container.
 //!
-//! Kernel interface: procfs. `/proc/PID/cmdline` (NUL-separated arguments, chosen by
-//! the process), `/proc/PID/status` (`Uid:` real, effective, ...), `/proc/PID/cgroup`
-//! (`0::/path` on cgroup v2, `N:controllers:/path` lines on v1). User names come from
-//! `/etc/passwd` (numeric when absent). Container ids are recognised in cgroup paths
-//! of the common runtimes (docker, containerd/CRI, CRI-O, podman, Kubernetes pods).
+//! Kernel interface: procfs, through the `procfs` crate's [`Process`], which holds a
+//! descriptor of `/proc/PID` (or of `/proc/PID/task/TID`): a file read through it
+//! after the process exited fails instead of describing whoever reuses the pid.
+//! `/proc/PID/cgroup` (`0::/path` on cgroup v2, `N:controllers:/path` lines on v1) is
+//! parsed by procfs. Three files are read by hand through the same descriptor, where
+//! procfs's reader does not do what sockq needs:
+//! - `comm` (the task name, chosen by the process): procfs has no reader of the file
+//!   itself, only the name inside `stat` and `status`, each a second file to parse.
+//! - `cmdline` (NUL-separated arguments, chosen by the process): `Process::cmdline`
+//!   reads all of it (a process decides how much that is), fails on invalid UTF-8
+//!   and drops empty arguments; sockq reads at most [`Owner::CMDLINE_CAP`] bytes and
+//!   replaces invalid UTF-8.
+//! - `status` (`Uid:` real, effective, ...): `Process::status` fails on the whole file
+//!   when its `Name:` line, the raw bytes of the comm, is not UTF-8, which would lose
+//!   the user of exactly the processes that pick hostile names.
+//!
+//! User names come from `/etc/passwd` (numeric when absent). Container ids are
+//! recognised in cgroup paths of the common runtimes (docker, containerd/CRI, CRI-O,
+//! podman, Kubernetes pods).
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, io::Read as _};
+
+use procfs::{ProcessCGroups, process::Process};
+
+use crate::model::Owner;
 
 /// Details of one process; empty strings where procfs did not say (the process
 /// exited, or we may not look).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessDetails {
-    /// Arguments joined by spaces; attacker-controlled.
+    /// Arguments joined by spaces, capped as [`Owner::cmdline`] says; attacker-controlled.
     pub cmdline: String,
     /// Effective uid.
     pub uid: Option<u32>,
@@ -25,20 +43,15 @@ pub struct ProcessDetails {
     pub container: String,
 }
 
-/// Reads `pid`'s details under `proc_root`.
-pub fn read_details(proc_root: &Path, pid: u32, users: &Users) -> ProcessDetails {
-    let dir = proc_root.join(pid.to_string());
-    let cmdline = std::fs::read(dir.join("cmdline"))
-        .map(|raw| cmdline_from_bytes(&raw))
-        .unwrap_or_default();
-    let uid = std::fs::read_to_string(dir.join("status"))
-        .ok()
-        .and_then(|s| effective_uid(&s));
-    let cgroup = std::fs::read_to_string(dir.join("cgroup"))
-        .map(|s| cgroup_path(&s))
+/// Reads the details of `process`.
+pub fn read_details(process: &Process, users: &Users) -> ProcessDetails {
+    let uid = read_effective_uid(process);
+    let cgroup = process
+        .cgroups()
+        .map(|groups| cgroup_path(&groups))
         .unwrap_or_default();
     ProcessDetails {
-        cmdline,
+        cmdline: read_cmdline(process),
         uid,
         user: uid.map(|u| users.name(u)).unwrap_or_default(),
         container: container_id(&cgroup).unwrap_or_default(),
@@ -46,13 +59,17 @@ pub fn read_details(proc_root: &Path, pid: u32, users: &Users) -> ProcessDetails
     }
 }
 
-/// `comm` of the process or thread directory `dir` (`/proc/PID` or
-/// `/proc/PID/task/TID`) without its trailing newline; non-UTF-8 bytes are replaced
-/// (U+FFFD). `None` once it has exited. The one place sockq reads a task's name.
-pub fn read_comm(dir: &Path) -> Option<String> {
-    std::fs::read(dir.join("comm"))
-        .ok()
-        .map(|bytes| comm_from_bytes(&bytes))
+/// `comm` of `process` (a process, or a thread opened at `/proc/PID/task/TID`)
+/// without its trailing newline; non-UTF-8 bytes are replaced (U+FFFD). `None` once
+/// it has exited. The one place sockq reads a task's name.
+pub fn read_comm(process: &Process) -> Option<String> {
+    let mut bytes = Vec::new();
+    process
+        .open_relative("comm")
+        .ok()?
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(comm_from_bytes(&bytes))
 }
 
 /// A `comm` file's content: the name without its trailing newline, invalid UTF-8
@@ -60,6 +77,23 @@ pub fn read_comm(dir: &Path) -> Option<String> {
 pub fn comm_from_bytes(bytes: &[u8]) -> String {
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The command line of `process`, capped (see [`cap_cmdline`]); empty when it
+/// cannot be read.
+fn read_cmdline(process: &Process) -> String {
+    // Two bytes past the cap: a command line of exactly `CMDLINE_CAP` bytes comes
+    // with its final NUL, so only a longer one fills the buffer (and, joined, still
+    // exceeds the cap).
+    let limit = u64::try_from(Owner::CMDLINE_CAP + 2).unwrap_or(u64::MAX);
+    let mut raw = Vec::new();
+    let read = process
+        .open_relative("cmdline")
+        .and_then(|file| Ok(file.take(limit).read_to_end(&mut raw)?));
+    match read {
+        Ok(_) => cap_cmdline(cmdline_from_bytes(&raw)),
+        Err(_) => String::new(),
+    }
 }
 
 /// NUL-separated arguments, joined by spaces (trailing NULs dropped); invalid UTF-8
@@ -73,6 +107,30 @@ pub fn cmdline_from_bytes(raw: &[u8]) -> String {
         .join(" ")
 }
 
+/// `cmdline` cut to at most [`Owner::CMDLINE_CAP`] bytes at a character boundary,
+/// then marked with `…`, when it is longer.
+pub fn cap_cmdline(mut cmdline: String) -> String {
+    if cmdline.len() > Owner::CMDLINE_CAP {
+        cmdline.truncate(cmdline.floor_char_boundary(Owner::CMDLINE_CAP));
+        cmdline.push('…');
+    }
+    cmdline
+}
+
+/// The effective uid of `process`, from its `status`.
+fn read_effective_uid(process: &Process) -> Option<u32> {
+    // `Uid:` is among the first lines, after `Name:` (at most 64 bytes of name,
+    // escaped); the `Groups:` line after it can be long.
+    let mut head = Vec::new();
+    process
+        .open_relative("status")
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    effective_uid(&String::from_utf8_lossy(&head))
+}
+
 /// The effective uid from a `/proc/PID/status` text (`Uid: real effective ...`).
 pub fn effective_uid(status: &str) -> Option<u32> {
     status
@@ -81,18 +139,14 @@ pub fn effective_uid(status: &str) -> Option<u32> {
         .and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok())
 }
 
-/// The cgroup path from `/proc/PID/cgroup`: the v2 entry (`0::/path`) unless it is
-/// the root while a v1 hierarchy says more.
-pub fn cgroup_path(text: &str) -> String {
+/// The cgroup path of a process: the v2 entry (`0::/path`) unless it is the root
+/// while a v1 hierarchy says more.
+pub fn cgroup_path(groups: &ProcessCGroups) -> String {
     let mut v2 = None;
     let mut v1 = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if id == "0" && controllers.is_empty() {
+    for group in groups {
+        let path = group.pathname.as_str();
+        if group.hierarchy == 0 && group.controllers.is_empty() {
             v2 = Some(path);
         } else if path != "/" && v1.is_none() {
             v1 = Some(path);
@@ -156,11 +210,66 @@ impl Users {
     }
 }
 
+/// A fake procfs tree under the temporary directory, removed on drop.
+#[cfg(test)]
+pub mod fake {
+    use std::path::{Path, PathBuf};
+
+    pub struct FakeProc {
+        pub root: PathBuf,
+    }
+
+    impl FakeProc {
+        pub fn new(test: &str) -> Self {
+            let root =
+                std::env::temp_dir().join(format!("sockq-fake-proc-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).expect("create the fake /proc");
+            Self { root }
+        }
+
+        /// `/proc/PID`, created with an empty `fd/`.
+        pub fn process(&self, pid: u32) -> PathBuf {
+            let dir = self.root.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("fd")).expect("create a fake process");
+            dir
+        }
+
+        /// Writes `/proc/PID/NAME`.
+        pub fn file(&self, pid: u32, name: &str, content: &[u8]) {
+            let path = self.process(pid).join(name);
+            std::fs::write(&path, content).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+
+        /// `/proc/PID/fd/FD`, a link to `target`.
+        pub fn fd(&self, pid: u32, fd: u32, target: &str) {
+            let link = self.process(pid).join("fd").join(fd.to_string());
+            std::os::unix::fs::symlink(Path::new(target), &link)
+                .unwrap_or_else(|e| panic!("{}: {e}", link.display()));
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use procfs::FromRead as _;
+
+    use super::{fake::FakeProc, *};
 
     const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
+
+    /// What `read_details` makes of a `/proc/PID/cgroup` text.
+    fn cgroup_of(text: &str) -> String {
+        ProcessCGroups::from_read(text.as_bytes())
+            .map(|groups| cgroup_path(&groups))
+            .unwrap_or_default()
+    }
 
     #[test]
     fn comm_keeps_content() {
@@ -197,15 +306,15 @@ mod tests {
     #[test]
     fn cgroup_v2_then_v1() {
         assert_eq!(
-            cgroup_path("0::/system.slice/nginx.service\n"),
+            cgroup_of("0::/system.slice/nginx.service\n"),
             "/system.slice/nginx.service"
         );
         assert_eq!(
-            cgroup_path("4:memory:/process_api/3188\n1:cpu:/\n0::/\n"),
+            cgroup_of("4:memory:/process_api/3188\n1:cpu:/\n0::/\n"),
             "/process_api/3188"
         );
-        assert_eq!(cgroup_path("0::/\n"), "/");
-        assert_eq!(cgroup_path("garbage"), "");
+        assert_eq!(cgroup_of("0::/\n"), "/");
+        assert_eq!(cgroup_of("garbage"), "");
     }
 
     #[test]
@@ -230,10 +339,81 @@ mod tests {
 
     #[test]
     fn reads_our_own_process() {
-        let d = read_details(Path::new("/proc"), std::process::id(), &Users::load());
+        let myself = Process::myself().expect("/proc/self");
+        let d = read_details(&myself, &Users::load());
         assert!(!d.cmdline.is_empty());
         // SAFETY: geteuid has no preconditions.
         assert_eq!(d.uid, Some(unsafe { libc::geteuid() }));
         assert!(!d.cgroup.is_empty());
+        assert!(read_comm(&myself).is_some_and(|comm| !comm.is_empty()));
+    }
+
+    #[test]
+    fn long_command_lines_are_cut_and_marked() {
+        let cap = Owner::CMDLINE_CAP;
+        let exact = "a".repeat(cap);
+        assert_eq!(cap_cmdline(exact.clone()), exact);
+        let cut = cap_cmdline("a".repeat(cap + 1));
+        assert_eq!(cut, format!("{exact}…"));
+        // A character across the cap is dropped whole, not split.
+        let wide = cap_cmdline(format!("{}é", "a".repeat(cap - 1)));
+        assert_eq!(wide, format!("{}…", "a".repeat(cap - 1)));
+
+        let tree = FakeProc::new("cmdline-cap");
+        let mut at_cap = "b".repeat(cap).into_bytes();
+        at_cap.push(0);
+        tree.file(10, "cmdline", &at_cap);
+        let mut huge = b"server\0--flag\0".to_vec();
+        huge.resize(3 << 20, b'x');
+        tree.file(11, "cmdline", &huge);
+        let read = |pid: u32| {
+            let process = Process::new_with_root(tree.root.join(pid.to_string())).expect("open");
+            read_details(&process, &Users::default()).cmdline
+        };
+        assert_eq!(read(10), "b".repeat(cap), "exactly at the cap: kept whole");
+        let capped = read(11);
+        assert!(capped.starts_with("server --flag xxx"), "{}", &capped[..40]);
+        assert!(capped.ends_with('…'), "a cut command line is marked");
+        assert_eq!(capped.len(), cap + '…'.len_utf8());
+    }
+
+    #[test]
+    fn user_survives_an_invalid_utf8_name() {
+        // `status` carries the comm's raw bytes on its `Name:` line: procfs's parser
+        // rejects the whole file then (the reason sockq reads `Uid:` itself).
+        let real = std::fs::read_to_string("/proc/self/status").expect("status");
+        let (_, after_name) = real.split_once('\n').expect("a Name: line first");
+        let mut hostile = b"Name:\tx\xff)y\n".to_vec();
+        hostile.extend_from_slice(after_name.as_bytes());
+        assert!(procfs::process::Status::from_read(real.as_bytes()).is_ok());
+        assert!(procfs::process::Status::from_read(hostile.as_slice()).is_err());
+
+        let tree = FakeProc::new("status-utf8");
+        tree.file(20, "status", &hostile);
+        tree.file(20, "comm", b"x\xff)y\n");
+        let process = Process::new_with_root(tree.root.join("20")).expect("open");
+        let details = read_details(&process, &Users::load());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(details.uid, Some(unsafe { libc::geteuid() }));
+        assert_eq!(read_comm(&process).as_deref(), Some("x\u{fffd})y"));
+    }
+
+    #[test]
+    fn a_process_without_files_has_empty_details() {
+        let tree = FakeProc::new("empty-details");
+        let dir = tree.process(30);
+        let process = Process::new_with_root(dir.clone()).expect("open");
+        assert_eq!(
+            read_details(&process, &Users::load()),
+            ProcessDetails::default()
+        );
+        assert_eq!(read_comm(&process), None);
+        // Gone after it was opened: still empty, never an error.
+        std::fs::remove_dir_all(&dir).expect("remove");
+        assert_eq!(
+            read_details(&process, &Users::load()),
+            ProcessDetails::default()
+        );
+        assert_eq!(read_comm(&process), None);
     }
 }

@@ -1,9 +1,16 @@
 //! Threads and processes by id: name, scheduler state and wait channel, read from
 //! procfs each poll for the threads the probes saw accepting.
 //!
-//! Kernel interface: `/proc/PID/task/TID/{comm,stat,wchan}` and `/proc/PID/comm`.
+//! Kernel interface: `/proc/PID/task/TID/{comm,stat,wchan}` and `/proc/PID/comm`,
+//! through the `procfs` crate. Its `stat` parser finds the state after the *last*
+//! `)`, so a comm holding parentheses or spaces cannot shift it, and replaces
+//! invalid UTF-8 instead of failing.
 
 use std::path::Path;
+
+use procfs::process::Process;
+
+use super::process::read_comm;
 
 /// What procfs says of one thread; empty strings once it has exited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,17 +29,29 @@ pub fn thread(pid: u32, tid: u32) -> ThreadDetails {
         .join(pid.to_string())
         .join("task")
         .join(tid.to_string());
+    // A task directory has the files of a process directory, so it is opened as one:
+    // procfs's `Task` has no `wchan`. The path keeps the check that `tid` is a
+    // thread of `pid`.
+    let Ok(task) = Process::new_with_root(dir) else {
+        return ThreadDetails::default();
+    };
     ThreadDetails {
-        comm: super::process::read_comm(&dir).unwrap_or_default(),
-        state: std::fs::read_to_string(dir.join("stat"))
-            .ok()
-            .and_then(|s| thread_state(&s))
+        comm: read_comm(&task).unwrap_or_default(),
+        state: task
+            .stat()
+            .map(|stat| stat.state.to_string())
             .unwrap_or_default(),
-        wchan: std::fs::read_to_string(dir.join("wchan"))
-            .ok()
-            .filter(|w| w != "0")
-            .unwrap_or_default(),
+        wchan: task.wchan().ok().filter(|w| w != "0").unwrap_or_default(),
     }
+}
+
+/// Whether thread `tid` of process `pid` still exists.
+pub fn exists(pid: u32, tid: u32) -> bool {
+    Path::new("/proc")
+        .join(pid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .exists()
 }
 
 /// `/proc/PID/comm` of a live process.
@@ -40,24 +59,48 @@ pub fn process_comm(pid: u32) -> Option<String> {
     if pid == 0 {
         return None;
     }
-    super::process::read_comm(&Path::new("/proc").join(pid.to_string()))
-}
-
-/// The state letter of a `/proc/PID/task/TID/stat` line (the field after the
-/// parenthesised comm, which may itself contain spaces and parentheses).
-fn thread_state(stat: &str) -> Option<String> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().next().map(str::to_owned)
+    read_comm(&Process::new(i32::try_from(pid).ok()?).ok()?)
 }
 
 #[cfg(test)]
 mod tests {
+    use procfs::{FromRead as _, process::Stat};
+
     use super::*;
+
+    /// The state procfs reads from a `stat` line whose comm is `comm`.
+    fn state_after(comm: &[u8], state: &str) -> Option<char> {
+        let mut line = b"42 (".to_vec();
+        line.extend_from_slice(comm);
+        line.extend_from_slice(b") ");
+        line.extend_from_slice(state.as_bytes());
+        // The fields of a 6.x kernel after the state, from `/proc/self/stat`.
+        line.extend_from_slice(
+            b" 1 2 3 0 -1 4194304 100 0 0 0 0 0 0 0 20 0 1 0 101112 2998272 412 \
+              18446744073709551615 94100858355712 94100858379817 140727224950928 0 0 0 0 0 \
+              0 0 0 0 17 1 0 0 0 0 0 94100858395664 94100858397280 94101512196096 \
+              140727224953546 140727224953574 140727224953574 140727224954858 0\n",
+        );
+        Stat::from_read(line.as_slice()).ok().map(|stat| stat.state)
+    }
 
     #[test]
     fn state_after_a_hostile_comm() {
-        assert_eq!(thread_state("42 (a) b) D 1 2 3").as_deref(), Some("D"));
-        assert_eq!(thread_state("42 (x) S 1").as_deref(), Some("S"));
-        assert_eq!(thread_state("garbage"), None);
+        assert_eq!(state_after(b"a) b", "D"), Some('D'));
+        assert_eq!(state_after(b"x", "S"), Some('S'));
+        assert_eq!(state_after(b"x\xff) (\ny", "R"), Some('R'));
+        assert_eq!(Stat::from_read(&b"garbage"[..]).ok().map(|s| s.state), None);
+    }
+
+    #[test]
+    fn our_own_thread() {
+        let pid = std::process::id();
+        let tid = u32::try_from(nix::unistd::gettid().as_raw()).expect("tid");
+        let details = thread(pid, tid);
+        assert_eq!(details.state, "R", "{details:?}");
+        assert!(!details.comm.is_empty(), "{details:?}");
+        assert_eq!(process_comm(pid).map(|c| c.is_empty()), Some(false));
+        assert_eq!(thread(pid, u32::MAX), ThreadDetails::default());
+        assert_eq!(process_comm(0), None);
     }
 }

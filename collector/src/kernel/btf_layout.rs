@@ -363,6 +363,8 @@ impl Layout {
             sk_v6_rcv_saddr: self.offset("sock", "__sk_common.skc_v6_rcv_saddr")?,
             sk_net: self.offset("sock", "__sk_common.skc_net.net")?,
             net_ns_inum: self.offset("net", "ns.inum")?,
+            // Optional: kernels before 5.14 have no cookie; the inode keys state then.
+            net_cookie: self.offset("net", "net_cookie").unwrap_or(0),
             sk_protocol,
             sk_protocol_size,
             valid: 1,

@@ -1,7 +1,7 @@
 //! What sockq knows at one instant: the plain data the inventory, the probes and the
 //! exporters exchange. No I/O here.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,35 +14,45 @@ pub mod pattern;
 pub type NetnsInode = u64;
 
 /// A process holding a file descriptor of a listening socket.
+///
+/// One process holding many sockets appears once per socket: the long, per-process
+/// strings (`cmdline`, `cgroup`) are shared between those copies (and between the
+/// snapshots that clone them), not duplicated. They serialize as plain strings.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Owner {
     pub pid: u32,
     /// `/proc/PID/comm` as the kernel holds it. Chosen by whoever runs the process:
     /// escape it wherever it is printed.
     pub comm: String,
-    /// `/proc/PID/cmdline`, arguments joined by spaces; attacker-controlled too.
+    /// `/proc/PID/cmdline`, arguments joined by spaces; attacker-controlled too. At
+    /// most [`Owner::CMDLINE_CAP`] bytes: a longer one is cut at a character boundary
+    /// and ends with `…` (U+2026), so a process cannot make each copy of a snapshot
+    /// cost what its (unbounded) command line weighs.
     #[serde(default)]
-    pub cmdline: String,
+    pub cmdline: Arc<str>,
     /// Effective user name (or uid).
     #[serde(default)]
     pub user: String,
     /// cgroup path.
     #[serde(default)]
-    pub cgroup: String,
+    pub cgroup: Arc<str>,
     /// Short container id when the cgroup path names one, else empty.
     #[serde(default)]
     pub container: String,
 }
 
 impl Owner {
+    /// The most bytes of `cmdline` kept, before the `…` that marks a cut.
+    pub const CMDLINE_CAP: usize = 4096;
+
     /// An owner known only by pid and comm.
     pub fn new(pid: u32, comm: impl Into<String>) -> Self {
         Self {
             pid,
             comm: comm.into(),
-            cmdline: String::new(),
+            cmdline: Arc::default(),
             user: String::new(),
-            cgroup: String::new(),
+            cgroup: Arc::default(),
             container: String::new(),
         }
     }
@@ -76,6 +86,26 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// A listener on 127.0.0.1 with an empty queue of limit 128, no owners and no
+    /// kernel statistics: the fixture unit tests start from.
+    #[cfg(test)]
+    pub fn loopback_for_test(netns: NetnsInode, port: u16, inode: u64) -> Self {
+        Self {
+            netns,
+            addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port,
+            inode,
+            cookie: 0,
+            accept_queue_len: 0,
+            accept_queue_limit: 128,
+            syn_queue_len: 0,
+            drops: 0,
+            owners: Vec::new(),
+            kernel: None,
+            queue_full: false,
+        }
+    }
+
     /// `ip:port`, with brackets around IPv6 addresses.
     pub fn listen_addr(&self) -> String {
         std::net::SocketAddr::new(self.addr, self.port).to_string()
@@ -257,6 +287,21 @@ pub struct Snapshot {
     pub ring_events: [u64; 3],
     /// How the daemon itself is doing.
     pub health: Health,
+    /// Occupancy of the in-kernel maps (empty without probes).
+    pub maps: Vec<MapOccupancy>,
+    /// `events_lost` by cause: `ring_buffer_full`, `stall_queue_full`,
+    /// `map_full:<MAP>` (empty without probes).
+    pub lost_by_cause: Vec<(&'static str, u64)>,
+    /// Kernel reads the programs could not make (wrong BTF offsets, or memory gone).
+    pub read_errors: u64,
+}
+
+/// Entries and capacity of one in-kernel map, after the poll's pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MapOccupancy {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 /// The daemon's own health, for `sockq_poll_*` and `sockq_inventory_*`.
@@ -288,4 +333,34 @@ pub struct NetnsStats {
     pub tcp_max_syn_backlog: Option<u32>,
     pub tcp_syncookies: Option<u32>,
     pub tcp_abort_on_overflow: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_owner_strings_serialize_as_plain_strings() {
+        let owner = Owner {
+            cmdline: Arc::from("srv -p 80"),
+            cgroup: Arc::from("/system.slice/srv.service"),
+            ..Owner::new(7, "srv")
+        };
+        let json = serde_json::to_value(&owner).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "pid": 7,
+                "comm": "srv",
+                "cmdline": "srv -p 80",
+                "user": "",
+                "cgroup": "/system.slice/srv.service",
+                "container": "",
+            })
+        );
+        let back: Owner = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, owner);
+        let minimal: Owner = serde_json::from_str(r#"{"pid":1,"comm":"x"}"#).expect("defaults");
+        assert_eq!(minimal, Owner::new(1, "x"));
+    }
 }

@@ -20,7 +20,7 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) ->
             Hook::Raw {
                 program,
                 tracepoint,
-            } => attach_raw(ebpf, program, tracepoint).map(|()| "raw_tracepoint"),
+            } => attach_raw(ebpf, program, tracepoint).map(|()| "raw_tracepoint".to_owned()),
             Hook::Classic {
                 program,
                 category,
@@ -30,10 +30,12 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) ->
                 Some(root) if !tracefs::tracepoint_exists(root, category, name) => {
                     Err(format!("this kernel has no tracepoint {category}:{name}"))
                 }
-                Some(_) => attach_classic(ebpf, program, category, name).map(|()| "tracepoint"),
+                Some(_) => {
+                    attach_classic(ebpf, program, category, name).map(|()| "tracepoint".to_owned())
+                }
             },
             Hook::KProbe { program, function } => {
-                attach_kprobe(ebpf, program, function).map(|()| "kprobe")
+                attach_kprobe(ebpf, program, function).map(|()| format!("kprobe {function}"))
             }
         };
         match result {
@@ -41,7 +43,7 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) ->
                 return ProbeStatus {
                     name: spec.name,
                     attached: true,
-                    detail: mechanism.to_owned(),
+                    detail: mechanism,
                 };
             }
             Err(e) => {
@@ -76,8 +78,22 @@ where
 fn attach_raw(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), String> {
     let prog: &mut RawTracePoint = program(ebpf, name)?;
     prog.load().map_err(|e| crate::error_chain(&e))?;
-    prog.attach(tracepoint)
-        .map_err(|e| crate::error_chain(&e))?;
+    prog.attach(tracepoint).map_err(|e| {
+        let errno = match &e {
+            aya::programs::ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+            _ => None,
+        };
+        match errno {
+            Some(libc::ENOENT) => format!("this kernel has no tracepoint {tracepoint}"),
+            // bpf_probe_register(): the program reads past the tracepoint's arguments.
+            Some(libc::EINVAL) => format!(
+                "this kernel's {tracepoint} tracepoint has fewer arguments than the program \
+                 reads ({})",
+                crate::error_chain(&e)
+            ),
+            _ => crate::error_chain(&e),
+        }
+    })?;
     Ok(())
 }
 

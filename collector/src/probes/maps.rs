@@ -1,20 +1,20 @@
 //! Reading what the programs aggregated, and removing what userspace owns: the
 //! per-thread accept counts of listeners that closed.
 
-use std::collections::BTreeMap;
-
 use aya::{Ebpf, maps::MapError};
 use collector_common::{
     nagle::{ConnKey, ConnStats, SENDS_CORK, SENDS_NAGLE, SENDS_NODELAY},
     queue::{AcceptorKey, DropKey, ListenerQueue},
     stats::{
-        STAT_CONNS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL, STAT_QUEUED_FULL, STAT_READ_ERRORS,
-        STAT_TRANSITIONS_FULL, STAT_URING_DIRECT, STAT_URING_UNATTRIBUTED,
+        STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_CONN_STATS_FULL,
+        STAT_CONNS_FULL, STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL,
+        STAT_QUEUED_FULL, STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL,
+        STAT_URING_DIRECT,
     },
 };
 
 use super::{ProbeError, Probes};
-use crate::model::{ProbeStatus, TransitionKey};
+use crate::model::ProbeStatus;
 
 /// Counters the programs keep about themselves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,17 +29,37 @@ pub struct ProgramStats {
     pub queued_full: u64,
     /// Failed kernel reads.
     pub read_errors: u64,
-    /// Connections whose Nagle/delayed-ACK state or counters could not be created.
+    /// Connections whose Nagle/delayed-ACK state could not be created.
     pub conns_full: u64,
+    /// Accepts not counted for their (listener, thread) (map full).
+    pub acceptors_full: u64,
+    /// Threads entering accept() that could not be noted (map full): accepts missed.
+    pub accepting_full: u64,
+    /// Listener drops not counted by reason (the LRU map refused an entry).
+    pub drop_reasons_full: u64,
+    /// Sampled connections whose readers could not be watched (LRU refused).
+    pub readers_full: u64,
+    /// Nagle/delayed-ACK counters of a (netns, port, process) that could not be
+    /// created (LRU refused).
+    pub conn_stats_full: u64,
+    /// Accepts whose listener could not be known (`STAT_ACCEPTS_UNATTRIBUTED`).
+    pub accepts_unattributed: u64,
     /// io_uring accepts into direct descriptors, which are not counted.
     pub uring_direct: u64,
-    /// io_uring accepts whose listener could not be told.
-    pub uring_unattributed: u64,
+}
+
+/// A TCP state transition as the kernel counts it: per namespace *key*, the
+/// namespace's cookie where [`Probes::net_keys_are_cookies`], else its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetTransition {
+    pub net_key: u64,
+    pub from: u8,
+    pub to: u8,
 }
 
 /// What userspace reads from the kernel at each poll.
 pub struct KernelView {
-    pub transitions: BTreeMap<TransitionKey, u64>,
+    pub transitions: Vec<(NetTransition, u64)>,
     /// Accept-queue counters by listener socket inode.
     pub queues: std::collections::HashMap<u64, ListenerQueue>,
     /// Accepts by (listener inode, pid, tid).
@@ -65,18 +85,16 @@ impl Probes {
 
     /// Everything the programs aggregated, read in one go.
     pub fn read(&self) -> Result<KernelView, ProbeError> {
-        let mut transitions = BTreeMap::new();
+        let mut transitions = Vec::new();
         for entry in self.transitions.iter() {
             let (key, per_cpu) = entry.map_err(|source| map_error("TRANSITIONS", source))?;
             let total: u64 = per_cpu.iter().copied().fold(0, u64::wrapping_add);
-            transitions.insert(
-                TransitionKey {
-                    netns: u64::from(key.netns),
-                    from: key.from,
-                    to: key.to,
-                },
-                total,
-            );
+            let key = NetTransition {
+                net_key: key.netns,
+                from: key.from,
+                to: key.to,
+            };
+            transitions.push((key, total));
         }
         // An entry evicted between get_next_key and lookup is simply skipped.
         let queues = self.queues.iter().flatten().collect();
@@ -119,16 +137,24 @@ impl Probes {
         oldest
     }
 
-    /// Removes the per-thread accept counts of listeners that no longer exist.
-    pub fn prune_acceptors(&mut self, live: &std::collections::HashSet<u64>) {
-        let dead: Vec<AcceptorKey> = self
-            .acceptors
+    /// Whether the programs key namespaces by cookie (never reused) rather than inode.
+    pub fn net_keys_are_cookies(&self) -> bool {
+        self.net_cookies
+    }
+
+    /// Removes the transition counts of namespaces that no longer exist.
+    pub fn remove_transitions_of(&mut self, dead: &std::collections::HashSet<u64>) {
+        if dead.is_empty() {
+            return;
+        }
+        let keys: Vec<_> = self
+            .transitions
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !live.contains(&k.listener))
+            .filter(|k| dead.contains(&k.netns))
             .collect();
-        for key in dead {
-            let _ = self.acceptors.remove(&key);
+        for key in keys {
+            let _ = self.transitions.remove(&key);
         }
     }
 
@@ -146,9 +172,14 @@ impl Probes {
             listeners_full: read(STAT_LISTENERS_FULL)?,
             queued_full: read(STAT_QUEUED_FULL)?,
             read_errors: read(STAT_READ_ERRORS)?,
+            accepts_unattributed: read(STAT_ACCEPTS_UNATTRIBUTED)?,
             conns_full: read(STAT_CONNS_FULL)?,
+            acceptors_full: read(STAT_ACCEPTORS_FULL)?,
+            accepting_full: read(STAT_ACCEPTING_FULL)?,
+            drop_reasons_full: read(STAT_DROP_REASONS_FULL)?,
+            readers_full: read(STAT_READERS_FULL)?,
+            conn_stats_full: read(STAT_CONN_STATS_FULL)?,
             uring_direct: read(STAT_URING_DIRECT)?,
-            uring_unattributed: read(STAT_URING_UNATTRIBUTED)?,
         })
     }
 }

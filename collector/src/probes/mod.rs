@@ -8,7 +8,7 @@
 //! - `sk_data_ready`: raw tracepoint (6.3+), else a kprobe on `sock_def_readable`:
 //!   accept queue depth at every enqueue and the enqueue time of each connection;
 //! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
-//! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (6.13+): drop reasons per
+//! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (Debian's 6.12 has it, 6.1 not): drop reasons per
 //!   listener;
 //! - `sock_recv_length`: raw tracepoint (6.4+): which threads read a sample of the
 //!   accepted connections (the execution pattern);
@@ -27,11 +27,16 @@
 //!   filtered on `tcp_delack_timer` (its address from `/proc/kallsyms`);
 //! - `tcp_sendmsg_locked` (6.2+) and `tcp_probe`: raw tracepoints on each send and
 //!   each segment an established socket receives: Nagle holds and stalls.
+//!
+//! The programs count their own failures (maps with no room, failed kernel reads) and
+//! log the rare ones through aya-log; [`kernel_log`] forwards that log.
 
 pub mod attach;
 pub mod events;
+pub mod kernel_log;
 pub mod maps;
 pub mod offsets;
+pub mod prune;
 pub mod ring;
 pub mod table;
 
@@ -48,13 +53,20 @@ use collector_common::{
     tcp_state::TransitionKey as RawTransitionKey,
 };
 
-use self::maps::{map_error, take_map};
+use self::{
+    kernel_log::KernelLog,
+    maps::{map_error, take_map},
+};
 pub use self::{
-    maps::{KernelView, ProgramStats},
+    maps::{KernelView, NetTransition, ProgramStats},
     offsets::{KernelInfo, kernel_info},
     table::{Family, PROBES, ProbeSpec},
 };
 use crate::{kernel::btf_layout::LayoutError, model::ProbeStatus};
+
+/// Test-only: `NAME=ENTRIES[,NAME=ENTRIES]` resizes the named maps, so a privileged
+/// test can fill one on purpose. The daemon warns when it is set.
+pub const TEST_MAP_ENTRIES_ENV: &str = "SOCKQ_TEST_MAP_ENTRIES";
 
 /// The eBPF object built by `build.rs`; empty when built with `AYA_BUILD_SKIP=1`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockq"));
@@ -116,7 +128,14 @@ pub struct Probes {
     conn_stats: HashMap<MapData, ConnKey, ConnStats>,
     sends: PerCpuArray<MapData, u64>,
     nagle_on: bool,
+    /// Namespaces are keyed by cookie (`KernelOffsets::net_cookie` resolved).
+    net_cookies: bool,
+    /// Listeners the maps referred to that the last inventory did not list.
+    absent_listeners: std::collections::HashSet<u64>,
+    /// Accepting threads seen exited, and since when (`CLOCK_MONOTONIC` ns).
+    exited_threads: std::collections::HashMap<(u32, u32), u64>,
     drop_reasons: std::collections::HashMap<u32, String>,
+    kernel_log: Option<KernelLog>,
 }
 
 impl Probes {
@@ -137,26 +156,34 @@ impl Probes {
             (Ok(n), true) => *n,
             _ => NagleOffsets::default(),
         };
+        let resized = test_map_entries();
         let mut loader = EbpfLoader::new();
         loader
             .override_global(KERNEL_OFFSETS_SYMBOL, offsets, true)
             .override_global(NAGLE_OFFSETS_SYMBOL, &nagle_offsets, true)
             .map_max_entries("CONNS", options.conn_track_entries.max(1));
+        for (name, entries) in &resized {
+            tracing::warn!("test setting {TEST_MAP_ENTRIES_ENV}: map {name} holds {entries}");
+            loader.map_max_entries(name, *entries);
+        }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load { source })?;
+        let kernel_log = kernel_log::init(&mut ebpf);
 
-        let status: Vec<ProbeStatus> = PROBES
-            .iter()
-            .map(|spec| match not_wanted(spec, kernel, options) {
+        // In table order: whether sk_data_ready attached decides the accept entries.
+        let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
+        for spec in &PROBES {
+            let s = match not_wanted(spec, kernel, options, &status) {
                 Some(why) => ProbeStatus {
                     name: spec.name,
                     attached: false,
                     detail: why,
                 },
                 None => attach::attach(&mut ebpf, spec, tracefs_root),
-            })
-            .collect();
+            };
+            status.push(s);
+        }
         if status.iter().all(|s| !s.attached) {
             let why = status
                 .iter()
@@ -167,8 +194,15 @@ impl Probes {
         }
         let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
             .map_err(|source| map_error("EVENTS", source))?;
-        let probes = Self::from_loaded(ebpf, status, nagle_offsets.valid != 0, kernel)?;
+        let mut probes = Self::from_loaded(ebpf, status, nagle_offsets.valid != 0, kernel)?;
+        probes.kernel_log = kernel_log;
         Ok((probes, events))
+    }
+
+    /// The programs' own log, for [`kernel_log::forward`] (once; `None` when it could
+    /// not be set up, which was said then).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
     }
 
     /// Takes the maps userspace reads out of the loaded object.
@@ -196,13 +230,31 @@ impl Probes {
             _ebpf: ebpf,
             status,
             nagle_on,
+            net_cookies: kernel.offsets.net_cookie != 0,
+            absent_listeners: std::collections::HashSet::new(),
+            exited_threads: std::collections::HashMap::new(),
             drop_reasons: kernel.drop_reasons.clone(),
+            kernel_log: None,
         })
     }
 }
 
 /// Why `spec` is not even tried on this kernel with these options, if it is not.
-fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Option<String> {
+fn not_wanted(
+    spec: &ProbeSpec,
+    kernel: &KernelInfo,
+    options: LoadOptions,
+    so_far: &[ProbeStatus],
+) -> Option<String> {
+    if spec.only_without_sk_data_ready
+        && so_far
+            .iter()
+            .any(|s| s.name == "sk_data_ready" && s.attached)
+    {
+        return Some(format!(
+            "{NOT_NEEDED}: sk_data_ready names each accepted child's listener"
+        ));
+    }
     match (spec.family, &kernel.nagle) {
         (Family::Nagle, _) if !options.nagle => {
             return Some(
@@ -218,7 +270,7 @@ fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Op
     }
     if spec.family == Family::IoUring && kernel.offsets.uring_valid == 0 {
         return Some(
-            "this kernel has no io_uring tracepoints, or a layout sockq does not read \
+            "no io_uring tracepoints sockq can read on this kernel \
              (`sockq doctor` says which under BTF io_uring fields)"
                 .into(),
         );
@@ -227,4 +279,43 @@ fn not_wanted(spec: &ProbeSpec, kernel: &KernelInfo, options: LoadOptions) -> Op
         "this kernel's BTF lacks a field the accept-queue probes read (`sockq doctor` names it)"
             .into()
     })
+}
+
+/// How a probe that is not attached because another one does its work says so.
+pub const NOT_NEEDED: &str = "not needed";
+
+/// The map sizes [`TEST_MAP_ENTRIES_ENV`] asks for; malformed pairs are skipped, with a
+/// warning.
+fn test_map_entries() -> Vec<(String, u32)> {
+    std::env::var(TEST_MAP_ENTRIES_ENV)
+        .map(|spec| parse_map_entries(&spec))
+        .unwrap_or_default()
+}
+
+fn parse_map_entries(spec: &str) -> Vec<(String, u32)> {
+    spec.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .filter_map(|pair| {
+            let parsed = pair
+                .split_once('=')
+                .and_then(|(name, n)| Some((name.trim().to_owned(), n.trim().parse().ok()?)))
+                .filter(|(name, n)| !name.is_empty() && *n > 0);
+            if parsed.is_none() {
+                tracing::warn!("{TEST_MAP_ENTRIES_ENV}: ignoring {pair:?} (want NAME=ENTRIES)");
+            }
+            parsed
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn test_map_sizes_parse_and_skip_nonsense() {
+        assert_eq!(
+            super::parse_map_entries("LISTENER_QUEUES=8, QUEUED = 16,bad,X=0,=3,Y=z,"),
+            vec![("LISTENER_QUEUES".to_owned(), 8), ("QUEUED".to_owned(), 16)]
+        );
+        assert!(super::parse_map_entries("").is_empty());
+    }
 }

@@ -28,6 +28,9 @@ pub struct ProbeSpec {
     pub hooks: &'static [Hook],
     /// Reads the accept-queue fields (`KernelOffsets::queue_valid`).
     pub needs_queue_offsets: bool,
+    /// Needed only where `sk_data_ready` cannot be attached (the accept entries: the
+    /// listener's fd stands in for the stamp's listener).
+    pub only_without_sk_data_ready: bool,
     pub family: Family,
 }
 
@@ -59,6 +62,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: false,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -74,6 +78,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -83,6 +88,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "tcp_retransmit_synack",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -92,6 +98,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "kfree_skb",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -101,6 +108,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "sock_recv_length",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -111,6 +119,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_enter_accept4",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: true,
         family: Family::Core,
     },
     ProbeSpec {
@@ -121,6 +130,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_enter_accept",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: true,
         family: Family::Core,
     },
     ProbeSpec {
@@ -131,6 +141,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_exit_accept4",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -141,6 +152,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_exit_accept",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     ProbeSpec {
@@ -151,6 +163,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_enter_listen",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Core,
     },
     // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
@@ -169,6 +182,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -185,6 +199,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -194,6 +209,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "io_uring_task_add",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -203,6 +219,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "timer_start",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -212,6 +229,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "timer_expire_entry",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -227,6 +245,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -236,6 +255,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "tcp_probe",
         }],
         needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
         family: Family::Nagle,
     },
 ];

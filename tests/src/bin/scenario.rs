@@ -59,6 +59,17 @@
 //!                                                 listening on 127.0.0.1 for MS ms then
 //!                                                 exiting; reaps them all, then prints
 //!                                                 `done LISTENED` (children that listened)
+//!   sockq-scenario bad-listen DIR COUNT           COUNT times: listen() on a Unix socket in
+//!                                                 DIR (and accept one connection on it),
+//!                                                 on a UDP socket (fails), on a closed fd
+//!                                                 (fails), on a pipe (fails); `done COUNT`
+//!   sockq-scenario reset-queued ADDR COUNT        COUNT clients connect and reset
+//!                                                 (SO_LINGER 0) while queued; then the
+//!                                                 server accepts all COUNT (Linux returns
+//!                                                 them); ready when done, then hold
+//!   sockq-scenario thread-accepts ADDR COUNT      COUNT threads in turn, each accepting one
+//!                                                 connection (its own client's) and exiting;
+//!                                                 ready when done, then hold
 //!   sockq-scenario accept-every ADDR MS           listen(128); a thread accepts one
 //!                                                 connection every MS ms (blocked in
 //!                                                 accept while none is queued), keeping
@@ -103,6 +114,9 @@ fn main() -> ExitCode {
         ["many-listeners", count, port] => many_ports_scenario(count, port),
         ["listen-burst", count, ms] => listen_burst_scenario(count, ms),
         ["accept-every", addr, ms] => accept_every_scenario(addr, ms),
+        ["bad-listen", dir, count] => bad_listen_scenario(dir, count),
+        ["thread-accepts", addr, count] => thread_accepts_scenario(addr, count),
+        ["reset-queued", addr, count] => reset_queued_scenario(addr, count),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -185,6 +199,94 @@ fn connect_scenario(addr: &str, connects: &str, from: Option<&str>) -> Result<()
 fn listen_scenario(addr: &str) -> Result<(), String> {
     let (_listener, local) = listener(addr, 128)?;
     say(&format!("ready {local}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+/// listen() calls that must leave no TCP listener state behind in the kernel.
+fn bad_listen_scenario(dir: &str, count: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let count: usize = parse(count, "count")?;
+    for i in 0..count {
+        let path = std::path::Path::new(dir).join(format!("l{i}.sock"));
+        let unix = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| format!("unix bind {i}: {e}"))?;
+        let client = std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| format!("unix connect {i}: {e}"))?;
+        let (conn, _) = unix.accept().map_err(|e| format!("unix accept {i}: {e}"))?;
+        drop((conn, client, unix));
+        let _ = std::fs::remove_file(&path);
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("udp: {e}"))?;
+        // SAFETY: listen(2) on descriptors we own or on a number nobody owns; each
+        // fails without side effects.
+        unsafe {
+            libc::listen(udp.as_raw_fd(), 16);
+            libc::listen(1_000_000, 16);
+        }
+        let (r, w) = {
+            let mut fds = [0; 2];
+            // SAFETY: pipe(2) writes two descriptors into the array.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+            }
+            (fds[0], fds[1])
+        };
+        // SAFETY: as above; the pipe's descriptors are closed right after.
+        unsafe {
+            libc::listen(r, 16);
+            libc::close(r);
+            libc::close(w);
+        }
+    }
+    say(&format!("done {count}"));
+    Ok(())
+}
+
+/// Connections reset by their clients while still in the accept queue, accepted
+/// afterwards all the same.
+fn reset_queued_scenario(addr: &str, count: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let (listener, local) = listener(addr, 1024)?;
+    let listener: std::net::TcpListener = listener.into();
+    for i in 0..count {
+        let client = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("socket {i}: {e}"))?;
+        client
+            .connect(&SockAddr::from(local))
+            .map_err(|e| format!("connect {i}: {e}"))?;
+        client
+            .set_linger(Some(Duration::ZERO))
+            .map_err(|e| format!("linger {i}: {e}"))?;
+        drop(client); // RST while the connection waits for accept()
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut kept = Vec::new();
+    for i in 0..count {
+        let (c, _) = listener.accept().map_err(|e| format!("accept {i}: {e}"))?;
+        kept.push(c);
+    }
+    say(&format!("ready {local} {count}"));
+    wait_for_stdin_close();
+    Ok(())
+}
+
+/// Short-lived acceptor threads, as servers that recycle workers have.
+fn thread_accepts_scenario(addr: &str, count: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let (listener, local) = listener(addr, 128)?;
+    let listener: std::net::TcpListener = listener.into();
+    let listener = std::sync::Arc::new(listener);
+    let mut kept = Vec::new();
+    for i in 0..count {
+        let client = TcpStream::connect(local).map_err(|e| format!("connect {i}: {e}"))?;
+        let l = std::sync::Arc::clone(&listener);
+        let accepted = std::thread::spawn(move || l.accept().map(|(c, _)| c))
+            .join()
+            .map_err(|_| format!("acceptor thread {i} panicked"))?
+            .map_err(|e| format!("accept {i}: {e}"))?;
+        kept.push((client, accepted));
+    }
+    say(&format!("ready {local} {count}"));
     wait_for_stdin_close();
     Ok(())
 }
@@ -492,24 +594,35 @@ fn fork_fd_readers(n: usize) -> Result<Vec<std::os::unix::net::UnixStream>, Stri
     Ok(ends)
 }
 
+/// The one-byte data buffer and the control buffer of a message carrying one fd.
+fn rights_buffers(byte: &mut [u8; 1]) -> (libc::iovec, Vec<u8>) {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    (iov, vec![0u8; space])
+}
+
+/// A msghdr over those buffers.
+fn rights_msghdr(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 /// Sends `conn`'s descriptor over `to` (one byte of data, the fd as SCM_RIGHTS).
 fn send_fd(to: &std::os::unix::net::UnixStream, conn: &TcpStream) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let fd = conn.as_raw_fd();
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; zeroed is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let (mut iov, mut control) = rights_buffers(&mut byte);
+    let msg = rights_msghdr(&mut iov, &mut control);
     // SAFETY: the control buffer has room for one cmsg carrying one int.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -529,19 +642,8 @@ fn send_fd(to: &std::os::unix::net::UnixStream, conn: &TcpStream) -> std::io::Re
 fn recv_fd(from: &std::os::unix::net::UnixStream) -> Option<TcpStream> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: as in send_fd.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: as in send_fd.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let (mut iov, mut control) = rights_buffers(&mut byte);
+    let mut msg = rights_msghdr(&mut iov, &mut control);
     // SAFETY: msg points at live buffers for the call.
     if unsafe { libc::recvmsg(from.as_raw_fd(), &mut msg, 0) } <= 0 {
         return None;

@@ -8,7 +8,8 @@ use crate::model::Snapshot;
 
 const HELP_POLL: &str = "Time each poll took (inventory of every namespace, reading the \
     probes' maps, analyses), seconds. Its _count is the number of polls: listener events \
-    trigger polls at most four times a second.";
+    trigger polls at most ten times a second, leaving the daemon at least half its \
+    time.";
 const HELP_LAST: &str = "Unix time of the last inventory that could read sockq's own network \
     namespace (sock_diag and /proc).";
 const HELP_STALE: &str = "1 when the last complete inventory is older than three poll \
@@ -18,6 +19,12 @@ const HELP_SKIPPED: &str = "Network namespaces the last inventory could not read
     CAP_SYS_ADMIN; enter_failed, io, sock_diag, netstat: see the daemon's debug log).";
 const HELP_CARRIED: &str = "Listeners of namespaces the last inventory could not read \
     (other than vanished ones), reported as last seen rather than dropped.";
+
+const HELP_MAP_ENTRIES: &str = "Entries in one of sockq's in-kernel maps after the poll's \
+    pruning (every entry has an owner that removes it: a listener's counters go when it \
+    closes, an acceptor's when its thread exits, a namespace's when it dies).";
+const HELP_MAP_CAPACITY: &str = "How many entries one of sockq's in-kernel maps can hold; \
+    a full map is counted in sockq_events_lost_total.";
 
 pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     let h = &snapshot.health;
@@ -43,5 +50,11 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     }
     let mut carried = Family::gauge("sockq_inventory_carried_listeners", HELP_CARRIED);
     carried.push(Vec::new(), h.carried_listeners);
-    vec![poll, last, stale, skipped, carried]
+    let mut entries = Family::gauge("sockq_map_entries", HELP_MAP_ENTRIES);
+    let mut capacity = Family::gauge("sockq_map_capacity", HELP_MAP_CAPACITY);
+    for m in &snapshot.maps {
+        entries.push(vec![("map", m.map.to_owned())], m.entries);
+        capacity.push(vec![("map", m.map.to_owned())], m.capacity);
+    }
+    vec![poll, last, stale, skipped, carried, entries, capacity]
 }

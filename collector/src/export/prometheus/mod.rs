@@ -220,10 +220,18 @@ const HELP_TRANSITIONS: &str = "TCP state changes of sockets in this network nam
     tracepoint since the program was loaded.";
 const HELP_LOST: &str = "Events sockq could not record, all causes summed: ring buffer \
     records (listener, queue-full, stall events) that found the ring buffer full, stall \
-    events the daemon's queue had no room for, entries the in-kernel maps (transitions, \
-    listeners, queued connections, Nagle state) had no room for, and io_uring accepts that \
-    could not be counted (into direct descriptors, or of an unknown listener); they are \
+    events the daemon's queue had no room for, entries the in-kernel maps had no room for, and \
+    accepts that could not be counted (sockq_events_lost_by_cause_total says which); they are \
     missing from the other metrics.";
+const HELP_LOST_BY_CAUSE: &str = "sockq_events_lost_total by cause: ring_buffer_full (the \
+    eBPF ring buffer had no room for an event), stall_queue_full (the daemon's queue of stall \
+    events), map_full:<MAP> (an in-kernel map had no room for a new entry; see \
+    sockq_map_entries), accept_unattributed (an accepted connection whose listener could not \
+    be told), accept_direct_descriptor (an io_uring accept into a fixed-file slot, which sockq \
+    does not follow).";
+const HELP_READ_ERRORS: &str = "Kernel reads the eBPF programs could not make \
+    (bpf_probe_read_kernel failed): a steady rise means the struct offsets sockq resolved \
+    from BTF do not match this kernel.";
 const HELP_RING: &str = "Records sockq read from its eBPF ring buffer, by kind (listener: a \
     listener opened or closed; queue_full: an accept queue overflowed; stall: a Nagle x \
     delayed-ACK stall). With sockq_events_lost_total, what the kernel side produced.";
@@ -312,6 +320,14 @@ fn transition_family(snapshot: &Snapshot) -> Family {
 fn self_families(snapshot: &Snapshot, build: &BuildInfo) -> Vec<Family> {
     let mut lost = Family::counter("sockq_events_lost_total", HELP_LOST);
     lost.push(Vec::new(), snapshot.events_lost);
+    let mut by_cause = Family::counter("sockq_events_lost_by_cause_total", HELP_LOST_BY_CAUSE);
+    for (cause, n) in &snapshot.lost_by_cause {
+        by_cause.push(vec![("cause", (*cause).to_owned())], *n);
+    }
+    let mut read_errors = Family::counter("sockq_kernel_read_errors_total", HELP_READ_ERRORS);
+    if snapshot.polling.is_none() {
+        read_errors.push(Vec::new(), snapshot.read_errors);
+    }
 
     let mut ring = Family::counter("sockq_ring_events_total", HELP_RING);
     for (kind, n) in ["listener", "queue_full", "stall"]
@@ -346,7 +362,7 @@ fn self_families(snapshot: &Snapshot, build: &BuildInfo) -> Vec<Family> {
         ],
         1_u8,
     );
-    vec![lost, ring, mode, probes, build_info]
+    vec![lost, by_cause, read_errors, ring, mode, probes, build_info]
 }
 
 fn owner_labels(
@@ -703,14 +719,14 @@ mod tests {
         assert_eq!(text.matches("sockq_listener_info{").count(), 3, "{text}");
         // Every family has help and type: the nine above, plus the full-queue gauge,
         // the SO_REUSEPORT group size (no kernel stats in this snapshot), the mode,
-        // the ring buffer's records, and the inventory's staleness and carried
-        // listeners (always present).
+        // the ring buffer's records, the kernel read errors (with probes), and the
+        // inventory's staleness and carried listeners (always present).
         assert!(
             text.contains("sockq_mode{mode=\"ebpf\",reason=\"\"} 1\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# HELP ").count(), 15, "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 15, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 16, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 16, "{text}");
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! Every in-kernel entry has an owner that removes it. The programs remove what they
+//! can see end (a listener's counters when it closes, a stamp when its connection is
+//! accepted); userspace removes the rest at each poll, from the inventory's view:
+//! - `LISTENER_QUEUES`: counters of sockets that are not a live listener in two
+//!   inventories in a row (a listener opened just after an inventory is spared; the
+//!   same rule decides for the other maps' entries of a listener);
+//! - `ACCEPTORS`: accept counts of listeners that are gone, and of threads that exited
+//!   20 s ago (recycled workers: gunicorn `max_requests`, php-fpm `pm.max_requests`);
+//! - `QUEUED`: handshake stamps of children no longer queued: their listener is gone,
+//!   or its accept queue was empty at the inventory although they were stamped before
+//!   it (accepted by a path sockq did not see), or never queued after a grace period;
+//! - `TRANSITIONS`: counts of namespaces that died (`remove_transitions_of`).
+//!
+//! It also counts what remains, for `sockq_map_entries{map}`.
+
+use std::collections::{HashMap, HashSet};
+
+use collector_common::queue::{
+    ACCEPTORS_MAX_ENTRIES, AcceptorKey, LISTENERS_MAX_ENTRIES, QUEUED_MAX_ENTRIES, QueuedChild,
+};
+use collector_common::tcp_state::TRANSITIONS_MAX_ENTRIES;
+
+use super::Probes;
+use crate::model::MapOccupancy;
+
+/// A stamp no `sk_data_ready` gave a listener is dropped after this long.
+const UNQUEUED_STAMP_GRACE_NS: u64 = 10_000_000_000;
+/// The accept counts of a thread that exited are kept this long (its final count
+/// stays visible to a few scrapes), then removed.
+const EXITED_THREAD_GRACE_NS: u64 = 20_000_000_000;
+
+/// What the inventory says exists, for [`Probes::prune`].
+pub struct Live<'a> {
+    /// Accept queue length of every listener, by socket inode.
+    pub queue_len: &'a HashMap<u64, u32>,
+    /// `CLOCK_MONOTONIC` ns at which the inventory started.
+    pub inventory_started_ns: u64,
+    /// Now, same clock.
+    pub now_ns: u64,
+}
+
+impl Probes {
+    /// Removes what the inventory shows to be dead; returns each map's occupancy.
+    pub fn prune(
+        &mut self,
+        live: &Live<'_>,
+        thread_alive: impl Fn(u32, u32) -> bool,
+    ) -> Vec<MapOccupancy> {
+        let queues: Vec<u64> = self.queues.keys().filter_map(Result::ok).collect();
+        let acceptors: Vec<AcceptorKey> = self.acceptors.keys().filter_map(Result::ok).collect();
+        let stamps: Vec<(u64, QueuedChild)> = self.queued.iter().filter_map(Result::ok).collect();
+        // Listeners any map refers to that the inventory does not list; those not
+        // listed the previous time either are gone (one absence may be a listener
+        // opened after the inventory ran).
+        let absent: HashSet<u64> = queues
+            .iter()
+            .copied()
+            .chain(acceptors.iter().map(|k| k.listener))
+            .chain(stamps.iter().map(|(_, s)| s.listener))
+            .filter(|l| *l != 0 && !live.queue_len.contains_key(l))
+            .collect();
+        let gone: HashSet<u64> = absent
+            .intersection(&self.absent_listeners)
+            .copied()
+            .collect();
+        self.absent_listeners = absent;
+
+        let mut left_queues = queues.len() as u64;
+        for key in queues.iter().filter(|k| gone.contains(k)) {
+            if self.queues.remove(key).is_ok() {
+                left_queues -= 1;
+            }
+        }
+        let left_acceptors = self.prune_acceptors(acceptors, &gone, live.now_ns, thread_alive);
+        let left_stamps = self.prune_stamps(stamps, &gone, live);
+        let transitions = self.transitions.keys().filter_map(Result::ok).count() as u64;
+        vec![
+            occupancy("LISTENER_QUEUES", left_queues, LISTENERS_MAX_ENTRIES),
+            occupancy("ACCEPTORS", left_acceptors, ACCEPTORS_MAX_ENTRIES),
+            occupancy("QUEUED", left_stamps, QUEUED_MAX_ENTRIES),
+            occupancy("TRANSITIONS", transitions, TRANSITIONS_MAX_ENTRIES),
+        ]
+    }
+
+    fn prune_acceptors(
+        &mut self,
+        keys: Vec<AcceptorKey>,
+        gone: &HashSet<u64>,
+        now_ns: u64,
+        thread_alive: impl Fn(u32, u32) -> bool,
+    ) -> u64 {
+        let mut left = keys.len() as u64;
+        let mut exited = HashMap::new();
+        for key in keys {
+            let thread_gone = !thread_alive(key.pid, key.tid) && {
+                let since = self
+                    .exited_threads
+                    .get(&(key.pid, key.tid))
+                    .copied()
+                    .unwrap_or(now_ns);
+                exited.insert((key.pid, key.tid), since);
+                now_ns.saturating_sub(since) >= EXITED_THREAD_GRACE_NS
+            };
+            if (gone.contains(&key.listener) || thread_gone) && self.acceptors.remove(&key).is_ok()
+            {
+                left -= 1;
+            }
+        }
+        self.exited_threads = exited;
+        left
+    }
+
+    fn prune_stamps(
+        &mut self,
+        stamps: Vec<(u64, QueuedChild)>,
+        gone: &HashSet<u64>,
+        live: &Live<'_>,
+    ) -> u64 {
+        let mut left = stamps.len() as u64;
+        for (child, stamp) in stamps {
+            let stale = match live.queue_len.get(&stamp.listener) {
+                // Stamped before an inventory that found the queue empty: not queued.
+                Some(0) => stamp.enqueued_ns < live.inventory_started_ns,
+                Some(_) => false,
+                None if stamp.listener == 0 => {
+                    live.now_ns.saturating_sub(stamp.enqueued_ns) > UNQUEUED_STAMP_GRACE_NS
+                }
+                None => gone.contains(&stamp.listener),
+            };
+            if stale && self.queued.remove(&child).is_ok() {
+                left -= 1;
+            }
+        }
+        left
+    }
+}
+
+fn occupancy(map: &'static str, entries: u64, capacity: u32) -> MapOccupancy {
+    MapOccupancy {
+        map,
+        entries,
+        capacity: u64::from(capacity),
+    }
+}
