@@ -34,7 +34,7 @@ use collector_common::{
 use crate::{
     kernel::{offsets, read, sock_inode, sock_net_key, sock_netns, sock_protocol},
     maps::{
-        EVENTS, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, get_or_insert,
+        EVENTS, JUST_STAMPED, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, get_or_insert,
         insert_or_count, listener_queue,
     },
     stats::count_failure,
@@ -97,6 +97,10 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
             listener: 0,
         };
         insert_or_count(&QUEUED, &(sk as u64), &stamp, 0, STAT_QUEUED_FULL);
+        if let Some(slot) = JUST_STAMPED.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, written only while this program runs here.
+            unsafe { *slot = sk as u64 };
+        }
     } else if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
         let netns = sock_netns(sk, &o);
         if o.queue_valid != 0 {

@@ -11,7 +11,7 @@ use core::{
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use collector_common::{
     listener::EVENTS_RING_BYTES,
@@ -56,6 +56,12 @@ pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_
 /// The listener fd of each thread inside accept()/accept4(), by tid.
 #[map]
 pub static ACCEPTING: HashMap<u32, u64> = HashMap::with_max_entries(ACCEPTING_MAX_ENTRIES, 0);
+
+/// The child this CPU stamped last (LISTEN -> SYN_RECV), for the `sk_data_ready` of
+/// its listener that follows in the same softirq: the accept queue's tail may already
+/// be another child queued meanwhile on another CPU.
+#[map]
+pub static JUST_STAMPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The backlog a thread passed to its last `listen()`, until its socket enters
 /// LISTEN (`listen.rs`). LRU: failed calls leave entries nobody removes.

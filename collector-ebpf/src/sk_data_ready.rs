@@ -32,7 +32,7 @@ use collector_common::{
 
 use crate::{
     kernel::{listener_inode, offsets, read, sock_netns},
-    maps::{EVENTS, QUEUED, atomic_add, listener_queue},
+    maps::{EVENTS, JUST_STAMPED, QUEUED, atomic_add, listener_queue},
     stats::count_failure,
 };
 
@@ -85,14 +85,11 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    // The connection just queued, the tail of the accept queue, was stamped when its
-    // handshake completed (inet_sock_set_state); record its listener for the
-    // oldest-wait view.
-    if let Ok(req) = read::<*const u8>(sk, o.icsk_accept_tail)
-        && !req.is_null()
-        && let Ok(child) = read::<*const u8>(req, o.request_sock_sk)
-        && !child.is_null()
-        && let Some(stamp) = QUEUED.get_ptr_mut(&(child as u64))
+    // The connection just queued was stamped when its handshake completed
+    // (inet_sock_set_state), on this CPU, just before: give the stamp its listener
+    // (every accept path counts from it, and the oldest-wait view reads it).
+    if let Some(child) = just_queued(sk, o)
+        && let Some(stamp) = QUEUED.get_ptr_mut(&child)
     {
         // SAFETY: a valid map value pointer.
         unsafe { (*stamp).listener = inode };
@@ -111,6 +108,25 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// The child queued by the enqueue this program runs for: the one this CPU stamped
+/// last (taken, so it is given one listener only); else the accept queue's tail.
+#[inline(always)]
+fn just_queued(sk: *const u8, o: &collector_common::layout::KernelOffsets) -> Option<u64> {
+    if let Some(slot) = JUST_STAMPED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, read and cleared while this program runs here.
+        let child = unsafe { core::mem::replace(&mut *slot, 0) };
+        if child != 0 {
+            return Some(child);
+        }
+    }
+    let req: *const u8 = read(sk, o.icsk_accept_tail).ok()?;
+    if req.is_null() {
+        return None;
+    }
+    let child: *const u8 = read(req, o.request_sock_sk).ok()?;
+    (!child.is_null()).then_some(child as u64)
 }
 
 #[inline(always)]

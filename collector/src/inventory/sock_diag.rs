@@ -98,22 +98,7 @@ impl DiagSocket {
     /// the key the probes count that namespace's state under. `None` on older
     /// kernels, where the inode is the key.
     pub fn netns_cookie(&self) -> Option<u64> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        /// `SO_NETNS_COOKIE` (asm-generic/socket.h); not in the libc crate.
-        const SO_NETNS_COOKIE: libc::c_int = 71;
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a live u64.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.socket.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_NETNS_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
+        crate::kernel::netns_cookie::of_socket(&self.socket)
     }
 
     /// Every TCP listener (IPv4 then IPv6) with accept queue and drops.

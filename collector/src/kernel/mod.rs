@@ -6,5 +6,6 @@
 pub mod btf_layout;
 pub mod capabilities;
 pub mod kallsyms;
+pub mod netns_cookie;
 pub mod sysctl;
 pub mod tracefs;

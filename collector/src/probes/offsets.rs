@@ -7,7 +7,7 @@ use std::path::Path;
 use collector_common::{layout::KernelOffsets, nagle::NagleOffsets};
 
 use super::ProbeError;
-use crate::kernel::{btf_layout::Layout, kallsyms, sysctl, tracefs};
+use crate::kernel::{btf_layout::Layout, kallsyms, netns_cookie, sysctl, tracefs};
 
 /// What the programs and their readers need to know about this kernel, from one
 /// parse of its BTF.
@@ -24,6 +24,11 @@ pub struct KernelInfo {
 pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError> {
     let layout = Layout::from_running_kernel()?;
     let mut o = layout.kernel_offsets()?;
+    // Between 5.7 and 5.11 `net_cookie` exists but stays 0 until asked for, and the
+    // inventory cannot learn it: key by inode there.
+    if o.net_cookie != 0 && !netns_cookie::supported() {
+        o.net_cookie = 0;
+    }
     if let Some(root) = tracefs_root {
         let field = |category: &str, name: &str, field: &str| -> u32 {
             match tracefs::field_offsets(root, category, name) {
