@@ -270,8 +270,8 @@ fn not_wanted(
     }
     if spec.family == Family::IoUring && kernel.offsets.uring_valid == 0 {
         return Some(
-            "no io_uring tracepoints sockq can read on this kernel \
-             (`sockq doctor` says which under BTF io_uring fields)"
+            "no io_uring tracepoints sockq can read here (see the doctor's BTF io_uring \
+             fields)"
                 .into(),
         );
     }
