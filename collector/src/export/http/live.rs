@@ -230,7 +230,7 @@ impl LiveSettings {
     }
 
     /// Whether a watched file changed since the last load attempt.
-    fn changed(&self) -> bool {
+    pub(super) fn changed(&self) -> bool {
         let now = fingerprint(&self.watched());
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) != now
     }
@@ -242,13 +242,15 @@ impl LiveSettings {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // Without a file there is nothing to look at, only SIGHUP to answer.
+        let watching = self.path.is_some();
         let mut ticker = tokio::time::interval(WATCH_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let why = tokio::select! {
                 () = &mut shutdown => return,
                 _ = hangup.recv() => "SIGHUP",
-                _ = ticker.tick() => {
+                _ = ticker.tick(), if watching => {
                     let live = Arc::clone(&self);
                     let changed = tokio::task::spawn_blocking(move || live.changed()).await;
                     if !changed.unwrap_or(false) {

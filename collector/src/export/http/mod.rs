@@ -339,3 +339,5 @@ fn log_if_failed(done: Result<(), JoinError>) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod web_tests;
