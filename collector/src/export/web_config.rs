@@ -23,15 +23,16 @@
 //! | `basic_auth_users` | bcrypt hashes (`$2a$`, `$2b$`, `$2x$`, `$2y$`, cost 4 to 31) |
 //! | `rate_limit.interval`, `burst` | a token bucket in front of every request (429 past it); a Go duration such as `100ms` |
 
+mod raw;
+
 use std::{
     collections::BTreeMap,
     fmt,
-    marker::PhantomData,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use self::raw::{Raw, RawRateLimit, RawTls};
 
 /// Why a web configuration was refused. Messages name the key; never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -215,120 +216,8 @@ pub fn parse(text: &str, dir: &Path) -> Result<WebConfig, WebConfigError> {
     })
 }
 
-/// The file's keys, as exporter-toolkit names them. Every value may be null (as in Go,
-/// where null leaves the default).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    #[serde(default)]
-    tls_server_config: Option<RawTls>,
-    #[serde(default)]
-    http_server_config: Option<RawHttp>,
-    #[serde(default)]
-    basic_auth_users: Option<UniqueMap<String>>,
-    #[serde(default)]
-    rate_limit: Option<RawRateLimit>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    #[serde(default)]
-    cert: Option<String>,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    client_ca: Option<String>,
-    #[serde(default)]
-    cert_file: Option<String>,
-    #[serde(default)]
-    key_file: Option<String>,
-    #[serde(default)]
-    client_auth_type: Option<String>,
-    #[serde(default)]
-    client_ca_file: Option<String>,
-    #[serde(default)]
-    client_allowed_sans: Option<Vec<String>>,
-    #[serde(default)]
-    min_version: Option<String>,
-    #[serde(default)]
-    max_version: Option<String>,
-    #[serde(default)]
-    cipher_suites: Option<Vec<String>>,
-    #[serde(default)]
-    prefer_server_cipher_suites: Option<bool>,
-    #[serde(default)]
-    curve_preferences: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    #[serde(default)]
-    http2: Option<bool>,
-    #[serde(default)]
-    headers: Option<UniqueMap<Option<String>>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    #[serde(default)]
-    interval: Option<String>,
-    #[serde(default)]
-    burst: Option<i64>,
-}
-
-/// A string-keyed mapping that refuses duplicate keys (yaml.v2's strict mode does).
-#[derive(Debug, Default)]
-struct UniqueMap<V>(BTreeMap<String, V>);
-
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<V>(PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> de::Visitor<'de> for Visit<V> {
-            type Value = UniqueMap<V>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping with string keys")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(UniqueMap(BTreeMap::new()))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = BTreeMap::new();
-                while let Some((key, value)) = map.next_entry::<String, V>()? {
-                    if out.contains_key(&key) {
-                        return Err(de::Error::custom(format!("duplicate key {key:?}")));
-                    }
-                    out.insert(key, value);
-                }
-                Ok(UniqueMap(out))
-            }
-        }
-        deserializer.deserialize_map(Visit(PhantomData))
-    }
-}
-
 fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
-}
-
-impl RawTls {
-    /// exporter-toolkit's `TLSConfig.IsEnabled`: any certificate, key or client-CA
-    /// key set.
-    fn is_enabled(&self) -> bool {
-        [
-            &self.cert,
-            &self.key,
-            &self.client_ca,
-            &self.cert_file,
-            &self.key_file,
-            &self.client_ca_file,
-            &self.client_auth_type,
-        ]
-        .into_iter()
-        .any(|v| non_empty(v).is_some())
-    }
 }
 
 /// The file if one is named (joined to `dir`), else the inline PEM.
