@@ -35,7 +35,7 @@ const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// generators: nginx, redis-server (with redis-benchmark), ab (apache2-utils); tmux
 /// runs `sockq top` in a terminal; chromium renders the status page headless; hping3
 /// floods SYNs between the load tests' own namespaces.
-const TEST_PACKAGES: [&str; 10] = [
+const TEST_PACKAGES: [&str; 13] = [
     "iproute2",
     "prometheus",
     "bpftool",
@@ -46,6 +46,11 @@ const TEST_PACKAGES: [&str; 10] = [
     "tmux",
     "chromium",
     "hping3",
+    // tests/tls.rs, exposure.rs, deploy.rs: HTTPS requests; the venv that holds
+    // kubernetes-validate (from PyPI, installed by deploy.rs); systemd-analyze.
+    "curl",
+    "python3-venv",
+    "systemd",
 ];
 
 /// What the build needs to know from the set-up.
