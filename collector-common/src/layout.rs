@@ -81,6 +81,10 @@ pub struct KernelOffsets {
     /// `struct net` -> `net_cookie` (u64, never reused, unlike the inode); 0 where the
     /// kernel has none (before 5.14): state is then keyed by the inode.
     pub net_cookie: u32,
+    /// `struct sock` -> `sk_ino` (unsigned long: the socket's inode, 0 while no
+    /// `struct socket` holds it), on kernels that keep it there (6.18); 0 elsewhere:
+    /// the inode is then read through `sk_socket`.
+    pub sk_ino: u32,
     /// Nonzero when every io_uring field below resolved and `io_uring_complete` has a
     /// layout the programs know; the io_uring programs do nothing otherwise.
     pub uring_valid: u32,
@@ -104,7 +108,7 @@ pub struct KernelOffsets {
     pub req_accept_file_slot: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 168);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 172);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -41,6 +41,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     tp_accept4_fd: 0,
     tp_accept_fd: 0,
     net_cookie: 0,
+    sk_ino: 0,
     uring_valid: 0,
     uring_complete_layout: 0,
     req_opcode: 0,
@@ -121,6 +122,10 @@ pub fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
 /// or 0 for a socket without one (a child not yet accepted).
 #[inline(always)]
 pub fn sock_inode(sk: *const u8, o: &KernelOffsets) -> u64 {
+    // Kernels that keep the inode in the sock itself (`sk_ino`, 6.18): one read.
+    if o.sk_ino != 0 {
+        return read::<u64>(sk, o.sk_ino).unwrap_or(0);
+    }
     let Ok(socket) = read::<*const u8>(sk, o.sk_socket) else {
         return 0;
     };

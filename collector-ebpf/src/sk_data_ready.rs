@@ -32,7 +32,7 @@ use collector_common::{
 
 use crate::{
     kernel::{listener_inode, offsets, read, sock_netns},
-    maps::{EVENTS, JUST_STAMPED, QUEUED, atomic_add, listener_queue},
+    maps::{EVENTS, JUST_STAMPED, LISTENER_QUEUES, QUEUED, atomic_add, listener_queue},
     stats::count_failure,
 };
 
@@ -65,9 +65,14 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     };
     let depth: u32 = read(sk, o.sk_ack_backlog)?;
     let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
-    let netns = sock_netns(sk, &o);
-    let Some(q) = listener_queue(inode, netns) else {
-        return Ok(());
+    // The counters exist since the listener's listen() (or its first enqueue seen):
+    // its namespace is read only to create them.
+    let q = match LISTENER_QUEUES.get_ptr_mut(&inode) {
+        Some(q) => q,
+        None => match listener_queue(inode, sock_netns(sk, o)) {
+            Some(q) => q,
+            None => return Ok(()),
+        },
     };
     // SAFETY: `q` is a valid map value pointer; counters only change through atomics,
     // `max_depth` and `last_full_event_ns` are best-effort (a lost race loses a max
@@ -104,7 +109,7 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
         if now.wrapping_sub(last) >= FULL_EVENT_INTERVAL_NS || last == 0 {
             // SAFETY: as above.
             unsafe { (*q).last_full_event_ns = now };
-            send_full_event(netns, inode, now, depth, limit);
+            send_full_event(sock_netns(sk, o), inode, now, depth, limit);
         }
     }
     Ok(())

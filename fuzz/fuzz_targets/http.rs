@@ -1,7 +1,7 @@
 //! The metrics port: raw bytes from a client, through the real server
-//! (`sockq::export::http::serve`: hyper's HTTP/1 parser under axum, the idle-timeout
-//! wrapper, the router, and the `/metrics`, `/events/recent`, `/api/listeners`,
-//! `/index.txt` and status page handlers).
+//! (`sockq::export::http::serve`: hyper's HTTP/1 parser under axum, its bounds, the
+//! access layer with its loopback `Host` check, the router, and the `/metrics`,
+//! `/events/recent`, `/api/listeners`, `/index.txt` and status page handlers).
 //!
 //! The server runs once per fuzzing process, on 127.0.0.1:0 in a current-thread
 //! tokio runtime on its own thread, serving a snapshot with one listener and one
@@ -40,7 +40,7 @@ use sockq::{
 /// server that waits for more input is caught all the same.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const HEALTH_EVERY: u64 = 256;
-const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 
 fn server() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();

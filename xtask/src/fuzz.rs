@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::step;
 
 /// The targets, in the order they run (`fuzz/fuzz_targets/NAME.rs`).
-pub const TARGETS: [&str; 4] = ["sock_diag", "btf", "cli", "http"];
+pub const TARGETS: [&str; 5] = ["sock_diag", "btf", "cli", "http", "web_config"];
 
 /// The cargo-fuzz release installed when none is.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -210,6 +210,10 @@ fn write_seeds(fuzz_dir: &Path) -> Result<()> {
     for (name, request) in HTTP_SEEDS {
         seeds.push(("http", (*name).to_owned(), request.as_bytes().to_vec()));
     }
+    for (name, config) in web_config_seeds(&fuzz_dir.join("../collector/src/export/http/testdata"))?
+    {
+        seeds.push(("web_config", name.to_owned(), config.into_bytes()));
+    }
     for (target, name, bytes) in seeds {
         let dir: PathBuf = fuzz_dir.join("corpus").join(target);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -237,30 +241,89 @@ const CLI_SEEDS: &[(&str, &str)] = &[
 ];
 
 const HTTP_SEEDS: &[(&str, &str)] = &[
-    ("metrics", "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+    (
+        "metrics",
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ),
     (
         "status-page",
-        "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html,*/*;q=0.8\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/html,*/*;q=0.8\r\n\r\n",
     ),
     (
         "index-text",
-        "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n",
     ),
     ("index-txt", "GET /index.txt HTTP/1.0\r\n\r\n"),
     (
         "events",
-        "GET /events/recent?after=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /events/recent?after=0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     ),
-    ("api", "GET /api/listeners HTTP/1.1\r\nHost: x\r\n\r\n"),
+    (
+        "api",
+        "GET /api/listeners HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ),
     (
         "pipelined",
-        "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+        "HEAD /metrics HTTP/1.1\r\nHost: localhost\r\n\r\nGET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ),
     (
         "chunked-post",
-        "POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        "POST /metrics HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
     ),
 ];
+
+/// exporter-toolkit web configurations: its documented keys, good and bad values, and
+/// one with the unit tests' certificate and key inline (so that rustls gets real PEM
+/// to mutate).
+fn web_config_seeds(testdata: &Path) -> Result<Vec<(&'static str, String)>> {
+    let read = |name: &str| -> Result<String> {
+        let path = testdata.join(name);
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let indent = |pem: String| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let inline = format!(
+        "tls_server_config:\n  cert: |\n{}  key: |\n{}  client_auth_type: \
+         VerifyClientCertIfGiven\n  client_ca: |\n{}",
+        indent(read("server.pem")?),
+        indent(read("server.key")?),
+        indent(read("ca.pem")?)
+    );
+    let hash = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
+    Ok(vec![
+        ("inline-tls", inline),
+        (
+            "files",
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+             min_version: TLS12\n  max_version: TLS13\n  cipher_suites:\n  - \
+             TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\n  - TLS_AES_128_GCM_SHA256\n  \
+             prefer_server_cipher_suites: true\n  curve_preferences: [X25519, CurveP256]\n"
+                .to_owned(),
+        ),
+        (
+            "users",
+            format!("basic_auth_users:\n  alice: {hash}\n  'bob': \"{hash}\"\n"),
+        ),
+        (
+            "headers",
+            "http_server_config:\n  http2: false\n  headers:\n    X-Frame-Options: deny\n    \
+             X-Content-Type-Options: nosniff\n    Content-Security-Policy: \"default-src 'self'\"\n"
+                .to_owned(),
+        ),
+        (
+            "rate-limit",
+            "rate_limit:\n  interval: 1m30.5s\n  burst: 10\n".to_owned(),
+        ),
+        (
+            "anchors",
+            "x: &a {cert_file: a, key_file: b}\ntls_server_config: *a\n".to_owned(),
+        ),
+        ("empty", String::new()),
+    ])
+}
 
 /// sock_diag answers to dump request 1 (the sequence number the target uses).
 fn sock_diag_seeds() -> Vec<(&'static str, Vec<u8>)> {

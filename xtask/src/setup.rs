@@ -36,7 +36,7 @@ const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// runs `sockq top` in a terminal; chromium renders the status page headless; hping3
 /// floods SYNs between the load tests' own namespaces; gcc and liburing-dev build the
 /// io_uring test server, strace shows it makes no accept syscall.
-const TEST_PACKAGES: [&str; 13] = [
+const TEST_PACKAGES: [&str; 16] = [
     "iproute2",
     "prometheus",
     "bpftool",
@@ -47,6 +47,11 @@ const TEST_PACKAGES: [&str; 13] = [
     "tmux",
     "chromium",
     "hping3",
+    // tests/tls.rs, exposure.rs, deploy.rs: HTTPS requests; the venv that holds
+    // kubernetes-validate (from PyPI, installed by deploy.rs); systemd-analyze.
+    "curl",
+    "python3-venv",
+    "systemd",
     "gcc",
     "liburing-dev",
     "strace",

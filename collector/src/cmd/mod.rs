@@ -83,6 +83,19 @@ pub struct RunArgs {
     #[arg(long, env = "SOCKQ_CONN_TRACK_ENTRIES", default_value_t = collector_common::nagle::CONNS_MAX_ENTRIES,
           value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     pub conn_track_entries: u32,
+    /// A web configuration file in the format of Prometheus' exporter-toolkit (the
+    /// `--web.config.file` of node_exporter): TLS (`tls_server_config`), basic
+    /// authentication (`basic_auth_users`, bcrypt hashes), headers and rate limit.
+    /// Reloaded on SIGHUP and when it or a certificate it names changes; a reload that
+    /// fails keeps the configuration in force. See the README's "Security" section for
+    /// what is supported.
+    #[arg(long, env = "SOCKQ_WEB_CONFIG_FILE", value_name = "PATH")]
+    pub web_config_file: Option<std::path::PathBuf>,
+    /// Serve only /metrics: no JSON API (/api/*, /events/recent) and no status page.
+    /// Without it, on an address other than loopback and without authentication, the
+    /// API omits processes' command lines, users and cgroups.
+    #[arg(long, env = "SOCKQ_NO_API")]
+    pub no_api: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,5 +179,7 @@ mod tests {
         };
         assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:9750");
         assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.web_config_file, None);
+        assert!(!args.no_api);
     }
 }

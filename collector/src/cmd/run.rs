@@ -4,9 +4,16 @@
 //!
 //! Order matters: everything privileged happens on the first thread before any other
 //! exists (bind, attach, drop capabilities: they are per thread and inherited), then
-//! the runtime starts the poller, the ring reader and the HTTP server.
+//! the runtime starts the poller and the ring reader, and a second runtime, whose
+//! threads drop every capability as they start, the HTTP server and the reloads of
+//! its web configuration (`kernel::capabilities` has the per-thread layout).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::Notify;
@@ -25,7 +32,14 @@ pub struct RunConfig {
     pub metrics_addr: SocketAddr,
     pub interval: Duration,
     pub probes: probes::LoadOptions,
+    /// `--web-config-file`.
+    pub web_config_file: Option<PathBuf>,
+    /// Serve the JSON API and the status page (not `--no-api`).
+    pub api: bool,
 }
+
+/// Worker threads of the HTTP server's runtime.
+const HTTP_THREADS: usize = 2;
 
 /// Stall events waiting for the next poll; more are counted as lost.
 const STALL_QUEUE: usize = 4096;
@@ -47,6 +61,10 @@ pub enum DaemonError {
     Runtime(#[source] std::io::Error),
     #[error("cannot install the signal handler")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    WebConfig(#[from] http::WebConfigLoadError),
+    #[error("cannot read the web configuration without privileges: {0}")]
+    Unprivileged(String),
 }
 
 /// What the privileged start-up hands to the runtime.
@@ -56,6 +74,7 @@ struct Started {
     events: Option<RingBuf<MapData>>,
     /// Why there are no probes, in polling mode.
     polling: Option<String>,
+    web: Arc<http::LiveSettings>,
 }
 
 /// `sockq run`. Without the privileges eBPF needs it still works, in polling mode
@@ -68,6 +87,8 @@ pub fn main(args: super::RunArgs) -> std::process::ExitCode {
             nagle: args.nagle,
             conn_track_entries: args.conn_track_entries,
         },
+        web_config_file: args.web_config_file,
+        api: !args.no_api,
     };
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -88,13 +109,72 @@ pub fn run(config: RunConfig) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(run_async(config, started))
+    let http_runtime = http_runtime()?;
+    let result = runtime.block_on(run_async(config, started, http_runtime.handle()));
+    http_runtime.shutdown_timeout(http::DRAIN_GRACE);
+    result
+}
+
+/// The HTTP server's runtime: each of its threads, workers and blocking pool alike,
+/// empties its capability sets before it runs anything. A thread that cannot is
+/// not left to serve: the daemon exits.
+fn http_runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(HTTP_THREADS)
+        .max_blocking_threads(4)
+        .thread_name("sockq-http")
+        .on_thread_start(|| {
+            if let Err(e) = capabilities::drop_all_on_this_thread() {
+                tracing::error!("cannot drop the capabilities of an HTTP thread ({e}); exiting");
+                std::process::exit(1);
+            }
+        })
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)
+}
+
+/// Loads `--web-config-file` on a thread without capabilities, as every reload
+/// will be (on the HTTP threads): what loads at start also reloads.
+fn load_web_config(path: Option<&Path>) -> Result<Arc<http::LiveSettings>, DaemonError> {
+    let Some(path) = path else {
+        return Ok(Arc::new(http::LiveSettings::default()));
+    };
+    let loaded = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("sockq-webconf".into())
+            .spawn_scoped(scope, || {
+                capabilities::drop_all_on_this_thread().map_err(DaemonError::Unprivileged)?;
+                Ok::<_, DaemonError>(http::load(path)?)
+            })
+            .map_err(|e| DaemonError::Unprivileged(e.to_string()))?;
+        thread
+            .join()
+            .map_err(|_| DaemonError::Unprivileged("the loading thread panicked".to_owned()))?
+    });
+    let (settings, notes) = loaded?;
+    tracing::info!(
+        "web configuration {}: {}, {}",
+        path.display(),
+        if settings.tls() { "TLS" } else { "no TLS" },
+        if settings.authenticates() {
+            "every request authenticates"
+        } else {
+            "no authentication"
+        }
+    );
+    for note in notes {
+        tracing::info!("web configuration: {note}");
+    }
+    Ok(Arc::new(http::LiveSettings::from_file(path, settings)))
 }
 
 fn start_privileged(config: &RunConfig) -> Result<Started, DaemonError> {
     // Files sockq might create (none today) are private.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     raise_fd_limit();
+    // A malformed web configuration fails the start, before anything else.
+    let web = load_web_config(config.web_config_file.as_deref())?;
     // Bind first: a port in use is the most common start-up failure; say so before
     // touching the kernel.
     let listener = http::bind_std(config.metrics_addr)?;
@@ -113,38 +193,54 @@ fn start_privileged(config: &RunConfig) -> Result<Started, DaemonError> {
         Ok((probes, events)) => (Some(probes), Some(events), None),
         Err(why) => (None, None, Some(why)),
     };
-    match &polling {
-        Some(why) => tracing::warn!(
+    if let Some(why) = &polling {
+        tracing::warn!(
             "polling mode: eBPF probes unavailable ({why}); listeners, queues, SYN queues \
              and drops still come from sock_diag and /proc/net/netstat every {:?}, but not \
              accept waits, enqueue depths, acceptors, patterns or Nagle stalls; `sockq \
              doctor` says what is missing",
             config.interval
-        ),
-        None => match capabilities::drop_after_attach() {
-            Ok(kept) => tracing::info!(
-                "probes attached; dropped every capability but {}",
-                kept.join(", ")
-            ),
-            Err(e) => tracing::warn!("could not drop capabilities after attaching: {e}"),
-        },
+        );
+    }
+    // Polling mode drops too: the inventory needs no more than with probes.
+    let stage = if polling.is_some() {
+        "polling mode"
+    } else {
+        "probes attached"
+    };
+    match capabilities::drop_after_attach() {
+        Ok(kept) if kept.is_empty() => tracing::info!("{stage}; no capability kept"),
+        Ok(kept) => tracing::info!("{stage}; dropped every capability but {}", kept.join(", ")),
+        Err(e) => tracing::warn!("{stage}; could not drop capabilities: {e}"),
     }
     Ok(Started {
         listener,
         probes,
         events,
         polling,
+        web,
     })
 }
 
-async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonError> {
+async fn run_async(
+    config: RunConfig,
+    started: Started,
+    http_runtime: &tokio::runtime::Handle,
+) -> Result<(), DaemonError> {
     let bind_error = |source| {
         DaemonError::Http(http::HttpError::Bind {
             addr: config.metrics_addr,
             source,
         })
     };
-    let listener = tokio::net::TcpListener::from_std(started.listener).map_err(bind_error)?;
+    // The listener and SIGHUP belong to the HTTP runtime, which polls them.
+    let (listener, hangup) = {
+        let _http = http_runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(started.listener).map_err(bind_error)?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(DaemonError::Signal)?;
+        (listener, hangup)
+    };
     let local = listener.local_addr().map_err(bind_error)?;
 
     let refresh = Arc::new(Notify::new());
@@ -177,11 +273,30 @@ async fn run_async(config: RunConfig, started: Started) -> Result<(), DaemonErro
         ..Snapshot::default()
     });
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, state.clone(), async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    }));
-    tracing::info!("serving metrics on http://{local}/metrics");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let scheme = if started.web.current().tls() {
+        "https"
+    } else {
+        "http"
+    };
+    let options = http::ServeOptions {
+        api: config.api,
+        web: Arc::clone(&started.web),
+    };
+    let server = http_runtime.spawn(http::serve_with_options(
+        listener,
+        state.clone(),
+        stopped(),
+        options,
+    ));
+    http_runtime.spawn(Arc::clone(&started.web).watch(hangup, stopped()));
+    tracing::info!("serving metrics on {scheme}://{local}/metrics");
 
     poll_until_stopped(&mut poller, &state, &refresh, config.interval).await?;
     tracing::info!("shutting down; detaching probes");

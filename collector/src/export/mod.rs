@@ -5,3 +5,4 @@ pub mod event_log;
 pub mod http;
 pub mod prometheus;
 pub mod status_page;
+pub mod web_config;

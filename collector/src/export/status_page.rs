@@ -216,10 +216,10 @@ mod tests {
     #[tokio::test]
     async fn root_serves_the_page_and_the_text_index_stays_reachable() {
         let responses = exchange(vec![
-            "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html,*/*;q=0.8\r\nConnection: close\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
-            "GET /index.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/html,*/*;q=0.8\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+            "GET /index.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         ])
         .await;
         let [

@@ -365,6 +365,8 @@ impl Layout {
             net_ns_inum: self.offset("net", "ns.inum")?,
             // Optional: kernels before 5.14 have no cookie; the inode keys state then.
             net_cookie: self.offset("net", "net_cookie").unwrap_or(0),
+            // Optional (6.18): the inode kept in the sock, one read instead of two.
+            sk_ino: self.offset("sock", "sk_ino").unwrap_or(0),
             sk_protocol,
             sk_protocol_size,
             valid: 1,

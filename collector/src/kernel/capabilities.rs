@@ -2,6 +2,30 @@
 //! privilege is one clear line rather than an obscure EPERM later.
 //!
 //! Capabilities come from `CapEff` in `/proc/self/status` (capabilities(7)).
+//!
+//! # Who holds what, thread by thread
+//!
+//! Capabilities belong to threads, not processes: `capset(2)` changes the calling
+//! thread's sets only, and a new thread starts with a copy of its creator's.
+//! `sockq run` uses that:
+//!
+//! - the main thread starts with whatever it was given, binds, loads and attaches
+//!   the probes, then [`drop_after_attach`] leaves it (effective and permitted)
+//!   only [`KEPT_AFTER_ATTACH`], empties its bounding set of the rest when it may
+//!   (`CAP_SETPCAP`), and sets `no_new_privs`. Polling mode (no probes) drops the
+//!   same way;
+//! - the threads created after that inherit those sets: the poller's tokio runtime,
+//!   its blocking pool (where the inventory runs and `setns`es into each network
+//!   namespace, `CAP_SYS_ADMIN`, and reads other processes' `/proc/PID/fd`,
+//!   `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`), and the `sockq-netns` helpers
+//!   those spawn;
+//! - the HTTP server runs on a runtime of its own whose threads (`sockq-http`,
+//!   workers and blocking pool alike) call [`drop_all_on_this_thread`] as they
+//!   start, before running any task: no effective nor permitted capability, so
+//!   nothing a client sends runs with a privilege, and those threads can never
+//!   take one back. Their bounding set is the main thread's (an emptied bounding
+//!   set only matters at `execve`, which sockq never calls, and `no_new_privs`
+//!   holds).
 
 /// A capability sockq uses, and what for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +130,12 @@ pub fn check(needed: &[Capability]) -> Option<String> {
 pub const KEPT_AFTER_ATTACH: [Capability; 3] = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
 
 /// Drops every capability but [`KEPT_AFTER_ATTACH`] from the calling thread's
-/// effective, permitted, inheritable, ambient and bounding sets, and sets
+/// effective, permitted, inheritable and ambient sets, from its bounding set too
+/// when it holds `CAP_SETPCAP` (dropping from the bounding set needs it; a
+/// container or systemd unit that grants only what sockq lists does not), and sets
 /// `no_new_privs`. Capabilities are per thread: call it before starting any other.
-/// Returns the names of the capabilities kept.
+/// Returns the names of the capabilities kept. Used after attaching the probes and
+/// in polling mode alike.
 pub fn drop_after_attach() -> Result<Vec<&'static str>, String> {
     use caps::{CapSet, CapsHashSet};
     let keep: CapsHashSet = KEPT_AFTER_ATTACH
@@ -117,9 +144,11 @@ pub fn drop_after_attach() -> Result<Vec<&'static str>, String> {
         .collect();
     let err = |what: &str, e: caps::errors::CapsError| format!("{what}: {e}");
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
-    for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(|e| err("bounding set", e))?;
+    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(|e| err("bounding set", e))?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| err("ambient set", e))?;
@@ -140,9 +169,49 @@ pub fn drop_after_attach() -> Result<Vec<&'static str>, String> {
         .collect())
 }
 
+/// Empties the calling thread's effective, permitted, inheritable and ambient
+/// sets (only this thread's: see the module documentation). Lowering never needs
+/// a privilege, so an error here means the kernel refused something unexpected.
+pub fn drop_all_on_this_thread() -> Result<(), String> {
+    use caps::CapSet;
+    for (set, name) in [
+        (CapSet::Ambient, "ambient"),
+        (CapSet::Inheritable, "inheritable"),
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        caps::clear(None, set).map_err(|e| format!("{name} set: {e}"))?;
+    }
+    Ok(())
+}
+
+/// This thread's effective set, from `/proc/thread-self/status`.
+pub fn effective_of_this_thread() -> Result<u64, std::io::Error> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    parse_cap_eff(&status).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "no parsable CapEff line in /proc/thread-self/status",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropping_on_one_thread_leaves_the_others() {
+        let before = effective_of_this_thread().expect("CapEff");
+        let on_thread = std::thread::spawn(|| {
+            drop_all_on_this_thread().expect("drop");
+            effective_of_this_thread().expect("CapEff")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(on_thread, 0);
+        assert_eq!(effective_of_this_thread().expect("CapEff"), before);
+    }
 
     const STATUS: &str = "Name:\tcat\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
                           CapEff:\t000001fffeffffff\nCapBnd:\t000001ffffffffff\n";

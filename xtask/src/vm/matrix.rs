@@ -42,6 +42,10 @@ fn cell(ok: bool, detail: &str) -> String {
     if let (true, Some(mechanism)) = (ok, detail.strip_prefix("attaches as ")) {
         return mechanism.replace("raw_tracepoint", "raw tracepoint");
     }
+    // Another probe does its work (sockq's `probes::NOT_NEEDED`).
+    if let (true, Some(why)) = (ok, detail.strip_prefix("not needed:")) {
+        return format!("not needed ({})", why.trim());
+    }
     let why = detail
         .strip_prefix("does not attach, sockq runs without it:")
         .unwrap_or(detail)

@@ -1,0 +1,422 @@
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, TcpStream as StdTcpStream},
+    time::Duration,
+};
+
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::*;
+use crate::{
+    export::prometheus::{BuildInfo, CONTENT_TYPE},
+    model::{Listener, Owner, Snapshot},
+};
+
+fn state() -> SharedState {
+    let state = SharedState::new(BuildInfo {
+        version: "9.9.9".to_owned(),
+        git_commit: "feed".to_owned(),
+        kernel_release: "6.1.0-test".to_owned(),
+    });
+    state.replace(Snapshot {
+        listeners: vec![Listener {
+            netns: 1,
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 9750,
+            inode: 77,
+            cookie: 1,
+            accept_queue_len: 0,
+            accept_queue_limit: 128,
+            syn_queue_len: 0,
+            drops: 0,
+            owners: vec![Owner::new(1, "x")],
+            kernel: None,
+            queue_full: false,
+        }],
+        ..Snapshot::default()
+    });
+    state
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), HttpError>>,
+}
+
+/// The daemon's limits, with a fixed connection cap.
+const LIMITS: Limits = Limits {
+    header_read_timeout: HEADER_READ_TIMEOUT,
+    connection_time_limit: CONNECTION_TIME_LIMIT,
+    max_connections: MAX_CONNECTIONS,
+    drain_grace: DRAIN_GRACE,
+};
+
+async fn start(state: SharedState, limits: Limits) -> Server {
+    let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(serve_with(
+        listener,
+        state,
+        shutdown,
+        ServeOptions::default(),
+        limits,
+    ));
+    Server { addr, stop, task }
+}
+
+/// Sends `request` over a fresh blocking connection and reads until the server
+/// closes it (or 5 s pass).
+async fn exchange(addr: SocketAddr, request: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = StdTcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream.write_all(request).expect("write request");
+        let mut response = Vec::new();
+        // A reset after a 400 is an acceptable end too.
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .expect("client task")
+}
+
+const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+fn assert_metrics_ok(response: &str) {
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains(&format!("content-type: {CONTENT_TYPE}\r\n")),
+        "{response}"
+    );
+    assert!(
+        response.contains("sockq_build_info{version=\"9.9.9\""),
+        "{response}"
+    );
+    assert!(
+        response.contains("listen_addr=\"127.0.0.1:9750\""),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_index_and_404() {
+    let server = start(state(), LIMITS).await;
+    assert_metrics_ok(&exchange(server.addr, GET_METRICS).await);
+
+    let index = exchange(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(index.starts_with("HTTP/1.1 200 OK\r\n"), "{index}");
+    assert!(index.contains("/metrics"), "{index}");
+
+    let missing = exchange(
+        server.addr,
+        b"GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+#[tokio::test]
+async fn garbage_then_good_request() {
+    let server = start(state(), LIMITS).await;
+    let garbage = exchange(server.addr, b"\x00\xffGARBAGE {}\r\n\r\n").await;
+    assert!(
+        garbage.is_empty() || garbage.starts_with("HTTP/1.1 400 "),
+        "{garbage:?}"
+    );
+    assert_metrics_ok(&exchange(server.addr, GET_METRICS).await);
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+#[tokio::test]
+async fn slow_client_does_not_block_and_times_out() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..LIMITS
+    };
+    let server = start(state(), limits).await;
+    let addr = server.addr;
+    // Half a request line, then silence.
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut stream = StdTcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream.write_all(b"GET /metr").expect("write");
+        stream
+    })
+    .await
+    .expect("slow client");
+
+    assert_metrics_ok(&exchange(server.addr, GET_METRICS).await);
+
+    // The header-read timeout closes the slow connection, well before the 5 s read timeout.
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut slow = slow;
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        started.elapsed()
+    })
+    .await
+    .expect("slow reader");
+    assert!(
+        closed < Duration::from_secs(4),
+        "slow connection open for {closed:?}"
+    );
+
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+/// Connects and sends `prefix` (maybe nothing), then waits for the server to
+/// close the connection; how long that took, or `None` after 5 s.
+async fn closed_after(addr: SocketAddr, prefix: &'static [u8]) -> Option<Duration> {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = StdTcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let started = std::time::Instant::now();
+        stream.write_all(prefix).expect("write");
+        let mut rest = Vec::new();
+        stream
+            .read_to_end(&mut rest)
+            .ok()
+            .map(|_| started.elapsed())
+    })
+    .await
+    .expect("client task")
+}
+
+#[tokio::test]
+async fn header_read_timeout_closes_a_silent_connection() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..LIMITS
+    };
+    let server = start(state(), limits).await;
+    let closed = closed_after(server.addr, b"").await;
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(250)),
+        "a silent connection was closed after {closed:?}, not after the 300 ms header timeout"
+    );
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+#[tokio::test]
+async fn trickling_bytes_does_not_extend_the_header_deadline() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..LIMITS
+    };
+    let server = start(state(), limits).await;
+    let addr = server.addr;
+    let open_for = tokio::task::spawn_blocking(move || {
+        let mut stream = StdTcpStream::connect(addr).expect("connect");
+        let started = std::time::Instant::now();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+            .expect("write");
+        // A byte every 50 ms, for up to 5 s, until a write fails.
+        while started.elapsed() < Duration::from_secs(5) && stream.write_all(b"a").is_ok() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started.elapsed()
+    })
+    .await
+    .expect("trickling client");
+    assert!(
+        open_for < Duration::from_secs(2),
+        "a trickling client kept its connection for {open_for:?}"
+    );
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let server = start(state(), LIMITS).await;
+    let addr = server.addr;
+    let responses = tokio::task::spawn_blocking(move || {
+        (0..50)
+            .map(|_| {
+                let mut stream = StdTcpStream::connect(addr).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                stream.write_all(GET_METRICS).expect("write request");
+                stream
+                    .shutdown(std::net::Shutdown::Write)
+                    .expect("half-close");
+                let mut response = Vec::new();
+                let _ = stream.read_to_end(&mut response);
+                String::from_utf8_lossy(&response).into_owned()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("client task");
+    for response in &responses {
+        assert_metrics_ok(response);
+    }
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+#[tokio::test]
+async fn at_the_cap_a_scrape_waits_for_a_slot_then_gets_its_answer() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(500),
+        max_connections: 2,
+        ..LIMITS
+    };
+    let server = start(state(), limits).await;
+    let addr = server.addr;
+    let idle: Vec<StdTcpStream> = (0..2)
+        .map(|_| StdTcpStream::connect(addr).expect("connect"))
+        .collect();
+    // Let the server accept both.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    assert_metrics_ok(&exchange(addr, GET_METRICS).await);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "answered after {waited:?} while two idle connections held both slots"
+    );
+    drop(idle);
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+/// A snapshot whose exposition is several MiB: more than the socket buffers hold.
+fn big_state() -> SharedState {
+    let state = state();
+    let one = state.snapshot().listeners[0].clone();
+    state.replace(Snapshot {
+        listeners: (0..20_000u16)
+            .map(|i| Listener {
+                port: i,
+                inode: u64::from(i),
+                cookie: u64::from(i),
+                ..one.clone()
+            })
+            .collect(),
+        ..Snapshot::default()
+    });
+    state
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answer_is_closed_at_the_time_limit() {
+    let limits = Limits {
+        connection_time_limit: Duration::from_millis(500),
+        max_connections: 1,
+        ..LIMITS
+    };
+    let server = start(big_state(), limits).await;
+    let addr = server.addr;
+    let deaf = tokio::task::spawn_blocking(move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket.connect(&addr.into()).expect("connect");
+        let mut stream = StdTcpStream::from(socket);
+        stream.write_all(GET_METRICS).expect("write request");
+        stream
+    })
+    .await
+    .expect("deaf client");
+    // Let the server take it and start answering.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let response = exchange(addr, GET_METRICS).await;
+    let waited = started.elapsed();
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{:.200}",
+        response
+    );
+    assert!(
+        waited >= Duration::from_millis(300),
+        "answered after {waited:?}, though a client that reads nothing held the only slot"
+    );
+    drop(deaf);
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_stuck_clients() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(60),
+        drain_grace: Duration::from_millis(200),
+        ..LIMITS
+    };
+    let server = start(state(), limits).await;
+    let addr = server.addr;
+    let stuck = tokio::task::spawn_blocking(move || {
+        let mut stream = StdTcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost:")
+            .expect("write");
+        stream
+    })
+    .await
+    .expect("stuck client");
+    // Let the server accept it before shutting down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = server.stop.send(());
+    let done = tokio::time::timeout(Duration::from_secs(5), server.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn address_in_use_is_explained() {
+    let first = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("bind");
+    let addr = first.local_addr().expect("local addr");
+    let err = bind(addr).await.expect_err("second bind must fail");
+    assert!(matches!(err, HttpError::AddrInUse { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("metrics address {addr} is already in use; pick another with --metrics-addr")
+    );
+}
+
+#[test]
+fn poisoned_lock_still_renders() {
+    let state = state();
+    let poisoner = state.clone();
+    let _ = std::thread::spawn(move || {
+        let _guard = poisoner.inner.snapshot.write();
+        panic!("poison the snapshot lock");
+    })
+    .join();
+    assert!(state.inner.snapshot.is_poisoned());
+    assert!(state.render().expect("render").contains("sockq_build_info"));
+    state.replace(Snapshot::default());
+    assert!(state.snapshot().listeners.is_empty());
+}
