@@ -114,7 +114,9 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, fallback: impl FnOnce() -
     let Some((listener, q)) =
         listener.and_then(|l| LISTENER_QUEUES.get_ptr_mut(&l).map(|q| (l, q)))
     else {
-        if stamp.is_some() {
+        // A TCP connection (stamped, or inet: one that completed before sockq
+        // started) whose listener is unknown is counted; a Unix one is not sockq's.
+        if stamp.is_some() || is_inet(child) {
             count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
         }
         return;
@@ -141,6 +143,14 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, fallback: impl FnOnce() -
         }
     }
     sample_readers(child, listener, tid);
+}
+
+/// Whether `sk` is an IPv4 or IPv6 socket (read only on the rare unattributed path).
+#[inline(always)]
+fn is_inet(sk: *const u8) -> bool {
+    read::<u16>(sk, offsets().sk_family).is_ok_and(|f| {
+        f == collector_common::listener::AF_INET || f == collector_common::listener::AF_INET6
+    })
 }
 
 /// Watches who reads a sample of the accepted connections (`sock_recv_length`).
