@@ -243,25 +243,9 @@ async fn run_async(
     };
     let local = listener.local_addr().map_err(bind_error)?;
 
-    let refresh = Arc::new(Notify::new());
-    let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(STALL_QUEUE);
-    let counters = Arc::new(ring::RingCounters::default());
-    if let Some(events) = started.events {
-        tokio::spawn(ring::read_events(
-            events,
-            Arc::clone(&refresh),
-            stall_tx,
-            Arc::clone(&counters),
-        ));
-    }
-    let mut loaded = started.probes;
-    if let Some(log) = loaded.as_mut().and_then(Probes::take_kernel_log) {
-        tokio::spawn(probes::kernel_log::forward(log));
-    }
-    let mut poller = Poller::new(
-        loaded,
-        stall_rx,
-        counters,
+    let (mut poller, refresh) = start_poller(
+        started.probes,
+        started.events,
         started.polling.clone(),
         config.interval,
     );
@@ -308,6 +292,33 @@ async fn run_async(
     }
     drop(poller); // detaches the programs
     Ok(())
+}
+
+/// Starts the ring reader and the kernel-log forwarder; returns the poller and what
+/// the ring reader notifies when a listener opens or closes.
+fn start_poller(
+    probes: Option<Probes>,
+    events: Option<RingBuf<MapData>>,
+    polling: Option<String>,
+    interval: Duration,
+) -> (Poller, Arc<Notify>) {
+    let refresh = Arc::new(Notify::new());
+    let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(STALL_QUEUE);
+    let counters = Arc::new(ring::RingCounters::default());
+    if let Some(events) = events {
+        tokio::spawn(ring::read_events(
+            events,
+            Arc::clone(&refresh),
+            stall_tx,
+            Arc::clone(&counters),
+        ));
+    }
+    let mut loaded = probes;
+    if let Some(log) = loaded.as_mut().and_then(Probes::take_kernel_log) {
+        tokio::spawn(probes::kernel_log::forward(log));
+    }
+    let poller = Poller::new(loaded, stall_rx, counters, polling, interval);
+    (poller, refresh)
 }
 
 /// Polls every `interval`, and when the ring reader asks (debounced: see
