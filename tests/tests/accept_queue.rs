@@ -333,3 +333,28 @@ fn ss_listener_queue(ns: &Netns, port: u16) -> (u32, u32, u32) {
     let send_q = f.next().and_then(|v| v.parse().ok()).expect("Send-Q");
     (recv_q, send_q, 0)
 }
+
+/// Linux returns connections their clients reset while queued from accept(): their
+/// accept wait is counted like any other, so waits equal accepts.
+#[test]
+fn children_reset_while_queued_have_their_wait_counted() {
+    let ns = Netns::new("chreset");
+    let daemon = Daemon::start("0.5");
+    let held = ns.scenario(&["reset-queued", "127.0.0.1:7103", "25"]);
+    let netns = ns.inode().to_string();
+    let listener = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7103")];
+    daemon.wait_for(Duration::from_secs(10), |m| {
+        let accepts = m.one("sockq_listen_accepts_total", &listener)?;
+        let waits = m
+            .one("sockq_accept_wait_seconds_count", &listener)
+            .unwrap_or(0.0);
+        if accepts == 25.0 && waits == 25.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "accepts {accepts}, accept waits {waits}: both must be 25"
+            ))
+        }
+    });
+    held.finish();
+}
