@@ -35,12 +35,21 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A venv with kubernetes-validate (and so PyYAML), made once.
+/// A venv with kubernetes-validate (and so PyYAML), made once: the tests of this file
+/// run on parallel threads and share it (`OnceLock` makes the others wait), and a
+/// venv a failed run left half made is recreated (`--clear`).
 fn venv() -> PathBuf {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-venv");
     let bin = venv.join("bin/kubernetes-validate");
     if !bin.exists() {
-        let out = run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+        let out = run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv));
         assert!(out.status.success(), "python3 -m venv: {}", text(&out));
         let out = run(Command::new(venv.join("bin/pip")).args([
             "install",
