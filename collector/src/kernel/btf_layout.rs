@@ -482,6 +482,17 @@ impl Layout {
     }
 }
 
+/// Offset of `name` in a BTF string section built by hand (the tests' BTF blobs).
+#[cfg(test)]
+fn btf_string_offset(strings: &[u8], name: &str) -> u32 {
+    let needle = format!("\0{name}\0");
+    let at = strings
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .expect("name");
+    u32::try_from(at + 1).expect("offset")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,14 +603,7 @@ mod tests {
     /// (anonymous): offsets whose sum does not fit in 32 bits.
     fn overflowing_btf() -> Vec<u8> {
         let strings = b"\0int\0inner\0b\0sock\0a\0anon\0";
-        let name = |n: &str| {
-            let needle = format!("\0{n}\0");
-            let at = strings
-                .windows(needle.len())
-                .position(|w| w == needle.as_bytes())
-                .expect("name");
-            u32::try_from(at + 1).expect("offset")
-        };
+        let name = |n: &str| btf_string_offset(strings, n);
         let struct_info = |vlen: u32| (4 << 24) | vlen;
         #[rustfmt::skip]
         let types: Vec<u32> = vec![

@@ -183,14 +183,7 @@ mod tests {
     fn tracepoints_btf(complete: &[u32], submit: u32) -> Vec<u8> {
         let strings = b"\0u64\0int\0io_uring_cqe\0io_kiocb\0btf_trace_io_uring_complete\0\
             btf_trace_io_uring_submit_req\0btf_trace_io_uring_task_add\0";
-        let name = |n: &str| {
-            let needle = format!("\0{n}\0");
-            let at = strings
-                .windows(needle.len())
-                .position(|w| w == needle.as_bytes())
-                .expect("name");
-            u32::try_from(at + 1).expect("offset")
-        };
+        let name = |n: &str| super::super::btf_string_offset(strings, n);
         let vlen = u32::try_from(complete.len()).expect("params");
         let (ptr, typedef) = (2 << 24, 8 << 24);
         #[rustfmt::skip]
