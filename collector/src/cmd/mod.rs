@@ -96,6 +96,13 @@ pub struct RunArgs {
     /// API omits processes' command lines, users and cgroups.
     #[arg(long, env = "SOCKQ_NO_API")]
     pub no_api: bool,
+    /// Seconds a metrics client has, from the start of its connection, to send its
+    /// whole request head (on a TLS port, the handshake has as long again); then the
+    /// connection is closed. It bounds how long idle or slowloris clients hold the
+    /// server's connection slots.
+    #[arg(long, env = "SOCKQ_HTTP_HEADER_TIMEOUT", value_name = "SECONDS",
+          default_value = "5", value_parser = parse_header_timeout)]
+    pub http_header_timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,11 +150,20 @@ pub fn emit(text: &str) {
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, 0.05, 3600.0)
+}
+
+fn parse_header_timeout(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, 0.5, 600.0)
+}
+
+/// A number of seconds from `min` to `max`.
+fn parse_seconds(s: &str, min: f64, max: f64) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(0.05..=3600.0).contains(&secs) {
-        return Err(format!("{secs} s is outside 0.05..3600 s"));
+    if !(min..=max).contains(&secs) {
+        return Err(format!("{secs} s is outside {min}..{max} s"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -181,5 +197,9 @@ mod tests {
         assert_eq!(args.interval, Duration::from_secs(1));
         assert_eq!(args.web_config_file, None);
         assert!(!args.no_api);
+        assert_eq!(
+            args.http_header_timeout,
+            crate::export::http::HEADER_READ_TIMEOUT
+        );
     }
 }

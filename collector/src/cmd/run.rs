@@ -36,6 +36,8 @@ pub struct RunConfig {
     pub web_config_file: Option<PathBuf>,
     /// Serve the JSON API and the status page (not `--no-api`).
     pub api: bool,
+    /// `--http-header-timeout`.
+    pub http_header_timeout: Duration,
 }
 
 /// Worker threads of the HTTP server's runtime.
@@ -89,6 +91,7 @@ pub fn main(args: super::RunArgs) -> std::process::ExitCode {
         },
         web_config_file: args.web_config_file,
         api: !args.no_api,
+        http_header_timeout: args.http_header_timeout,
     };
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -272,6 +275,7 @@ async fn run_async(
     let options = http::ServeOptions {
         api: config.api,
         web: Arc::clone(&started.web),
+        header_read_timeout: config.http_header_timeout,
     };
     let server = http_runtime.spawn(http::serve_with_options(
         listener,

@@ -9,10 +9,10 @@
 //! connection builder directly, each connection on its own task (a slow or broken
 //! client never delays another scrape), with these bounds:
 //!
-//! - a client has [`HEADER_READ_TIMEOUT`] from its connection's start to send a
-//!   whole request head (hyper's header-read timeout: trickling bytes does not
-//!   extend it), and at most [`MAX_HEADER_SIZE`] of it (431 beyond); on a TLS port
-//!   the handshake has as long again (`connection`);
+//! - a client has [`HEADER_READ_TIMEOUT`] (`--http-header-timeout`) from its
+//!   connection's start to send a whole request head (hyper's header-read timeout:
+//!   trickling bytes does not extend it), and at most [`MAX_HEADER_SIZE`] of it
+//!   (431 beyond); on a TLS port the handshake has as long again (`connection`);
 //! - one request per connection (no keep-alive), so a connection's life is its
 //!   head, then one answer; [`CONNECTION_TIME_LIMIT`] bounds the whole of it, which
 //!   covers a client that never reads its answer;
@@ -168,6 +168,9 @@ pub struct ServeOptions {
     pub api: bool,
     /// TLS, authentication, headers and rate limit in force.
     pub web: Arc<LiveSettings>,
+    /// How long a client has to send its request head (`--http-header-timeout`;
+    /// [`HEADER_READ_TIMEOUT`] by default).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -175,6 +178,7 @@ impl Default for ServeOptions {
         Self {
             api: true,
             web: Arc::new(LiveSettings::default()),
+            header_read_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -186,7 +190,8 @@ pub async fn serve_with_options(
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> Result<(), HttpError> {
-    serve_with(listener, state, shutdown, options, Limits::daemon()).await
+    let limits = Limits::daemon(options.header_read_timeout);
+    serve_with(listener, state, shutdown, options, limits).await
 }
 
 /// The bounds [`serve`] applies (tests shrink them).
@@ -199,9 +204,9 @@ struct Limits {
 }
 
 impl Limits {
-    fn daemon() -> Self {
+    fn daemon(header_read_timeout: Duration) -> Self {
         Self {
-            header_read_timeout: HEADER_READ_TIMEOUT,
+            header_read_timeout,
             connection_time_limit: CONNECTION_TIME_LIMIT,
             max_connections: connection_cap(),
             drain_grace: DRAIN_GRACE,

@@ -93,6 +93,7 @@ impl Server {
         let options = ServeOptions {
             api,
             web: Arc::new(web),
+            ..ServeOptions::default()
         };
         let task = tokio::spawn(serve_with_options(
             listener,
@@ -245,10 +246,14 @@ async fn a_silent_client_on_the_tls_port_is_closed_at_the_header_deadline() {
     let addr = listener.local_addr().expect("addr");
     let limits = Limits {
         header_read_timeout: Duration::from_millis(300),
-        ..Limits::daemon()
+        ..Limits::daemon(HEADER_READ_TIMEOUT)
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let options = ServeOptions { api: true, web };
+    let options = ServeOptions {
+        api: true,
+        web,
+        ..ServeOptions::default()
+    };
     let task = tokio::spawn(serve_with(
         listener,
         state(),
