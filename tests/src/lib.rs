@@ -68,7 +68,9 @@ impl Netns {
         );
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        Self { name }
+        let ns = Self { name };
+        watched::netns_created(ns.inode());
+        ns
     }
 
     /// Connects this namespace to `other` with a veth pair: this side gets
@@ -196,6 +198,7 @@ impl Netns {
         );
         let stdin = child.stdin.take();
         Scenario {
+            watch: watched::scenario_started(self.inode()),
             child,
             stdin,
             first_line: line.trim().to_owned(),
@@ -205,14 +208,21 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let checked = std::fs::metadata(format!("/run/netns/{}", self.name))
+            .map_or(Ok(()), |meta| watched::netns_ending(meta.ino()));
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        if let Err(why) = checked {
+            panic!("{why}");
+        }
     }
 }
 
 /// A running scenario program; closing its stdin ends it.
 pub struct Scenario {
+    /// Its place in [`watched`] (the invariant is checked before it ends).
+    watch: u64,
     child: Child,
     stdin: Option<ChildStdin>,
     pub first_line: String,
@@ -226,18 +236,26 @@ impl Scenario {
 
     /// Closes stdin and waits for the program to exit.
     pub fn finish(mut self) {
+        let checked = watched::scenario_ending(self.watch);
         drop(self.stdin.take());
         let status = self.child.wait().expect("waiting for scenario");
+        if let Err(why) = checked {
+            panic!("{why}");
+        }
         assert!(status.success(), "scenario exited with {status}");
     }
 }
 
 impl Drop for Scenario {
     fn drop(&mut self) {
+        let checked = watched::scenario_ending(self.watch);
         drop(self.stdin.take());
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Err(why) = checked {
+            panic!("{why}");
         }
     }
 }
@@ -296,6 +314,7 @@ impl Daemon {
                 .ok()
                 .and_then(|p| p.parse().ok()),
         ) {
+            watched::daemon_started(addr);
             return Self {
                 child: None,
                 pid,
@@ -334,6 +353,7 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        watched::daemon_started(addr);
         daemon
     }
 
@@ -382,9 +402,175 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let checked = watched::daemon_ending(self.addr);
         if let Some(child) = &mut self.child {
             stop(child);
         } // else not ours to stop
+        if let Err(why) = checked {
+            panic!("{why}");
+        }
+    }
+}
+
+/// The invariant every test checks, whatever it is about (#14): for every listener
+/// in the namespaces `netns`, as the daemon at `addr` exports them, accept waits
+/// (`sockq_accept_wait_seconds_count`) equal accepts (`sockq_listen_accepts_total`):
+/// every accepted connection was stamped and its wait measured, on every accept path
+/// (resets while queued included). [`watched`] runs it whenever a scenario, a test
+/// namespace or a daemon goes away, for the daemons that were running before the
+/// scenario or namespace began (so that none of its connections predates the probes).
+///
+/// A scrape may fall between an accept's two counters, and the daemon exports what its
+/// last poll read: a difference must persist for 5 s to fail. Daemons that do not
+/// answer plain unauthenticated scrapes (TLS, auth, stopped) are not checked. Does
+/// nothing while the thread panics (the test already failed).
+pub fn check_accept_waits(addr: SocketAddr, netns: &[u64]) -> Result<(), String> {
+    if std::thread::panicking() || netns.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let Some(body) = try_get(addr, "/metrics").filter(|b| b.contains("sockq_probe_attached"))
+        else {
+            return Ok(());
+        };
+        let differences = accept_wait_differences(&Metrics::parse(&body), netns);
+        if differences.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "accept waits differ from accepts (sockq at {addr}): {}",
+                differences.join("; ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Listeners in `netns` whose accept-wait count is not their accept count.
+fn accept_wait_differences(m: &Metrics, netns: &[u64]) -> Vec<String> {
+    let wanted: Vec<String> = netns.iter().map(u64::to_string).collect();
+    m.samples
+        .iter()
+        .filter(|s| s.name == "sockq_listen_accepts_total")
+        .filter(|s| s.labels.get("netns").is_some_and(|n| wanted.contains(n)))
+        .filter_map(|accepts| {
+            let labels: Vec<(&str, &str)> = accepts
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            // A listener that has measured no wait exports no histogram.
+            let waits = match m.find("sockq_accept_wait_seconds_count", &labels).as_slice() {
+                [] => 0.0,
+                [s] => s.value,
+                more => return Some(format!("{labels:?}: {} accept-wait counts", more.len())),
+            };
+            (waits != accepts.value)
+                .then(|| format!("{labels:?}: {} accepts, {waits} waits", accepts.value))
+        })
+        .collect()
+}
+
+/// Who watches what in this process, for [`check_accept_waits`]: the daemons running,
+/// the test namespaces and scenarios alive, each with the order it began in.
+mod watched {
+    use std::{
+        net::SocketAddr,
+        sync::{Mutex, MutexGuard, PoisonError},
+    };
+
+    use super::check_accept_waits;
+
+    #[derive(Default)]
+    struct Watched {
+        next: u64,
+        daemons: Vec<(u64, SocketAddr)>,
+        /// (order, netns inode, is a scenario): the scenarios' netns and the test
+        /// namespaces themselves.
+        watched: Vec<(u64, u64, bool)>,
+    }
+
+    static WATCHED: Mutex<Watched> = Mutex::new(Watched {
+        next: 0,
+        daemons: Vec::new(),
+        watched: Vec::new(),
+    });
+
+    fn lock() -> MutexGuard<'static, Watched> {
+        WATCHED.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(netns: u64, scenario: bool) -> u64 {
+        let mut w = lock();
+        w.next += 1;
+        let order = w.next;
+        w.watched.push((order, netns, scenario));
+        order
+    }
+
+    /// Checks `netns` (begun at `order`) with every daemon that began before it.
+    fn end(order: u64, netns: u64) -> Result<(), String> {
+        let daemons: Vec<SocketAddr> = {
+            let mut w = lock();
+            w.watched.retain(|&(o, _, _)| o != order);
+            w.daemons.iter().filter(|&&(o, _)| o < order).map(|&(_, a)| a).collect()
+        };
+        daemons
+            .into_iter()
+            .try_for_each(|addr| check_accept_waits(addr, &[netns]))
+    }
+
+    pub(super) fn netns_created(inode: u64) {
+        begin(inode, false);
+    }
+
+    pub(super) fn netns_ending(inode: u64) -> Result<(), String> {
+        let order = lock()
+            .watched
+            .iter()
+            .find(|&&(_, n, scenario)| n == inode && !scenario)
+            .map(|&(o, _, _)| o);
+        order.map_or(Ok(()), |order| end(order, inode))
+    }
+
+    pub(super) fn scenario_started(netns: u64) -> u64 {
+        begin(netns, true)
+    }
+
+    /// Idempotent: `finish` and then `drop` both call it.
+    pub(super) fn scenario_ending(order: u64) -> Result<(), String> {
+        let netns = lock()
+            .watched
+            .iter()
+            .find(|&&(o, _, _)| o == order)
+            .map(|&(_, n, _)| n);
+        netns.map_or(Ok(()), |netns| end(order, netns))
+    }
+
+    pub(super) fn daemon_started(addr: SocketAddr) {
+        let mut w = lock();
+        w.next += 1;
+        let order = w.next;
+        w.daemons.push((order, addr));
+    }
+
+    /// Checks what began after this daemon, then forgets it.
+    pub(super) fn daemon_ending(addr: SocketAddr) -> Result<(), String> {
+        let netns: Vec<u64> = {
+            let mut w = lock();
+            let Some(at) = w.daemons.iter().position(|&(_, a)| a == addr) else {
+                return Ok(());
+            };
+            let (order, _) = w.daemons.remove(at);
+            let mut netns: Vec<u64> =
+                w.watched.iter().filter(|&&(o, _, _)| o > order).map(|&(_, n, _)| n).collect();
+            netns.sort_unstable();
+            netns.dedup();
+            netns
+        };
+        check_accept_waits(addr, &netns)
     }
 }
 
@@ -582,5 +768,23 @@ mod tests {
             m.samples[0].labels.get("netns").map(String::as_str),
             Some("1")
         );
+    }
+
+    #[test]
+    fn accept_waits_must_equal_accepts_in_the_namespaces_asked_about() {
+        let m = Metrics::parse(concat!(
+            "sockq_listen_accepts_total{netns=\"7\",listen_addr=\"a:1\",socket=\"10\"} 3\n",
+            "sockq_accept_wait_seconds_count{netns=\"7\",listen_addr=\"a:1\",socket=\"10\"} 3\n",
+            "sockq_listen_accepts_total{netns=\"7\",listen_addr=\"a:2\",socket=\"11\"} 3\n",
+            "sockq_accept_wait_seconds_count{netns=\"7\",listen_addr=\"a:2\",socket=\"11\"} 2\n",
+            "sockq_listen_accepts_total{netns=\"7\",listen_addr=\"a:3\",socket=\"12\"} 0\n",
+            "sockq_listen_accepts_total{netns=\"7\",listen_addr=\"a:4\",socket=\"13\"} 2\n",
+            "sockq_listen_accepts_total{netns=\"8\",listen_addr=\"a:5\",socket=\"14\"} 5\n",
+        ));
+        let differences = accept_wait_differences(&m, &[7]);
+        assert_eq!(differences.len(), 2, "{differences:?}");
+        assert!(differences[0].contains("a:2") && differences[0].contains("3 accepts, 2 waits"));
+        assert!(differences[1].contains("a:4") && differences[1].contains("2 accepts, 0 waits"));
+        assert!(accept_wait_differences(&m, &[9]).is_empty());
     }
 }

@@ -158,9 +158,11 @@ fn nodelay_and_bulk_transfers_do_not_stall() {
         ms < ROUNDS * 10,
         "with TCP_NODELAY {ROUNDS} round trips took {ms} ms: the kernel stalled them"
     );
+    let delayed_before = ns.counter("TcpExt.DelayedACKs");
     let bulk = ns.scenario(&["bulk", "127.0.0.1:7103", "64"]);
     let bulk_pid = bulk.pid().to_string();
     bulk.finish();
+    let delayed_acks = ns.counter("TcpExt.DelayedACKs") - delayed_before;
 
     // sockq has seen both clients' writes once its count of TCP_NODELAY sends (host
     // wide) holds the client's 2 x ROUNDS and a poll has passed since.
@@ -180,23 +182,37 @@ fn nodelay_and_bulk_transfers_do_not_stall() {
         "sockq_nagle_hold_seconds_count",
         &[("netns", netns.as_str()), ("pid", bulk_pid.as_str())],
     );
-    eprintln!("bulk sender: {holds} Nagle holds");
-    for pid in [&client_pid, &bulk_pid] {
-        let stalls = sum(
+    let stalls = |pid: &str| {
+        sum(
             &m,
             "sockq_nagle_delayed_ack_stalls_total",
             &[("netns", netns.as_str()), ("pid", pid)],
-        );
-        assert_eq!(stalls, 0.0, "pid {pid} stalled");
-    }
-    assert!(
-        !daemon
-            .recent_events()
-            .iter()
-            .any(|e| e["type"] == "nagle_delayed_ack_stall"
-                && e["netns"].as_u64().map(|n| n.to_string()) == Some(netns.clone())),
-        "a stall event in a namespace without stalls"
+        )
+    };
+    let bulk_stalls = stalls(&bulk_pid);
+    eprintln!(
+        "bulk sender: {holds} Nagle holds, {bulk_stalls} stalls; kernel DelayedACKs delta \
+         {delayed_acks}"
     );
+    // TCP_NODELAY data is never held.
+    assert_eq!(stalls(&client_pid), 0.0, "the TCP_NODELAY client stalled");
+    // A bulk transfer's full segments are ACKed at once, but its last, partial one can
+    // wait for a delayed ACK when the receiver is slow (a busy machine): a real
+    // stall, which the kernel then counts as a delayed ACK. Never more than those.
+    assert!(
+        bulk_stalls <= delayed_acks as f64,
+        "the bulk sender: {bulk_stalls} stalls, but the kernel fired {delayed_acks} delayed ACKs"
+    );
+    if delayed_acks == 0 {
+        assert!(
+            !daemon
+                .recent_events()
+                .iter()
+                .any(|e| e["type"] == "nagle_delayed_ack_stall"
+                    && e["netns"].as_u64().map(|n| n.to_string()) == Some(netns.clone())),
+            "a stall event in a namespace where no delayed ACK fired"
+        );
+    }
     server.finish();
 }
 
