@@ -210,6 +210,20 @@ impl Layout {
         Ok(None)
     }
 
+    /// How many arguments kernel function `name` takes (fentry/fexit programs read
+    /// them, and the return value after them, at fixed positions); `None` when BTF
+    /// has no such function (inlined, static and renamed, or absent).
+    pub fn function_args(&self, name: &str) -> Option<usize> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Func(f) => match self.btf.resolve_chained_type(&f) {
+                Ok(Type::FuncProto(proto)) => Some(proto.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// The enumerators of `enum name` as (value, name), e.g. `skb_drop_reason`.
     pub fn enum_members(&self, name: &str) -> Result<Vec<(i64, String)>, LayoutError> {
         let types = self
