@@ -536,6 +536,19 @@ mod tests {
     }
 
     #[test]
+    fn counts_the_arguments_of_kernel_functions() {
+        let Some(layout) = running() else { return };
+        // `inet_csk_accept` took (sk, flags, err, kern) up to 6.9, (sk, arg) since.
+        let args = layout.function_args("inet_csk_accept");
+        assert!(matches!(args, Some(2 | 4)), "{args:?}");
+        // `tcp_v4_rcv(struct sk_buff *skb)` on every kernel sockq runs on.
+        assert_eq!(layout.function_args("tcp_v4_rcv"), Some(1));
+        assert_eq!(layout.function_args("no_such_function_in_any_kernel"), None);
+        // A struct of that name is no function.
+        assert_eq!(layout.function_args("sock"), None);
+    }
+
+    #[test]
     fn agrees_with_bpftool_where_available() {
         // The kernel's own view of the layout, independently of btf-rs.
         let Some(layout) = running() else { return };
