@@ -15,6 +15,8 @@
 #[cfg(target_arch = "bpf")]
 mod accept;
 #[cfg(target_arch = "bpf")]
+mod inet_csk_accept;
+#[cfg(target_arch = "bpf")]
 mod inet_sock_set_state;
 #[cfg(target_arch = "bpf")]
 mod io_uring;

@@ -31,8 +31,14 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     // SAFETY: a valid map value pointer; one connection is read by one thread at a
     // time in practice, and a lost update only blurs the sample.
     let t = unsafe { &mut *track };
-    // A socket at the address of a sampled one that closed unclassified.
-    if sock_inode(sk, offsets()) != t.socket_inode {
+    // A socket at the address of a sampled one that closed unclassified. A sample
+    // taken before the child had its inode (at fexit on `inet_csk_accept`, before
+    // the accept grafts it onto a socket, on kernels without `sk_ino`) takes the
+    // inode of its first read.
+    let inode = sock_inode(sk, offsets());
+    if t.socket_inode == 0 {
+        t.socket_inode = inode;
+    } else if inode != t.socket_inode {
         let _ = READERS.remove(&key);
         return 0;
     }

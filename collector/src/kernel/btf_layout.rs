@@ -210,6 +210,20 @@ impl Layout {
         Ok(None)
     }
 
+    /// How many arguments kernel function `name` takes (fentry/fexit programs read
+    /// them, and the return value after them, at fixed positions); `None` when BTF
+    /// has no such function (inlined, static and renamed, or absent).
+    pub fn function_args(&self, name: &str) -> Option<usize> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Func(f) => match self.btf.resolve_chained_type(&f) {
+                Ok(Type::FuncProto(proto)) => Some(proto.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// The enumerators of `enum name` as (value, name), e.g. `skb_drop_reason`.
     pub fn enum_members(&self, name: &str) -> Result<Vec<(i64, String)>, LayoutError> {
         let types = self
@@ -519,6 +533,19 @@ mod tests {
         assert_eq!(o.sk_protocol_size, 2, "{o:?}");
         assert_eq!(o.valid, 1);
         assert_eq!(o.queue_valid, 1, "{:?}", layout.queue_offsets_error());
+    }
+
+    #[test]
+    fn counts_the_arguments_of_kernel_functions() {
+        let Some(layout) = running() else { return };
+        // `inet_csk_accept` took (sk, flags, err, kern) up to 6.9, (sk, arg) since.
+        let args = layout.function_args("inet_csk_accept");
+        assert!(matches!(args, Some(2 | 4)), "{args:?}");
+        // `tcp_v4_rcv(struct sk_buff *skb)` on every kernel sockq runs on.
+        assert_eq!(layout.function_args("tcp_v4_rcv"), Some(1));
+        assert_eq!(layout.function_args("no_such_function_in_any_kernel"), None);
+        // A struct of that name is no function.
+        assert_eq!(layout.function_args("sock"), None);
     }
 
     #[test]

@@ -1,21 +1,37 @@
 //! Attaching one probe: each of its hooks in turn (raw tracepoint, classic
-//! tracepoint, kprobe), the first that loads and attaches wins; the status says which,
-//! or why none did.
+//! tracepoint, kprobe, fexit), the first that loads and attaches wins; the status
+//! says which, or why none did.
 
 use std::path::Path;
 
 use aya::{
     Ebpf,
-    programs::{KProbe, RawTracePoint, TracePoint},
+    programs::{FExit, KProbe, RawTracePoint, TracePoint},
 };
 
-use super::table::{Hook, ProbeSpec};
+use super::{
+    offsets::KernelInfo,
+    table::{Hook, ProbeSpec},
+};
 use crate::{kernel::tracefs, model::ProbeStatus};
 
 /// Tries each hook of `spec` in order; the first that loads and attaches wins.
-pub fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) -> ProbeStatus {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    kernel: &KernelInfo,
+    tracefs_root: Option<&Path>,
+) -> ProbeStatus {
     let mut failures = Vec::new();
-    for hook in spec.hooks {
+    // An fexit program written for another prototype of its function is not tried.
+    let fits = |hook: &&Hook| match **hook {
+        Hook::FExit { function, args, .. } => kernel
+            .function_args
+            .get(function)
+            .is_none_or(|&n| n == args),
+        _ => true,
+    };
+    for hook in spec.hooks.iter().filter(fits) {
         let result = match *hook {
             Hook::Raw {
                 program,
@@ -37,6 +53,14 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) ->
             Hook::KProbe { program, function } => {
                 attach_kprobe(ebpf, program, function).map(|()| format!("kprobe {function}"))
             }
+            Hook::FExit {
+                program,
+                function,
+                ..
+            } => match kernel.function_args.get(function) {
+                None => Err(format!("this kernel's BTF has no function {function}")),
+                Some(_) => attach_fexit(ebpf, program, function).map(|()| "fexit".to_owned()),
+            },
         };
         match result {
             Ok(mechanism) => {
@@ -51,6 +75,7 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs_root: Option<&Path>) ->
                     Hook::Raw { .. } => "raw tracepoint",
                     Hook::Classic { .. } => "tracepoint",
                     Hook::KProbe { .. } => "kprobe",
+                    Hook::FExit { .. } => "fexit",
                 };
                 tracing::debug!("probe {}: {kind}: {e}", spec.name);
                 failures.push(format!("{kind}: {e}"));
@@ -105,6 +130,28 @@ fn attach_kprobe(ebpf: &mut Ebpf, name: &str, function: &str) -> Result<(), Stri
     Ok(())
 }
 
+fn attach_fexit(ebpf: &mut Ebpf, name: &str, function: &str) -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| crate::error_chain(&e))?;
+    let prog: &mut FExit = program(ebpf, name)?;
+    prog.load(function, &btf).map_err(|e| {
+        let errno = match &e {
+            aya::programs::ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+            _ => None,
+        };
+        match errno {
+            // What kernels without BPF trampolines (or that forbid tracing programs)
+            // answer, with an empty verifier log.
+            Some(libc::EPERM | libc::EOPNOTSUPP | ENOTSUPP) => format!(
+                "this kernel does not load fexit programs ({})",
+                crate::error_chain(&e)
+            ),
+            _ => crate::error_chain(&e),
+        }
+    })?;
+    prog.attach().map_err(|e| crate::error_chain(&e))?;
+    Ok(())
+}
+
 fn attach_classic(
     ebpf: &mut Ebpf,
     name: &str,
@@ -117,3 +164,6 @@ fn attach_classic(
         .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
+
+/// The kernel's own "operation not supported" (`include/linux/errno.h`, not in libc).
+const ENOTSUPP: i32 = 524;

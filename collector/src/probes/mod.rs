@@ -7,6 +7,9 @@
 //!   `sock/inet_sock_set_state` (4.16+, needs tracefs);
 //! - `sk_data_ready`: raw tracepoint (6.3+), else a kprobe on `sock_def_readable`:
 //!   accept queue depth at every enqueue and the enqueue time of each connection;
+//! - `inet_csk_accept`: fexit (kernels with BPF trampolines): every accept, by any
+//!   path, io_uring's direct descriptors included; where it attaches, the accept
+//!   syscall and io_uring probes below are not needed;
 //! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
 //! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (Debian's 6.12 has it, 6.1 not): drop reasons per
 //!   listener;
@@ -171,7 +174,7 @@ impl Probes {
             .map_err(|source| ProbeError::Load { source })?;
         let kernel_log = kernel_log::init(&mut ebpf);
 
-        // In table order: whether sk_data_ready attached decides the accept entries.
+        // In table order: what attached decides which later probes are needed.
         let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
         for spec in &PROBES {
             let s = match not_wanted(spec, kernel, options, &status) {
@@ -180,7 +183,7 @@ impl Probes {
                     attached: false,
                     detail: why,
                 },
-                None => attach::attach(&mut ebpf, spec, tracefs_root),
+                None => attach::attach(&mut ebpf, spec, kernel, tracefs_root),
             };
             status.push(s);
         }
@@ -246,14 +249,9 @@ fn not_wanted(
     options: LoadOptions,
     so_far: &[ProbeStatus],
 ) -> Option<String> {
-    if spec.only_without_sk_data_ready
-        && so_far
-            .iter()
-            .any(|s| s.name == "sk_data_ready" && s.attached)
-    {
-        return Some(format!(
-            "{NOT_NEEDED}: sk_data_ready names each accepted child's listener"
-        ));
+    let attached = |name: &str| so_far.iter().any(|s| s.name == name && s.attached);
+    if let Some(r) = spec.replaced_by.iter().find(|r| attached(r.probe)) {
+        return Some(format!("{NOT_NEEDED}: {}", r.because));
     }
     match (spec.family, &kernel.nagle) {
         (Family::Nagle, _) if !options.nagle => {

@@ -17,6 +17,9 @@ pub struct KernelInfo {
     pub drop_reasons: std::collections::HashMap<u32, String>,
     /// The Nagle family's offsets, or why it cannot run here.
     pub nagle: Result<NagleOffsets, String>,
+    /// How many arguments each kernel function an fexit hook names takes, where BTF
+    /// has it (the hook's program must match: [`super::table::Hook::FExit`]).
+    pub function_args: std::collections::HashMap<&'static str, usize>,
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
@@ -57,9 +60,13 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
             (n.ephemeral_lo, n.ephemeral_hi) = sysctl::ephemeral_ports();
             Ok(n)
         });
+    let function_args = super::table::fexit_functions()
+        .filter_map(|f| Some((f, layout.function_args(f)?)))
+        .collect();
     Ok(KernelInfo {
         offsets: o,
         drop_reasons: layout.drop_reason_names(),
         nagle,
+        function_args,
     })
 }

@@ -20,7 +20,35 @@ pub enum Hook {
         program: &'static str,
         function: &'static str,
     },
+    /// `fexit/<function>`, where the kernel has BPF trampolines; `program` reads the
+    /// return value after `args` arguments, so it is tried only where BTF shows the
+    /// function with that many.
+    FExit {
+        program: &'static str,
+        function: &'static str,
+        args: usize,
+    },
 }
+
+/// Another probe that, once attached, does this one's work.
+#[derive(Debug, Clone, Copy)]
+pub struct Replacement {
+    pub probe: &'static str,
+    /// Why this one is then not needed (after "not needed: ").
+    pub because: &'static str,
+}
+
+/// The accept entries keep the listener fd only for want of `sk_data_ready`.
+const BY_SK_DATA_READY: Replacement = Replacement {
+    probe: "sk_data_ready",
+    because: "sk_data_ready names each accepted child's listener",
+};
+
+/// fexit on `inet_csk_accept` sees every accept, with its listener and child.
+const BY_CSK_ACCEPT: Replacement = Replacement {
+    probe: "inet_csk_accept",
+    because: "fexit on inet_csk_accept counts every accept, io_uring's included",
+};
 
 /// A probe and its mechanisms, best first.
 pub struct ProbeSpec {
@@ -28,9 +56,8 @@ pub struct ProbeSpec {
     pub hooks: &'static [Hook],
     /// Reads the accept-queue fields (`KernelOffsets::queue_valid`).
     pub needs_queue_offsets: bool,
-    /// Needed only where `sk_data_ready` cannot be attached (the accept entries: the
-    /// listener's fd stands in for the stamp's listener).
-    pub only_without_sk_data_ready: bool,
+    /// Probes (earlier in the table) whose attachment makes this one unnecessary.
+    pub replaced_by: &'static [Replacement],
     pub family: Family,
 }
 
@@ -47,7 +74,7 @@ pub enum Family {
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 17] = [
+pub const PROBES: [ProbeSpec; 18] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -62,7 +89,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: false,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Core,
     },
     ProbeSpec {
@@ -78,7 +105,26 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
+        family: Family::Core,
+    },
+    // Before the accept syscall and io_uring probes, which it makes unnecessary.
+    ProbeSpec {
+        name: "inet_csk_accept",
+        hooks: &[
+            Hook::FExit {
+                program: "inet_csk_accept_fexit4",
+                function: "inet_csk_accept",
+                args: 4,
+            },
+            Hook::FExit {
+                program: "inet_csk_accept_fexit2",
+                function: "inet_csk_accept",
+                args: 2,
+            },
+        ],
+        needs_queue_offsets: true,
+        replaced_by: &[],
         family: Family::Core,
     },
     ProbeSpec {
@@ -88,7 +134,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "tcp_retransmit_synack",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Core,
     },
     ProbeSpec {
@@ -98,7 +144,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "kfree_skb",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Core,
     },
     ProbeSpec {
@@ -108,7 +154,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "sock_recv_length",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Core,
     },
     ProbeSpec {
@@ -119,7 +165,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_enter_accept4",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: true,
+        replaced_by: &[BY_CSK_ACCEPT, BY_SK_DATA_READY],
         family: Family::Core,
     },
     ProbeSpec {
@@ -130,7 +176,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_enter_accept",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: true,
+        replaced_by: &[BY_CSK_ACCEPT, BY_SK_DATA_READY],
         family: Family::Core,
     },
     ProbeSpec {
@@ -141,7 +187,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_exit_accept4",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[BY_CSK_ACCEPT],
         family: Family::Core,
     },
     ProbeSpec {
@@ -152,7 +198,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_exit_accept",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[BY_CSK_ACCEPT],
         family: Family::Core,
     },
     ProbeSpec {
@@ -163,7 +209,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             name: "sys_enter_listen",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Core,
     },
     // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
@@ -182,7 +228,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[BY_CSK_ACCEPT],
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -199,7 +245,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[BY_CSK_ACCEPT],
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -209,7 +255,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "io_uring_task_add",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[BY_CSK_ACCEPT],
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -219,7 +265,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "timer_start",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -229,7 +275,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "timer_expire_entry",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -245,7 +291,7 @@ pub const PROBES: [ProbeSpec; 17] = [
             },
         ],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Nagle,
     },
     ProbeSpec {
@@ -255,10 +301,18 @@ pub const PROBES: [ProbeSpec; 17] = [
             tracepoint: "tcp_probe",
         }],
         needs_queue_offsets: true,
-        only_without_sk_data_ready: false,
+        replaced_by: &[],
         family: Family::Nagle,
     },
 ];
+
+/// The kernel functions the fexit hooks name.
+pub fn fexit_functions() -> impl Iterator<Item = &'static str> {
+    PROBES.iter().flat_map(|p| p.hooks).filter_map(|h| match *h {
+        Hook::FExit { function, .. } => Some(function),
+        _ => None,
+    })
+}
 
 #[cfg(test)]
 mod tests {
@@ -268,6 +322,21 @@ mod tests {
     fn every_probe_has_a_hook() {
         for p in &PROBES {
             assert!(!p.hooks.is_empty(), "{}", p.name);
+        }
+    }
+
+    #[test]
+    fn replacements_come_first_in_the_table() {
+        for (i, p) in PROBES.iter().enumerate() {
+            for r in p.replaced_by {
+                let at = PROBES.iter().position(|q| q.name == r.probe);
+                assert!(
+                    at.is_some_and(|at| at < i),
+                    "{} is replaced by {}, which must come before it",
+                    p.name,
+                    r.probe
+                );
+            }
         }
     }
 }

@@ -44,7 +44,9 @@ use probes::{measured, parse_doctor, probes_reported};
 use syn::syn_queue;
 
 const METRICS: &str = "127.0.0.1:9750";
-const ACCEPT_PROBES: &[&str] = &["sys_exit_accept4", "sys_exit_accept"];
+/// Any of them counts accepts (fexit on inet_csk_accept where the kernel has
+/// trampolines, else the accept syscalls).
+const ACCEPT_PROBES: &[&str] = &["inet_csk_accept", "sys_exit_accept4", "sys_exit_accept"];
 const NAGLE_PROBES: &[&str] = &[
     "timer_start",
     "timer_expire_entry",
