@@ -178,12 +178,21 @@ fn vm_task(root: &Path, options: vm::Options) -> Result<()> {
     step("building the scenario and check programs (release)");
     run(cargo(root, &env).args(["build", "--release", "--package", "sockq-tests", "--bins"]))?;
     let release = root.join("target/release");
+    // The io_uring server of the host's tests, for the VMs' io_uring check.
+    setup::ensure_test_tools()?;
+    let uring_server = release.join("uring_server");
+    run(Command::new("cc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&uring_server)
+        .arg(root.join("tests/c/uring_server.c"))
+        .arg("-luring"))?;
     vm::run_vm_test(
         root,
         &[
             sockq,
             release.join("sockq-scenario"),
             release.join("sockq-vmcheck"),
+            uring_server,
         ],
         &options,
     )

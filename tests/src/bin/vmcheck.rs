@@ -3,7 +3,8 @@
 //! one loopback, the kernel's own counters in /proc as the oracle). DOCTOR is a file
 //! holding the output of `sockq doctor` on the same kernel. Prints one line per
 //! check and exits non-zero if any fails. Meant for the VM: the SYN-queue check
-//! needs the route its /init adds (`10.9.9.0/24 dev lo`); ports 7011-7018 are used.
+//! needs the route its /init adds (`10.9.9.0/24 dev lo`); ports 7011-7018 and 7021-7023
+//! are used.
 //!
 //! Checks: the probes sockq reports (`sockq_probe_attached` against the doctor, a
 //! reason for each probe that did not attach, kprobes against the kernel's list);
@@ -16,7 +17,9 @@
 //! (handshakes whose SYN-ACKs go nowhere, against the request sockets in
 //! /proc/net/tcp, and SYN-ACK retransmits against TCPSynRetrans); acceptor threads
 //! (accepts per thread against the connections made and the server's own threads);
-//! the execution pattern.
+//! the execution pattern; io_uring accepts, single-shot, multishot and into direct
+//! descriptors (`uring_server` beside SCENARIO: accepts and accept waits against the
+//! server's own count).
 //!
 //! Where every probe a number needs is missing on this kernel, the check verifies
 //! that sockq exports no series for it at all: a zero would claim a measurement.
@@ -38,10 +41,13 @@ mod accept;
 mod probes;
 #[path = "vmcheck/syn.rs"]
 mod syn;
+#[path = "vmcheck/uring.rs"]
+mod uring;
 
 use accept::{acceptors, patterns};
 use probes::{measured, parse_doctor, probes_reported};
 use syn::syn_queue;
+use uring::io_uring;
 
 const METRICS: &str = "127.0.0.1:9750";
 /// Any of them counts accepts (fexit on inet_csk_accept where the kernel has
@@ -132,7 +138,7 @@ fn main() -> ExitCode {
 
 /// Runs every check in turn; returns how many failed.
 fn run_checks(ctx: &Ctx) -> usize {
-    let checks: [(&str, Check); 9] = [
+    let checks: [(&str, Check); 10] = [
         ("probes reported", probes_reported),
         ("overflow drops exact", overflow),
         ("accept wait", accept_wait),
@@ -142,6 +148,7 @@ fn run_checks(ctx: &Ctx) -> usize {
         ("SYN queue", syn_queue),
         ("acceptor threads", acceptors),
         ("patterns", patterns),
+        ("io_uring accepts", io_uring),
     ];
     let mut failed = 0;
     for (name, check) in checks {
