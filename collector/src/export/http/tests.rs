@@ -8,7 +8,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::*;
 use crate::{
-    export::prometheus::{BuildInfo, CONTENT_TYPE},
+    export::prometheus::{BuildInfo, CONTENT_TYPE, Format},
     model::{Listener, Owner, Snapshot},
 };
 
@@ -416,7 +416,8 @@ fn poisoned_lock_still_renders() {
     })
     .join();
     assert!(state.inner.snapshot.is_poisoned());
-    assert!(state.render().expect("render").contains("sockq_build_info"));
+    let text = state.render(Format::Text).expect("render");
+    assert!(String::from_utf8_lossy(&text).contains("sockq_build_info"));
     state.replace(Snapshot::default());
     assert!(state.snapshot().listeners.is_empty());
 }
