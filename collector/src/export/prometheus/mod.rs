@@ -516,9 +516,9 @@ mod tests {
     use super::*;
     use crate::model::{Listener, Owner, ProbeStatus, TransitionKey};
 
-    const HOSTILE_COMM: &str = "a\"b\\c\nd{}";
+    pub(super) const HOSTILE_COMM: &str = "a\"b\\c\nd{}";
 
-    fn build() -> BuildInfo {
+    pub(super) fn build() -> BuildInfo {
         BuildInfo {
             version: "0.1.0".to_owned(),
             git_commit: "abc123".to_owned(),
@@ -588,7 +588,7 @@ mod tests {
 
     /// The fixture with what the eBPF programs add: kernel stats on one listener
     /// (histograms included) and acceptor threads.
-    fn fixture_with_kernel_stats() -> Snapshot {
+    pub(super) fn fixture_with_kernel_stats() -> Snapshot {
         use collector_common::queue::{ListenerQueue, depth_bucket, wait_bucket};
         let mut snapshot = fixture();
         let mut q = ListenerQueue::ZERO;

@@ -88,7 +88,77 @@ pub(super) fn encode(
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
+        MetricFamily, MetricType,
+    };
+    use prost::Message as _;
+
     use super::*;
+    use crate::export::prometheus::{
+        ClassicBuckets, render, render_as,
+        tests::{HOSTILE_COMM, build, fixture_with_kernel_stats},
+    };
+
+    fn decode(mut bytes: &[u8]) -> Vec<MetricFamily> {
+        let mut families = Vec::new();
+        while !bytes.is_empty() {
+            families.push(MetricFamily::decode_length_delimited(&mut bytes).expect("decode"));
+        }
+        families
+    }
+
+    #[test]
+    fn protobuf_has_the_text_families_true_counters_and_native_histograms() {
+        let snapshot = fixture_with_kernel_stats();
+        let bytes = render_as(&snapshot, &build(), ClassicBuckets::Short, Format::Protobuf)
+            .expect("render");
+        let families = decode(&bytes);
+        let text = render(&snapshot, &build()).expect("render");
+        let text_names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let names: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, text_names);
+
+        let family = |name: &str| {
+            families
+                .iter()
+                .find(|f| f.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        let lost = family("sockq_events_lost_total");
+        assert_eq!(lost.r#type, MetricType::Counter as i32);
+        let counter = lost.metric[0].counter.as_ref().expect("a counter value");
+        assert_eq!(counter.value, 5.0);
+
+        let wait = family("sockq_accept_wait_seconds");
+        let h = wait.metric[0].histogram.as_ref().expect("histogram");
+        assert_eq!((h.sample_count, h.schema), (3, 0));
+        assert_eq!(h.zero_threshold, 1e-6);
+        let native: i64 = h
+            .positive_delta
+            .iter()
+            .scan(0, |c, d| {
+                *c += d;
+                Some(*c)
+            })
+            .sum();
+        assert_eq!(native as u64 + h.zero_count, 3, "{h:?}");
+        // The classic buckets ride along (the short set and +Inf).
+        assert_eq!(h.bucket.len(), 12, "{h:?}");
+
+        // Label values are carried as they are: nothing to escape, nothing split.
+        let comms: Vec<&str> = families
+            .iter()
+            .flat_map(|f| &f.metric)
+            .flat_map(|m| &m.label)
+            .filter(|l| l.name == "comm")
+            .map(|l| l.value.as_str())
+            .collect();
+        assert!(comms.contains(&HOSTILE_COMM), "{comms:?}");
+    }
 
     #[test]
     fn prometheus_accept_headers() {
