@@ -186,4 +186,42 @@ mod tests {
             assert_eq!(Format::negotiate(Some(other)), Format::Text, "{other}");
         }
     }
+
+    /// The exposition's size with `listeners` listeners, each with accept waits and
+    /// depths in a few buckets: text (short and fine buckets) and protobuf, plain
+    /// and gzipped (flate2's default level, as tower-http's). Run by hand:
+    /// `cargo test -p collector --lib exposition_sizes -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints figures; renders 10,000 listeners"]
+    fn exposition_sizes() {
+        use std::io::Write as _;
+        let template = fixture_with_kernel_stats().listeners[0].clone();
+        for n in [1_000u64, 10_000] {
+            let mut snapshot = crate::model::Snapshot::default();
+            snapshot.listeners = (0..n)
+                .map(|i| {
+                    let mut l = template.clone();
+                    l.inode = 1_000_000 + i;
+                    l.port = 1024 + (i % 60_000) as u16;
+                    l
+                })
+                .collect();
+            for (what, classic, format) in [
+                ("text, short buckets", ClassicBuckets::Short, Format::Text),
+                ("text, --fine-buckets", ClassicBuckets::Fine, Format::Text),
+                ("protobuf", ClassicBuckets::Short, Format::Protobuf),
+            ] {
+                let body = render_as(&snapshot, &build(), classic, format).expect("render");
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(&body).expect("gzip");
+                let gzipped = gz.finish().expect("gzip");
+                eprintln!(
+                    "{n:>6} listeners, {what:<22}: {:>10} bytes, gzip {:>9} bytes",
+                    body.len(),
+                    gzipped.len()
+                );
+            }
+        }
+    }
 }
