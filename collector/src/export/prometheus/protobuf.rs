@@ -197,8 +197,7 @@ mod tests {
         use std::io::Write as _;
         let template = fixture_with_kernel_stats().listeners[0].clone();
         for n in [1_000u64, 10_000] {
-            let mut snapshot = crate::model::Snapshot::default();
-            snapshot.listeners = (0..n)
+            let listeners = (0..n)
                 .map(|i| {
                     let mut l = template.clone();
                     l.inode = 1_000_000 + i;
@@ -206,6 +205,10 @@ mod tests {
                     l
                 })
                 .collect();
+            let snapshot = crate::model::Snapshot {
+                listeners,
+                ..crate::model::Snapshot::default()
+            };
             for (what, classic, format) in [
                 ("text, short buckets", ClassicBuckets::Short, Format::Text),
                 ("text, --fine-buckets", ClassicBuckets::Fine, Format::Text),
