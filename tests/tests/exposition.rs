@@ -86,6 +86,31 @@ fn gzip_body_has_the_plain_body_series() {
             .collect()
     };
     assert_eq!(families(&text), families(&plain));
+
+    // The text exposition, histograms with the short buckets included, is valid.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, installed by `cargo xtask setup`)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(plain.as_bytes())
+        .expect("write to promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
 }
 
 /// Waits until `query` has a value satisfying `ok`, for up to 60 s; the value.

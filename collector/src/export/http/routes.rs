@@ -175,7 +175,16 @@ async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Respon
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
     match state.render(format) {
-        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        // The format depends on `Accept` (the compression layer adds
+        // `Accept-Encoding`): caches must not serve one scraper's answer to another.
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, format.content_type()),
+                (header::VARY, "Accept"),
+            ],
+            body,
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!("rendering /metrics: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()

@@ -457,6 +457,7 @@ async fn metrics_are_gzipped_when_the_client_accepts_it() {
     assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
     assert!(head.contains("\r\ncontent-encoding: gzip"), "{head}");
     assert!(head.contains("\r\nvary: accept-encoding"), "{head}");
+    assert!(head.contains("\r\nvary: accept\r\n"), "{head}");
     let text = gunzip(body);
 
     let plain = exchange_bytes(
