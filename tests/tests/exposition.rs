@@ -176,5 +176,14 @@ fn native_and_classic_medians_from_real_prometheus() {
     let buckets = format!("sockq_accept_wait_seconds_bucket{selector}");
     assert!(classic.series(&buckets).expect("query") > 0);
     assert_eq!(native.series(&buckets).expect("query"), 0);
+    // A histogram served with classic buckets only (the poll duration) reaches the
+    // native Prometheus from protobuf as classic series.
+    assert!(
+        native
+            .series("sockq_poll_duration_seconds_bucket")
+            .expect("query")
+            > 0,
+        "no classic series from the protobuf exposition"
+    );
     slow.finish();
 }
