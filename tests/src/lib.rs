@@ -8,6 +8,8 @@
     reason = "test harness: panicking is how it reports"
 )]
 
+pub mod prometheus;
+
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},

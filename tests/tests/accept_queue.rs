@@ -113,7 +113,8 @@ fn accept_wait_is_the_time_spent_queued() {
     const CONNECTIONS: u64 = 10;
     let ns = Netns::new("acceptwait");
     let netns = ns.inode().to_string();
-    let daemon = Daemon::start("0.2");
+    // The fine classic buckets: the median below is read to a quarter of an octave.
+    let daemon = Daemon::start_with(&["--interval", "0.2", "--fine-buckets"]);
     let scenario = ns.scenario(&[
         "slow-accept",
         "127.0.0.1:7012",

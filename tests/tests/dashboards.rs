@@ -1,91 +1,15 @@
-//! The Grafana dashboards in `dashboards/`: a real Prometheus (Debian's `prometheus`)
-//! scrapes a running sockq while scenarios produce overflows, accept waits and
-//! Nagle x delayed-ACK stalls, and every query of every panel must return at least
-//! one series.
+//! The Grafana dashboards in `dashboards/`: two real Prometheus servers (Debian's
+//! `prometheus`), one with native histograms (protobuf scrapes) and one without
+//! (classic `_bucket` series from the text format), scrape a running sockq while
+//! scenarios produce overflows, accept waits and Nagle x delayed-ACK stalls, and
+//! every query of every panel must return at least one series from each.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use sockq_tests::{Daemon, Netns, free_port};
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("sockq-prom-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("prometheus dir");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sockq\n    \
-             static_configs:\n      - targets: ['{target}']\n"
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).expect("config");
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus, installed by `cargo xtask setup`)");
-        Self { child, port, dir }
-    }
-
-    /// Instant query through the HTTP API: the number of series returned.
-    fn series(&self, query: &str) -> Result<usize, String> {
-        let path = format!("/api/v1/query?query={}", percent_encode(query));
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        s.read_to_string(&mut response).map_err(|e| e.to_string())?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        let v: serde_json::Value =
-            serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
-        if v["status"] != "success" {
-            return Err(format!("query failed: {body}"));
-        }
-        Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use sockq_tests::{Daemon, Netns, prometheus::Prometheus};
 
 /// Every panel query of every dashboard, with the template variables set to match all.
 fn dashboard_queries() -> Vec<(String, String, String)> {
@@ -125,7 +49,13 @@ fn every_panel_query_returns_series() {
     let queries = dashboard_queries();
     let ns = Netns::new("dash");
     let daemon = Daemon::start_with(&["--interval", "1", "--nagle"]);
-    let prometheus = Prometheus::start(&daemon.addr.to_string());
+    let servers = [
+        ("native", Prometheus::start(&daemon.addr.to_string(), true)),
+        (
+            "classic",
+            Prometheus::start(&daemon.addr.to_string(), false),
+        ),
+    ];
     // Overflows and drops; accept waits, acceptors and enqueue depths.
     let backlog = ns.scenario(&["backlog", "127.0.0.1:7051", "2", "8"]);
     let slow = ns.scenario(&["slow-accept", "127.0.0.1:7052", "5", "50"]);
@@ -138,11 +68,16 @@ fn every_panel_query_returns_series() {
     let mut missing = Vec::new();
     loop {
         missing.clear();
-        for (dashboard, panel, expr) in &queries {
+        for ((dashboard, panel, expr), (kind, prometheus)) in queries
+            .iter()
+            .flat_map(|q| servers.iter().map(move |s| (q, s)))
+        {
             match prometheus.series(expr) {
                 Ok(n) if n > 0 => {}
-                Ok(_) => missing.push(format!("{dashboard} / {panel}: no series for {expr}")),
-                Err(e) => missing.push(format!("{dashboard} / {panel}: {e}")),
+                Ok(_) => missing.push(format!(
+                    "{kind}: {dashboard} / {panel}: no series for {expr}"
+                )),
+                Err(e) => missing.push(format!("{kind}: {dashboard} / {panel}: {e}")),
             }
         }
         if missing.is_empty() {

@@ -103,6 +103,12 @@ pub struct RunArgs {
     #[arg(long, env = "SOCKQ_HTTP_HEADER_TIMEOUT", value_name = "SECONDS",
           default_value = "5", value_parser = parse_header_timeout)]
     pub http_header_timeout: Duration,
+    /// Serve the accept-wait, queue-depth and Nagle histograms with the kernel's fine
+    /// classic buckets (44 accept-wait buckets, steps of x1.33 and x1.5) instead of
+    /// the short default set (12: powers of 4 of a microsecond). Native histograms
+    /// (protobuf scrapes) are the same either way.
+    #[arg(long, env = "SOCKQ_FINE_BUCKETS")]
+    pub fine_buckets: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -20,7 +20,10 @@ use tokio::sync::Notify;
 
 use crate::{
     analysis::poller::{Poll, Poller},
-    export::{http, prometheus::BuildInfo},
+    export::{
+        http,
+        prometheus::{BuildInfo, ClassicBuckets},
+    },
     kernel::{capabilities, tracefs},
     model::Snapshot,
     probes::{self, Family, Probes, ring},
@@ -38,6 +41,8 @@ pub struct RunConfig {
     pub api: bool,
     /// `--http-header-timeout`.
     pub http_header_timeout: Duration,
+    /// `--fine-buckets`: the classic histogram buckets served.
+    pub classic_buckets: ClassicBuckets,
 }
 
 /// Worker threads of the HTTP server's runtime.
@@ -92,6 +97,11 @@ pub fn main(args: super::RunArgs) -> std::process::ExitCode {
         web_config_file: args.web_config_file,
         api: !args.no_api,
         http_header_timeout: args.http_header_timeout,
+        classic_buckets: if args.fine_buckets {
+            ClassicBuckets::Fine
+        } else {
+            ClassicBuckets::Short
+        },
     };
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -252,7 +262,7 @@ async fn run_async(
         started.polling.clone(),
         config.interval,
     );
-    let state = http::SharedState::new(BuildInfo::detect());
+    let state = http::SharedState::with_buckets(BuildInfo::detect(), config.classic_buckets);
     // Until the first poll: no listeners yet, but which probes are attached.
     state.replace(Snapshot {
         probes: poller.probe_status(),

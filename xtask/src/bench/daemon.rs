@@ -59,6 +59,21 @@ impl Drop for Daemon {
     }
 }
 
+/// The size in bytes of the body of `GET path` sent with `headers` (each ending in
+/// `\r\n`), as it came over the wire (compressed if the answer is).
+pub fn http_body_bytes(addr: &str, path: &str, headers: &str) -> Result<usize> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n")?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("GET {path}: no whole head"))?;
+    Ok(answer.len() - head_end - 4)
+}
+
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    daemon::{Daemon, http_get},
+    daemon::{Daemon, http_body_bytes, http_get},
     machine::{self, TempNetns},
     stats::quantile,
 };
@@ -26,8 +26,18 @@ pub fn idle_footprint(sockq: &Path) -> Result<(f64, u64)> {
     Ok((cpu, machine::rss_kib(d.pid())?))
 }
 
-/// p50 and p99 of 100 scrapes of `/metrics` with `listeners` listeners, in seconds.
-pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result<(f64, f64)> {
+/// What [`scrape_latency`] measures.
+pub struct Scrapes {
+    /// p50 and p99 of the scrapes, in seconds.
+    pub p50: f64,
+    pub p99: f64,
+    /// Body sizes in bytes: text, text with `Accept-Encoding: gzip`.
+    pub text_bytes: usize,
+    pub gzip_bytes: usize,
+}
+
+/// 100 scrapes of `/metrics` with `listeners` listeners: latency and body sizes.
+pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result<Scrapes> {
     let ns = TempNetns::new()?;
     let mut holder = ns
         .command(scenario)
@@ -52,10 +62,17 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
             bail!("short /metrics answer");
         }
     }
+    let text_bytes = http_body_bytes(&d.addr, "/metrics", "")?;
+    let gzip_bytes = http_body_bytes(&d.addr, "/metrics", "Accept-Encoding: gzip\r\n")?;
     drop(holder.stdin.take());
     let _ = holder.wait();
     times.sort_by(f64::total_cmp);
-    Ok((quantile(&times, 0.5), quantile(&times, 0.99)))
+    Ok(Scrapes {
+        p50: quantile(&times, 0.5),
+        p99: quantile(&times, 0.99),
+        text_bytes,
+        gzip_bytes,
+    })
 }
 
 /// Listener open/close events per second through the ring buffer, and those lost.
@@ -95,11 +112,13 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64) -> Result<()> {
     println!();
     println!("== /metrics latency");
     for n in [1000usize, 10000] {
-        let (p50, p99) = scrape_latency(sockq, scenario, n)?;
+        let s = scrape_latency(sockq, scenario, n)?;
         println!(
-            "{n:>6} listeners: p50 {:.1} ms, p99 {:.1} ms",
-            p50 * 1e3,
-            p99 * 1e3
+            "{n:>6} listeners: p50 {:.1} ms, p99 {:.1} ms, body {} bytes, gzip {} bytes",
+            s.p50 * 1e3,
+            s.p99 * 1e3,
+            s.text_bytes,
+            s.gzip_bytes
         );
     }
     println!();

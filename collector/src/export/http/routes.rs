@@ -11,13 +11,14 @@
 use axum::{
     Extension, Router,
     extract::{Query, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
+use tower_http::compression::CompressionLayer;
 
 use super::SharedState;
-use crate::export::{prometheus::CONTENT_TYPE, status_page};
+use crate::export::{prometheus::Format, status_page};
 
 /// Whether this request may see process details; set by the access layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +37,11 @@ const OMITTED_WHY: &str = "cmdline, user and cgroup of processes are omitted: th
 const DETAIL_FIELDS: [&str; 3] = ["cmdline", "user", "cgroup"];
 
 pub(super) fn router(state: SharedState, api: bool) -> Router {
-    let router = Router::new().route("/metrics", get(metrics));
+    // gzip when the request accepts it (Prometheus always does), plain otherwise;
+    // `Vary: Accept-Encoding` either way. Only /metrics: it is the large answer
+    // scraped every few seconds, and the access layer's refusals stay plain.
+    let metrics = get(metrics).layer(CompressionLayer::new().gzip(true));
+    let router = Router::new().route("/metrics", metrics);
     let router = if api {
         router
             .route("/", get(status_page::page))
@@ -165,9 +170,21 @@ async fn recent_events(
     json_answer(out, omitted, "application/x-ndjson")
 }
 
-async fn metrics(State(state): State<SharedState>) -> Response {
-    match state.render() {
-        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+/// The exposition, in the format the `Accept` header prefers (`Format::negotiate`).
+async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    match state.render(format) {
+        // The format depends on `Accept` (the compression layer adds
+        // `Accept-Encoding`): caches must not serve one scraper's answer to another.
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, format.content_type()),
+                (header::VARY, "Accept"),
+            ],
+            body,
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!("rendering /metrics: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::{
     export::{
         event_log::EventLog,
-        prometheus::{self, BuildInfo, ExpositionError},
+        prometheus::{self, BuildInfo, ClassicBuckets, ExpositionError, Format},
     },
     model::Snapshot,
 };
@@ -24,16 +24,24 @@ pub(super) struct Inner {
     /// the `Arc` and render without holding it.
     pub(super) snapshot: RwLock<Arc<Snapshot>>,
     build: BuildInfo,
+    /// The classic histogram buckets served (`--fine-buckets`).
+    classic: ClassicBuckets,
     events: EventLog,
 }
 
 impl SharedState {
-    /// Starts with an empty snapshot.
+    /// Starts with an empty snapshot; histograms get the short classic buckets.
     pub fn new(build: BuildInfo) -> Self {
+        Self::with_buckets(build, ClassicBuckets::Short)
+    }
+
+    /// Starts with an empty snapshot; histograms get the `classic` buckets.
+    pub fn with_buckets(build: BuildInfo, classic: ClassicBuckets) -> Self {
         Self {
             inner: Arc::new(Inner {
                 snapshot: RwLock::new(Arc::new(Snapshot::default())),
                 build,
+                classic,
                 events: EventLog::default(),
             }),
         }
@@ -77,8 +85,10 @@ impl SharedState {
         &self.inner.events
     }
 
-    /// Renders the current snapshot; the lock is held only to clone the `Arc`.
-    pub fn render(&self) -> Result<String, ExpositionError> {
-        prometheus::render(&self.snapshot(), &self.inner.build)
+    /// Renders the current snapshot in `format`; the lock is held only to clone the
+    /// `Arc`.
+    pub fn render(&self, format: Format) -> Result<Vec<u8>, ExpositionError> {
+        let snapshot = self.snapshot();
+        prometheus::render_as(&snapshot, &self.inner.build, self.inner.classic, format)
     }
 }

@@ -8,7 +8,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::*;
 use crate::{
-    export::prometheus::{BuildInfo, CONTENT_TYPE},
+    export::prometheus::{BuildInfo, CONTENT_TYPE, Format},
     model::{Listener, Owner, Snapshot},
 };
 
@@ -74,6 +74,11 @@ async fn start(state: SharedState, limits: Limits) -> Server {
 /// Sends `request` over a fresh blocking connection and reads until the server
 /// closes it (or 5 s pass).
 async fn exchange(addr: SocketAddr, request: &'static [u8]) -> String {
+    String::from_utf8_lossy(&exchange_bytes(addr, request).await).into_owned()
+}
+
+/// [`exchange`], the answer as bytes.
+async fn exchange_bytes(addr: SocketAddr, request: &'static [u8]) -> Vec<u8> {
     tokio::task::spawn_blocking(move || {
         let mut stream = StdTcpStream::connect(addr).expect("connect");
         stream
@@ -83,7 +88,7 @@ async fn exchange(addr: SocketAddr, request: &'static [u8]) -> String {
         let mut response = Vec::new();
         // A reset after a 400 is an acceptable end too.
         let _ = stream.read_to_end(&mut response);
-        String::from_utf8_lossy(&response).into_owned()
+        response
     })
     .await
     .expect("client task")
@@ -416,7 +421,118 @@ fn poisoned_lock_still_renders() {
     })
     .join();
     assert!(state.inner.snapshot.is_poisoned());
-    assert!(state.render().expect("render").contains("sockq_build_info"));
+    let text = state.render(Format::Text).expect("render");
+    assert!(String::from_utf8_lossy(&text).contains("sockq_build_info"));
     state.replace(Snapshot::default());
     assert!(state.snapshot().listeners.is_empty());
+}
+
+/// An HTTP/1.0 answer's head (lowercase) and body (HTTP/1.0: never chunked).
+pub(super) fn split_answer(answer: &[u8]) -> (String, &[u8]) {
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head end in {:?}", String::from_utf8_lossy(answer)));
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    (head, &answer[end + 4..])
+}
+
+pub(super) fn gunzip(body: &[u8]) -> String {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("not gzip ({e}): {} bytes", body.len()));
+    text
+}
+
+#[tokio::test]
+async fn metrics_are_gzipped_when_the_client_accepts_it() {
+    let server = start(state(), LIMITS).await;
+    let gzipped = exchange_bytes(
+        server.addr,
+        b"GET /metrics HTTP/1.0\r\nHost: localhost\r\nAccept-Encoding: gzip\r\n\r\n",
+    )
+    .await;
+    let (head, body) = split_answer(&gzipped);
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-encoding: gzip"), "{head}");
+    assert!(head.contains("\r\nvary: accept-encoding"), "{head}");
+    assert!(head.contains("\r\nvary: accept\r\n"), "{head}");
+    let text = gunzip(body);
+
+    let plain = exchange_bytes(
+        server.addr,
+        b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    let (plain_head, plain_body) = split_answer(&plain);
+    assert!(!plain_head.contains("content-encoding"), "{plain_head}");
+    assert!(
+        plain_head.contains("\r\nvary: accept-encoding"),
+        "{plain_head}"
+    );
+    assert_eq!(text.as_bytes(), plain_body, "gzip and plain bodies differ");
+    assert_metrics_ok(&format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {CONTENT_TYPE}\r\n\r\n{text}"
+    ));
+
+    // A HEAD has the headers and no body, compressed or not.
+    let head_only = exchange_bytes(
+        server.addr,
+        b"HEAD /metrics HTTP/1.0\r\nHost: localhost\r\nAccept-Encoding: gzip\r\n\r\n",
+    )
+    .await;
+    let (head, body) = split_answer(&head_only);
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(body.is_empty(), "HEAD answered {} body bytes", body.len());
+
+    // Errors stay as they were: an unknown path is a plain 404.
+    let missing = exchange(
+        server.addr,
+        b"GET /nope HTTP/1.0\r\nHost: localhost\r\nAccept-Encoding: gzip\r\n\r\n",
+    )
+    .await;
+    assert!(missing.starts_with("HTTP/1.0 404 "), "{missing}");
+    assert!(
+        !missing.to_ascii_lowercase().contains("content-encoding"),
+        "{missing}"
+    );
+
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
+#[tokio::test]
+async fn protobuf_when_the_scraper_asks_for_it() {
+    let server = start(state(), LIMITS).await;
+    let answer = exchange_bytes(
+        server.addr,
+        b"GET /metrics HTTP/1.0\r\nHost: localhost\r\nAccept-Encoding: gzip\r\nAccept: \
+          application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+          encoding=delimited,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+    )
+    .await;
+    let (head, body) = split_answer(&answer);
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    let expected = crate::export::prometheus::PROTOBUF_CONTENT_TYPE.to_ascii_lowercase();
+    assert!(
+        head.contains(&format!("content-type: {expected}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("\r\ncontent-encoding: gzip"), "{head}");
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_end(&mut bytes)
+        .expect("gzip");
+    let mut rest = bytes.as_slice();
+    let mut names = Vec::new();
+    while !rest.is_empty() {
+        use prost::Message as _;
+        let family = prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily::decode_length_delimited(&mut rest)
+            .expect("a delimited MetricFamily");
+        names.push(family.name);
+    }
+    assert!(names.iter().any(|n| n == "sockq_build_info"), "{names:?}");
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
 }

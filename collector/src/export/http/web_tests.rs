@@ -151,6 +151,16 @@ fn client_config(with_cert: bool) -> Arc<rustls::ClientConfig> {
 
 /// One request over TLS; the whole answer, or the error.
 async fn https(addr: SocketAddr, request: String, with_cert: bool) -> std::io::Result<String> {
+    let out = https_bytes(addr, request, with_cert).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// [`https`], the answer as bytes.
+async fn https_bytes(
+    addr: SocketAddr,
+    request: String,
+    with_cert: bool,
+) -> std::io::Result<Vec<u8>> {
     let connector = tokio_rustls::TlsConnector::from(client_config(with_cert));
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").expect("name");
@@ -158,7 +168,7 @@ async fn https(addr: SocketAddr, request: String, with_cert: bool) -> std::io::R
     stream.write_all(request.as_bytes()).await?;
     let mut out = Vec::new();
     stream.read_to_end(&mut out).await?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(out)
 }
 
 fn get(path: &str, auth: Option<&str>) -> String {
@@ -461,4 +471,33 @@ fn files_that_are_no_pem_files_are_errors_not_hangs() {
         let err = tls::read_pem_file("server key", Path::new(path)).expect_err(path);
         assert!(err.to_string().contains(path), "{err}");
     }
+}
+
+#[tokio::test]
+async fn gzip_over_tls_after_authentication_and_refusals_stay_plain() {
+    let web = LiveSettings::fixed(settings(&format!("{TLS}{}", users())));
+    let server = Server::start(Ipv4Addr::LOCALHOST, web, true).await;
+    let request = |auth: &str| {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(auth);
+        format!(
+            "GET /metrics HTTP/1.0\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\n\
+             Accept-Encoding: gzip\r\n\r\n"
+        )
+    };
+    let ok = https_bytes(server.addr, request("prom:s3cret"), false)
+        .await
+        .expect("https");
+    let (head, body) = super::tests::split_answer(&ok);
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-encoding: gzip"), "{head}");
+    assert!(super::tests::gunzip(body).contains("sockq_build_info{"));
+
+    let refused = https_bytes(server.addr, request("prom:wrong"), false)
+        .await
+        .expect("https");
+    let (head, _) = super::tests::split_answer(&refused);
+    assert!(head.starts_with("http/1.0 401 unauthorized\r\n"), "{head}");
+    assert!(!head.contains("content-encoding"), "{head}");
+    server.stop().await;
 }

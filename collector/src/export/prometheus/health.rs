@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Family, queues::coarsen};
+use super::{Family, histogram::coarsen};
 use crate::model::Snapshot;
 
 const HELP_POLL: &str = "Time each poll took (inventory of every namespace, reading the \

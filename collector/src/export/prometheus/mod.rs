@@ -1,17 +1,21 @@
-//! Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
+//! Prometheus exposition of a [`Snapshot`]: the text format 0.0.4, or the protobuf
+//! format (delimited `io.prometheus.client.MetricFamily`) when the scraper asks for it
+//! ([`Format::negotiate`]), which adds native histograms (`histogram`).
 //!
 //! The prometheus-client crate does the writing, label escaping included (`\`, `"`
 //! and newline in a process name chosen by whoever runs it; the crate escapes since
-//! 0.25.2, 0.24 wrote them verbatim, and the tests catch a regression): [`render`]
-//! turns the snapshot into owned metric families, registers them as a [`Collector`]
-//! in a fresh [`Registry`] and encodes that.
+//! 0.25.2, 0.24 wrote them verbatim, and the tests catch a regression; protobuf
+//! carries label values as length-prefixed strings, with nothing to escape):
+//! [`render_as`] turns the snapshot into owned metric families, registers them as a
+//! [`Collector`] in a fresh [`Registry`] and encodes that.
 //!
-//! Two details keep the output valid for the Prometheus text format, which is what
-//! [`CONTENT_TYPE`] announces and what `promtool check metrics` checks:
+//! Two details keep the text output valid for the Prometheus text format, which is
+//! what [`CONTENT_TYPE`] announces and what `promtool check metrics` checks:
 //! - the crate's counters follow OpenMetrics, whose family name has no `_total` and
 //!   whose samples get `_total` appended; the text format wants one name for both.
 //!   Counters here are therefore described under their full `..._total` name and
-//!   their sample written without a suffix (see `PlainCounter`);
+//!   their sample written without a suffix (see `PlainCounter`); in protobuf, where
+//!   the crate appends `_total` to the family name, they are described without it;
 //! - the OpenMetrics `# EOF` trailer is not written ([`encode_registry`]).
 //!
 //! Every label combination appears once: identical series (two unknown TCP states
@@ -20,17 +24,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 mod health;
+mod histogram;
 mod nagle;
 mod netns;
+mod protobuf;
 mod queues;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet, text::encode_registry},
+    encoding::{
+        DescriptorEncoder, EncodeMetric, MetricEncoder, NativeHistogram, NativeHistogramBuckets,
+        NoLabelSet, text::encode_registry,
+    },
     metrics::{MetricType, gauge::ConstGauge},
     registry::Registry,
 };
 
+use self::histogram::HistogramValue;
+pub use self::{
+    histogram::ClassicBuckets,
+    protobuf::{Format, PROTOBUF_CONTENT_TYPE},
+};
 use crate::model::{Snapshot, tcp_state_name};
 
 /// The `Content-Type` of what [`render`] produces.
@@ -83,12 +97,43 @@ pub enum ExpositionError {
         #[source]
         source: std::fmt::Error,
     },
+    /// The protobuf encoder refused a value or a message.
+    #[error("encoding the Prometheus protobuf exposition failed ({listeners} listeners)")]
+    EncodeProtobuf {
+        listeners: usize,
+        #[source]
+        source: prometheus_client::encoding::prometheus_protobuf::EncodeError,
+    },
 }
 
-/// Renders `snapshot` and `build` as Prometheus text exposition format 0.0.4.
+/// Renders `snapshot` and `build` as Prometheus text exposition format 0.0.4, with
+/// the short classic buckets.
 pub fn render(snapshot: &Snapshot, build: &BuildInfo) -> Result<String, ExpositionError> {
+    let collector = SnapshotCollector::new(snapshot, build, ClassicBuckets::Short, Format::Text);
+    encode_text(collector, snapshot)
+}
+
+/// Renders `snapshot` and `build` in `format` (its `Content-Type` is
+/// [`Format::content_type`]), histograms with the `classic` buckets.
+pub fn render_as(
+    snapshot: &Snapshot,
+    build: &BuildInfo,
+    classic: ClassicBuckets,
+    format: Format,
+) -> Result<Vec<u8>, ExpositionError> {
+    let collector = SnapshotCollector::new(snapshot, build, classic, format);
+    match format {
+        Format::Text => encode_text(collector, snapshot).map(String::into_bytes),
+        Format::Protobuf => protobuf::encode(collector, snapshot),
+    }
+}
+
+fn encode_text(
+    collector: SnapshotCollector,
+    snapshot: &Snapshot,
+) -> Result<String, ExpositionError> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SnapshotCollector::new(snapshot, build)));
+    registry.register_collector(Box::new(collector));
     let mut out = String::new();
     encode_registry(&mut out, &registry).map_err(|source| ExpositionError::Encode {
         listeners: snapshot.listeners.len(),
@@ -107,24 +152,6 @@ enum Value {
     Int(u64),
     Float(f64),
     Histogram(HistogramValue),
-}
-
-/// A histogram sample: per-bucket (not cumulative) counts, the last bound +Inf.
-#[derive(Debug, Clone)]
-struct HistogramValue {
-    sum: f64,
-    count: u64,
-    buckets: Vec<(f64, u64)>,
-}
-
-impl EncodeMetric for HistogramValue {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
 }
 
 /// One metric family, owned so that it can live in a `'static` [`Collector`].
@@ -195,6 +222,7 @@ impl EncodeMetric for PlainCounter {
 #[derive(Debug)]
 struct SnapshotCollector {
     families: Vec<Family>,
+    format: Format,
 }
 
 const HELP_ACCEPT_LEN: &str = "Connections fully established and waiting for accept() on this \
@@ -243,15 +271,20 @@ const HELP_BUILD: &str = "Always 1: the sockq version and commit, and the releas
     of the kernel it runs on.";
 
 impl SnapshotCollector {
-    fn new(snapshot: &Snapshot, build: &BuildInfo) -> Self {
+    fn new(
+        snapshot: &Snapshot,
+        build: &BuildInfo,
+        classic: ClassicBuckets,
+        format: Format,
+    ) -> Self {
         let mut families = inventory_families(snapshot);
-        families.extend(queues::families(snapshot));
+        families.extend(queues::families(snapshot, classic));
         families.extend(netns::families(snapshot));
-        families.extend(nagle::families(snapshot));
+        families.extend(nagle::families(snapshot, classic));
         families.push(transition_family(snapshot));
         families.extend(self_families(snapshot, build));
         families.extend(health::families(snapshot));
-        Self { families }
+        Self { families, format }
     }
 }
 
@@ -382,35 +415,83 @@ fn owner_labels(
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let protobuf = self.format == Format::Protobuf;
         for family in self.families.iter().filter(|f| !f.series.is_empty()) {
+            // The protobuf encoder appends `_total` to a counter's family name.
+            let name = match (protobuf, family.kind) {
+                (true, MetricType::Counter) => {
+                    family.name.strip_suffix("_total").unwrap_or(family.name)
+                }
+                _ => family.name,
+            };
             let mut metric_encoder =
-                encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+                encoder.encode_descriptor(name, family.help, None, family.kind)?;
             // An unlabeled sample goes through the family encoder unwrapped: wrapping
             // it in an empty label set would write `name{} value`.
             if let [(labels, value)] = family.series.as_slice()
                 && labels.is_empty()
             {
-                encode_value(family.kind, value, metric_encoder)?;
+                encode_value(family.kind, value, protobuf, metric_encoder)?;
                 continue;
             }
             for (labels, value) in &family.series {
-                encode_value(family.kind, value, metric_encoder.encode_family(labels)?)?;
+                let encoder = metric_encoder.encode_family(labels)?;
+                encode_value(family.kind, value, protobuf, encoder)?;
             }
         }
         Ok(())
     }
 }
 
+/// One sample; `protobuf` selects true counters and native histograms.
 fn encode_value(
     kind: MetricType,
     value: &Value,
-    encoder: MetricEncoder,
+    protobuf: bool,
+    mut encoder: MetricEncoder,
 ) -> Result<(), std::fmt::Error> {
-    match (kind, value) {
-        (_, Value::Histogram(h)) => h.encode(encoder),
-        (MetricType::Counter, Value::Int(v)) => PlainCounter(*v).encode(encoder),
-        (_, Value::Int(v)) => ConstGauge::new(*v).encode(encoder),
-        (_, Value::Float(v)) => ConstGauge::new(*v).encode(encoder),
+    match (kind, value, protobuf) {
+        (_, Value::Histogram(h), _) => encode_histogram(h, protobuf, encoder),
+        (MetricType::Counter, Value::Int(v), true) => {
+            encoder.encode_counter::<NoLabelSet, _, u64>(v, None)
+        }
+        (MetricType::Counter, Value::Float(v), true) => {
+            encoder.encode_counter::<NoLabelSet, _, f64>(v, None)
+        }
+        (MetricType::Counter, Value::Int(v), false) => PlainCounter(*v).encode(encoder),
+        (_, Value::Int(v), _) => ConstGauge::new(*v).encode(encoder),
+        (_, Value::Float(v), _) => ConstGauge::new(*v).encode(encoder),
+    }
+}
+
+/// A histogram: its classic buckets, and in protobuf its native buckets too.
+fn encode_histogram(
+    h: &HistogramValue,
+    protobuf: bool,
+    mut encoder: MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    match (&h.native, protobuf) {
+        (Some(native), true) => encoder.encode_histogram_with_native::<NoLabelSet>(
+            h.sum,
+            h.count,
+            &h.buckets,
+            None,
+            NativeHistogram {
+                schema: histogram::SCHEMA,
+                zero_threshold: native.zero_threshold,
+                zero_count: native.zero_count,
+                negative: NativeHistogramBuckets {
+                    spans: &[],
+                    deltas: &[],
+                },
+                positive: NativeHistogramBuckets {
+                    spans: &native.spans,
+                    deltas: &native.deltas,
+                },
+                created: None,
+            },
+        ),
+        _ => encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None),
     }
 }
 
@@ -435,9 +516,9 @@ mod tests {
     use super::*;
     use crate::model::{Listener, Owner, ProbeStatus, TransitionKey};
 
-    const HOSTILE_COMM: &str = "a\"b\\c\nd{}";
+    pub(super) const HOSTILE_COMM: &str = "a\"b\\c\nd{}";
 
-    fn build() -> BuildInfo {
+    pub(super) fn build() -> BuildInfo {
         BuildInfo {
             version: "0.1.0".to_owned(),
             git_commit: "abc123".to_owned(),
@@ -507,7 +588,7 @@ mod tests {
 
     /// The fixture with what the eBPF programs add: kernel stats on one listener
     /// (histograms included) and acceptor threads.
-    fn fixture_with_kernel_stats() -> Snapshot {
+    pub(super) fn fixture_with_kernel_stats() -> Snapshot {
         use collector_common::queue::{ListenerQueue, depth_bucket, wait_bucket};
         let mut snapshot = fixture();
         let mut q = ListenerQueue::ZERO;

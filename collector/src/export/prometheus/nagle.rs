@@ -2,7 +2,10 @@
 //! `listen_addr` label is the listener whose port the connections use locally
 //! (server side), empty for connections the process opened (client side).
 
-use super::{Family, Labels, queues::coarsen, queues::keep_wait_bound};
+use super::{
+    Family, Labels,
+    histogram::{ClassicBuckets, Grid, kernel_histogram},
+};
 use crate::model::{Snapshot, nagle::SeriesKey};
 
 const HELP_TIMERS: &str = "Delayed-ACK timers by what became of them (timer:timer_start and \
@@ -44,7 +47,7 @@ fn with(mut labels: Labels, name: &'static str, value: &str) -> Labels {
     labels
 }
 
-pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
+pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Family> {
     let mut timers = Family::counter("sockq_delayed_ack_timers_total", HELP_TIMERS);
     let mut delay = Family::histogram("sockq_delayed_ack_delay_seconds", HELP_DELAY);
     let mut hold = Family::histogram("sockq_nagle_hold_seconds", HELP_HOLD);
@@ -62,10 +65,16 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
             timers.push(with(id.clone(), "event", "cancelled"), s.delack_cancelled);
         }
         if s.delack_delay.count() > 0 {
-            delay.push_histogram(id.clone(), coarsen(&s.delack_delay, keep_wait_bound));
+            delay.push_histogram(
+                id.clone(),
+                kernel_histogram(&s.delack_delay, Grid::Wait, classic),
+            );
         }
         if s.nagle_hold.count() > 0 {
-            hold.push_histogram(id.clone(), coarsen(&s.nagle_hold, keep_wait_bound));
+            hold.push_histogram(
+                id.clone(),
+                kernel_histogram(&s.nagle_hold, Grid::Wait, classic),
+            );
             stalls.push(id.clone(), s.stalls);
             stall_seconds.push_float(id.clone(), s.stall_seconds);
         }

@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use super::{Family, HistogramValue, Labels, listener_labels};
-use crate::model::{Histogram, Listener, Snapshot};
+use super::{
+    Family, Labels,
+    histogram::{ClassicBuckets, Grid, kernel_histogram},
+    listener_labels,
+};
+use crate::model::{Listener, Snapshot};
 
-/// Accept-wait buckets exported: from 64 µs up, the kernel's bounds of the form 2^k
-/// or 3·2^(k-1) microseconds (steps of x1.5 and x1.33). The kernel's own buckets are
-/// four times finer; exporting every one would cost ~100 series per listener.
-const WAIT_MIN_BOUND: f64 = 64e-6;
 /// Threads listed per listener in `sockq_acceptor_accepts_total`; the rest are summed
 /// into one `tid="other"` series so a thread-per-connection server cannot blow up
 /// the series count.
@@ -56,7 +56,7 @@ const HELP_ACCEPTOR: &str = "Connections accepted from this listener by one thre
     comm of the thread). At most 32 threads per listener; the rest are summed under \
     tid=\"other\".";
 
-pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
+pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Family> {
     let mut full = Family::gauge("sockq_listen_accept_queue_full", HELP_FULL);
     let mut enqueues = Family::counter("sockq_listen_enqueues_total", HELP_ENQUEUES);
     let mut full_enqueues = Family::counter(
@@ -84,10 +84,11 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         accepts.push(id.clone(), k.accepts);
         synack.push(id.clone(), k.synack_retransmits);
         if k.enqueues > 0 {
-            depth.push_histogram(id.clone(), coarsen(&k.depth, |_| true));
+            depth.push_histogram(id.clone(), kernel_histogram(&k.depth, Grid::Depth, classic));
         }
         if k.accept_wait.count() > 0 {
-            wait.push_histogram(id.clone(), coarsen(&k.accept_wait, keep_wait_bound));
+            let value = kernel_histogram(&k.accept_wait, Grid::Wait, classic);
+            wait.push_histogram(id.clone(), value);
         }
         if let Some(b) = k.backlog_arg {
             backlog.push(id.clone(), b);
@@ -189,88 +190,4 @@ fn thread_labels(id: &Labels, pid: String, tid: String, comm: &str) -> Labels {
     labels.push(("tid", tid));
     labels.push(("comm", comm.to_owned()));
     labels
-}
-
-/// Whether an accept-wait bound (seconds) is exported: see [`WAIT_MIN_BOUND`].
-pub(super) fn keep_wait_bound(seconds: f64) -> bool {
-    let us = (seconds * 1e6).round() as u64;
-    seconds >= WAIT_MIN_BOUND
-        && (us.is_power_of_two() || (us.is_multiple_of(3) && (us / 3).is_power_of_two()))
-}
-
-/// Re-buckets a histogram onto the subset of its bounds that `keep` accepts. Counts
-/// are exact at the kept bounds (they are bounds of the original).
-pub(super) fn coarsen(h: &Histogram, keep: impl Fn(f64) -> bool) -> HistogramValue {
-    let kept: Vec<f64> = h.bounds.iter().copied().filter(|&b| keep(b)).collect();
-    let mut buckets: Vec<(f64, u64)> = kept.iter().map(|&b| (b, 0)).collect();
-    buckets.push((f64::INFINITY, 0));
-    for (i, &count) in h.counts.iter().enumerate() {
-        let upper = h.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-        let slot = buckets
-            .iter()
-            .position(|&(b, _)| b >= upper)
-            .unwrap_or(buckets.len() - 1);
-        buckets[slot].1 += count;
-    }
-    HistogramValue {
-        sum: h.sum,
-        count: h.count(),
-        buckets,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coarsening_keeps_counts_exact_at_kept_bounds() {
-        let h = Histogram {
-            bounds: vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0],
-            counts: vec![1, 1, 1, 1, 1, 1, 1],
-            sum: 30.0,
-        };
-        let c = coarsen(&h, |b| b == 2.0 || b == 4.0 || b == 8.0);
-        let bounds: Vec<f64> = c.buckets.iter().map(|b| b.0).collect();
-        assert_eq!(bounds, [2.0, 4.0, 8.0, f64::INFINITY]);
-        let counts: Vec<u64> = c.buckets.iter().map(|b| b.1).collect();
-        // <=2: two observations; (2,4]: two; (4,8]: two; above: one.
-        assert_eq!(counts, [2, 2, 2, 1]);
-        assert_eq!(c.count, 7);
-    }
-
-    #[test]
-    fn wait_bounds_step_by_a_third_or_a_half() {
-        let fine = crate::analysis::queue_stats::wait_histogram(
-            &collector_common::queue::ListenerQueue::ZERO,
-        );
-        let kept: Vec<f64> = fine
-            .bounds
-            .iter()
-            .copied()
-            .filter(|&b| keep_wait_bound(b))
-            .collect();
-        assert_eq!(kept[0], 64e-6);
-        assert!(
-            kept.contains(&0.196608) && kept.contains(&0.262144),
-            "{kept:?}"
-        );
-        for pair in kept.windows(2) {
-            let ratio = pair[1] / pair[0];
-            assert!((1.3..=1.5 + 1e-9).contains(&ratio), "{pair:?}");
-        }
-        assert!(kept.len() < 45, "{} buckets", kept.len());
-    }
-
-    #[test]
-    fn every_depth_bound_is_kept() {
-        let h = Histogram {
-            bounds: vec![1.0, 3.0, 7.0],
-            counts: vec![5, 0, 1, 2],
-            sum: 20.0,
-        };
-        let c = coarsen(&h, |_| true);
-        assert_eq!(c.buckets.len(), 4);
-        assert_eq!(c.buckets[3], (f64::INFINITY, 2));
-    }
 }
