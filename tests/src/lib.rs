@@ -464,7 +464,10 @@ fn accept_wait_differences(m: &Metrics, netns: &[u64]) -> Vec<String> {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             // A listener that has measured no wait exports no histogram.
-            let waits = match m.find("sockq_accept_wait_seconds_count", &labels).as_slice() {
+            let waits = match m
+                .find("sockq_accept_wait_seconds_count", &labels)
+                .as_slice()
+            {
                 [] => 0.0,
                 [s] => s.value,
                 more => return Some(format!("{labels:?}: {} accept-wait counts", more.len())),
@@ -517,7 +520,11 @@ mod watched {
         let daemons: Vec<SocketAddr> = {
             let mut w = lock();
             w.watched.retain(|&(o, _, _)| o != order);
-            w.daemons.iter().filter(|&&(o, _)| o < order).map(|&(_, a)| a).collect()
+            w.daemons
+                .iter()
+                .filter(|&&(o, _)| o < order)
+                .map(|&(_, a)| a)
+                .collect()
         };
         daemons
             .into_iter()
@@ -566,8 +573,12 @@ mod watched {
                 return Ok(());
             };
             let (order, _) = w.daemons.remove(at);
-            let mut netns: Vec<u64> =
-                w.watched.iter().filter(|&&(o, _, _)| o > order).map(|&(_, n, _)| n).collect();
+            let mut netns: Vec<u64> = w
+                .watched
+                .iter()
+                .filter(|&&(o, _, _)| o > order)
+                .map(|&(_, n, _)| n)
+                .collect();
             netns.sort_unstable();
             netns.dedup();
             netns

@@ -54,9 +54,7 @@ pub fn attach(
                 attach_kprobe(ebpf, program, function).map(|()| format!("kprobe {function}"))
             }
             Hook::FExit {
-                program,
-                function,
-                ..
+                program, function, ..
             } => match kernel.function_args.get(function) {
                 None => Err(format!("this kernel's BTF has no function {function}")),
                 Some(_) => attach_fexit(ebpf, program, function).map(|()| "fexit".to_owned()),

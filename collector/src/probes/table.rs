@@ -308,10 +308,13 @@ pub const PROBES: [ProbeSpec; 18] = [
 
 /// The kernel functions the fexit hooks name.
 pub fn fexit_functions() -> impl Iterator<Item = &'static str> {
-    PROBES.iter().flat_map(|p| p.hooks).filter_map(|h| match *h {
-        Hook::FExit { function, .. } => Some(function),
-        _ => None,
-    })
+    PROBES
+        .iter()
+        .flat_map(|p| p.hooks)
+        .filter_map(|h| match *h {
+            Hook::FExit { function, .. } => Some(function),
+            _ => None,
+        })
 }
 
 #[cfg(test)]

@@ -15,7 +15,11 @@ use std::{
 
 use crate::{Ctx, eventually, metrics};
 
-const URING_PROBES: &[&str] = &["io_uring_complete", "io_uring_submit_req", "io_uring_task_add"];
+const URING_PROBES: &[&str] = &[
+    "io_uring_complete",
+    "io_uring_submit_req",
+    "io_uring_task_add",
+];
 
 /// The server, killed when dropped (its stdin closing ends it too).
 struct Server(Child);
@@ -73,7 +77,10 @@ fn one_mode(bin: &Path, mode: &str, port: u16, counted: bool) -> Result<String, 
         if why.contains("Invalid argument") {
             return Ok(format!("this kernel cannot run it ({})", why.trim()));
         }
-        return Err(format!("uring_server {mode} said {line:?}, {:?}", why.trim()));
+        return Err(format!(
+            "uring_server {mode} said {line:?}, {:?}",
+            why.trim()
+        ));
     };
     if !counted {
         return Ok(format!("{accepted} accepted, not counted here (no fexit)"));
@@ -93,7 +100,9 @@ fn one_mode(bin: &Path, mode: &str, port: u16, counted: bool) -> Result<String, 
     })?;
     // Each connection waited DELAY_MS (100 ms) in the queue, at least.
     if !(0.095..0.5).contains(&mean_wait) {
-        return Err(format!("mean accept wait {mean_wait:.3} s, expected about 0.1 s"));
+        return Err(format!(
+            "mean accept wait {mean_wait:.3} s, expected about 0.1 s"
+        ));
     }
     drop(server);
     Ok(format!(
