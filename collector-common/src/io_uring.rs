@@ -41,9 +41,10 @@ pub struct UringAccept {
     /// Inode of the listening socket, 0 until the request's file was seen (it is
     /// assigned after submission).
     pub listener: u64,
-    /// Nonzero when the request accepts into direct descriptors (fixed-file slots):
-    /// its results are slot numbers, not file descriptors.
-    pub direct: u32,
+    /// The request's `file_slot`: nonzero when it accepts into direct descriptors
+    /// (fixed-file slots; see [`fixed_file_index`]), whose results are not file
+    /// descriptors.
+    pub file_slot: u32,
     pub _pad: u32,
 }
 
@@ -55,4 +56,41 @@ mod pod {
     // is valid.
     unsafe impl aya::Pod for super::UringReqKey {}
     unsafe impl aya::Pod for super::UringAccept {}
+}
+
+/// `file_slot` asking the kernel to pick a free slot (`IORING_FILE_INDEX_ALLOC`):
+/// the CQE's result is then the slot.
+pub const IORING_FILE_INDEX_ALLOC: u32 = u32::MAX;
+
+/// The fixed-file slot an accept into direct descriptors filled: the CQE's result
+/// `res` when the kernel picked it, else the one the request named (`file_slot` is
+/// that index plus one, as `io_accept_prep` takes it from `sqe->file_index`).
+/// `None` for an accept into an ordinary descriptor (`file_slot` 0) or a failed one.
+#[must_use]
+pub const fn fixed_file_index(file_slot: u32, res: i32) -> Option<u32> {
+    if file_slot == 0 || res < 0 {
+        None
+    } else if file_slot == IORING_FILE_INDEX_ALLOC {
+        Some(res as u32)
+    } else {
+        Some(file_slot - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_file_slots() {
+        assert_eq!(fixed_file_index(0, 5), None, "an ordinary descriptor");
+        assert_eq!(fixed_file_index(IORING_FILE_INDEX_ALLOC, 3), Some(3));
+        assert_eq!(
+            fixed_file_index(1, 0),
+            Some(0),
+            "sqe->file_index 1 is slot 0"
+        );
+        assert_eq!(fixed_file_index(8, 0), Some(7));
+        assert_eq!(fixed_file_index(IORING_FILE_INDEX_ALLOC, -23), None);
+    }
 }

@@ -106,9 +106,19 @@ pub struct KernelOffsets {
     /// `struct io_kiocb` -> `cmd` as `struct io_accept` -> `file_slot` (u32, nonzero:
     /// accept into a direct descriptor).
     pub req_accept_file_slot: u32,
+    /// The ring's fixed-file table, where an accept into a direct descriptor puts its
+    /// file (6.13+ layout; all three 0 where BTF shows another, and such accepts are
+    /// then counted lost): `struct io_ring_ctx` -> `file_table.data.nodes` (`struct
+    /// io_rsrc_node **`)...
+    pub ring_fixed_nodes: u32,
+    /// ... -> `file_table.data.nr` (u32, the table's size) ...
+    pub ring_fixed_nr: u32,
+    /// ... and `struct io_rsrc_node` -> `file_ptr` (the `struct file *`, flags in its
+    /// two low bits).
+    pub rsrc_node_file_ptr: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 172);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 184);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

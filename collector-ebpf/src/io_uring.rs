@@ -32,9 +32,10 @@
 //! since the stamp, and a sample is watched for its readers: `accept::account_accept`,
 //! the accounting of every accept path.
 //!
-//! Not counted: accepts into direct descriptors (fixed-file slots, `file_index`):
-//! `res` is a slot, and finding its socket means walking the ring's file table;
-//! they are counted in `STAT_URING_DIRECT`. Accepts whose listener is unknown (no
+//! An accept into a direct descriptor (a fixed-file slot, `file_index`) has a slot
+//! for `res` (or names one): its socket is found in the ring's fixed-file table
+//! ([`fixed_file_sock`], the 6.13+ layout; on others such accepts are counted in
+//! `STAT_URING_DIRECT`, not counted as accepts). Accepts whose listener is unknown (no
 //! stamp, no request) go to `STAT_ACCEPTS_UNATTRIBUTED`. CQEs that overflow the
 //! completion ring and requests with `IOSQE_CQE_SKIP_SUCCESS` fire no
 //! `io_uring_complete`: unseen. Two multishot accepts with the same `user_data` on
@@ -51,7 +52,7 @@ use aya_ebpf::{
 use collector_common::{
     io_uring::{
         COMPLETE_CQE, COMPLETE_VALUES, CQE_FLAGS, CQE_RES, CQE_USER_DATA, IORING_CQE_F_MORE,
-        IORING_OP_ACCEPT, URING_ACCEPTS_MAX_ENTRIES, UringAccept, UringReqKey,
+        IORING_OP_ACCEPT, URING_ACCEPTS_MAX_ENTRIES, UringAccept, UringReqKey, fixed_file_index,
     },
     layout::KernelOffsets,
     stats::{STAT_ACCEPTS_UNATTRIBUTED, STAT_URING_DIRECT},
@@ -173,7 +174,7 @@ fn on_complete(
         ctx: ring,
         user_data,
     };
-    let (listener, direct) = if req.is_null() {
+    let (listener, file_slot) = if req.is_null() {
         if cflags & IORING_CQE_F_MORE == 0 || !multishot_seen() {
             return Ok(());
         }
@@ -181,7 +182,7 @@ fn on_complete(
         let Some(accept) = (unsafe { URING_ACCEPTS.get(&key) }).copied() else {
             return Ok(());
         };
-        (accept.listener, accept.direct != 0)
+        (accept.listener, accept.file_slot)
     } else {
         if read::<u8>(req, o.req_opcode)? != IORING_OP_ACCEPT {
             return Ok(());
@@ -191,16 +192,21 @@ fn on_complete(
             let _ = URING_ACCEPTS.remove(&key);
         }
         let slot: u32 = read(req, o.req_accept_file_slot)?;
-        (req_listener(req, o), slot != 0)
+        (req_listener(req, o), slot)
     };
     if res < 0 {
         return Ok(());
     }
-    if direct {
-        count_failure(STAT_URING_DIRECT, 0);
-        return Ok(());
-    }
-    let Some(child) = fd_sock(res as u64, o) else {
+    let child = if file_slot == 0 {
+        fd_sock(res as u64, o)
+    } else {
+        let child = fixed_file_index(file_slot, res).and_then(|i| fixed_file_sock(ring, i, o));
+        if child.is_none() {
+            count_failure(STAT_URING_DIRECT, 0);
+        }
+        child
+    };
+    let Some(child) = child else {
         return Ok(());
     };
     // Called only when the child's stamp names no listener (most often: no stamp, its
@@ -251,10 +257,9 @@ fn on_request(req: *const u8) -> Result<(), i64> {
         }
         return Ok(());
     }
-    let slot: u32 = read(req, o.req_accept_file_slot)?;
     let accept = UringAccept {
         listener: req_listener(req, o),
-        direct: u32::from(slot != 0),
+        file_slot: read(req, o.req_accept_file_slot)?,
         _pad: 0,
     };
     let _ = URING_ACCEPTS.insert(&key, &accept, 0);
@@ -270,6 +275,37 @@ fn on_request(req: *const u8) -> Result<(), i64> {
 fn is_multishot(req: *const u8, o: &KernelOffsets) -> Result<bool, i64> {
     let flags: u32 = read(req, o.req_flags)?;
     Ok(flags & (1u32 << (o.req_multishot_bit & 31)) != 0)
+}
+
+/// The socket in slot `index` of `ring`'s fixed-file table (6.13+ layout:
+/// `ctx->file_table.data.nodes[index]->file_ptr`, flags in its two low bits, then
+/// `file->private_data`, a `struct socket`, -> `sk`); `None` on other layouts.
+#[inline(always)]
+fn fixed_file_sock(ring: u64, index: u32, o: &KernelOffsets) -> Option<*const u8> {
+    if o.ring_fixed_nodes == 0 {
+        return None;
+    }
+    let ring = ring as *const u8;
+    let nr: u32 = read(ring, o.ring_fixed_nr).ok()?;
+    if index >= nr {
+        return None;
+    }
+    let nodes: *const u8 = read(ring, o.ring_fixed_nodes).ok()?;
+    let node: *const u8 = read(nodes, index.checked_mul(8)?).ok()?;
+    if node.is_null() {
+        return None;
+    }
+    let file_ptr: u64 = read(node, o.rsrc_node_file_ptr).ok()?;
+    let file = (file_ptr & !3) as *const u8;
+    if file.is_null() {
+        return None;
+    }
+    let socket: *const u8 = read(file, o.file_private_data).ok()?;
+    if socket.is_null() {
+        return None;
+    }
+    let sk: *const u8 = read(socket, o.socket_sk).ok()?;
+    (!sk.is_null()).then_some(sk)
 }
 
 /// The inode of the socket an accept request reads from (`req->file`), or 0 while the

@@ -51,6 +51,9 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     req_user_data: 0,
     req_file: 0,
     req_accept_file_slot: 0,
+    ring_fixed_nodes: 0,
+    ring_fixed_nr: 0,
+    rsrc_node_file_ptr: 0,
 };
 
 #[inline(always)]

@@ -255,8 +255,8 @@ const HELP_LOST_BY_CAUSE: &str = "sockq_events_lost_total by cause: ring_buffer_
     eBPF ring buffer had no room for an event), stall_queue_full (the daemon's queue of stall \
     events), map_full:<MAP> (an in-kernel map had no room for a new entry; see \
     sockq_map_entries), accept_unattributed (an accepted connection whose listener could not \
-    be told), accept_direct_descriptor (an io_uring accept into a fixed-file slot, which sockq \
-    does not follow).";
+    be told), accept_direct_descriptor (an io_uring accept into a fixed-file slot, on a kernel \
+    whose fixed-file table sockq cannot read).";
 const HELP_READ_ERRORS: &str = "Kernel reads the eBPF programs could not make \
     (bpf_probe_read_kernel failed): a steady rise means the struct offsets sockq resolved \
     from BTF do not match this kernel.";

@@ -39,6 +39,22 @@ impl Layout {
                 strukt: "enum io_req_flags (a bit below 32)".into(),
                 path: "REQ_F_APOLL_MULTISHOT_BIT".into(),
             })?;
+        // Optional: without the fixed-file table, accepts into direct descriptors are
+        // counted lost instead.
+        if let Err(e) = self.fixed_file_offsets(o) {
+            tracing::info!("io_uring accepts into direct descriptors will not be counted: {e}");
+        }
+        Ok(())
+    }
+
+    /// The ring's fixed-file table as 6.13 on lays it out (`io_file_table` holding an
+    /// `io_rsrc_data` of `io_rsrc_node` pointers); left 0 on other layouts, all or
+    /// nothing.
+    fn fixed_file_offsets(&self, o: &mut KernelOffsets) -> Result<(), LayoutError> {
+        let nodes = self.offset("io_ring_ctx", "file_table.data.nodes")?;
+        let nr = self.offset("io_ring_ctx", "file_table.data.nr")?;
+        let file_ptr = self.offset("io_rsrc_node", "file_ptr")?;
+        (o.ring_fixed_nodes, o.ring_fixed_nr, o.rsrc_node_file_ptr) = (nodes, nr, file_ptr);
         Ok(())
     }
 
@@ -173,6 +189,11 @@ mod tests {
             && (major, minor) >= (6, 13)
         {
             assert_eq!(o.uring_complete_layout, COMPLETE_CQE);
+            // And the fixed-file table of io_rsrc_node pointers: `nr` (u32) then
+            // `nodes`; a node's `file_ptr` after its type, refs and tag.
+            assert!(o.ring_fixed_nodes > 0, "{o:?}");
+            assert_eq!(o.ring_fixed_nodes, o.ring_fixed_nr + 8, "{o:?}");
+            assert_eq!(o.rsrc_node_file_ptr, 16, "{o:?}");
         }
     }
 
