@@ -13,6 +13,7 @@ use collector_common::{nagle::StallEvent, queue::AcceptorKey};
 
 use super::{
     episodes::{EpisodeEvent, EpisodeTracker, Limits},
+    listener_filter::ListenerFilter,
     nagle,
     netns_keys::NetnsKeys,
     pattern, queue_stats,
@@ -59,6 +60,8 @@ pub struct Poller {
     /// still exist.
     visited: Vec<VisitedNetns>,
     kept: HashSet<u64>,
+    /// Which listeners the snapshots carry.
+    filter: ListenerFilter,
 }
 
 impl Poller {
@@ -82,6 +85,7 @@ impl Poller {
             netns_keys: NetnsKeys::default(),
             visited: Vec::new(),
             kept: HashSet::new(),
+            filter: ListenerFilter::default(),
             health: Health {
                 poll_seconds: Histogram {
                     bounds: POLL_BOUNDS.to_vec(),
@@ -92,6 +96,12 @@ impl Poller {
                 ..Health::default()
             },
         }
+    }
+
+    /// Exports only the listeners `filter` keeps (every listener without one).
+    pub fn with_listener_filter(mut self, filter: ListenerFilter) -> Self {
+        self.filter = filter;
+        self
     }
 
     /// Which probes are attached, and how (all "eBPF unavailable" in polling mode).
@@ -111,6 +121,11 @@ impl Poller {
             ..Snapshot::default()
         };
         self.add_kernel_view(&mut snapshot, inventory_started_ns);
+        // The whole inventory, before filtering: what the next poll carries over or
+        // falls back to, so the kernel's counts of excluded listeners are not pruned.
+        self.last_listeners.clone_from(&snapshot.listeners);
+        snapshot.nagle = self.nagle.series();
+        self.health.excluded_listeners = self.exclude(&mut snapshot);
         let episodes = self.episodes.update(
             Instant::now(),
             SystemTime::now(),
@@ -127,9 +142,7 @@ impl Poller {
             .any(|p| p.name == "sock_recv_length" && p.attached);
         snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors, reads_seen);
         snapshot.netns = netns;
-        snapshot.nagle = self.nagle.series();
         snapshot.ring_events = self.ring.snapshot();
-        self.last_listeners.clone_from(&snapshot.listeners);
         let stalls = self.stall_notices().await;
         self.record_duration(started.elapsed());
         snapshot.health = self.health.clone();
@@ -138,6 +151,59 @@ impl Poller {
             episodes,
             stalls,
         }
+    }
+
+    /// Removes the listeners the filter leaves out, with their acceptors and Nagle
+    /// series; returns how many. Runs after the kernel's counts were read and pruned.
+    fn exclude(&self, snapshot: &mut Snapshot) -> u64 {
+        if self.filter.is_empty() {
+            return 0;
+        }
+        let names = self.filter.names_namespaces();
+        let netns_named = |name: &str| {
+            names
+                .then(|| {
+                    let path = std::path::Path::new(inventory::netns::NAMED_NETNS_DIR).join(name);
+                    inventory::netns::Netns::from_path(path).ok()
+                })
+                .flatten()
+                .map(|ns| ns.inode())
+        };
+        let excluded: Vec<Listener> = snapshot
+            .listeners
+            .iter()
+            .filter(|l| !self.filter.keeps(l, &netns_named))
+            .cloned()
+            .collect();
+        if excluded.is_empty() {
+            return 0;
+        }
+        let inodes: HashSet<u64> = excluded.iter().map(|l| l.inode).collect();
+        let addrs: HashSet<(u64, String)> = excluded
+            .iter()
+            .map(|l| (l.netns, l.listen_addr()))
+            .collect();
+        snapshot.listeners.retain(|l| !inodes.contains(&l.inode));
+        // An address some kept socket still listens on (an SO_REUSEPORT group split
+        // by the filter) keeps its Nagle series.
+        let kept_addrs: HashSet<(u64, String)> = snapshot
+            .listeners
+            .iter()
+            .map(|l| (l.netns, l.listen_addr()))
+            .collect();
+        snapshot.nagle.retain(|s| {
+            let key = (s.key.netns, s.key.listen_addr.clone());
+            !addrs.contains(&key) || kept_addrs.contains(&key)
+        });
+        let acceptors: Vec<Acceptor> = snapshot
+            .acceptors
+            .all()
+            .iter()
+            .filter(|a| !inodes.contains(&a.socket))
+            .cloned()
+            .collect();
+        snapshot.acceptors = acceptors.into();
+        excluded.len() as u64
     }
 
     /// Every listener and every namespace's counters, from one visit per namespace.
