@@ -11,12 +11,7 @@
 //! (`/run/netns/NAME`), is looked up by the caller each poll (a namespace can be
 //! re-created under the same name).
 
-use std::{
-    fmt,
-    net::IpAddr,
-    ops::RangeInclusive,
-    str::FromStr,
-};
+use std::{fmt, net::IpAddr, ops::RangeInclusive, str::FromStr};
 
 use crate::model::{Listener, NetnsInode};
 
@@ -45,7 +40,9 @@ pub struct Rule {
 /// Why a rule does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
-    #[error("empty listener rule (expected KEY=VALUE[,KEY=VALUE...], KEY one of netns, port, addr, comm)")]
+    #[error(
+        "empty listener rule (expected KEY=VALUE[,KEY=VALUE...], KEY one of netns, port, addr, comm)"
+    )]
     Empty,
     #[error("`{0}` is not KEY=VALUE (KEY one of netns, port, addr, comm)")]
     NotKeyValue(String),
@@ -310,7 +307,11 @@ mod tests {
     #[test]
     fn bad_rules_say_what_is_wrong() {
         let err = |s: &str| s.parse::<Rule>().expect_err(s).to_string();
-        assert!(err("port=abc").contains("`abc` is not a port"), "{}", err("port=abc"));
+        assert!(
+            err("port=abc").contains("`abc` is not a port"),
+            "{}",
+            err("port=abc")
+        );
         assert!(err("port=0").contains("not a port"));
         assert!(err("port=90-80").contains("not a port"));
         assert!(err("port=70000").contains("not a port"));
@@ -375,7 +376,9 @@ mod tests {
 
     #[test]
     fn addresses_match_by_cidr_within_a_family() {
-        let f = |rule: &str, addr: &str| filter(&[rule], &[]).keeps(&listener(1, addr, 80, &[]), &no_names);
+        let f = |rule: &str, addr: &str| {
+            filter(&[rule], &[]).keeps(&listener(1, addr, 80, &[]), &no_names)
+        };
         assert!(f("addr=10.0.0.0/8", "10.1.2.3"));
         assert!(!f("addr=10.0.0.0/8", "11.0.0.1"));
         assert!(f("addr=0.0.0.0/0", "192.168.1.1"));
@@ -386,7 +389,10 @@ mod tests {
         assert!(f("addr=fd00::/8", "fd12::1"));
         assert!(!f("addr=fd00::/8", "fe80::1"));
         assert!(f("addr=::/0", "::"));
-        assert!(f("addr=10.0.0.0/8", "::ffff:10.0.0.1"), "IPv4-mapped is IPv4");
+        assert!(
+            f("addr=10.0.0.0/8", "::ffff:10.0.0.1"),
+            "IPv4-mapped is IPv4"
+        );
     }
 
     #[test]
@@ -407,6 +413,9 @@ mod tests {
         }
         let f = filter(&["comm=nginx*"], &[]);
         assert!(f.keeps(&listener(1, "0.0.0.0", 80, &["bash", "nginx"]), &no_names));
-        assert!(!f.keeps(&listener(1, "0.0.0.0", 80, &[]), &no_names), "no owner, no match");
+        assert!(
+            !f.keeps(&listener(1, "0.0.0.0", 80, &[]), &no_names),
+            "no owner, no match"
+        );
     }
 }

@@ -187,7 +187,10 @@ fn merge(file: File, args: &RunArgs) -> Settings {
         }
     };
     Settings {
-        metrics_addr: args.metrics_addr.or(file.http.metrics_addr).unwrap_or(d.metrics_addr),
+        metrics_addr: args
+            .metrics_addr
+            .or(file.http.metrics_addr)
+            .unwrap_or(d.metrics_addr),
         web_config_file: args.web_config_file.clone().or(file.http.web_config_file),
         no_api: args.no_api.or(file.http.no_api).unwrap_or(d.no_api),
         http_header_timeout: args
@@ -201,8 +204,16 @@ fn merge(file: File, args: &RunArgs) -> Settings {
             .or(file.probes.conn_track_entries)
             .unwrap_or(d.conn_track_entries),
         listeners: ListenerFilter {
-            include: list(&args.listeners_include, file.listeners.include, d.listeners.include),
-            exclude: list(&args.listeners_exclude, file.listeners.exclude, d.listeners.exclude),
+            include: list(
+                &args.listeners_include,
+                file.listeners.include,
+                d.listeners.include,
+            ),
+            exclude: list(
+                &args.listeners_exclude,
+                file.listeners.exclude,
+                d.listeners.exclude,
+            ),
         },
     }
 }
@@ -224,7 +235,12 @@ fn seconds_value(d: Duration) -> toml::Value {
 }
 
 fn rules_value(rules: &[Rule]) -> toml::Value {
-    toml::Value::Array(rules.iter().map(|r| toml::Value::String(r.to_string())).collect())
+    toml::Value::Array(
+        rules
+            .iter()
+            .map(|r| toml::Value::String(r.to_string()))
+            .collect(),
+    )
 }
 
 const KEYS: &[Key] = &[
@@ -332,7 +348,10 @@ impl Settings {
                 let _ = write!(out, "\n[{section}]\n");
             }
             let arg = command.get_arguments().find(|a| a.get_id() == k.arg);
-            let help = arg.and_then(|a| a.get_help()).map(|h| h.to_string()).unwrap_or_default();
+            let help = arg
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
             let env = arg
                 .and_then(|a| a.get_env())
                 .map(|e| e.to_string_lossy().into_owned())

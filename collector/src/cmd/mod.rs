@@ -133,13 +133,23 @@ pub struct RunArgs {
     /// `addr=` an IP address or CIDR block, `comm=` an owner's name, exact or a glob
     /// (`*`, `?`). Repeat the flag, or separate rules with `;`. Rules given by the
     /// flag or its environment variable replace the file's.
-    #[arg(long, env = "SOCKQ_LISTENERS_INCLUDE", value_name = "RULE", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "SOCKQ_LISTENERS_INCLUDE",
+        value_name = "RULE",
+        value_delimiter = ';'
+    )]
     pub listeners_include: Vec<Rule>,
     /// Do not export the listeners one of these rules matches (same syntax as
     /// --listeners-include; exclude wins). Excluded listeners have no series in
     /// /metrics and are not in the JSON API, sockq_listeners_excluded counts them,
     /// and the eBPF programs still count everything they do.
-    #[arg(long, env = "SOCKQ_LISTENERS_EXCLUDE", value_name = "RULE", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "SOCKQ_LISTENERS_EXCLUDE",
+        value_name = "RULE",
+        value_delimiter = ';'
+    )]
     pub listeners_exclude: Vec<Rule>,
 }
 
@@ -275,7 +285,10 @@ mod tests {
             "[default: false]",
             "[default: none]",
         ] {
-            assert!(help.contains(needle), "`sockq run --help` lacks {needle}:\n{help}");
+            assert!(
+                help.contains(needle),
+                "`sockq run --help` lacks {needle}:\n{help}"
+            );
         }
     }
 
@@ -285,8 +298,14 @@ mod tests {
             .expect_err("port=abc");
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("`abc` is not a port"), "{err}");
-        let ok = Cli::try_parse_from(["sockq", "run", "--listeners-exclude", "port=22;comm=ssh*", "--nagle"])
-            .expect("parses");
+        let ok = Cli::try_parse_from([
+            "sockq",
+            "run",
+            "--listeners-exclude",
+            "port=22;comm=ssh*",
+            "--nagle",
+        ])
+        .expect("parses");
         let Command::Run(args) = ok.command else {
             panic!("expected run");
         };

@@ -60,9 +60,25 @@ fn flags_override_the_file_which_overrides_the_defaults() {
     assert_eq!(s.conn_track_entries, 64, "the file wins over the default");
     assert_eq!(s.listeners.include, rules(&["port=80"]));
     assert_eq!(s.metrics_addr, Settings::default().metrics_addr);
-    let s = settings(file, &["--listeners-include", "port=81", "--listeners-include", "port=82"]);
-    assert_eq!(s.listeners.include, rules(&["port=81", "port=82"]), "a flag's list replaces");
-    assert_eq!(s.listeners.exclude, rules(&["comm=sshd"]), "the other list stays");
+    let s = settings(
+        file,
+        &[
+            "--listeners-include",
+            "port=81",
+            "--listeners-include",
+            "port=82",
+        ],
+    );
+    assert_eq!(
+        s.listeners.include,
+        rules(&["port=81", "port=82"]),
+        "a flag's list replaces"
+    );
+    assert_eq!(
+        s.listeners.exclude,
+        rules(&["comm=sshd"]),
+        "the other list stays"
+    );
     let s = settings("[http]\nno_api = true\n", &[]);
     assert!(s.no_api);
     assert!(!settings("[http]\nno_api = true\n", &["--no-api=false"]).no_api);
@@ -82,13 +98,33 @@ fn unknown_keys_and_sections_name_the_line_and_key() {
 fn bad_values_name_the_line_and_say_why() {
     for (text, line, why) in [
         ("[poll]\ninterval = 0\n", "line 2", "outside"),
-        ("[poll]\ninterval = \"fast\"\n", "line 2", "expected a number of seconds"),
+        (
+            "[poll]\ninterval = \"fast\"\n",
+            "line 2",
+            "expected a number of seconds",
+        ),
         ("[http]\nhttp_header_timeout = 0.1\n", "line 2", "outside"),
-        ("[http]\nmetrics_addr = \"localhost\"\n", "line 2", "invalid socket address"),
+        (
+            "[http]\nmetrics_addr = \"localhost\"\n",
+            "line 2",
+            "invalid socket address",
+        ),
         ("[probes]\nconn_track_entries = 0\n", "line 2", "outside"),
-        ("[probes]\nnagle = \"yes\"\n", "line 2", "expected a boolean"),
-        ("[listeners]\n\ninclude = [\"port=abc\"]\n", "line 3", "`abc` is not a port"),
-        ("[listeners]\nexclude = \"port=22\"\n", "line 2", "expected a sequence"),
+        (
+            "[probes]\nnagle = \"yes\"\n",
+            "line 2",
+            "expected a boolean",
+        ),
+        (
+            "[listeners]\n\ninclude = [\"port=abc\"]\n",
+            "line 3",
+            "`abc` is not a port",
+        ),
+        (
+            "[listeners]\nexclude = \"port=22\"\n",
+            "line 2",
+            "expected a sequence",
+        ),
         ("[poll\n", "line 1", ""),
     ] {
         let e = file_error(text);
@@ -114,8 +150,14 @@ fn every_setting_is_a_key_of_the_file() {
         if not_settings.contains(&id) {
             continue;
         }
-        assert!(KEYS.iter().any(|k| k.arg == id), "--{id} has no key in the config file");
-        assert!(arg.get_env().is_some(), "--{id} has no SOCKQ_* environment variable");
+        assert!(
+            KEYS.iter().any(|k| k.arg == id),
+            "--{id} has no key in the config file"
+        );
+        assert!(
+            arg.get_env().is_some(),
+            "--{id} has no SOCKQ_* environment variable"
+        );
     }
     for k in KEYS {
         let arg = command.get_arguments().find(|a| a.get_id() == k.arg);
@@ -134,7 +176,10 @@ fn readme_example_is_the_default_configuration() {
     const BEGIN: &str = "<!-- config-example:begin -->\n```toml\n";
     const END: &str = "```\n<!-- config-example:end -->";
     let readme = include_str!("../../../../README.md");
-    let start = readme.find(BEGIN).expect("README.md has a config-example block") + BEGIN.len();
+    let start = readme
+        .find(BEGIN)
+        .expect("README.md has a config-example block")
+        + BEGIN.len();
     let len = readme[start..].find(END).expect("the block ends");
     let expected = Settings::default().to_toml();
     assert!(
