@@ -4,6 +4,7 @@
 //! namespace of the test's own).
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     process::{Command, Output},
     time::Duration,
@@ -196,6 +197,19 @@ fn series_of(m: &Metrics, netns: &str, listen_addr: &str) -> usize {
         .count()
 }
 
+/// How many samples of each metric are about that listener.
+fn series_by_name(m: &Metrics, netns: &str, listen_addr: &str) -> BTreeMap<String, usize> {
+    let mut by_name = BTreeMap::new();
+    for s in &m.samples {
+        if s.labels.get("netns").map(String::as_str) == Some(netns)
+            && s.labels.get("listen_addr").map(String::as_str) == Some(listen_addr)
+        {
+            *by_name.entry(s.name.clone()).or_insert(0) += 1;
+        }
+    }
+    by_name
+}
+
 /// The `addr:port` of each `/api/listeners` row of namespace `netns`.
 fn api_listeners(daemon: &Daemon, netns: u64) -> Vec<String> {
     let body = try_get(daemon.addr, "/api/listeners").expect("GET /api/listeners");
@@ -211,13 +225,13 @@ fn api_listeners(daemon: &Daemon, netns: u64) -> Vec<String> {
 
 /// Checks the daemon's view of the namespace against `ss`: each listener `expected`
 /// keeps is exported with the kernel's queue limit, the others have no series and
-/// no API row. Returns the number of series of the first listener kept.
+/// no API row. Returns the series of the first listener kept, by metric.
 fn check_against_ss(
     daemon: &Daemon,
     ns: &Netns,
     expected: impl Fn(&str) -> bool,
     excluded: impl Fn(f64) -> bool,
-) -> usize {
+) -> BTreeMap<String, usize> {
     let netns = ns.inode().to_string();
     let listeners = ss_listeners(ns);
     assert_eq!(
@@ -256,7 +270,7 @@ fn check_against_ss(
         .iter()
         .find(|(a, _)| expected(a))
         .expect("one listener kept");
-    series_of(&m, &netns, &first.0)
+    series_by_name(&m, &netns, &first.0)
 }
 
 #[test]
@@ -285,7 +299,29 @@ fn listener_filters_follow_ss() {
     let daemon = Daemon::start_with(&["--config", file.path()]);
     let kept = |a: &str| !a.ends_with(":7302") && !a.starts_with("127.0.0.2:");
     let series = check_against_ss(&daemon, &ns, kept, |n| n == 2.0);
-    eprintln!("an idle listener (no connection yet) has {series} series in /metrics");
+    eprintln!(
+        "an idle listener (no connection yet) has {} series in /metrics: {series:?}",
+        series.values().sum::<usize>()
+    );
+    // What a listener costs once it has served: one owner, one accepting thread.
+    let server = ns.scenario(&["serve", "single", "127.0.0.1:7306", "1"]);
+    ns.scenario(&["chat", "127.0.0.1:7306", "4", "2"]).finish();
+    let netns = inode.to_string();
+    let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7306")];
+    let busy = daemon.wait_for(Duration::from_secs(10), |m| {
+        let accepted = m.one("sockq_accept_wait_seconds_count", &labels)?;
+        let acceptors = m.find("sockq_acceptor_accepts_total", &labels).len();
+        if accepted < 4.0 || acceptors != 1 {
+            return Err(format!("{accepted} accept waits, {acceptors} acceptors"));
+        }
+        Ok(series_by_name(m, &netns, "127.0.0.1:7306"))
+    });
+    eprintln!(
+        "a listener that accepted 4 connections (one owner, one accepting thread) has \
+         {} series in /metrics: {busy:?}",
+        busy.values().sum::<usize>()
+    );
+    drop(server);
     drop(daemon);
 
     // Include rules (by inode, and by name with a comm glob), an exclude flag that
