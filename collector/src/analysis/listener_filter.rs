@@ -214,13 +214,21 @@ impl ListenerFilter {
         self.include.is_empty() && self.exclude.is_empty()
     }
 
-    /// Whether some rule names a namespace by name (the caller then looks names up).
-    pub fn names_namespaces(&self) -> bool {
-        self.include
+    /// The `ip netns` names the rules use (the caller looks each up once per poll).
+    pub fn netns_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .include
             .iter()
             .chain(&self.exclude)
             .flat_map(|r| &r.conditions)
-            .any(|c| matches!(c, Condition::NetnsName(_)))
+            .filter_map(|c| match c {
+                Condition::NetnsName(name) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Whether `listener` is exported; `netns_named` gives the inode of an `ip netns`
@@ -360,8 +368,8 @@ mod tests {
 
     #[test]
     fn namespaces_match_by_inode_or_name() {
-        let f = filter(&["netns=web"], &[]);
-        assert!(f.names_namespaces());
+        let f = filter(&["netns=web", "netns=db,port=5432"], &["netns=web,port=22"]);
+        assert_eq!(f.netns_names(), ["db", "web"]);
         let named = |name: &str| (name == "web").then_some(42);
         assert!(f.keeps(&listener(42, "0.0.0.0", 80, &[]), &named));
         assert!(!f.keeps(&listener(43, "0.0.0.0", 80, &[]), &named));
@@ -370,7 +378,7 @@ mod tests {
             "a name that does not exist matches nothing"
         );
         let f = filter(&["netns=43"], &[]);
-        assert!(!f.names_namespaces());
+        assert!(f.netns_names().is_empty());
         assert!(f.keeps(&listener(43, "0.0.0.0", 80, &[]), &no_names));
     }
 

@@ -159,16 +159,18 @@ impl Poller {
         if self.filter.is_empty() {
             return 0;
         }
-        let names = self.filter.names_namespaces();
-        let netns_named = |name: &str| {
-            names
-                .then(|| {
-                    let path = std::path::Path::new(inventory::netns::NAMED_NETNS_DIR).join(name);
-                    inventory::netns::Netns::from_path(path).ok()
-                })
-                .flatten()
-                .map(|ns| ns.inode())
-        };
+        // Each name looked up once per poll: a namespace may be re-created under it.
+        let inodes_by_name: HashMap<&str, u64> = self
+            .filter
+            .netns_names()
+            .into_iter()
+            .filter_map(|name| {
+                let path = std::path::Path::new(inventory::netns::NAMED_NETNS_DIR).join(name);
+                let netns = inventory::netns::Netns::from_path(path).ok()?;
+                Some((name, netns.inode()))
+            })
+            .collect();
+        let netns_named = |name: &str| inodes_by_name.get(name).copied();
         let excluded: Vec<Listener> = snapshot
             .listeners
             .iter()
@@ -526,6 +528,61 @@ mod tests {
 
     fn listener(netns: u64, inode: u64) -> Listener {
         Listener::loopback_for_test(netns, 80, inode)
+    }
+
+    #[test]
+    fn excluded_listeners_leave_with_their_acceptors_and_nagle_series() {
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let filter = ListenerFilter {
+            include: Vec::new(),
+            exclude: vec!["port=22".parse().expect("rule")],
+        };
+        let poller = Poller::new(None, rx, Arc::default(), None, Duration::from_secs(1))
+            .with_listener_filter(filter);
+        let acceptor = |socket| Acceptor {
+            socket,
+            pid: 1,
+            tid: 1,
+            comm: "a".into(),
+            accepts: 1,
+            state: "S".into(),
+            wchan: String::new(),
+        };
+        let nagle = |listen_addr: &str| crate::model::nagle::NagleSeries {
+            key: crate::model::nagle::SeriesKey {
+                netns: 1,
+                listen_addr: listen_addr.into(),
+                pid: 1,
+                comm: "a".into(),
+            },
+            delack_armed: 0,
+            delack_fired: 0,
+            delack_cancelled: 0,
+            delack_delay: Histogram::default(),
+            nagle_hold: Histogram::default(),
+            stalls: 0,
+            stall_seconds: 0.0,
+        };
+        let mut snapshot = Snapshot {
+            listeners: vec![
+                Listener::loopback_for_test(1, 22, 10),
+                Listener::loopback_for_test(1, 80, 20),
+            ],
+            acceptors: vec![acceptor(10), acceptor(20)].into(),
+            nagle: vec![nagle("127.0.0.1:22"), nagle("127.0.0.1:80"), nagle("")],
+            ..Snapshot::default()
+        };
+        assert_eq!(poller.exclude(&mut snapshot), 1);
+        let ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [80]);
+        let sockets: Vec<u64> = snapshot.acceptors.all().iter().map(|a| a.socket).collect();
+        assert_eq!(sockets, [20]);
+        let addrs: Vec<&str> = snapshot
+            .nagle
+            .iter()
+            .map(|n| n.key.listen_addr.as_str())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:80", ""], "client-side series stay");
     }
 
     #[test]
