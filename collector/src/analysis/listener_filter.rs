@@ -13,7 +13,9 @@
 
 use std::{fmt, net::IpAddr, ops::RangeInclusive, str::FromStr};
 
-use crate::model::{Listener, NetnsInode};
+use std::collections::HashSet;
+
+use crate::model::{Acceptor, Listener, NetnsInode, Snapshot};
 
 /// One condition of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,24 +241,46 @@ impl ListenerFilter {
         included && !self.exclude.iter().any(matches)
     }
 
-    /// Removes from `listeners` those not exported; returns the inodes removed.
-    pub fn apply(
+    /// Removes from `snapshot` the listeners not exported, with their accepting
+    /// threads and the Nagle series of their addresses; returns how many listeners.
+    pub fn exclude_from(
         &self,
-        listeners: &mut Vec<Listener>,
+        snapshot: &mut Snapshot,
         netns_named: &impl Fn(&str) -> Option<u64>,
-    ) -> Vec<u64> {
+    ) -> u64 {
         if self.is_empty() {
-            return Vec::new();
+            return 0;
         }
-        let mut removed = Vec::new();
-        listeners.retain(|l| {
+        let mut excluded: HashSet<u64> = HashSet::new();
+        let mut addrs: HashSet<(NetnsInode, String)> = HashSet::new();
+        snapshot.listeners.retain(|l| {
             let keep = self.keeps(l, netns_named);
             if !keep {
-                removed.push(l.inode);
+                excluded.insert(l.inode);
+                addrs.insert((l.netns, l.listen_addr()));
             }
             keep
         });
-        removed
+        if excluded.is_empty() {
+            return 0;
+        }
+        // An address some kept socket still listens on (an SO_REUSEPORT group split
+        // by the filter) keeps its Nagle series.
+        for l in &snapshot.listeners {
+            addrs.remove(&(l.netns, l.listen_addr()));
+        }
+        snapshot
+            .nagle
+            .retain(|s| !addrs.contains(&(s.key.netns, s.key.listen_addr.clone())));
+        let acceptors: Vec<Acceptor> = snapshot
+            .acceptors
+            .all()
+            .iter()
+            .filter(|a| !excluded.contains(&a.socket))
+            .cloned()
+            .collect();
+        snapshot.acceptors = acceptors.into();
+        excluded.len() as u64
     }
 }
 
@@ -336,9 +360,12 @@ mod tests {
     #[test]
     fn empty_filter_keeps_everything() {
         let f = ListenerFilter::default();
-        let mut ls = vec![listener(1, "127.0.0.1", 80, &[])];
-        assert!(f.apply(&mut ls, &no_names).is_empty());
-        assert_eq!(ls.len(), 1);
+        let mut snapshot = Snapshot {
+            listeners: vec![listener(1, "127.0.0.1", 80, &[])],
+            ..Snapshot::default()
+        };
+        assert_eq!(f.exclude_from(&mut snapshot, &no_names), 0);
+        assert_eq!(snapshot.listeners.len(), 1);
     }
 
     #[test]
@@ -349,13 +376,17 @@ mod tests {
         assert!(!keeps(&listener(1, "0.0.0.0", 8081, &[])), "exclude wins");
         assert!(keeps(&listener(1, "0.0.0.0", 6379, &["redis"])));
         assert!(!keeps(&listener(1, "0.0.0.0", 22, &["sshd"])));
-        let mut ls = vec![
-            listener(1, "0.0.0.0", 22, &[]),
-            listener(1, "0.0.0.0", 8080, &[]),
-            listener(1, "0.0.0.0", 8081, &[]),
-        ];
-        assert_eq!(f.apply(&mut ls, &no_names), [22, 8081]);
-        assert_eq!(ls.len(), 1);
+        let mut snapshot = Snapshot {
+            listeners: vec![
+                listener(1, "0.0.0.0", 22, &[]),
+                listener(1, "0.0.0.0", 8080, &[]),
+                listener(1, "0.0.0.0", 8081, &[]),
+            ],
+            ..Snapshot::default()
+        };
+        assert_eq!(f.exclude_from(&mut snapshot, &no_names), 2);
+        let ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [8080]);
     }
 
     #[test]
@@ -425,5 +456,54 @@ mod tests {
             !f.keeps(&listener(1, "0.0.0.0", 80, &[]), &no_names),
             "no owner, no match"
         );
+    }
+
+    #[test]
+    fn excluded_listeners_leave_with_their_acceptors_and_nagle_series() {
+        let filter = filter(&[], &["port=22"]);
+        let acceptor = |socket| Acceptor {
+            socket,
+            pid: 1,
+            tid: 1,
+            comm: "a".into(),
+            accepts: 1,
+            state: "S".into(),
+            wchan: String::new(),
+        };
+        let nagle = |listen_addr: &str| crate::model::nagle::NagleSeries {
+            key: crate::model::nagle::SeriesKey {
+                netns: 1,
+                listen_addr: listen_addr.into(),
+                pid: 1,
+                comm: "a".into(),
+            },
+            delack_armed: 0,
+            delack_fired: 0,
+            delack_cancelled: 0,
+            delack_delay: crate::model::Histogram::default(),
+            nagle_hold: crate::model::Histogram::default(),
+            stalls: 0,
+            stall_seconds: 0.0,
+        };
+        let mut snapshot = Snapshot {
+            listeners: vec![
+                Listener::loopback_for_test(1, 22, 10),
+                Listener::loopback_for_test(1, 80, 20),
+            ],
+            acceptors: vec![acceptor(10), acceptor(20)].into(),
+            nagle: vec![nagle("127.0.0.1:22"), nagle("127.0.0.1:80"), nagle("")],
+            ..Snapshot::default()
+        };
+        assert_eq!(filter.exclude_from(&mut snapshot, &no_names), 1);
+        let ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [80]);
+        let sockets: Vec<u64> = snapshot.acceptors.all().iter().map(|a| a.socket).collect();
+        assert_eq!(sockets, [20]);
+        let addrs: Vec<&str> = snapshot
+            .nagle
+            .iter()
+            .map(|n| n.key.listen_addr.as_str())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:80", ""], "client-side series stay");
     }
 }

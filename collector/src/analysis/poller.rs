@@ -153,8 +153,8 @@ impl Poller {
         }
     }
 
-    /// Removes the listeners the filter leaves out, with their acceptors and Nagle
-    /// series; returns how many. Runs after the kernel's counts were read and pruned.
+    /// Removes the listeners the filter leaves out; returns how many. Runs after the
+    /// kernel's counts were read and pruned.
     fn exclude(&self, snapshot: &mut Snapshot) -> u64 {
         if self.filter.is_empty() {
             return 0;
@@ -170,42 +170,8 @@ impl Poller {
                 Some((name, netns.inode()))
             })
             .collect();
-        let netns_named = |name: &str| inodes_by_name.get(name).copied();
-        let excluded: Vec<Listener> = snapshot
-            .listeners
-            .iter()
-            .filter(|l| !self.filter.keeps(l, &netns_named))
-            .cloned()
-            .collect();
-        if excluded.is_empty() {
-            return 0;
-        }
-        let inodes: HashSet<u64> = excluded.iter().map(|l| l.inode).collect();
-        let addrs: HashSet<(u64, String)> = excluded
-            .iter()
-            .map(|l| (l.netns, l.listen_addr()))
-            .collect();
-        snapshot.listeners.retain(|l| !inodes.contains(&l.inode));
-        // An address some kept socket still listens on (an SO_REUSEPORT group split
-        // by the filter) keeps its Nagle series.
-        let kept_addrs: HashSet<(u64, String)> = snapshot
-            .listeners
-            .iter()
-            .map(|l| (l.netns, l.listen_addr()))
-            .collect();
-        snapshot.nagle.retain(|s| {
-            let key = (s.key.netns, s.key.listen_addr.clone());
-            !addrs.contains(&key) || kept_addrs.contains(&key)
-        });
-        let acceptors: Vec<Acceptor> = snapshot
-            .acceptors
-            .all()
-            .iter()
-            .filter(|a| !inodes.contains(&a.socket))
-            .cloned()
-            .collect();
-        snapshot.acceptors = acceptors.into();
-        excluded.len() as u64
+        self.filter
+            .exclude_from(snapshot, &|name| inodes_by_name.get(name).copied())
     }
 
     /// Every listener and every namespace's counters, from one visit per namespace.
@@ -528,61 +494,6 @@ mod tests {
 
     fn listener(netns: u64, inode: u64) -> Listener {
         Listener::loopback_for_test(netns, 80, inode)
-    }
-
-    #[test]
-    fn excluded_listeners_leave_with_their_acceptors_and_nagle_series() {
-        let (_tx, rx) = tokio::sync::mpsc::channel(1);
-        let filter = ListenerFilter {
-            include: Vec::new(),
-            exclude: vec!["port=22".parse().expect("rule")],
-        };
-        let poller = Poller::new(None, rx, Arc::default(), None, Duration::from_secs(1))
-            .with_listener_filter(filter);
-        let acceptor = |socket| Acceptor {
-            socket,
-            pid: 1,
-            tid: 1,
-            comm: "a".into(),
-            accepts: 1,
-            state: "S".into(),
-            wchan: String::new(),
-        };
-        let nagle = |listen_addr: &str| crate::model::nagle::NagleSeries {
-            key: crate::model::nagle::SeriesKey {
-                netns: 1,
-                listen_addr: listen_addr.into(),
-                pid: 1,
-                comm: "a".into(),
-            },
-            delack_armed: 0,
-            delack_fired: 0,
-            delack_cancelled: 0,
-            delack_delay: Histogram::default(),
-            nagle_hold: Histogram::default(),
-            stalls: 0,
-            stall_seconds: 0.0,
-        };
-        let mut snapshot = Snapshot {
-            listeners: vec![
-                Listener::loopback_for_test(1, 22, 10),
-                Listener::loopback_for_test(1, 80, 20),
-            ],
-            acceptors: vec![acceptor(10), acceptor(20)].into(),
-            nagle: vec![nagle("127.0.0.1:22"), nagle("127.0.0.1:80"), nagle("")],
-            ..Snapshot::default()
-        };
-        assert_eq!(poller.exclude(&mut snapshot), 1);
-        let ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
-        assert_eq!(ports, [80]);
-        let sockets: Vec<u64> = snapshot.acceptors.all().iter().map(|a| a.socket).collect();
-        assert_eq!(sockets, [20]);
-        let addrs: Vec<&str> = snapshot
-            .nagle
-            .iter()
-            .map(|n| n.key.listen_addr.as_str())
-            .collect();
-        assert_eq!(addrs, ["127.0.0.1:80", ""], "client-side series stay");
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! The comments of [`Settings::to_toml`] are the flags' own help (one text to keep
 //! true); the README's example configuration is that output with the defaults
 //! (`tests::readme_example_is_the_default_configuration`).
+//!
+//! A new setting of `sockq run` needs an `Option` field with `env` in
+//! [`RunArgs`], a field and its default in [`Settings`], one in its file section, a
+//! [`Key`] and a line in [`merge`]; `tests::every_setting_is_a_key_of_the_file`
+//! fails until it has them all.
 
 use std::{
     fmt::Write as _,
