@@ -174,7 +174,14 @@ fn parse_file(text: &str) -> Result<File, String> {
 /// name make, over the defaults.
 pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     let file = match &args.config {
-        Some(path) => read_file(path)?,
+        Some(path) => {
+            let mut file = read_file(path)?;
+            // Relative to the file's directory, as the web configuration's own paths
+            // are to it (a unit's working directory is `/`).
+            let dir = path.parent().unwrap_or(Path::new(""));
+            file.http.web_config_file = file.http.web_config_file.map(|p| dir.join(p));
+            file
+        }
         None => File::default(),
     };
     Ok(merge(file, args))

@@ -133,6 +133,30 @@ fn bad_values_name_the_line_and_say_why() {
 }
 
 #[test]
+fn a_relative_web_config_file_is_relative_to_the_file() {
+    let dir = std::env::temp_dir().join(format!("sockq-config-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("sockq.toml");
+    std::fs::write(&path, "[http]\nweb_config_file = \"web.yml\"\n").expect("write");
+    let config = path.to_str().expect("UTF-8");
+    let s = resolve(&args(&["--config", config])).expect("reads");
+    assert_eq!(s.web_config_file, Some(dir.join("web.yml")));
+    let s = resolve(&args(&[
+        "--config",
+        config,
+        "--web-config-file",
+        "flag.yml",
+    ]))
+    .expect("reads");
+    assert_eq!(
+        s.web_config_file,
+        Some(PathBuf::from("flag.yml")),
+        "a flag's is as given"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_missing_file_is_an_error_naming_it() {
     let e = resolve(&args(&["--config", "/nonexistent/sockq.toml"])).expect_err("missing");
     let text = crate::error_chain(&e);
