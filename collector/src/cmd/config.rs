@@ -187,6 +187,12 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     Ok(merge(file, args))
 }
 
+/// The settings a configuration file's text makes alone (no flag, no environment);
+/// the error is the `toml` crate's, with line and key.
+pub fn from_toml(text: &str) -> Result<Settings, String> {
+    parse_file(text).map(|file| merge(file, &RunArgs::default()))
+}
+
 /// Flags (and environment) over the file over the defaults. A list given by a flag
 /// or its environment variable replaces the file's.
 fn merge(file: File, args: &RunArgs) -> Settings {

@@ -68,7 +68,7 @@ pub struct EventsArgs {
 /// its flag or environment variable is given, and [`config::resolve`] lays them over
 /// the `--config` file and the defaults (which `--help` shows from
 /// [`config::Settings::default`]).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct RunArgs {
     /// A TOML configuration file with any of the settings below (`--print-config`
     /// prints one with every default). Each setting's SOCKQ_* environment variable
