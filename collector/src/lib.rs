@@ -12,9 +12,10 @@
 //! - [`inventory`]: listeners from sock_diag in every network namespace, owners and
 //!   threads from procfs, the namespaces' own counters;
 //! - [`analysis`]: what the numbers mean: queue statistics, full-queue episodes,
-//!   execution patterns, Nagle stalls, and the poller that builds each snapshot;
+//!   execution patterns, Nagle stalls, the listener filter, and the poller that
+//!   builds each snapshot;
 //! - [`export`]: Prometheus exposition, the HTTP server, the status page, the event log;
-//! - [`cmd`]: one module per subcommand.
+//! - [`cmd`]: one module per subcommand, and `run`'s layered configuration.
 
 pub mod analysis;
 pub mod cmd;

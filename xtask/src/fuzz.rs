@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::step;
 
 /// The targets, in the order they run (`fuzz/fuzz_targets/NAME.rs`).
-pub const TARGETS: [&str; 5] = ["sock_diag", "btf", "cli", "http", "web_config"];
+pub const TARGETS: [&str; 6] = ["sock_diag", "btf", "cli", "http", "web_config", "config"];
 
 /// The cargo-fuzz release installed when none is.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -214,6 +214,9 @@ fn write_seeds(fuzz_dir: &Path) -> Result<()> {
     {
         seeds.push(("web_config", name.to_owned(), config.into_bytes()));
     }
+    for (name, config) in CONFIG_SEEDS {
+        seeds.push(("config", (*name).to_owned(), config.as_bytes().to_vec()));
+    }
     for (target, name, bytes) in seeds {
         let dir: PathBuf = fuzz_dir.join("corpus").join(target);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -238,6 +241,27 @@ const CLI_SEEDS: &[(&str, &str)] = &[
     ("top", "top --interval 2.5"),
     ("doctor", "doctor"),
     ("help", "run --help"),
+    (
+        "run-filters",
+        "run --config /nonexistent.toml --print-config --nagle=false --listeners-include \
+         netns=web,port=8000-8999;comm=nginx* --listeners-exclude addr=10.0.0.0/8",
+    ),
+];
+
+/// `sockq run --config` files: every section and key, lists of rules, and a few
+/// errors (an unknown key, a bad rule, a value out of range).
+const CONFIG_SEEDS: &[(&str, &str)] = &[
+    (
+        "all",
+        "[http]\nmetrics_addr = \"[::1]:9750\"\nweb_config_file = \"web.yml\"\nno_api = true\n\
+         http_header_timeout = 2.5\n\n[poll]\ninterval = 1\n\n[probes]\nnagle = false\n\
+         conn_track_entries = 16384\n\n[listeners]\ninclude = [\"netns=4026531840,port=80\", \
+         \"comm=nginx*\", \"addr=fd00::/8\"]\nexclude = [\"port=22\", \"netns=web\"]\n",
+    ),
+    ("interval", "[poll]\ninterval = 0.25\n"),
+    ("unknown-key", "[http]\nmetric_addr = \"127.0.0.1:1\"\n"),
+    ("bad-rule", "[listeners]\ninclude = [\"port=abc\"]\n"),
+    ("out-of-range", "[probes]\nconn_track_entries = 0\n"),
 ];
 
 const HTTP_SEEDS: &[(&str, &str)] = &[

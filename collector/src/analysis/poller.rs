@@ -13,6 +13,7 @@ use collector_common::{nagle::StallEvent, queue::AcceptorKey};
 
 use super::{
     episodes::{EpisodeEvent, EpisodeTracker, Limits},
+    listener_filter::ListenerFilter,
     nagle,
     netns_keys::NetnsKeys,
     pattern, queue_stats,
@@ -59,6 +60,8 @@ pub struct Poller {
     /// still exist.
     visited: Vec<VisitedNetns>,
     kept: HashSet<u64>,
+    /// Which listeners the snapshots carry.
+    filter: ListenerFilter,
 }
 
 impl Poller {
@@ -82,6 +85,7 @@ impl Poller {
             netns_keys: NetnsKeys::default(),
             visited: Vec::new(),
             kept: HashSet::new(),
+            filter: ListenerFilter::default(),
             health: Health {
                 poll_seconds: Histogram {
                     bounds: POLL_BOUNDS.to_vec(),
@@ -92,6 +96,12 @@ impl Poller {
                 ..Health::default()
             },
         }
+    }
+
+    /// Exports only the listeners `filter` keeps (every listener without one).
+    pub fn with_listener_filter(mut self, filter: ListenerFilter) -> Self {
+        self.filter = filter;
+        self
     }
 
     /// Which probes are attached, and how (all "eBPF unavailable" in polling mode).
@@ -111,6 +121,11 @@ impl Poller {
             ..Snapshot::default()
         };
         self.add_kernel_view(&mut snapshot, inventory_started_ns);
+        // The whole inventory, before filtering: what the next poll carries over or
+        // falls back to, so the kernel's counts of excluded listeners are not pruned.
+        self.last_listeners.clone_from(&snapshot.listeners);
+        snapshot.nagle = self.nagle.series();
+        self.health.excluded_listeners = self.exclude(&mut snapshot);
         let episodes = self.episodes.update(
             Instant::now(),
             SystemTime::now(),
@@ -127,9 +142,7 @@ impl Poller {
             .any(|p| p.name == "sock_recv_length" && p.attached);
         snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors, reads_seen);
         snapshot.netns = netns;
-        snapshot.nagle = self.nagle.series();
         snapshot.ring_events = self.ring.snapshot();
-        self.last_listeners.clone_from(&snapshot.listeners);
         let stalls = self.stall_notices().await;
         self.record_duration(started.elapsed());
         snapshot.health = self.health.clone();
@@ -138,6 +151,27 @@ impl Poller {
             episodes,
             stalls,
         }
+    }
+
+    /// Removes the listeners the filter leaves out; returns how many. Runs after the
+    /// kernel's counts were read and pruned.
+    fn exclude(&self, snapshot: &mut Snapshot) -> u64 {
+        if self.filter.is_empty() {
+            return 0;
+        }
+        // Each name looked up once per poll: a namespace may be re-created under it.
+        let inodes_by_name: HashMap<&str, u64> = self
+            .filter
+            .netns_names()
+            .into_iter()
+            .filter_map(|name| {
+                let path = std::path::Path::new(inventory::netns::NAMED_NETNS_DIR).join(name);
+                let netns = inventory::netns::Netns::from_path(path).ok()?;
+                Some((name, netns.inode()))
+            })
+            .collect();
+        self.filter
+            .exclude_from(snapshot, &|name| inodes_by_name.get(name).copied())
     }
 
     /// Every listener and every namespace's counters, from one visit per namespace.

@@ -19,7 +19,10 @@ use aya::maps::{MapData, RingBuf};
 use tokio::sync::Notify;
 
 use crate::{
-    analysis::poller::{Poll, Poller},
+    analysis::{
+        listener_filter::ListenerFilter,
+        poller::{Poll, Poller},
+    },
     export::{
         http,
         prometheus::{BuildInfo, ClassicBuckets},
@@ -43,6 +46,8 @@ pub struct RunConfig {
     pub http_header_timeout: Duration,
     /// `--fine-buckets`: the classic histogram buckets served.
     pub classic_buckets: ClassicBuckets,
+    /// `--listeners-include`, `--listeners-exclude`.
+    pub listeners: ListenerFilter,
 }
 
 /// Worker threads of the HTTP server's runtime.
@@ -85,29 +90,50 @@ struct Started {
 }
 
 /// `sockq run`. Without the privileges eBPF needs it still works, in polling mode
-/// (sock_diag and /proc); the daemon says so.
+/// (sock_diag and /proc); the daemon says so. A configuration that cannot be read
+/// exits with status 2, as a bad flag does; `--print-config` prints it and exits.
 pub fn main(args: super::RunArgs) -> std::process::ExitCode {
-    let config = RunConfig {
-        metrics_addr: args.metrics_addr,
-        interval: args.interval,
-        probes: probes::LoadOptions {
-            nagle: args.nagle,
-            conn_track_entries: args.conn_track_entries,
-        },
-        web_config_file: args.web_config_file,
-        api: !args.no_api,
-        http_header_timeout: args.http_header_timeout,
-        classic_buckets: if args.fine_buckets {
-            ClassicBuckets::Fine
-        } else {
-            ClassicBuckets::Short
-        },
+    let settings = match super::config::resolve(&args) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("sockq: {}", crate::error_chain(&e));
+            return std::process::ExitCode::from(2);
+        }
     };
-    match run(config) {
+    if args.print_config {
+        super::emit(&settings.to_toml());
+        return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(path) = &args.config {
+        tracing::info!("configuration file {}", path.display());
+    }
+    match run(RunConfig::from(settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sockq: {}", crate::error_chain(&e));
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+impl From<super::config::Settings> for RunConfig {
+    fn from(s: super::config::Settings) -> Self {
+        Self {
+            metrics_addr: s.metrics_addr,
+            interval: s.interval,
+            probes: probes::LoadOptions {
+                nagle: s.nagle,
+                conn_track_entries: s.conn_track_entries,
+            },
+            web_config_file: s.web_config_file,
+            api: !s.no_api,
+            http_header_timeout: s.http_header_timeout,
+            classic_buckets: if s.fine_buckets {
+                ClassicBuckets::Fine
+            } else {
+                ClassicBuckets::Short
+            },
+            listeners: s.listeners,
         }
     }
 }
@@ -256,12 +282,13 @@ async fn run_async(
     };
     let local = listener.local_addr().map_err(bind_error)?;
 
-    let (mut poller, refresh) = start_poller(
+    let (poller, refresh) = start_poller(
         started.probes,
         started.events,
         started.polling.clone(),
         config.interval,
     );
+    let mut poller = poller.with_listener_filter(config.listeners.clone());
     let state = http::SharedState::with_buckets(BuildInfo::detect(), config.classic_buckets);
     // Until the first poll: no listeners yet, but which probes are attached.
     state.replace(Snapshot {

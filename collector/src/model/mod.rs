@@ -318,6 +318,9 @@ pub struct Health {
     /// Listeners of skipped namespaces (other than vanished ones) reported as last
     /// seen rather than dropped.
     pub carried_listeners: u64,
+    /// Listeners the last inventory found that `--listeners-include` /
+    /// `--listeners-exclude` leave out of this snapshot.
+    pub excluded_listeners: u64,
     /// An inventory older than this (seconds) is stale: three poll intervals.
     pub stale_after_seconds: f64,
 }

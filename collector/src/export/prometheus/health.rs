@@ -20,6 +20,10 @@ const HELP_SKIPPED: &str = "Network namespaces the last inventory could not read
 const HELP_CARRIED: &str = "Listeners of namespaces the last inventory could not read \
     (other than vanished ones), reported as last seen rather than dropped.";
 
+const HELP_EXCLUDED: &str = "Listeners the last inventory found that --listeners-include / \
+    --listeners-exclude leave out of the export (no per-listener series, not in the JSON \
+    API); the eBPF programs still count them.";
+
 const HELP_MAP_ENTRIES: &str = "Entries in one of sockq's in-kernel maps after the poll's \
     pruning (every entry has an owner that removes it: a listener's counters go when it \
     closes, an acceptor's when its thread exits, a namespace's when it dies).";
@@ -50,11 +54,15 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     }
     let mut carried = Family::gauge("sockq_inventory_carried_listeners", HELP_CARRIED);
     carried.push(Vec::new(), h.carried_listeners);
+    let mut excluded = Family::gauge("sockq_listeners_excluded", HELP_EXCLUDED);
+    excluded.push(Vec::new(), h.excluded_listeners);
     let mut entries = Family::gauge("sockq_map_entries", HELP_MAP_ENTRIES);
     let mut capacity = Family::gauge("sockq_map_capacity", HELP_MAP_CAPACITY);
     for m in &snapshot.maps {
         entries.push(vec![("map", m.map.to_owned())], m.entries);
         capacity.push(vec![("map", m.map.to_owned())], m.capacity);
     }
-    vec![poll, last, stale, skipped, carried, entries, capacity]
+    vec![
+        poll, last, stale, skipped, carried, excluded, entries, capacity,
+    ]
 }

@@ -801,13 +801,13 @@ mod tests {
         // Every family has help and type: the nine above, plus the full-queue gauge,
         // the SO_REUSEPORT group size (no kernel stats in this snapshot), the mode,
         // the ring buffer's records, the kernel read errors (with probes), and the
-        // inventory's staleness and carried listeners (always present).
+        // inventory's staleness, carried and excluded listeners (always present).
         assert!(
             text.contains("sockq_mode{mode=\"ebpf\",reason=\"\"} 1\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# HELP ").count(), 16, "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 16, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 17, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 17, "{text}");
     }
 
     #[test]
