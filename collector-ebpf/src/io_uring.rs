@@ -61,7 +61,7 @@ use collector_common::{
 
 use crate::{
     accept::account_accept,
-    kernel::{fd_sock, offsets, read, sock_inode, sock_netns, sock_protocol},
+    kernel::{fd_sock, file_sock, offsets, read, sock_inode, sock_netns, sock_protocol},
     maps::{QUEUED, listener_queue},
     stats::count_failure,
 };
@@ -296,36 +296,15 @@ fn fixed_file_sock(ring: u64, index: u32, o: &KernelOffsets) -> Option<*const u8
         return None;
     }
     let file_ptr: u64 = read(node, o.rsrc_node_file_ptr).ok()?;
-    let file = (file_ptr & !3) as *const u8;
-    if file.is_null() {
-        return None;
-    }
-    let socket: *const u8 = read(file, o.file_private_data).ok()?;
-    if socket.is_null() {
-        return None;
-    }
-    let sk: *const u8 = read(socket, o.socket_sk).ok()?;
-    (!sk.is_null()).then_some(sk)
+    file_sock((file_ptr & !3) as *const u8, o)
 }
 
 /// The inode of the socket an accept request reads from (`req->file`), or 0 while the
 /// request has no file yet (it is assigned when the request is issued).
 #[inline(always)]
 fn req_listener(req: *const u8, o: &KernelOffsets) -> u64 {
-    let Ok(file) = read::<*const u8>(req, o.req_file) else {
-        return 0;
-    };
-    if file.is_null() {
-        return 0;
-    }
-    let Ok(socket) = read::<*const u8>(file, o.file_private_data) else {
-        return 0;
-    };
-    if socket.is_null() {
-        return 0;
-    }
-    match read::<*const u8>(socket, o.socket_sk) {
-        Ok(sk) if !sk.is_null() => sock_inode(sk, o),
-        _ => 0,
-    }
+    read::<*const u8>(req, o.req_file)
+        .ok()
+        .and_then(|file| file_sock(file, o))
+        .map_or(0, |sk| sock_inode(sk, o))
 }

@@ -154,6 +154,13 @@ pub fn fd_sock(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
     }
     let fd_array: *const u8 = read(fdt, o.fdt_fd).ok()?;
     let file: *const u8 = read(fd_array, (fd * 8) as u32).ok()?;
+    file_sock(file, o)
+}
+
+/// The sock behind a socket's `struct file` (`file->private_data`, a `struct socket`,
+/// -> `sk`); `None` for a null file or a file without one.
+#[inline(always)]
+pub fn file_sock(file: *const u8, o: &KernelOffsets) -> Option<*const u8> {
     if file.is_null() {
         return None;
     }
