@@ -19,7 +19,10 @@ use super::{
 };
 use crate::{
     inventory::{self, ScanReport, VisitedNetns, threads},
-    model::{Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot},
+    model::{
+        Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot,
+        unix::UnixListener,
+    },
     probes::{KernelView, Probes, prune::Live, ring::RingCounters},
     text,
 };
@@ -47,6 +50,7 @@ pub struct Poller {
     first: bool,
     episodes: EpisodeTracker,
     last_listeners: Vec<Listener>,
+    last_unix: Vec<UnixListener>,
     nagle: nagle::Accumulator,
     stalls: tokio::sync::mpsc::Receiver<StallEvent>,
     /// What the ring buffer reader received and dropped.
@@ -75,6 +79,7 @@ impl Poller {
             first: true,
             episodes: EpisodeTracker::default(),
             last_listeners: Vec::new(),
+            last_unix: Vec::new(),
             nagle: nagle::Accumulator::default(),
             stalls,
             ring,
@@ -102,10 +107,11 @@ impl Poller {
     pub async fn poll(&mut self) -> Poll {
         let started = Instant::now();
         let inventory_started_ns = monotonic_ns();
-        let (listeners, netns) = self.inventory().await;
+        let (listeners, unix_listeners, netns) = self.inventory().await;
         self.log_changes(&listeners);
         let mut snapshot = Snapshot {
             listeners,
+            unix_listeners,
             probes: self.probe_status(),
             polling: self.polling.clone(),
             ..Snapshot::default()
@@ -130,6 +136,7 @@ impl Poller {
         snapshot.nagle = self.nagle.series();
         snapshot.ring_events = self.ring.snapshot();
         self.last_listeners.clone_from(&snapshot.listeners);
+        self.last_unix.clone_from(&snapshot.unix_listeners);
         let stalls = self.stall_notices().await;
         self.record_duration(started.elapsed());
         snapshot.health = self.health.clone();
@@ -145,19 +152,19 @@ impl Poller {
     /// every listener reported gone; so do the listeners of another namespace that
     /// could not be read for a reason other than its disappearance (their kernel
     /// counts are pruned only once they are really gone).
-    async fn inventory(&mut self) -> (Vec<Listener>, Vec<NetnsStats>) {
+    async fn inventory(&mut self) -> (Vec<Listener>, Vec<UnixListener>, Vec<NetnsStats>) {
         match tokio::task::spawn_blocking(inventory::scan_report).await {
             Ok(Ok(report)) => {
                 let report = self.carry_skipped(report);
-                (report.listeners, report.netns)
+                (report.listeners, report.unix_listeners, report.netns)
             }
             Ok(Err(e)) => {
                 tracing::warn!("listener inventory failed: {}", crate::error_chain(&e));
-                (self.last_listeners.clone(), Vec::new())
+                (self.last_listeners.clone(), self.last_unix.clone(), Vec::new())
             }
             Err(e) => {
                 tracing::warn!("listener inventory task failed: {e}");
-                (self.last_listeners.clone(), Vec::new())
+                (self.last_listeners.clone(), self.last_unix.clone(), Vec::new())
             }
         }
     }
@@ -178,6 +185,7 @@ impl Poller {
                 .or_default() += 1;
         }
         self.health.carried_listeners = carry_over(&self.last_listeners, &mut report);
+        carry_over_unix(&self.last_unix, &mut report);
         self.visited = std::mem::take(&mut report.visited);
         self.kept = report
             .skipped
@@ -357,6 +365,24 @@ fn carry_over(last: &[Listener], report: &mut ScanReport) -> u64 {
     n
 }
 
+/// [`carry_over`] for Unix listeners (not added to `carried_listeners`, which keeps
+/// its documented TCP meaning).
+fn carry_over_unix(last: &[UnixListener], report: &mut ScanReport) {
+    let kept: HashSet<u64> = report
+        .skipped
+        .iter()
+        .filter(|s| !s.error.is_vanished())
+        .map(|s| s.netns)
+        .collect();
+    let before = report.unix_listeners.len();
+    report
+        .unix_listeners
+        .extend(last.iter().filter(|l| kept.contains(&l.netns)).cloned());
+    if report.unix_listeners.len() > before {
+        inventory::unix_diag::sort(&mut report.unix_listeners);
+    }
+}
+
 /// Which probes are attached; without probes, each says eBPF is unavailable.
 pub fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
     match probes {
@@ -467,6 +493,7 @@ mod tests {
         let last = [listener(1, 10), listener(2, 20), listener(3, 30)];
         let mut report = ScanReport {
             listeners: vec![listener(1, 10)],
+            unix_listeners: Vec::new(),
             netns: Vec::new(),
             visited: Vec::new(),
             skipped: vec![

@@ -117,6 +117,11 @@ pub struct ListenersArgs {
     /// Inventory the listeners here even if a daemon answers.
     #[arg(long)]
     pub no_daemon: bool,
+    /// Unix-domain (stream and seqpacket) listeners instead of TCP ones: name,
+    /// queue length/limit, connects refused because the queue was full (with a
+    /// daemon), owners.
+    #[arg(long)]
+    pub unix: bool,
 }
 
 /// Runs the parsed command; the exit code says whether it worked.

@@ -4,6 +4,7 @@
 //! Kernel interfaces, by submodule:
 //! - [`netns`]: `/proc/PID/ns/net`, `/run/netns/*` (nsfs) and `setns(2)`;
 //! - [`sock_diag`]: `NETLINK_SOCK_DIAG` / `inet_diag` dumps of TCP sockets;
+//! - [`unix_diag`]: `unix_diag` dumps of Unix stream and seqpacket listeners;
 //! - [`owners`]: `/proc/PID/fd/*` symlinks (`socket:[INODE]`) and `/proc/PID/comm`;
 //! - [`netstat`]: `/proc/PID/net/netstat` (per-namespace SNMP extension counters).
 //!
@@ -16,10 +17,11 @@ pub mod owners;
 pub mod process;
 pub mod sock_diag;
 pub mod threads;
+pub mod unix_diag;
 
 use std::{collections::HashSet, path::PathBuf};
 
-use crate::model::{Listener, NetnsInode, NetnsStats};
+use crate::model::{Listener, NetnsInode, NetnsStats, unix::UnixListener};
 
 pub use netns::Netns;
 pub use netstat::{Netstat, NetstatParseError, parse_netstat, read_netstat};
@@ -130,6 +132,8 @@ pub struct SkippedNetns {
 pub struct ScanReport {
     /// Sorted by (netns, port, addr, inode).
     pub listeners: Vec<Listener>,
+    /// Unix stream and seqpacket listeners, sorted by (netns, name, inode).
+    pub unix_listeners: Vec<UnixListener>,
     /// Counters and sysctls of each namespace that could be read.
     pub netns: Vec<NetnsStats>,
     pub skipped: Vec<SkippedNetns>,
@@ -161,12 +165,18 @@ pub fn scan_report() -> Result<ScanReport, InventoryError> {
     let mut report = ScanReport::default();
     for (index, ns) in host_first_namespaces()?.iter().enumerate() {
         match visit(ns) {
-            Ok((listeners, stats, cookie)) => {
+            Ok(Visit {
+                listeners,
+                unix_listeners,
+                stats,
+                cookie,
+            }) => {
                 report.visited.push(VisitedNetns {
                     netns: ns.inode(),
                     cookie,
                 });
                 report.listeners.extend(listeners);
+                report.unix_listeners.extend(unix_listeners);
                 match stats {
                     Ok(stats) => report.netns.push(stats),
                     Err(e) => tracing::debug!(
@@ -186,8 +196,9 @@ pub fn scan_report() -> Result<ScanReport, InventoryError> {
             }
         }
     }
-    fill_owners(&mut report.listeners);
+    fill_owners(&mut report.listeners, &mut report.unix_listeners);
     sort_listeners(&mut report.listeners);
+    unix_diag::sort(&mut report.unix_listeners);
     Ok(report)
 }
 
@@ -200,27 +211,35 @@ pub fn host_first_namespaces() -> Result<Vec<Netns>, InventoryError> {
     Ok(namespaces)
 }
 
-type Visit = (
-    Vec<Listener>,
-    Result<NetnsStats, InventoryError>,
-    Option<u64>,
-);
+/// What one visit of a namespace read.
+struct Visit {
+    listeners: Vec<Listener>,
+    unix_listeners: Vec<UnixListener>,
+    stats: Result<NetnsStats, InventoryError>,
+    cookie: Option<u64>,
+}
 
-/// One namespace, entered once: its listeners (no owners yet), its counters and its
-/// cookie.
+/// One namespace, entered once: its TCP and Unix listeners (no owners yet), its
+/// counters and its cookie.
 fn visit(ns: &Netns) -> Result<Visit, InventoryError> {
     let netns = ns.inode();
-    let (socket, stats) =
+    let (mut socket, stats) =
         ns.run(move || Ok((DiagSocket::open()?, netns_stats::read_current(netns))))?;
     let cookie = socket.netns_cookie();
-    Ok((listeners_from(netns, socket)?, stats, cookie))
+    let unix_listeners = socket.unix_listeners(netns)?;
+    Ok(Visit {
+        listeners: listeners_from(netns, socket)?,
+        unix_listeners,
+        stats,
+        cookie,
+    })
 }
 
 /// The listeners of one namespace, with SYN queue lengths and owners, sorted like
 /// [`scan`]'s.
 pub fn scan_netns(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
     let mut listeners = scan_netns_sockets(ns)?;
-    fill_owners(&mut listeners);
+    fill_owners(&mut listeners, &mut []);
     sort_listeners(&mut listeners);
     Ok(listeners)
 }
@@ -317,14 +336,21 @@ fn same_endpoint(a: &std::net::SocketAddr, b: &std::net::SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
-fn fill_owners(listeners: &mut [Listener]) {
+/// Owners of TCP and Unix listeners, from one /proc walk.
+fn fill_owners(listeners: &mut [Listener], unix_listeners: &mut [UnixListener]) {
     let inodes: HashSet<u64> = listeners
         .iter()
         .map(|l| l.inode)
+        .chain(unix_listeners.iter().map(|l| l.inode))
         .filter(|&i| i != 0)
         .collect();
     let owners = owners::socket_owners(&inodes);
     for listener in listeners.iter_mut() {
+        if let Some(found) = owners.get(&listener.inode) {
+            listener.owners = found.clone();
+        }
+    }
+    for listener in unix_listeners.iter_mut() {
         if let Some(found) = owners.get(&listener.inode) {
             listener.owners = found.clone();
         }

@@ -23,6 +23,7 @@ mod health;
 mod nagle;
 mod netns;
 mod queues;
+mod unix;
 
 use prometheus_client::{
     collector::Collector,
@@ -246,6 +247,7 @@ impl SnapshotCollector {
     fn new(snapshot: &Snapshot, build: &BuildInfo) -> Self {
         let mut families = inventory_families(snapshot);
         families.extend(queues::families(snapshot));
+        families.extend(unix::families(snapshot));
         families.extend(netns::families(snapshot));
         families.extend(nagle::families(snapshot));
         families.push(transition_family(snapshot));

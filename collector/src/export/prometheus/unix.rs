@@ -1,0 +1,249 @@
+//! Unix-domain listeners: their own families (`sockq_unix_*`), labelled by `path`
+//! (the name as `ss -x` prints it: a path, `@abstract`, or empty) instead of
+//! `listen_addr`. Parallel families rather than `family="unix"` on the TCP ones: the
+//! TCP families keep their labels (no existing query or dashboard changes), and a
+//! Unix listener has neither a SYN queue nor `sk_drops`, so half of the TCP families
+//! would have no Unix series anyway.
+
+use std::collections::BTreeSet;
+
+use super::{Family, Labels};
+use crate::model::{Snapshot, unix::UnixListener};
+
+const HELP_LEN: &str = "Connections waiting for accept() on this Unix listener (sock_diag \
+    UNIX_DIAG_RQLEN, the listener's receive queue; `ss -xl` Recv-Q).";
+const HELP_LIMIT: &str = "This Unix listener's backlog limit, min(backlog, net.core.somaxconn) \
+    (UNIX_DIAG_RQLEN, sk_max_ack_backlog; `ss -xl` Send-Q); connects are refused once the \
+    queue holds more.";
+const HELP_INFO: &str = "Always 1: the owners of each Unix listener (procfs, by socket inode), \
+    its socket type (stream, seqpacket) and name kind (path, abstract, unnamed).";
+const HELP_FULL: &str = "1 while a full-queue episode is in progress on this Unix listener \
+    (queue over its limit, or connects refused), 0 otherwise; see `sockq events`.";
+const HELP_REFUSED: &str = "connect() calls aimed at this Unix listener that failed with \
+    EAGAIN because its queue was full (syscalls:sys_enter_connect / sys_exit_connect): \
+    the `Resource temporarily unavailable` of nginx's `connect() to unix:` errors. The \
+    kernel counts these nowhere.";
+const HELP_REFUSED_BY: &str = "The same refused connects by client process (client_pid, \
+    client_comm); at most 16 clients per listener, the rest under client_comm=\"other\".";
+
+/// Clients listed per listener in the by-client family.
+pub const MAX_CLIENTS_PER_LISTENER: usize = 16;
+
+pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
+    let mut len = Family::gauge("sockq_unix_listen_queue_length", HELP_LEN);
+    let mut limit = Family::gauge("sockq_unix_listen_queue_limit", HELP_LIMIT);
+    let mut info = Family::gauge("sockq_unix_listener_info", HELP_INFO);
+    let mut full = Family::gauge("sockq_unix_listen_queue_full", HELP_FULL);
+    let mut refused = Family::counter("sockq_unix_listen_refused_connects_total", HELP_REFUSED);
+    let mut refused_by = Family::counter(
+        "sockq_unix_listen_refused_connects_by_client_total",
+        HELP_REFUSED_BY,
+    );
+    let mut listeners: Vec<&UnixListener> = snapshot.unix_listeners.iter().collect();
+    listeners.sort_by(|a, b| (a.netns, &a.name, a.inode).cmp(&(b.netns, &b.name, b.inode)));
+    for l in listeners {
+        let id = labels(l);
+        len.push(id.clone(), l.queue_len);
+        limit.push(id.clone(), l.queue_limit);
+        full.push(id.clone(), l.queue_full);
+        let owners: BTreeSet<(u32, &str, &str)> = l
+            .owners
+            .iter()
+            .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
+            .collect();
+        let owners = if owners.is_empty() {
+            vec![(None, "", "")]
+        } else {
+            owners.into_iter().map(|(p, c, k)| (Some(p), c, k)).collect()
+        };
+        for (pid, comm, container) in owners {
+            let mut labels = id.clone();
+            labels.push(("type", l.socket_type.name().to_owned()));
+            labels.push(("kind", kind_name(l).to_owned()));
+            labels.push(("pid", pid.map(|p| p.to_string()).unwrap_or_default()));
+            labels.push(("comm", comm.to_owned()));
+            labels.push(("container", container.to_owned()));
+            info.push(labels, 1_u8);
+        }
+        let Some(k) = &l.kernel else { continue };
+        refused.push(id.clone(), k.refused);
+        let (listed, rest) = k
+            .refused_by
+            .split_at(k.refused_by.len().min(MAX_CLIENTS_PER_LISTENER));
+        for c in listed {
+            let mut labels = id.clone();
+            labels.push(("client_pid", c.pid.to_string()));
+            labels.push(("client_comm", c.comm.clone()));
+            refused_by.push(labels, c.refused);
+        }
+        if !rest.is_empty() {
+            let mut labels = id.clone();
+            labels.push(("client_pid", String::new()));
+            labels.push(("client_comm", "other".to_owned()));
+            refused_by.push(labels, rest.iter().map(|c| c.refused).sum::<u64>());
+        }
+    }
+    vec![len, limit, info, full, refused, refused_by]
+}
+
+fn kind_name(l: &UnixListener) -> &'static str {
+    match l.name_kind {
+        crate::model::unix::UnixNameKind::Path => "path",
+        crate::model::unix::UnixNameKind::Abstract => "abstract",
+        crate::model::unix::UnixNameKind::Unnamed => "unnamed",
+    }
+}
+
+/// The labels that identify a Unix listener.
+fn labels(l: &UnixListener) -> Labels {
+    vec![
+        ("netns", l.netns.to_string()),
+        ("path", l.name.clone()),
+        ("socket", l.inode.to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        export::prometheus::{BuildInfo, render},
+        model::{
+            Owner,
+            unix::{UnixClient, UnixKernelStats, UnixSocketType, display_name},
+        },
+    };
+
+    const HOSTILE: &[u8] = b"/tmp/a\"b\\c\nd{}=,";
+
+    fn listener(address: &[u8], inode: u64) -> UnixListener {
+        let (name, name_kind) = display_name(address);
+        UnixListener {
+            netns: 4026531840,
+            name,
+            name_kind,
+            socket_type: UnixSocketType::Stream,
+            inode,
+            cookie: 1,
+            queue_len: 5,
+            queue_limit: 4,
+            owners: vec![Owner::new(7, "php-fpm8.2")],
+            address: address.to_vec(),
+            kernel: Some(UnixKernelStats {
+                refused: 8,
+                refused_by: vec![UnixClient {
+                    pid: 9,
+                    comm: "nginx".into(),
+                    refused: 8,
+                }],
+            }),
+            queue_full: true,
+        }
+    }
+
+    fn text() -> String {
+        let snapshot = Snapshot {
+            unix_listeners: vec![listener(HOSTILE, 11), listener(b"\0sockq", 12)],
+            ..Snapshot::default()
+        };
+        let build = BuildInfo {
+            version: "0".into(),
+            git_commit: "x".into(),
+            kernel_release: "y".into(),
+        };
+        render(&snapshot, &build).expect("render")
+    }
+
+    /// Undoes the text format's label-value escaping (`\\`, `\"`, `\n`).
+    fn unescape(value: &str) -> String {
+        let mut out = String::new();
+        let mut chars = value.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some(other) => out.push(other),
+                    None => out.push('\\'),
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The `path` label value of each sample of `family`, unescaped.
+    fn paths(text: &str, family: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(family)?.strip_prefix('{'))
+            .filter_map(|l| {
+                let start = l.find("path=\"")? + "path=\"".len();
+                let rest = &l[start..];
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in rest.char_indices() {
+                    match (escaped, c) {
+                        (false, '\\') => escaped = true,
+                        (false, '"') => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                Some(unescape(&rest[..end?]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hostile_path_round_trips() {
+        let text = text();
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# ") || line.starts_with("sockq_"),
+                "a path split a line: {line:?}"
+            );
+        }
+        let hostile = String::from_utf8(HOSTILE.to_vec()).expect("utf-8");
+        for family in [
+            "sockq_unix_listen_queue_length",
+            "sockq_unix_listen_refused_connects_total",
+            "sockq_unix_listener_info",
+        ] {
+            assert_eq!(
+                paths(&text, family),
+                [hostile.clone(), "@sockq".to_owned()],
+                "{family} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn series_values() {
+        let text = text();
+        for expected in [
+            "sockq_unix_listen_queue_length{netns=\"4026531840\",path=\"@sockq\",socket=\"12\"} 5",
+            "sockq_unix_listen_queue_limit{netns=\"4026531840\",path=\"@sockq\",socket=\"12\"} 4",
+            "sockq_unix_listen_refused_connects_total{netns=\"4026531840\",path=\"@sockq\",socket=\"12\"} 8",
+            "sockq_unix_listen_refused_connects_by_client_total{netns=\"4026531840\",path=\"@sockq\",socket=\"12\",client_pid=\"9\",client_comm=\"nginx\"} 8",
+            "sockq_unix_listener_info{netns=\"4026531840\",path=\"@sockq\",socket=\"12\",type=\"stream\",kind=\"abstract\",pid=\"7\",comm=\"php-fpm8.2\",container=\"\"} 1",
+            "sockq_unix_listen_queue_full{netns=\"4026531840\",path=\"@sockq\",socket=\"12\"} 1",
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_family_is_in_the_readme() {
+        let readme = include_str!("../../../../README.md");
+        let text = text();
+        let missing: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP sockq_unix"))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|rest| !readme.contains(&format!("`sockq_unix{rest}")))
+            .collect();
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
+    }
+}
