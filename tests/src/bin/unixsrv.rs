@@ -1,0 +1,155 @@
+//! Unix-domain scenario programs for `tests/unix.rs`. Each prints one line when its
+//! setup is complete, then holds its sockets until stdin is closed.
+//!
+//! Usage (a NAME starting with `@` is abstract: the rest, after a NUL byte; NAME may
+//! be given as `hex:...` to carry any bytes):
+//!   sockq-unixsrv listen NAME BACKLOG TYPE   bind, listen(BACKLOG), never accept;
+//!                                            TYPE stream or seqpacket; prints
+//!                                            `ready INODE`
+//!   sockq-unixsrv connect NAME COUNT TYPE    COUNT non-blocking connects, one after
+//!                                            another; prints `done refused=R
+//!                                            connected=C other=O`
+//!   sockq-unixsrv block-connect NAME TYPE    one blocking connect; prints `done MS`
+//!                                            with how long it took
+
+use std::{io::Read as _, os::fd::AsRawFd as _, process::ExitCode, time::Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["listen", name, backlog, kind] => listen(name, backlog, kind),
+        ["connect", name, count, kind] => connect(name, count, kind),
+        ["block-connect", name, kind] => block_connect(name, kind),
+        _ => Err(format!("usage: see the module docs; got {args:?}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockq-unixsrv: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The raw `sun_path` bytes NAME stands for.
+fn name_bytes(name: &str) -> Result<Vec<u8>, String> {
+    let raw = if let Some(hex) = name.strip_prefix("hex:") {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad hex {hex:?}"))
+            })
+            .collect::<Result<Vec<u8>, String>>()?
+    } else {
+        name.as_bytes().to_vec()
+    };
+    Ok(match raw.split_first() {
+        Some((b'@', rest)) => std::iter::once(0).chain(rest.iter().copied()).collect(),
+        _ => raw,
+    })
+}
+
+fn address(name: &str) -> Result<SockAddr, String> {
+    let raw = name_bytes(name)?;
+    // SAFETY: the closure fills a zeroed sockaddr_storage with a sockaddr_un whose
+    // path fits (checked), and returns its length.
+    let ((), addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            let un = storage.cast::<libc::sockaddr_un>();
+            (*un).sun_family = libc::AF_UNIX as libc::sa_family_t;
+            if raw.len() > (*un).sun_path.len() {
+                return Err(std::io::Error::other("name too long"));
+            }
+            for (slot, b) in (*un).sun_path.iter_mut().zip(&raw) {
+                *slot = *b as libc::c_char;
+            }
+            // Path names get their NUL counted, as the kernel's own length does;
+            // abstract names are exactly their bytes.
+            let path_len = if raw.first() == Some(&0) {
+                raw.len()
+            } else {
+                raw.len() + 1
+            };
+            *len = (std::mem::size_of::<libc::sa_family_t>() + path_len) as libc::socklen_t;
+            Ok(())
+        })
+    }
+    .map_err(|e| format!("address {name:?}: {e}"))?;
+    Ok(addr)
+}
+
+fn socket_type(kind: &str) -> Result<Type, String> {
+    match kind {
+        "stream" => Ok(Type::STREAM),
+        "seqpacket" => Ok(Type::SEQPACKET),
+        _ => Err(format!("type {kind:?}: stream or seqpacket")),
+    }
+}
+
+fn wait_for_stdin_close() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn listen(name: &str, backlog: &str, kind: &str) -> Result<(), String> {
+    let backlog: i32 = backlog.parse().map_err(|e| format!("backlog: {e}"))?;
+    let socket = Socket::new(Domain::UNIX, socket_type(kind)?, None).map_err(|e| e.to_string())?;
+    socket
+        .bind(&address(name)?)
+        .map_err(|e| format!("bind {name:?}: {e}"))?;
+    socket.listen(backlog).map_err(|e| format!("listen: {e}"))?;
+    let fd = socket.as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|e| e.to_string())?;
+    let inode = link
+        .to_string_lossy()
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_owned();
+    println!("ready {inode}");
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn connect(name: &str, count: &str, kind: &str) -> Result<(), String> {
+    let count: usize = count.parse().map_err(|e| format!("count: {e}"))?;
+    let addr = address(name)?;
+    let (mut refused, mut other) = (0, 0);
+    let mut connected = Vec::new();
+    for _ in 0..count {
+        let socket =
+            Socket::new(Domain::UNIX, socket_type(kind)?, None).map_err(|e| e.to_string())?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        match socket.connect(&addr) {
+            Ok(()) => connected.push(socket),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => refused += 1,
+            Err(e) => {
+                eprintln!("connect: {e}");
+                other += 1;
+            }
+        }
+    }
+    println!(
+        "done refused={refused} connected={} other={other}",
+        connected.len()
+    );
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn block_connect(name: &str, kind: &str) -> Result<(), String> {
+    let addr = address(name)?;
+    let socket = Socket::new(Domain::UNIX, socket_type(kind)?, None).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let result = socket.connect(&addr);
+    println!(
+        "done {} {result:?}",
+        started.elapsed().as_millis()
+    );
+    wait_for_stdin_close();
+    Ok(())
+}

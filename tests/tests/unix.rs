@@ -1,0 +1,208 @@
+//! Unix-domain listeners (#16) against the kernel: queue length and limit against
+//! `ss -xl` (sock_diag), refused connects against the `EAGAIN`s the clients saw,
+//! names (path, abstract, hostile bytes) through /metrics and the JSON API. Each test
+//! in its own network namespace; the listeners and clients are `sockq-unixsrv`.
+
+use std::time::{Duration, Instant};
+
+use sockq_tests::{Daemon, Netns, test_bin, try_get};
+
+/// A directory of our own under /tmp for socket paths, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sockq-unix-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One line of `ss -xlnpH` in the namespace: (Recv-Q, Send-Q, name) of socket `inode`.
+fn ss_listener(ns: &Netns, inode: &str) -> (u32, u32, String) {
+    let out = ns.output("ss", &["-xlnpH"]);
+    out.lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(5) == Some(&inode)).then(|| {
+                let recv: u32 = f[2].parse().expect("Recv-Q");
+                let send: u32 = f[3].parse().expect("Send-Q");
+                (recv, send, f[4].to_owned())
+            })
+        })
+        .unwrap_or_else(|| panic!("socket {inode} not in ss -xlnp:\n{out}"))
+}
+
+/// `ready INODE` -> INODE.
+fn inode_of(first_line: &str) -> String {
+    first_line
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("listener said {first_line:?}"))
+        .to_owned()
+}
+
+/// `done refused=R connected=C other=O` -> (R, C, O).
+fn connect_result(first_line: &str) -> (u64, u64, u64) {
+    let field = |key: &str| -> u64 {
+        first_line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {first_line:?}"))
+    };
+    (field("refused="), field("connected="), field("other="))
+}
+
+fn unix_rows(daemon: &Daemon) -> Vec<serde_json::Value> {
+    let body = try_get(daemon.addr, "/api/listeners?family=unix").expect("GET unix listeners");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("unix listeners JSON: {e}: {body}"))
+}
+
+#[test]
+fn full_queue_matches_ss_and_refused_connects_match_the_clients() {
+    let ns = Netns::new("unixq");
+    let netns = ns.inode().to_string();
+    let dir = TempDir::new("queue");
+    let path = dir.path("backend.sock");
+    let daemon = Daemon::start("1");
+    let bin = test_bin("sockq-unixsrv");
+    let server = ns.program(&bin, &["listen", &path, "4", "stream"]);
+    let inode = inode_of(&server.first_line);
+    let clients = ns.program(&bin, &["connect", &path, "12", "stream"]);
+    let (refused, connected, other) = connect_result(&clients.first_line);
+    eprintln!("clients: {refused} refused (EAGAIN), {connected} connected, {other} other");
+    assert_eq!(other, 0, "{}", clients.first_line);
+    assert!(refused > 0, "the queue never filled: {}", clients.first_line);
+
+    let (ss_len, ss_limit, ss_name) = ss_listener(&ns, &inode);
+    eprintln!("ss -xl: Recv-Q {ss_len} Send-Q {ss_limit} {ss_name}");
+    assert_eq!(ss_name, path);
+    assert_eq!(u64::from(ss_len), connected, "ss counts the queued clients");
+    let labels = [("netns", netns.as_str()), ("socket", inode.as_str())];
+    let (len, limit) = daemon.wait_for(Duration::from_secs(10), |m| {
+        let len = m.one("sockq_unix_listen_queue_length", &labels)?;
+        let limit = m.one("sockq_unix_listen_queue_limit", &labels)?;
+        if (len, limit) == (f64::from(ss_len), f64::from(ss_limit)) {
+            Ok((len, limit))
+        } else {
+            Err(format!("sockq {len}/{limit}, ss {ss_len}/{ss_limit}"))
+        }
+    });
+    eprintln!("sockq: queue {len} limit {limit}");
+    let m = daemon.metrics();
+    let info = m.find("sockq_unix_listener_info", &labels);
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0].labels["path"], path);
+    assert_eq!(info[0].labels["pid"], server.pid().to_string());
+    assert_eq!(info[0].labels["comm"], "sockq-unixsrv");
+    assert_eq!(info[0].labels["type"], "stream");
+    drop(clients);
+    drop(server);
+}
+
+#[test]
+fn abstract_seqpacket_and_other_namespace_listeners() {
+    let ns = Netns::new("unixabs");
+    let other_ns = Netns::new("unixother");
+    let daemon = Daemon::start("1");
+    let bin = test_bin("sockq-unixsrv");
+    let name = format!("@sockq-test-{}", std::process::id());
+    // The same abstract name in two namespaces: two listeners, one per namespace.
+    let here = ns.program(&bin, &["listen", &name, "3", "seqpacket"]);
+    let there = other_ns.program(&bin, &["listen", &name, "7", "stream"]);
+    let clients = ns.program(&bin, &["connect", &name, "2", "seqpacket"]);
+    assert_eq!(connect_result(&clients.first_line), (0, 2, 0));
+    for (ns, server, len, limit, kind) in [
+        (&ns, &here, 2, 3, "seqpacket"),
+        (&other_ns, &there, 0, 7, "stream"),
+    ] {
+        let inode = inode_of(&server.first_line);
+        let (ss_len, ss_limit, ss_name) = ss_listener(ns, &inode);
+        assert_eq!((ss_len, ss_limit, ss_name.as_str()), (len, limit, name.as_str()));
+        let netns = ns.inode().to_string();
+        let labels = [("netns", netns.as_str()), ("path", name.as_str())];
+        daemon.wait_for(Duration::from_secs(10), |m| {
+            let got = (
+                m.one("sockq_unix_listen_queue_length", &labels)?,
+                m.one("sockq_unix_listen_queue_limit", &labels)?,
+            );
+            let info = m.find("sockq_unix_listener_info", &labels);
+            let kind_ok = info.iter().any(|s| {
+                s.labels["type"] == kind
+                    && s.labels["kind"] == "abstract"
+                    && s.labels["socket"] == inode
+            });
+            if got == (f64::from(ss_len), f64::from(ss_limit)) && kind_ok {
+                Ok(())
+            } else {
+                Err(format!("{name} in {netns}: {got:?} {info:?}, ss {ss_len}/{ss_limit}"))
+            }
+        });
+        eprintln!("{name} ({kind}) in netns {netns}: queue {ss_len}/{ss_limit} as ss");
+    }
+}
+
+#[test]
+fn hostile_path_round_trips_through_metrics_and_json() {
+    let ns = Netns::new("unixpath");
+    let dir = TempDir::new("hostile");
+    let path = dir.path("q\"uo\\te\nnew line {x=\"1\"}.sock");
+    let hex: String = path.bytes().map(|b| format!("{b:02x}")).collect();
+    let daemon = Daemon::start("1");
+    let server = ns.program(&test_bin("sockq-unixsrv"), &["listen", &format!("hex:{hex}"), "8", "stream"]);
+    let inode = inode_of(&server.first_line);
+    assert!(
+        std::fs::symlink_metadata(&path).is_ok(),
+        "the socket file {path:?} exists"
+    );
+    let netns = ns.inode().to_string();
+    let labels = [("netns", netns.as_str()), ("socket", inode.as_str())];
+    let started = Instant::now();
+    let from_metrics = daemon.wait_for(Duration::from_secs(10), |m| {
+        let s = m.find("sockq_unix_listen_queue_limit", &labels);
+        match s.as_slice() {
+            [one] => Ok(one.labels["path"].clone()),
+            _ => Err(format!("{} samples", s.len())),
+        }
+    });
+    assert_eq!(from_metrics, path, "/metrics path label, unescaped");
+    let text = daemon.metrics_text();
+    for line in text.lines() {
+        assert!(
+            line.starts_with("# ") || line.starts_with("sockq_"),
+            "the path split a line of /metrics: {line:?}"
+        );
+    }
+    let rows = unix_rows(&daemon);
+    let row = rows
+        .iter()
+        .find(|r| r["inode"].as_u64().map(|i| i.to_string()) == Some(inode.clone()))
+        .unwrap_or_else(|| panic!("socket {inode} not in /api/listeners?family=unix: {rows:?}"));
+    assert_eq!(row["name"], path.as_str(), "JSON name: {row}");
+    assert_eq!(row["name_kind"], "path");
+    assert_eq!(row["queue_limit"], 8);
+    eprintln!("{path:?} round-tripped in {:?}", started.elapsed());
+    let table = std::process::Command::new(sockq_tests::sockq_bin())
+        .args(["listeners", "--unix", "--metrics-addr", &daemon.addr.to_string()])
+        .output()
+        .expect("sockq listeners --unix");
+    let table = String::from_utf8_lossy(&table.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.contains(&inode))
+        .unwrap_or_else(|| panic!("socket {inode} not in the table:\n{table}"));
+    assert!(
+        line.contains(r#"q\"uo\\te\nnew line {x=\"1\"}.sock"#),
+        "escaped on one line: {line}"
+    );
+}
