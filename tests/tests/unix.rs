@@ -63,6 +63,13 @@ fn connect_result(first_line: &str) -> (u64, u64, u64) {
     (field("refused="), field("connected="), field("other="))
 }
 
+fn m_one(daemon: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    daemon
+        .metrics()
+        .one(name, labels)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn unix_rows(daemon: &Daemon) -> Vec<serde_json::Value> {
     let body = try_get(daemon.addr, "/api/listeners?family=unix").expect("GET unix listeners");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("unix listeners JSON: {e}: {body}"))
@@ -82,7 +89,11 @@ fn full_queue_matches_ss_and_refused_connects_match_the_clients() {
     let (refused, connected, other) = connect_result(&clients.first_line);
     eprintln!("clients: {refused} refused (EAGAIN), {connected} connected, {other} other");
     assert_eq!(other, 0, "{}", clients.first_line);
-    assert!(refused > 0, "the queue never filled: {}", clients.first_line);
+    assert!(
+        refused > 0,
+        "the queue never filled: {}",
+        clients.first_line
+    );
 
     let (ss_len, ss_limit, ss_name) = ss_listener(&ns, &inode);
     eprintln!("ss -xl: Recv-Q {ss_len} Send-Q {ss_limit} {ss_name}");
@@ -106,6 +117,30 @@ fn full_queue_matches_ss_and_refused_connects_match_the_clients() {
     assert_eq!(info[0].labels["pid"], server.pid().to_string());
     assert_eq!(info[0].labels["comm"], "sockq-unixsrv");
     assert_eq!(info[0].labels["type"], "stream");
+
+    // The refusals, counted in the kernel, equal the EAGAINs the clients saw.
+    let counted = daemon.wait_for(Duration::from_secs(10), |m| {
+        let n = m.one("sockq_unix_listen_refused_connects_total", &labels)?;
+        if n == refused as f64 {
+            Ok(n)
+        } else {
+            Err(format!(
+                "sockq counted {n} refused connects, the clients saw {refused}"
+            ))
+        }
+    });
+    let client_pid = clients.pid().to_string();
+    let by_client = m_one(
+        &daemon,
+        "sockq_unix_listen_refused_connects_by_client_total",
+        &[
+            ("socket", inode.as_str()),
+            ("client_pid", client_pid.as_str()),
+            ("client_comm", "sockq-unixsrv"),
+        ],
+    );
+    eprintln!("sockq: {counted} refused connects, {by_client} of them by client {client_pid}");
+    assert_eq!(by_client, refused as f64);
     drop(clients);
     drop(server);
 }
@@ -128,7 +163,10 @@ fn abstract_seqpacket_and_other_namespace_listeners() {
     ] {
         let inode = inode_of(&server.first_line);
         let (ss_len, ss_limit, ss_name) = ss_listener(ns, &inode);
-        assert_eq!((ss_len, ss_limit, ss_name.as_str()), (len, limit, name.as_str()));
+        assert_eq!(
+            (ss_len, ss_limit, ss_name.as_str()),
+            (len, limit, name.as_str())
+        );
         let netns = ns.inode().to_string();
         let labels = [("netns", netns.as_str()), ("path", name.as_str())];
         daemon.wait_for(Duration::from_secs(10), |m| {
@@ -145,7 +183,9 @@ fn abstract_seqpacket_and_other_namespace_listeners() {
             if got == (f64::from(ss_len), f64::from(ss_limit)) && kind_ok {
                 Ok(())
             } else {
-                Err(format!("{name} in {netns}: {got:?} {info:?}, ss {ss_len}/{ss_limit}"))
+                Err(format!(
+                    "{name} in {netns}: {got:?} {info:?}, ss {ss_len}/{ss_limit}"
+                ))
             }
         });
         eprintln!("{name} ({kind}) in netns {netns}: queue {ss_len}/{ss_limit} as ss");
@@ -159,7 +199,10 @@ fn hostile_path_round_trips_through_metrics_and_json() {
     let path = dir.path("q\"uo\\te\nnew line {x=\"1\"}.sock");
     let hex: String = path.bytes().map(|b| format!("{b:02x}")).collect();
     let daemon = Daemon::start("1");
-    let server = ns.program(&test_bin("sockq-unixsrv"), &["listen", &format!("hex:{hex}"), "8", "stream"]);
+    let server = ns.program(
+        &test_bin("sockq-unixsrv"),
+        &["listen", &format!("hex:{hex}"), "8", "stream"],
+    );
     let inode = inode_of(&server.first_line);
     assert!(
         std::fs::symlink_metadata(&path).is_ok(),
@@ -193,7 +236,12 @@ fn hostile_path_round_trips_through_metrics_and_json() {
     assert_eq!(row["queue_limit"], 8);
     eprintln!("{path:?} round-tripped in {:?}", started.elapsed());
     let table = std::process::Command::new(sockq_tests::sockq_bin())
-        .args(["listeners", "--unix", "--metrics-addr", &daemon.addr.to_string()])
+        .args([
+            "listeners",
+            "--unix",
+            "--metrics-addr",
+            &daemon.addr.to_string(),
+        ])
         .output()
         .expect("sockq listeners --unix");
     let table = String::from_utf8_lossy(&table.stdout);

@@ -9,3 +9,4 @@ pub mod netns_keys;
 pub mod pattern;
 pub mod poller;
 pub mod queue_stats;
+pub mod unix_refusals;

@@ -15,12 +15,12 @@ use super::{
     episodes::{EpisodeEvent, EpisodeTracker, Limits},
     nagle,
     netns_keys::NetnsKeys,
-    pattern, queue_stats,
+    pattern, queue_stats, unix_refusals,
 };
 use crate::{
     inventory::{self, ScanReport, VisitedNetns, threads},
     model::{
-        Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot,
+        Acceptor, Health, Histogram, Listener, MapOccupancy, NetnsStats, ProbeStatus, Snapshot,
         unix::UnixListener,
     },
     probes::{KernelView, Probes, prune::Live, ring::RingCounters},
@@ -160,11 +160,19 @@ impl Poller {
             }
             Ok(Err(e)) => {
                 tracing::warn!("listener inventory failed: {}", crate::error_chain(&e));
-                (self.last_listeners.clone(), self.last_unix.clone(), Vec::new())
+                (
+                    self.last_listeners.clone(),
+                    self.last_unix.clone(),
+                    Vec::new(),
+                )
             }
             Err(e) => {
                 tracing::warn!("listener inventory task failed: {e}");
-                (self.last_listeners.clone(), self.last_unix.clone(), Vec::new())
+                (
+                    self.last_listeners.clone(),
+                    self.last_unix.clone(),
+                    Vec::new(),
+                )
             }
         }
     }
@@ -257,6 +265,8 @@ impl Poller {
                 reason_names: p.drop_reason_names(),
             },
         );
+        let unix = unix_view(p, &mut snapshot.unix_listeners, &self.visited);
+        snapshot.maps.push(unix);
         snapshot.lost_by_cause = events_lost(&view, &self.ring);
         snapshot.events_lost = snapshot
             .lost_by_cause
@@ -383,6 +393,38 @@ fn carry_over_unix(last: &[UnixListener], report: &mut ScanReport) {
     }
 }
 
+/// Refused and waiting connects attributed to the Unix listeners, and the pruning
+/// of their map; returns its occupancy.
+fn unix_view(
+    p: &mut Probes,
+    listeners: &mut [UnixListener],
+    visited: &[VisitedNetns],
+) -> MapOccupancy {
+    let cookies = p.net_keys_are_cookies();
+    let netns_of = |key: u64| {
+        if cookies {
+            visited
+                .iter()
+                .find(|v| v.cookie == Some(key))
+                .map(|v| v.netns)
+        } else {
+            Some(key)
+        }
+    };
+    let entries = p.unix_connects();
+    // Without the connect probes, no listener gets counts: zeros would claim that
+    // nothing was refused.
+    if !p
+        .status()
+        .iter()
+        .any(|s| s.name == "sys_exit_connect" && s.attached)
+    {
+        return p.prune_unix(std::collections::HashSet::new(), |_| true);
+    }
+    let unmatched = unix_refusals::attach(listeners, &entries, netns_of, threads::cwd);
+    p.prune_unix(unmatched, |tgid| threads::exists(tgid, tgid))
+}
+
 /// Which probes are attached; without probes, each says eBPF is unavailable.
 pub fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
     match probes {
@@ -415,6 +457,8 @@ fn events_lost(view: &KernelView, ring: &RingCounters) -> Vec<(&'static str, u64
         ("map_full:READERS", s.readers_full),
         ("map_full:CONNS", s.conns_full),
         ("map_full:CONN_STATS", s.conn_stats_full),
+        ("map_full:UNIX_CONNECTING", s.unix_connecting_full),
+        ("map_full:UNIX_REFUSED", s.unix_refused_full),
         ("accept_unattributed", s.accepts_unattributed),
         ("accept_direct_descriptor", s.uring_direct),
     ]

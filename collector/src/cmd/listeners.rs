@@ -91,7 +91,9 @@ fn unix_main(args: &super::ListenersArgs) -> ExitCode {
 /// The Unix listeners' table: names and owners escaped (a path may hold newlines
 /// and terminal escapes).
 pub fn render_unix_table(listeners: &[UnixListener]) -> String {
-    let header = ["NETNS", "TYPE", "QUEUE", "REFUSED", "SOCKET", "OWNERS", "NAME"];
+    let header = [
+        "NETNS", "TYPE", "QUEUE", "REFUSED", "SOCKET", "OWNERS", "NAME",
+    ];
     let cells: Vec<[String; 7]> = listeners
         .iter()
         .map(|l| {

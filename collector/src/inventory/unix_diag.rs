@@ -143,8 +143,8 @@ mod tests {
         assert_eq!(l.name, "/run/a \"b\"\n");
         assert_eq!((l.queue_len, l.queue_limit), (0, 0), "no RQLEN: zeros");
         assert_eq!(l.socket_type, UnixSocketType::Seqpacket);
-        let unnamed = listener_from_response(1, &response(SOCK_STREAM, vec![]))
-            .expect("unnamed listener");
+        let unnamed =
+            listener_from_response(1, &response(SOCK_STREAM, vec![])).expect("unnamed listener");
         assert_eq!(unnamed.name_kind, UnixNameKind::Unnamed);
         let dgram = response(libc::SOCK_DGRAM as u8, vec![]);
         assert!(listener_from_response(1, &dgram).is_none());

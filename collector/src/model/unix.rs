@@ -74,13 +74,20 @@ pub struct UnixListener {
 }
 
 /// What the eBPF programs counted for connects aimed at one Unix listener.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnixKernelStats {
     /// `connect()` calls that failed with `EAGAIN`: a non-blocking client found the
     /// queue full.
     pub refused: u64,
-    /// The clients refused, by process (most refused first), with their counts.
+    /// The clients refused, by process (most refused first), with their counts;
+    /// clients that exited are summed under pid 0.
     pub refused_by: Vec<UnixClient>,
+    /// Blocking connects that waited 1 ms or more for room in the queue.
+    #[serde(default)]
+    pub waited: u64,
+    /// Their total wait, seconds.
+    #[serde(default)]
+    pub wait_seconds: f64,
 }
 
 /// A client process and how many of its connects were refused.
@@ -99,7 +106,10 @@ pub fn display_name(address: &[u8]) -> (String, UnixNameKind) {
     match address.split_first() {
         None => (String::new(), UnixNameKind::Unnamed),
         Some((0, rest)) => {
-            let shown: Vec<u8> = rest.iter().map(|&b| if b == 0 { b'@' } else { b }).collect();
+            let shown: Vec<u8> = rest
+                .iter()
+                .map(|&b| if b == 0 { b'@' } else { b })
+                .collect();
             (
                 format!("@{}", String::from_utf8_lossy(&shown)),
                 UnixNameKind::Abstract,

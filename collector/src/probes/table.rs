@@ -47,7 +47,7 @@ pub enum Family {
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 17] = [
+pub const PROBES: [ProbeSpec; 19] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -161,6 +161,30 @@ pub const PROBES: [ProbeSpec; 17] = [
             program: "sys_enter_listen",
             category: "syscalls",
             name: "sys_enter_listen",
+        }],
+        needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
+        family: Family::Core,
+    },
+    // Unix-domain connects refused by a full listener queue (or that waited for
+    // room): the tracepoint records' layout comes from tracefs (`UnixOffsets`).
+    ProbeSpec {
+        name: "sys_enter_connect",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_connect",
+            category: "syscalls",
+            name: "sys_enter_connect",
+        }],
+        needs_queue_offsets: true,
+        only_without_sk_data_ready: false,
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sys_exit_connect",
+        hooks: &[Hook::Classic {
+            program: "sys_exit_connect",
+            category: "syscalls",
+            name: "sys_exit_connect",
         }],
         needs_queue_offsets: true,
         only_without_sk_data_ready: false,

@@ -146,10 +146,7 @@ fn block_connect(name: &str, kind: &str) -> Result<(), String> {
     let socket = Socket::new(Domain::UNIX, socket_type(kind)?, None).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let result = socket.connect(&addr);
-    println!(
-        "done {} {result:?}",
-        started.elapsed().as_millis()
-    );
+    println!("done {} {result:?}", started.elapsed().as_millis());
     wait_for_stdin_close();
     Ok(())
 }

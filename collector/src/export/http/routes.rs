@@ -135,9 +135,10 @@ async fn api_listeners(
 ) -> Response {
     let snapshot = state.snapshot();
     match query.family.as_deref() {
-        None | Some("tcp" | "inet") => {
-            json_of(&crate::model::api::rows_from_snapshot(&snapshot), details(exposure))
-        }
+        None | Some("tcp" | "inet") => json_of(
+            &crate::model::api::rows_from_snapshot(&snapshot),
+            details(exposure),
+        ),
         Some("unix") => json_of(&snapshot.unix_listeners, details(exposure)),
         Some(_) => (
             StatusCode::BAD_REQUEST,

@@ -26,6 +26,12 @@ const HELP_REFUSED: &str = "connect() calls aimed at this Unix listener that fai
 const HELP_REFUSED_BY: &str = "The same refused connects by client process (client_pid, \
     client_comm); at most 16 clients per listener, the rest under client_comm=\"other\".";
 
+const HELP_WAITS: &str = "Blocking connect() calls aimed at this Unix listener that took 1 ms \
+    or more without being refused: they slept until its queue had room \
+    (syscalls:sys_enter_connect / sys_exit_connect).";
+const HELP_WAIT_SECONDS: &str = "Total time those blocking connects waited, seconds (divided by \
+    sockq_unix_listen_connect_waits_total: the typical wait).";
+
 /// Clients listed per listener in the by-client family.
 pub const MAX_CLIENTS_PER_LISTENER: usize = 16;
 
@@ -38,6 +44,11 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
     let mut refused_by = Family::counter(
         "sockq_unix_listen_refused_connects_by_client_total",
         HELP_REFUSED_BY,
+    );
+    let mut waits = Family::counter("sockq_unix_listen_connect_waits_total", HELP_WAITS);
+    let mut wait_seconds = Family::counter(
+        "sockq_unix_listen_connect_wait_seconds_total",
+        HELP_WAIT_SECONDS,
     );
     let mut listeners: Vec<&UnixListener> = snapshot.unix_listeners.iter().collect();
     listeners.sort_by(|a, b| (a.netns, &a.name, a.inode).cmp(&(b.netns, &b.name, b.inode)));
@@ -54,7 +65,10 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         let owners = if owners.is_empty() {
             vec![(None, "", "")]
         } else {
-            owners.into_iter().map(|(p, c, k)| (Some(p), c, k)).collect()
+            owners
+                .into_iter()
+                .map(|(p, c, k)| (Some(p), c, k))
+                .collect()
         };
         for (pid, comm, container) in owners {
             let mut labels = id.clone();
@@ -67,6 +81,8 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         }
         let Some(k) = &l.kernel else { continue };
         refused.push(id.clone(), k.refused);
+        waits.push(id.clone(), k.waited);
+        wait_seconds.push_float(id.clone(), k.wait_seconds);
         let (listed, rest) = k
             .refused_by
             .split_at(k.refused_by.len().min(MAX_CLIENTS_PER_LISTENER));
@@ -83,7 +99,16 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
             refused_by.push(labels, rest.iter().map(|c| c.refused).sum::<u64>());
         }
     }
-    vec![len, limit, info, full, refused, refused_by]
+    vec![
+        len,
+        limit,
+        info,
+        full,
+        refused,
+        refused_by,
+        waits,
+        wait_seconds,
+    ]
 }
 
 fn kind_name(l: &UnixListener) -> &'static str {
@@ -136,6 +161,8 @@ mod tests {
                     comm: "nginx".into(),
                     refused: 8,
                 }],
+                waited: 2,
+                wait_seconds: 0.5,
             }),
             queue_full: true,
         }
