@@ -141,6 +141,47 @@ fn full_queue_matches_ss_and_refused_connects_match_the_clients() {
     );
     eprintln!("sockq: {counted} refused connects, {by_client} of them by client {client_pid}");
     assert_eq!(by_client, refused as f64);
+
+    // The episode names the listener's owner and the backlog settings.
+    let upstream = format!("unix:{path}");
+    let start = Instant::now();
+    let episode = loop {
+        if let Some(e) = daemon
+            .recent_events()
+            .into_iter()
+            .find(|e| e["listen_addr"] == upstream.as_str() && e["phase"] == "start")
+        {
+            break e;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no episode for {upstream}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("episode: {}", episode["message"]);
+    assert_eq!(episode["type"], "accept_queue_full");
+    assert_eq!(episode["owners"][0]["comm"], "sockq-unixsrv", "{episode}");
+    assert_eq!(
+        episode["owners"][0]["pid"].as_u64(),
+        Some(u64::from(server.pid())),
+        "{episode}"
+    );
+    assert_eq!(episode["depth"], u64::from(ss_len), "{episode}");
+    assert_eq!(episode["limit"], u64::from(ss_limit), "{episode}");
+    // The 12 connects take well under a millisecond: one poll sees all refusals.
+    assert_eq!(episode["drops_since_start"], refused, "{episode}");
+    let fix = episode["fix"].as_str().expect("fix");
+    for setting in [
+        "listen.backlog",
+        "--backlog",
+        "--listen",
+        "net.core.somaxconn",
+    ] {
+        assert!(fix.contains(setting), "{setting} not in the fix: {fix}");
+    }
+    let full = m_one(&daemon, "sockq_unix_listen_queue_full", &labels);
+    assert_eq!(full, 1.0);
     drop(clients);
     drop(server);
 }
@@ -157,9 +198,25 @@ fn abstract_seqpacket_and_other_namespace_listeners() {
     let there = other_ns.program(&bin, &["listen", &name, "7", "stream"]);
     let clients = ns.program(&bin, &["connect", &name, "2", "seqpacket"]);
     assert_eq!(connect_result(&clients.first_line), (0, 2, 0));
-    for (ns, server, len, limit, kind) in [
-        (&ns, &here, 2, 3, "seqpacket"),
-        (&other_ns, &there, 0, 7, "stream"),
+    // Listen(3) holds 4 (the kernel refuses once more than the limit are queued):
+    // 5 more clients, 2 fit, 3 refused; in the other namespace, the same name
+    // refuses nothing.
+    let more = ns.program(&bin, &["connect", &name, "5", "seqpacket"]);
+    let (refused_here, connected_here, _) = connect_result(&more.first_line);
+    eprintln!("abstract seqpacket: {refused_here} refused, {connected_here} connected");
+    assert!(refused_here > 0, "{}", more.first_line);
+    let other_clients = other_ns.program(&bin, &["connect", &name, "3", "stream"]);
+    assert_eq!(connect_result(&other_clients.first_line), (0, 3, 0));
+    for (ns, server, len, limit, kind, refused) in [
+        (
+            &ns,
+            &here,
+            2 + connected_here as u32,
+            3,
+            "seqpacket",
+            refused_here,
+        ),
+        (&other_ns, &there, 3, 7, "stream", 0),
     ] {
         let inode = inode_of(&server.first_line);
         let (ss_len, ss_limit, ss_name) = ss_listener(ns, &inode);
@@ -174,6 +231,12 @@ fn abstract_seqpacket_and_other_namespace_listeners() {
                 m.one("sockq_unix_listen_queue_length", &labels)?,
                 m.one("sockq_unix_listen_queue_limit", &labels)?,
             );
+            let counted = m.one("sockq_unix_listen_refused_connects_total", &labels)?;
+            if counted != refused as f64 {
+                return Err(format!(
+                    "{counted} refused counted, {refused} seen in {netns}"
+                ));
+            }
             let info = m.find("sockq_unix_listener_info", &labels);
             let kind_ok = info.iter().any(|s| {
                 s.labels["type"] == kind
@@ -188,7 +251,9 @@ fn abstract_seqpacket_and_other_namespace_listeners() {
                 ))
             }
         });
-        eprintln!("{name} ({kind}) in netns {netns}: queue {ss_len}/{ss_limit} as ss");
+        eprintln!(
+            "{name} ({kind}) in netns {netns}: queue {ss_len}/{ss_limit} as ss, {refused} refused"
+        );
     }
 }
 

@@ -15,7 +15,9 @@ use super::{
     episodes::{EpisodeEvent, EpisodeTracker, Limits},
     nagle,
     netns_keys::NetnsKeys,
-    pattern, queue_stats, unix_refusals,
+    pattern, queue_stats,
+    unix_episodes::UnixEpisodeTracker,
+    unix_refusals,
 };
 use crate::{
     inventory::{self, ScanReport, VisitedNetns, threads},
@@ -49,6 +51,7 @@ pub struct Poller {
     known: BTreeMap<(u64, u64), String>,
     first: bool,
     episodes: EpisodeTracker,
+    unix_episodes: UnixEpisodeTracker,
     last_listeners: Vec<Listener>,
     last_unix: Vec<UnixListener>,
     nagle: nagle::Accumulator,
@@ -78,6 +81,7 @@ impl Poller {
             known: BTreeMap::new(),
             first: true,
             episodes: EpisodeTracker::default(),
+            unix_episodes: UnixEpisodeTracker::default(),
             last_listeners: Vec::new(),
             last_unix: Vec::new(),
             nagle: nagle::Accumulator::default(),
@@ -126,6 +130,16 @@ impl Poller {
         );
         for l in &mut snapshot.listeners {
             l.queue_full = self.episodes.is_full(l.netns, l.inode);
+        }
+        let mut episodes = episodes;
+        episodes.extend(self.unix_episodes.update(
+            Instant::now(),
+            SystemTime::now(),
+            &snapshot.unix_listeners,
+            limits_of(&netns),
+        ));
+        for l in &mut snapshot.unix_listeners {
+            l.queue_full = self.unix_episodes.is_full(l.netns, l.inode);
         }
         let reads_seen = snapshot
             .probes

@@ -289,6 +289,13 @@ fn not_wanted(
                 .into(),
         );
     }
+    if spec.family == Family::UnixConnect && kernel.unix.valid == 0 {
+        return Some(
+            "the record layout of syscalls:sys_enter_connect / sys_exit_connect is unknown \
+             (tracefs not mounted, or no syscall tracepoints)"
+                .into(),
+        );
+    }
     (spec.needs_queue_offsets && kernel.offsets.queue_valid == 0).then(|| {
         "this kernel's BTF lacks a field the accept-queue probes read (`sockq doctor` names it)"
             .into()

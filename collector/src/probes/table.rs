@@ -44,6 +44,9 @@ pub enum Family {
     /// Accepts through io_uring: on where this kernel's io_uring layout is one the
     /// programs know (`KernelOffsets::uring_valid`).
     IoUring,
+    /// Connects to Unix listeners refused (or kept waiting) by a full queue: on where
+    /// tracefs gave the connect tracepoints' record layout (`UnixOffsets::valid`).
+    UnixConnect,
 }
 
 /// Every probe sockq attaches.
@@ -177,7 +180,7 @@ pub const PROBES: [ProbeSpec; 19] = [
         }],
         needs_queue_offsets: true,
         only_without_sk_data_ready: false,
-        family: Family::Core,
+        family: Family::UnixConnect,
     },
     ProbeSpec {
         name: "sys_exit_connect",
@@ -188,7 +191,7 @@ pub const PROBES: [ProbeSpec; 19] = [
         }],
         needs_queue_offsets: true,
         only_without_sk_data_ready: false,
-        family: Family::Core,
+        family: Family::UnixConnect,
     },
     // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
     // program reads five arguments, so the kernel refuses it on the three-argument
