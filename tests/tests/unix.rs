@@ -319,3 +319,64 @@ fn hostile_path_round_trips_through_metrics_and_json() {
         "escaped on one line: {line}"
     );
 }
+
+/// `done waited_us=US ok=0|1 eagain=0|1` -> (seconds, ok, eagain).
+fn block_result(first_line: &str) -> (f64, bool, bool) {
+    let field = |key: &str| -> u64 {
+        first_line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {first_line:?}"))
+    };
+    (
+        field("waited_us=") as f64 / 1e6,
+        field("ok=") == 1,
+        field("eagain=") == 1,
+    )
+}
+
+#[test]
+fn blocking_connects_wait_for_room_or_time_out_refused() {
+    let ns = Netns::new("unixwait");
+    let netns = ns.inode().to_string();
+    let daemon = Daemon::start("1");
+    let bin = test_bin("sockq-unixsrv");
+    let name = format!("@sockq-wait-{}", std::process::id());
+    // listen(0): one queued connection fills the queue; the server accepts from
+    // 1.5 s on.
+    let server = ns.program(&bin, &["listen", &name, "0", "stream", "1500"]);
+    let inode = inode_of(&server.first_line);
+    let filler = ns.program(&bin, &["connect", &name, "1", "stream"]);
+    assert_eq!(connect_result(&filler.first_line), (0, 1, 0));
+    // A blocking client with SO_SNDTIMEO 200 ms: the kernel gives up with EAGAIN,
+    // a refusal like a non-blocking one's.
+    let timed_out = ns.program(&bin, &["block-connect", &name, "stream", "200"]);
+    let (t_wait, t_ok, t_eagain) = block_result(&timed_out.first_line);
+    assert!(!t_ok && t_eagain, "{}", timed_out.first_line);
+    // A blocking client without timeout sleeps until the server accepts.
+    let blocked = ns.program(&bin, &["block-connect", &name, "stream"]);
+    let (waited, ok, _) = block_result(&blocked.first_line);
+    eprintln!(
+        "timed out after {t_wait:.3} s (EAGAIN); blocked client connected after {waited:.3} s"
+    );
+    assert!(ok && waited > 0.5, "{}", blocked.first_line);
+    let labels = [("netns", netns.as_str()), ("socket", inode.as_str())];
+    let (refused, waits, wait_seconds) = daemon.wait_for(Duration::from_secs(10), |m| {
+        let got = (
+            m.one("sockq_unix_listen_refused_connects_total", &labels)?,
+            m.one("sockq_unix_listen_connect_waits_total", &labels)?,
+            m.one("sockq_unix_listen_connect_wait_seconds_total", &labels)?,
+        );
+        if got.0 == 1.0 && got.1 == 1.0 {
+            Ok(got)
+        } else {
+            Err(format!("refused, waits, wait seconds: {got:?}"))
+        }
+    });
+    eprintln!("sockq: {refused} refused, {waits} wait of {wait_seconds:.3} s");
+    // The kernel-side wait is inside the client's own measurement of connect().
+    assert!(
+        wait_seconds <= waited && wait_seconds > waited - 0.05,
+        "sockq measured {wait_seconds} s, the client {waited} s"
+    );
+}

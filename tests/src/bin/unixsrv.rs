@@ -3,14 +3,18 @@
 //!
 //! Usage (a NAME starting with `@` is abstract: the rest, after a NUL byte; NAME may
 //! be given as `hex:...` to carry any bytes):
-//!   sockq-unixsrv listen NAME BACKLOG TYPE   bind, listen(BACKLOG), never accept;
-//!                                            TYPE stream or seqpacket; prints
+//!   sockq-unixsrv listen NAME BACKLOG TYPE [MS]
+//!                                            bind, listen(BACKLOG); never accept, or
+//!                                            (MS given) accept everything from MS ms
+//!                                            on; TYPE stream or seqpacket; prints
 //!                                            `ready INODE`
 //!   sockq-unixsrv connect NAME COUNT TYPE    COUNT non-blocking connects, one after
 //!                                            another; prints `done refused=R
 //!                                            connected=C other=O`
-//!   sockq-unixsrv block-connect NAME TYPE    one blocking connect; prints `done MS`
-//!                                            with how long it took
+//!   sockq-unixsrv block-connect NAME TYPE [TIMEOUT_MS]
+//!                                            one blocking connect (SO_SNDTIMEO
+//!                                            TIMEOUT_MS if given); prints `done
+//!                                            waited_us=US ok=0|1 eagain=0|1`
 
 use std::{io::Read as _, os::fd::AsRawFd as _, process::ExitCode, time::Instant};
 
@@ -20,9 +24,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
-        ["listen", name, backlog, kind] => listen(name, backlog, kind),
+        ["listen", name, backlog, kind] => listen(name, backlog, kind, None),
+        ["listen", name, backlog, kind, ms] => listen(name, backlog, kind, Some(ms)),
         ["connect", name, count, kind] => connect(name, count, kind),
-        ["block-connect", name, kind] => block_connect(name, kind),
+        ["block-connect", name, kind] => block_connect(name, kind, None),
+        ["block-connect", name, kind, ms] => block_connect(name, kind, Some(ms)),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -96,8 +102,11 @@ fn wait_for_stdin_close() {
     let _ = std::io::stdin().read_to_end(&mut sink);
 }
 
-fn listen(name: &str, backlog: &str, kind: &str) -> Result<(), String> {
+fn listen(name: &str, backlog: &str, kind: &str, accept_after: Option<&str>) -> Result<(), String> {
     let backlog: i32 = backlog.parse().map_err(|e| format!("backlog: {e}"))?;
+    let accept_after = accept_after
+        .map(|ms| ms.parse::<u64>().map_err(|e| format!("ms: {e}")))
+        .transpose()?;
     let socket = Socket::new(Domain::UNIX, socket_type(kind)?, None).map_err(|e| e.to_string())?;
     socket
         .bind(&address(name)?)
@@ -111,6 +120,18 @@ fn listen(name: &str, backlog: &str, kind: &str) -> Result<(), String> {
         .trim_end_matches(']')
         .to_owned();
     println!("ready {inode}");
+    if let Some(ms) = accept_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = socket.accept() {
+                held.push(conn);
+            }
+        });
+    } else {
+        // Keep the listener open until stdin closes.
+        std::mem::forget(socket);
+    }
     wait_for_stdin_close();
     Ok(())
 }
@@ -141,12 +162,27 @@ fn connect(name: &str, count: &str, kind: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn block_connect(name: &str, kind: &str) -> Result<(), String> {
+fn block_connect(name: &str, kind: &str, timeout_ms: Option<&str>) -> Result<(), String> {
     let addr = address(name)?;
     let socket = Socket::new(Domain::UNIX, socket_type(kind)?, None).map_err(|e| e.to_string())?;
+    if let Some(ms) = timeout_ms {
+        let ms: u64 = ms.parse().map_err(|e| format!("timeout: {e}"))?;
+        socket
+            .set_write_timeout(Some(std::time::Duration::from_millis(ms)))
+            .map_err(|e| e.to_string())?;
+    }
     let started = Instant::now();
     let result = socket.connect(&addr);
-    println!("done {} {result:?}", started.elapsed().as_millis());
+    let waited = started.elapsed().as_micros();
+    let eagain = result
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::EAGAIN));
+    println!(
+        "done waited_us={waited} ok={} eagain={}",
+        u8::from(result.is_ok()),
+        u8::from(eagain)
+    );
     wait_for_stdin_close();
     Ok(())
 }
