@@ -380,3 +380,152 @@ fn blocking_connects_wait_for_room_or_time_out_refused() {
         "sockq measured {wait_seconds} s, the client {waited} s"
     );
 }
+
+/// A process started inside a namespace, stopped (SIGTERM, then reaped) on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's php-fpm binary (`php-fpm8.2` on bookworm).
+fn php_fpm_bin() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/sbin")
+        .expect("/usr/sbin")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("php-fpm"))
+        })
+        .expect("php-fpm (Debian package php-fpm, installed by `cargo xtask setup`)")
+}
+
+#[test]
+fn php_fpm_behind_nginx_refusals_equal_nginx_errors() {
+    let ns = Netns::new("phpfpm");
+    let netns = ns.inode().to_string();
+    let dir = TempDir::new("phpfpm");
+    let d = dir.0.display().to_string();
+    let sock = dir.path("php.sock");
+    std::fs::create_dir_all(dir.0.join("www")).expect("www");
+    std::fs::write(
+        dir.0.join("www/sleep.php"),
+        "<?php usleep(200000); echo \"ok\\n\";\n",
+    )
+    .expect("sleep.php");
+    std::fs::write(
+        dir.0.join("fpm.conf"),
+        format!(
+            "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\ndaemonize = no\n\
+             [www]\nuser = root\ngroup = root\nlisten = {sock}\nlisten.backlog = 2\n\
+             listen.mode = 0666\npm = static\npm.max_children = 1\n"
+        ),
+    )
+    .expect("fpm.conf");
+    let port = sockq_tests::free_port();
+    std::fs::write(
+        dir.0.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             daemon off;\nevents {{ worker_connections 512; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{ listen 127.0.0.1:{port};\n location / {{\n\
+             fastcgi_pass unix:{sock};\n\
+             fastcgi_param SCRIPT_FILENAME {d}/www$fastcgi_script_name;\n }} }}\n}}\n"
+        ),
+    )
+    .expect("nginx.conf");
+    let daemon = Daemon::start("1");
+    let fpm = Server(
+        ns.command(php_fpm_bin())
+            .args(["-R", "-F", "-y", &format!("{d}/fpm.conf")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("php-fpm"),
+    );
+    let nginx = Server(
+        ns.command("nginx")
+            .args(["-p", &d, "-c", &format!("{d}/nginx.conf")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (Debian package nginx)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (inode, limit) = loop {
+        let out = ns.output("ss", &["-xlnH"]);
+        let ready = ns.output("ss", &["-ltnH"]).contains(&format!(":{port}"));
+        if let Some(line) = out.lines().find(|l| l.contains(&sock))
+            && ready
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            break (f[5].to_owned(), f[3].parse::<u32>().expect("Send-Q"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "php-fpm or nginx not listening: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(limit, 2, "ss -xl: listen.backlog 2");
+
+    let url = format!("http://127.0.0.1:{port}/sleep.php");
+    let ab = ns.output("ab", &["-q", "-n", "100", "-c", "30", &url]);
+    assert!(ab.contains("Complete requests:      100"), "{ab}");
+    let log = std::fs::read_to_string(dir.0.join("error.log")).expect("nginx error.log");
+    let eagain = log
+        .lines()
+        .filter(|l| l.contains("Resource temporarily unavailable") && l.contains(&sock))
+        .count() as f64;
+    eprintln!("nginx logged {eagain} `Resource temporarily unavailable` for {sock}");
+    assert!(eagain > 0.0, "the backlog never filled:\n{log}\n{ab}");
+
+    let labels = [("netns", netns.as_str()), ("socket", inode.as_str())];
+    let counted = daemon.wait_for(Duration::from_secs(10), |m| {
+        let n = m.one("sockq_unix_listen_refused_connects_total", &labels)?;
+        if n == eagain {
+            Ok(n)
+        } else {
+            Err(format!("sockq counted {n}, nginx logged {eagain}"))
+        }
+    });
+    let m = daemon.metrics();
+    let by_nginx: f64 = m
+        .find(
+            "sockq_unix_listen_refused_connects_by_client_total",
+            &[("socket", inode.as_str()), ("client_comm", "nginx")],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(by_nginx, eagain, "refusals attributed to the nginx worker");
+    let info = m.find("sockq_unix_listener_info", &labels);
+    assert!(
+        !info.is_empty() && info.iter().all(|s| s.labels["comm"].starts_with("php-fpm")),
+        "owners: {info:?}"
+    );
+    let episode = daemon
+        .recent_events()
+        .into_iter()
+        .find(|e| e["listen_addr"] == format!("unix:{sock}").as_str() && e["phase"] == "start")
+        .unwrap_or_else(|| panic!("no episode for unix:{sock}"));
+    eprintln!(
+        "sockq: {counted} refused, by nginx {by_nginx}; episode: {}",
+        episode["message"]
+    );
+    let comm = episode["owners"][0]["comm"].as_str().unwrap_or_default();
+    assert!(comm.starts_with("php-fpm"), "{episode}");
+    let fix = episode["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("listen.backlog") && !fix.contains("gunicorn"),
+        "{fix}"
+    );
+    drop(nginx);
+    drop(fpm);
+}
