@@ -39,9 +39,19 @@ pub struct UnixOffsets {
     /// `syscalls/sys_exit_connect`: `ret`.
     pub tp_connect_ret: u32,
     pub valid: u32,
+    /// `struct sock` -> `sk_receive_queue.prev` (the tail `sk_buff`): a Unix
+    /// listener queues each connection as an skb whose `sk` is the new socket.
+    pub sk_receive_queue_prev: u32,
+    /// `struct sock` -> `sk_receive_queue.qlen` (u32): a Unix listener's queue length.
+    pub sk_receive_queue_qlen: u32,
+    /// `struct sk_buff` -> `sk`.
+    pub skb_sk: u32,
+    /// Nonzero when the three fields above resolved: `sk_data_ready` then counts a
+    /// Unix listener's enqueues and stamps its children for the accept programs.
+    pub accept_valid: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<UnixOffsets>() == 20);
+const _: () = assert!(core::mem::size_of::<UnixOffsets>() == 36);
 
 /// Who connected to which name: the key of `UNIX_REFUSED`.
 #[repr(C)]

@@ -12,6 +12,10 @@
 //! name, tgid); a connect that took 1 ms or more without being refused counts a
 //! wait (a blocking client slept in `unix_wait_for_peer` until the queue had room).
 //! Userspace matches the name with its inventory of Unix listeners.
+//!
+//! Also here: [`on_unix_enqueue`], called by `sk_data_ready` for Unix listeners, which
+//! gives their connections what TCP's get (enqueue counts, a stamp for the accept
+//! programs: accepts, accept wait, acceptor threads).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -21,7 +25,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use collector_common::{
-    stats::{STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL},
+    layout::KernelOffsets,
+    queue::{QueuedChild, depth_bucket},
+    stats::{STAT_QUEUED_FULL, STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL},
     unix::{
         AF_UNIX, BLOCKED_CONNECT_NS, EAGAIN_RET, SUN_PATH_LEN, UNIX_CONNECTING_MAX_ENTRIES,
         UNIX_REFUSED_MAX_ENTRIES, UnixConnectKey, UnixConnectStats, UnixConnecting, UnixOffsets,
@@ -29,8 +35,8 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{fd_sock, offsets, read, sock_net_key},
-    maps::{atomic_add, get_or_insert, insert_or_count},
+    kernel::{fd_sock, offsets, read, sock_inode, sock_net_key, sock_netns},
+    maps::{LISTENER_QUEUES, QUEUED, atomic_add, get_or_insert, insert_or_count, listener_queue},
 };
 
 /// Filled by userspace before loading (read-only); all zero: the programs do nothing.
@@ -41,6 +47,10 @@ static UNIX_OFFSETS: UnixOffsets = UnixOffsets {
     tp_connect_addrlen: 0,
     tp_connect_ret: 0,
     valid: 0,
+    sk_receive_queue_prev: 0,
+    sk_receive_queue_qlen: 0,
+    skb_sk: 0,
+    accept_valid: 0,
 };
 
 /// Threads inside an `AF_UNIX` connect(), by tid. LRU: a thread that never returns
@@ -56,7 +66,7 @@ pub static UNIX_REFUSED: HashMap<UnixConnectKey, UnixConnectStats> =
     HashMap::with_max_entries(UNIX_REFUSED_MAX_ENTRIES, 0);
 
 #[inline(always)]
-fn unix_offsets() -> &'static UnixOffsets {
+pub fn unix_offsets() -> &'static UnixOffsets {
     let global: *const UnixOffsets = &raw const UNIX_OFFSETS;
     // SAFETY: a volatile read of a local hides where the pointer points, so the
     // compiler cannot fold the zero initialiser userspace replaces at load time.
@@ -178,4 +188,63 @@ fn count(key: &UnixConnectKey, refused: bool, took: u64) {
             atomic_add(&raw mut (*stats).wait_ns, took);
         }
     }
+}
+
+/// A connect queued on Unix listener `sk` (`sock:sk_data_ready` in
+/// `unix_stream_connect`, after the skb carrying the new socket was queued): counts
+/// the enqueue and its depth in `LISTENER_QUEUES`, as for TCP, and stamps the new
+/// socket in `QUEUED` with its listener, so the accept programs count its accept,
+/// its wait and its thread. The queue's tail is the connection just queued unless
+/// another connect queued in between (then that one is stamped, and this one's
+/// accept is not timed).
+#[inline(always)]
+pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
+    let u = unix_offsets();
+    if u.accept_valid == 0 {
+        return Ok(());
+    }
+    let inode = sock_inode(sk, o);
+    if inode == 0 {
+        return Ok(());
+    }
+    let depth: u32 = read(sk, u.sk_receive_queue_qlen)?;
+    let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
+    let q = match LISTENER_QUEUES.get_ptr_mut(&inode) {
+        Some(q) => q,
+        None => match listener_queue(inode, sock_netns(sk, o)) {
+            Some(q) => q,
+            None => return Ok(()),
+        },
+    };
+    // SAFETY: a valid map value pointer; counters change through atomics only,
+    // `max_depth` is best-effort.
+    unsafe {
+        atomic_add(&raw mut (*q).enqueues, 1);
+        atomic_add(&raw mut (*q).depth_sum, u64::from(depth));
+        if let Some(slot) = (*q).depth_hist.get_mut(depth_bucket(depth)) {
+            atomic_add(slot, 1);
+        }
+        if depth > (*q).max_depth {
+            (*q).max_depth = depth;
+        }
+        if depth > limit {
+            atomic_add(&raw mut (*q).full_enqueues, 1);
+        }
+    }
+    let skb: *const u8 = read(sk, u.sk_receive_queue_prev)?;
+    // An empty queue's tail is the queue head itself.
+    if skb.is_null() || skb == sk.wrapping_add(u.sk_receive_queue_prev as usize) {
+        return Ok(());
+    }
+    let child: *const u8 = read(skb, u.skb_sk)?;
+    if child.is_null() {
+        return Ok(());
+    }
+    let stamp = QueuedChild {
+        // SAFETY: a helper without preconditions.
+        enqueued_ns: unsafe { bpf_ktime_get_ns() },
+        listener: inode,
+    };
+    insert_or_count(&QUEUED, &(child as u64), &stamp, 0, STAT_QUEUED_FULL);
+    Ok(())
 }

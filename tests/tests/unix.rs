@@ -529,3 +529,60 @@ fn php_fpm_behind_nginx_refusals_equal_nginx_errors() {
     drop(nginx);
     drop(fpm);
 }
+
+#[test]
+fn accepts_waits_and_acceptor_of_a_unix_listener() {
+    let ns = Netns::new("unixacc");
+    let netns = ns.inode().to_string();
+    let dir = TempDir::new("accepts");
+    let path = dir.path("app.sock");
+    let daemon = Daemon::start("1");
+    let bin = test_bin("sockq-unixsrv");
+    // The server accepts everything from 1 s after it listens.
+    let server = ns.program(&bin, &["listen", &path, "16", "stream", "1000"]);
+    let ready = Instant::now();
+    let inode = inode_of(&server.first_line);
+    let clients = ns.program(&bin, &["connect", &path, "6", "stream"]);
+    let connected_by = ready.elapsed().as_secs_f64();
+    assert_eq!(connect_result(&clients.first_line), (0, 6, 0));
+    let labels = [("netns", netns.as_str()), ("socket", inode.as_str())];
+    let accepts = daemon.wait_for(Duration::from_secs(10), |m| {
+        let enqueues = m.one("sockq_unix_listen_enqueues_total", &labels)?;
+        let accepts = m.one("sockq_unix_listen_accepts_total", &labels)?;
+        if (enqueues, accepts) == (6.0, 6.0) {
+            Ok(accepts)
+        } else {
+            Err(format!(
+                "{enqueues} enqueues, {accepts} accepts; 6 connected"
+            ))
+        }
+    });
+    let m = daemon.metrics();
+    let threads = m.find("sockq_unix_acceptor_accepts_total", &labels);
+    let pid = server.pid().to_string();
+    assert!(
+        !threads.is_empty() && threads.iter().all(|s| s.labels["pid"] == pid),
+        "acceptors: {threads:?}"
+    );
+    let by_threads: f64 = threads.iter().map(|s| s.value).sum();
+    assert_eq!(by_threads, 6.0);
+    let count = m
+        .one("sockq_unix_accept_wait_seconds_count", &labels)
+        .expect("wait count");
+    let sum = m
+        .one("sockq_unix_accept_wait_seconds_sum", &labels)
+        .expect("wait sum");
+    eprintln!(
+        "sockq: {accepts} accepts by {} thread(s); waits: {count} totalling {sum:.3} s \
+         (clients connected within {connected_by:.3} s of the listen, accepts from 1 s)",
+        threads.len()
+    );
+    assert_eq!(count, 6.0);
+    // Each connection waited from its connect (at most `connected_by` after the
+    // listen) until the accepts began 1 s after it.
+    let mean = sum / 6.0;
+    assert!(
+        mean >= 1.0 - connected_by - 0.01 && mean <= 1.2,
+        "mean wait {mean} s"
+    );
+}

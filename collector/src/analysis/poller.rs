@@ -23,7 +23,7 @@ use crate::{
     inventory::{self, ScanReport, VisitedNetns, threads},
     model::{
         Acceptor, Health, Histogram, Listener, MapOccupancy, NetnsStats, ProbeStatus, Snapshot,
-        unix::UnixListener,
+        unix::{UnixListener, UnixQueueStats},
     },
     probes::{KernelView, Probes, prune::Live, ring::RingCounters},
     text,
@@ -241,6 +241,12 @@ impl Poller {
             .listeners
             .iter()
             .map(|l| (l.inode, l.accept_queue_len))
+            .chain(
+                snapshot
+                    .unix_listeners
+                    .iter()
+                    .map(|l| (l.inode, l.queue_len)),
+            )
             .collect();
         let live: HashSet<u64> = queue_len.keys().copied().collect();
         snapshot.maps = p.prune(
@@ -280,6 +286,14 @@ impl Poller {
             },
         );
         let unix = unix_view(p, &mut snapshot.unix_listeners, &self.visited);
+        for l in &mut snapshot.unix_listeners {
+            l.queue = view.queues.get(&l.inode).map(|q| UnixQueueStats {
+                enqueues: q.enqueues,
+                max_depth: q.max_depth,
+                accepts: q.accepts,
+                accept_wait: queue_stats::wait_histogram(q),
+            });
+        }
         snapshot.maps.push(unix);
         snapshot.lost_by_cause = events_lost(&view, &self.ring);
         snapshot.events_lost = snapshot

@@ -265,6 +265,7 @@ mod tests {
                 refused,
                 ..UnixKernelStats::default()
             }),
+            queue: None,
             queue_full: false,
         }
     }

@@ -121,6 +121,7 @@ mod tests {
             owners: Vec::new(),
             address: address.to_vec(),
             kernel: None,
+            queue: None,
             queue_full: false,
         }
     }

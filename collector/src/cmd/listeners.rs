@@ -300,6 +300,7 @@ mod tests {
             owners: vec![Owner::new(3, "gunicorn")],
             address: Vec::new(),
             kernel: None,
+            queue: None,
             queue_full: false,
         };
         let t = render_unix_table(&[l]);

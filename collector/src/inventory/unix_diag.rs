@@ -85,6 +85,7 @@ pub fn listener_from_response(netns: NetnsInode, response: &UnixResponse) -> Opt
         owners: Vec::new(),
         address,
         kernel: None,
+        queue: None,
         queue_full: false,
     })
 }

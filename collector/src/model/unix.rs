@@ -65,9 +65,13 @@ pub struct UnixListener {
     /// with their leading NUL): what the probes' counts are matched on.
     #[serde(skip)]
     pub address: Vec<u8>,
-    /// What the probes counted for this listener, when they are attached.
+    /// What the connect probes counted for this listener, when they are attached.
     #[serde(default)]
     pub kernel: Option<UnixKernelStats>,
+    /// Enqueues and accepts the accept probes counted (`sock:sk_data_ready` on the
+    /// listener, the accept syscalls), when they are attached.
+    #[serde(default)]
+    pub queue: Option<UnixQueueStats>,
     /// A full-queue episode is in progress.
     #[serde(default)]
     pub queue_full: bool,
@@ -88,6 +92,19 @@ pub struct UnixKernelStats {
     /// Their total wait, seconds.
     #[serde(default)]
     pub wait_seconds: f64,
+}
+
+/// A Unix listener's queue as the accept probes measured it since sockq started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnixQueueStats {
+    /// Connections queued for `accept()` (`sock:sk_data_ready` on the listener).
+    pub enqueues: u64,
+    /// Deepest queue seen right after an enqueue.
+    pub max_depth: u32,
+    /// Connections `accept()`/`accept4()` returned from this listener.
+    pub accepts: u64,
+    /// Seconds from each connection's enqueue to the accept that returned it.
+    pub accept_wait: super::Histogram,
 }
 
 /// A client process and how many of its connects were refused.

@@ -27,6 +27,16 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
     let layout = Layout::from_running_kernel()?;
     let mut o = layout.kernel_offsets()?;
     let mut unix = UnixOffsets::default();
+    if let (Ok(prev), Ok(qlen), Ok(skb_sk)) = (
+        layout.offset("sock", "sk_receive_queue.prev"),
+        layout.offset("sock", "sk_receive_queue.qlen"),
+        layout.offset("sk_buff", "sk"),
+    ) {
+        unix.sk_receive_queue_prev = prev;
+        unix.sk_receive_queue_qlen = qlen;
+        unix.skb_sk = skb_sk;
+        unix.accept_valid = 1;
+    }
     // Between 5.7 and 5.11 `net_cookie` exists but stays 0 until asked for, and the
     // inventory cannot learn it: key by inode there.
     if o.net_cookie != 0 && !netns_cookie::supported() {

@@ -7,7 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use super::{Family, Labels};
+use super::{
+    Family, Labels,
+    queues::{MAX_ACCEPTORS_PER_LISTENER, coarsen, keep_wait_bound},
+};
 use crate::model::{Snapshot, unix::UnixListener};
 
 const HELP_LEN: &str = "Connections waiting for accept() on this Unix listener (sock_diag \
@@ -32,6 +35,17 @@ const HELP_WAITS: &str = "Blocking connect() calls aimed at this Unix listener t
 const HELP_WAIT_SECONDS: &str = "Total time those blocking connects waited, seconds (divided by \
     sockq_unix_listen_connect_waits_total: the typical wait).";
 
+const HELP_ENQUEUES: &str = "Connections queued on this Unix listener since sockq started \
+    (sock:sk_data_ready on the listener, in unix_stream_connect).";
+const HELP_MAX_DEPTH: &str = "Deepest queue seen on this Unix listener right after an enqueue \
+    (sk_receive_queue.qlen at sock:sk_data_ready).";
+const HELP_ACCEPTS: &str = "Connections accept()/accept4() returned from this Unix listener \
+    (syscalls:sys_exit_accept4, the child stamped at its enqueue).";
+const HELP_WAIT: &str = "Time each accepted connection waited in this Unix listener's queue: \
+    from its enqueue (sock:sk_data_ready) to the accept()/accept4() that returned it.";
+const HELP_ACCEPTOR: &str = "Connections accepted from this Unix listener by one thread (pid, \
+    tid, comm). At most 32 threads per listener; the rest are summed under tid=\"other\".";
+
 /// Clients listed per listener in the by-client family.
 pub const MAX_CLIENTS_PER_LISTENER: usize = 16;
 
@@ -50,6 +64,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         "sockq_unix_listen_connect_wait_seconds_total",
         HELP_WAIT_SECONDS,
     );
+    let mut queue = QueueFamilies::new();
     let mut listeners: Vec<&UnixListener> = snapshot.unix_listeners.iter().collect();
     listeners.sort_by(|a, b| (a.netns, &a.name, a.inode).cmp(&(b.netns, &b.name, b.inode)));
     for l in listeners {
@@ -79,6 +94,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
             labels.push(("container", container.to_owned()));
             info.push(labels, 1_u8);
         }
+        queue.push(snapshot, l, &id);
         let Some(k) = &l.kernel else { continue };
         refused.push(id.clone(), k.refused);
         waits.push(id.clone(), k.waited);
@@ -99,7 +115,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
             refused_by.push(labels, rest.iter().map(|c| c.refused).sum::<u64>());
         }
     }
-    vec![
+    let mut out = vec![
         len,
         limit,
         info,
@@ -108,7 +124,72 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         refused_by,
         waits,
         wait_seconds,
-    ]
+    ];
+    out.extend(queue.into_families());
+    out
+}
+
+/// What the accept probes measured on Unix listeners.
+struct QueueFamilies {
+    enqueues: Family,
+    max_depth: Family,
+    accepts: Family,
+    wait: Family,
+    acceptors: Family,
+}
+
+impl QueueFamilies {
+    fn new() -> Self {
+        Self {
+            enqueues: Family::counter("sockq_unix_listen_enqueues_total", HELP_ENQUEUES),
+            max_depth: Family::gauge("sockq_unix_listen_queue_max_depth", HELP_MAX_DEPTH),
+            accepts: Family::counter("sockq_unix_listen_accepts_total", HELP_ACCEPTS),
+            wait: Family::histogram("sockq_unix_accept_wait_seconds", HELP_WAIT),
+            acceptors: Family::counter("sockq_unix_acceptor_accepts_total", HELP_ACCEPTOR),
+        }
+    }
+
+    fn push(&mut self, snapshot: &Snapshot, l: &UnixListener, id: &Labels) {
+        let Some(q) = &l.queue else { return };
+        self.enqueues.push(id.clone(), q.enqueues);
+        self.max_depth.push(id.clone(), q.max_depth);
+        self.accepts.push(id.clone(), q.accepts);
+        if q.accept_wait.count() > 0 {
+            self.wait
+                .push_histogram(id.clone(), coarsen(&q.accept_wait, keep_wait_bound));
+        }
+        let mut threads: Vec<_> = snapshot.acceptors.of(l.inode).iter().collect();
+        threads.sort_by(|a, b| b.accepts.cmp(&a.accepts).then(a.tid.cmp(&b.tid)));
+        let mut other = 0u64;
+        for (i, a) in threads.iter().enumerate() {
+            if i < MAX_ACCEPTORS_PER_LISTENER {
+                let mut labels = id.clone();
+                labels.push(("pid", a.pid.to_string()));
+                labels.push(("tid", a.tid.to_string()));
+                labels.push(("comm", a.comm.clone()));
+                self.acceptors.push(labels, a.accepts);
+            } else {
+                other = other.saturating_add(a.accepts);
+            }
+        }
+        if threads.len() > MAX_ACCEPTORS_PER_LISTENER {
+            let mut labels = id.clone();
+            labels.push(("pid", String::new()));
+            labels.push(("tid", "other".to_owned()));
+            labels.push(("comm", String::new()));
+            self.acceptors.push(labels, other);
+        }
+    }
+
+    fn into_families(self) -> [Family; 5] {
+        [
+            self.enqueues,
+            self.max_depth,
+            self.accepts,
+            self.wait,
+            self.acceptors,
+        ]
+    }
 }
 
 fn kind_name(l: &UnixListener) -> &'static str {
@@ -165,6 +246,16 @@ mod tests {
                 wait_seconds: 0.5,
             }),
             queue_full: true,
+            queue: Some(crate::model::unix::UnixQueueStats {
+                enqueues: 13,
+                max_depth: 5,
+                accepts: 4,
+                accept_wait: crate::model::Histogram {
+                    bounds: vec![0.001, 0.002],
+                    counts: vec![1, 3, 0],
+                    sum: 0.007,
+                },
+            }),
         }
     }
 
