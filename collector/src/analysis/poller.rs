@@ -54,6 +54,8 @@ pub struct Poller {
     unix_episodes: UnixEpisodeTracker,
     last_listeners: Vec<Listener>,
     last_unix: Vec<UnixListener>,
+    /// The inventory's failure to list Unix listeners was logged.
+    unix_warned: bool,
     nagle: nagle::Accumulator,
     stalls: tokio::sync::mpsc::Receiver<StallEvent>,
     /// What the ring buffer reader received and dropped.
@@ -84,6 +86,7 @@ impl Poller {
             unix_episodes: UnixEpisodeTracker::default(),
             last_listeners: Vec::new(),
             last_unix: Vec::new(),
+            unix_warned: false,
             nagle: nagle::Accumulator::default(),
             stalls,
             ring,
@@ -169,6 +172,12 @@ impl Poller {
     async fn inventory(&mut self) -> (Vec<Listener>, Vec<UnixListener>, Vec<NetnsStats>) {
         match tokio::task::spawn_blocking(inventory::scan_report).await {
             Ok(Ok(report)) => {
+                if let Some(why) = &report.unix_error
+                    && !self.unix_warned
+                {
+                    tracing::warn!("Unix-domain listeners are not listed: {why}");
+                    self.unix_warned = true;
+                }
                 let report = self.carry_skipped(report);
                 (report.listeners, report.unix_listeners, report.netns)
             }
@@ -285,15 +294,7 @@ impl Poller {
                 reason_names: p.drop_reason_names(),
             },
         );
-        let unix = unix_view(p, &mut snapshot.unix_listeners, &self.visited);
-        for l in &mut snapshot.unix_listeners {
-            l.queue = view.queues.get(&l.inode).map(|q| UnixQueueStats {
-                enqueues: q.enqueues,
-                max_depth: q.max_depth,
-                accepts: q.accepts,
-                accept_wait: queue_stats::wait_histogram(q),
-            });
-        }
+        let unix = unix_view(p, &mut snapshot.unix_listeners, &self.visited, &view);
         snapshot.maps.push(unix);
         snapshot.lost_by_cause = events_lost(&view, &self.ring);
         snapshot.events_lost = snapshot
@@ -421,13 +422,22 @@ fn carry_over_unix(last: &[UnixListener], report: &mut ScanReport) {
     }
 }
 
-/// Refused and waiting connects attributed to the Unix listeners, and the pruning
-/// of their map; returns its occupancy.
+/// The Unix listeners' enqueues and accepts, their refused and waiting connects,
+/// and the pruning of the refusals' map; returns its occupancy.
 fn unix_view(
     p: &mut Probes,
     listeners: &mut [UnixListener],
     visited: &[VisitedNetns],
+    view: &KernelView,
 ) -> MapOccupancy {
+    for l in listeners.iter_mut() {
+        l.queue = view.queues.get(&l.inode).map(|q| UnixQueueStats {
+            enqueues: q.enqueues,
+            max_depth: q.max_depth,
+            accepts: q.accepts,
+            accept_wait: queue_stats::wait_histogram(q),
+        });
+    }
     let cookies = p.net_keys_are_cookies();
     let netns_of = |key: u64| {
         if cookies {
@@ -566,6 +576,7 @@ mod tests {
         let mut report = ScanReport {
             listeners: vec![listener(1, 10)],
             unix_listeners: Vec::new(),
+            unix_error: None,
             netns: Vec::new(),
             visited: Vec::new(),
             skipped: vec![

@@ -139,6 +139,10 @@ pub struct ScanReport {
     pub skipped: Vec<SkippedNetns>,
     /// Every namespace read, with its cookie where the kernel has one.
     pub visited: Vec<VisitedNetns>,
+    /// Why Unix listeners could not be dumped (the first namespace that failed), if
+    /// one could not: kernels without `CONFIG_UNIX_DIAG` (or whose `unix_diag`
+    /// module cannot be loaded) answer `ENOENT`. TCP listeners are listed anyway.
+    pub unix_error: Option<String>,
 }
 
 /// A namespace the inventory read.
@@ -171,6 +175,20 @@ pub fn scan_report() -> Result<ScanReport, InventoryError> {
                 stats,
                 cookie,
             }) => {
+                let unix_listeners = match unix_listeners {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::debug!(
+                            netns = ns.inode(),
+                            "no Unix listeners: {}",
+                            crate::error_chain(&e)
+                        );
+                        report
+                            .unix_error
+                            .get_or_insert_with(|| crate::error_chain(&e));
+                        Vec::new()
+                    }
+                };
                 report.visited.push(VisitedNetns {
                     netns: ns.inode(),
                     cookie,
@@ -214,7 +232,8 @@ pub fn host_first_namespaces() -> Result<Vec<Netns>, InventoryError> {
 /// What one visit of a namespace read.
 struct Visit {
     listeners: Vec<Listener>,
-    unix_listeners: Vec<UnixListener>,
+    /// Its own result: a kernel without `unix_diag` still has its TCP listeners.
+    unix_listeners: Result<Vec<UnixListener>, InventoryError>,
     stats: Result<NetnsStats, InventoryError>,
     cookie: Option<u64>,
 }
@@ -226,10 +245,10 @@ fn visit(ns: &Netns) -> Result<Visit, InventoryError> {
     let (mut socket, stats) =
         ns.run(move || Ok((DiagSocket::open()?, netns_stats::read_current(netns))))?;
     let cookie = socket.netns_cookie();
-    let unix_listeners = socket.unix_listeners(netns)?;
+    let listeners = listeners_from(netns, &mut socket)?;
     Ok(Visit {
-        listeners: listeners_from(netns, socket)?,
-        unix_listeners,
+        listeners,
+        unix_listeners: socket.unix_listeners(netns),
         stats,
         cookie,
     })
@@ -248,13 +267,13 @@ pub fn scan_netns(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
 pub fn scan_netns_sockets(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
     // Only the socket is created inside the namespace; it stays bound to it, so the
     // dumps run on the calling thread.
-    listeners_from(ns.inode(), ns.run(DiagSocket::open)?)
+    listeners_from(ns.inode(), &mut ns.run(DiagSocket::open)?)
 }
 
 /// The listeners a sock_diag socket of namespace `netns` dumps, with SYN queues.
 fn listeners_from(
     netns: NetnsInode,
-    mut socket: DiagSocket,
+    socket: &mut DiagSocket,
 ) -> Result<Vec<Listener>, InventoryError> {
     let diag_listeners = socket.listeners()?;
     // Taken after the listeners: a listener opened in between has no entry here,
