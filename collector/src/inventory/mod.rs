@@ -1,5 +1,6 @@
-//! Listener inventory: every TCP listening socket of the host, in every network
-//! namespace, with its queues, drops and owning processes.
+//! Listener inventory: every TCP listening socket of the host (and every Unix stream
+//! and seqpacket one), in every network namespace, with its queues, drops and owning
+//! processes.
 //!
 //! Kernel interfaces, by submodule:
 //! - [`netns`]: `/proc/PID/ns/net`, `/run/netns/*` (nsfs) and `setns(2)`;
