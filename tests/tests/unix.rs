@@ -182,8 +182,47 @@ fn full_queue_matches_ss_and_refused_connects_match_the_clients() {
     }
     let full = m_one(&daemon, "sockq_unix_listen_queue_full", &labels);
     assert_eq!(full, 1.0);
+    // The client exits: its in-kernel entry is removed and its count folded into
+    // the exited clients' total (pid 0); the listener's count does not move.
     drop(clients);
+    daemon.wait_for(Duration::from_secs(10), |m| {
+        let total = m.one("sockq_unix_listen_refused_connects_total", &labels)?;
+        let exited = m.one(
+            "sockq_unix_listen_refused_connects_by_client_total",
+            &[("socket", inode.as_str()), ("client_pid", "0")],
+        )?;
+        let live = m
+            .find(
+                "sockq_unix_listen_refused_connects_by_client_total",
+                &[
+                    ("socket", inode.as_str()),
+                    ("client_pid", client_pid.as_str()),
+                ],
+            )
+            .len();
+        // Only this test refuses Unix connects on the machine: the kernel entry
+        // was the map's only one.
+        let entries = m.one("sockq_map_entries", &[("map", "UNIX_REFUSED")])?;
+        if (total, exited, live, entries) == (refused as f64, refused as f64, 0, 0.0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "total {total}, exited clients {exited}, live series {live}, \
+                 UNIX_REFUSED entries {entries}"
+            ))
+        }
+    });
+    // The listener closes: its series go.
     drop(server);
+    daemon.wait_for(Duration::from_secs(10), |m| {
+        match m
+            .find("sockq_unix_listen_refused_connects_total", &labels)
+            .len()
+        {
+            0 => Ok(()),
+            n => Err(format!("{n} series left for a closed listener")),
+        }
+    });
 }
 
 #[test]
