@@ -625,3 +625,114 @@ fn accepts_waits_and_acceptor_of_a_unix_listener() {
         "mean wait {mean} s"
     );
 }
+
+#[test]
+fn gunicorn_workers_accept_shares_sum_to_requests_served() {
+    let ns = Netns::new("gunicorn");
+    let netns = ns.inode().to_string();
+    let dir = TempDir::new("gunicorn");
+    let d = dir.0.display().to_string();
+    let sock = dir.path("app.sock");
+    std::fs::write(
+        dir.0.join("app.py"),
+        "def app(environ, start_response):\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+         return [b'ok\\n']\n",
+    )
+    .expect("app.py");
+    let port = sockq_tests::free_port();
+    std::fs::write(
+        dir.0.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             daemon off;\nevents {{ worker_connections 512; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{ listen 127.0.0.1:{port};\n\
+             location / {{ proxy_pass http://unix:{sock}:/; }} }}\n}}\n"
+        ),
+    )
+    .expect("nginx.conf");
+    let daemon = Daemon::start("1");
+    let access_log = format!("{d}/access.log");
+    let gunicorn = Server(
+        ns.command("gunicorn")
+            .args([
+                "--chdir",
+                &d,
+                "--bind",
+                &format!("unix:{sock}"),
+                "--workers",
+                "3",
+                "--access-logfile",
+                &access_log,
+                "app:app",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gunicorn (Debian package gunicorn)"),
+    );
+    let _nginx = Server(
+        ns.command("nginx")
+            .args(["-p", &d, "-c", &format!("{d}/nginx.conf")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inode = loop {
+        let out = ns.output("ss", &["-xlnH"]);
+        let ready = ns.output("ss", &["-ltnH"]).contains(&format!(":{port}"));
+        if let Some(line) = out.lines().find(|l| l.contains(&sock))
+            && ready
+        {
+            break line.split_whitespace().nth(5).expect("inode").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gunicorn or nginx not listening: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Workers boot after the master binds: wait for three children.
+    std::thread::sleep(Duration::from_secs(2));
+    let url = format!("http://127.0.0.1:{port}/");
+    let ab = ns.output("ab", &["-q", "-n", "600", "-c", "12", &url]);
+    assert!(ab.contains("Complete requests:      600"), "{ab}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let served = loop {
+        let n = std::fs::read_to_string(&access_log)
+            .unwrap_or_default()
+            .lines()
+            .count() as f64;
+        if n >= 600.0 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let labels = [("netns", netns.as_str()), ("socket", inode.as_str())];
+    let by_pid = daemon.wait_for(Duration::from_secs(10), |m| {
+        let accepts = m.one("sockq_unix_listen_accepts_total", &labels)?;
+        let threads = m.find("sockq_unix_acceptor_accepts_total", &labels);
+        let mut by_pid: std::collections::BTreeMap<String, f64> = Default::default();
+        for t in &threads {
+            *by_pid.entry(t.labels["pid"].clone()).or_default() += t.value;
+        }
+        let shares: f64 = by_pid.values().sum();
+        if accepts == served && shares == served {
+            Ok(by_pid)
+        } else {
+            Err(format!(
+                "{accepts} accepts, shares {by_pid:?}; gunicorn served {served}"
+            ))
+        }
+    });
+    eprintln!("gunicorn served {served} requests; sockq's accepts by worker pid: {by_pid:?}");
+    assert!(by_pid.len() >= 2, "several workers accept: {by_pid:?}");
+    assert!(
+        !by_pid.contains_key(&gunicorn.0.id().to_string()),
+        "the master does not accept"
+    );
+}
