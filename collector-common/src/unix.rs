@@ -15,8 +15,9 @@ pub const AF_UNIX: u16 = 1;
 pub const EAGAIN_RET: i64 = -11;
 /// A connect that took at least this long without being refused waited for room in
 /// the listener's queue (`unix_wait_for_peer`): a connect to a listener with room
-/// returns in microseconds.
-pub const BLOCKED_CONNECT_NS: u64 = 1_000_000;
+/// returns in microseconds. 10 ms, above a few scheduler time slices, so that a
+/// client merely preempted on a busy machine is not counted.
+pub const BLOCKED_CONNECT_NS: u64 = 10_000_000;
 
 /// Capacity of `UNIX_CONNECTING` (LRU): threads inside an `AF_UNIX` connect().
 pub const UNIX_CONNECTING_MAX_ENTRIES: u32 = 4096;

@@ -9,7 +9,7 @@
 //! file table) and the time. At exit the entry is taken; `-EAGAIN` (the listener's
 //! queue was full, `unix_stream_connect` with a non-blocking client; datagram
 //! connects never return it) counts a refusal in `UNIX_REFUSED` under (namespace,
-//! name, tgid); a connect that took 1 ms or more without being refused counts a
+//! name, tgid); a connect that took 10 ms or more without being refused counts a
 //! wait (a blocking client slept in `unix_wait_for_peer` until the queue had room).
 //! Userspace matches the name with its inventory of Unix listeners.
 //!

@@ -86,7 +86,7 @@ pub struct UnixKernelStats {
     /// The clients refused, by process (most refused first), with their counts;
     /// clients that exited are summed under pid 0.
     pub refused_by: Vec<UnixClient>,
-    /// Blocking connects that waited 1 ms or more for room in the queue.
+    /// Blocking connects that waited 10 ms or more for room in the queue.
     #[serde(default)]
     pub waited: u64,
     /// Their total wait, seconds.

@@ -29,7 +29,7 @@ const HELP_REFUSED: &str = "connect() calls aimed at this Unix listener that fai
 const HELP_REFUSED_BY: &str = "The same refused connects by client process (client_pid, \
     client_comm); at most 16 clients per listener, the rest under client_comm=\"other\".";
 
-const HELP_WAITS: &str = "Blocking connect() calls aimed at this Unix listener that took 1 ms \
+const HELP_WAITS: &str = "Blocking connect() calls aimed at this Unix listener that took 10 ms \
     or more without being refused: they slept until its queue had room \
     (syscalls:sys_enter_connect / sys_exit_connect).";
 const HELP_WAIT_SECONDS: &str = "Total time those blocking connects waited, seconds (divided by \
