@@ -735,4 +735,10 @@ fn gunicorn_workers_accept_shares_sum_to_requests_served() {
         !by_pid.contains_key(&gunicorn.0.id().to_string()),
         "the master does not accept"
     );
+    let m = daemon.metrics();
+    let info = m.find("sockq_unix_listener_info", &labels);
+    assert!(
+        !info.is_empty() && info.iter().all(|s| s.labels["pattern"] == "multi_acceptor"),
+        "gunicorn's workers all accept: {info:?}"
+    );
 }

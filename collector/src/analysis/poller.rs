@@ -149,6 +149,15 @@ impl Poller {
             .iter()
             .any(|p| p.name == "sock_recv_length" && p.attached);
         snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors, reads_seen);
+        for l in &snapshot.unix_listeners {
+            let reads = l.queue.as_ref().map(|q| pattern::Reads {
+                by_acceptor: q.read_by_acceptor,
+                by_one_other: q.read_by_one_other,
+                by_several: q.read_by_several,
+            });
+            let report = pattern::classify_unix(l.inode, reads, &snapshot.acceptors, reads_seen);
+            snapshot.patterns.insert(l.inode, report);
+        }
         snapshot.netns = netns;
         snapshot.nagle = self.nagle.series();
         snapshot.ring_events = self.ring.snapshot();
@@ -436,6 +445,9 @@ fn unix_view(
             max_depth: q.max_depth,
             accepts: q.accepts,
             accept_wait: queue_stats::wait_histogram(q),
+            read_by_acceptor: q.read_by_acceptor,
+            read_by_one_other: q.read_by_one_other,
+            read_by_several: q.read_by_several,
         });
     }
     let cookies = p.net_keys_are_cookies();

@@ -105,6 +105,14 @@ pub struct UnixQueueStats {
     pub accepts: u64,
     /// Seconds from each connection's enqueue to the accept that returned it.
     pub accept_wait: super::Histogram,
+    /// Sampled accepted connections read only by the accepting thread, by one other
+    /// thread, by several (`sock:sock_recv_length`; the execution pattern).
+    #[serde(default)]
+    pub read_by_acceptor: u64,
+    #[serde(default)]
+    pub read_by_one_other: u64,
+    #[serde(default)]
+    pub read_by_several: u64,
 }
 
 /// A client process and how many of its connects were refused.

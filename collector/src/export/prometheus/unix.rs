@@ -72,28 +72,7 @@ pub(super) fn families(snapshot: &Snapshot) -> Vec<Family> {
         len.push(id.clone(), l.queue_len);
         limit.push(id.clone(), l.queue_limit);
         full.push(id.clone(), l.queue_full);
-        let owners: BTreeSet<(u32, &str, &str)> = l
-            .owners
-            .iter()
-            .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
-            .collect();
-        let owners = if owners.is_empty() {
-            vec![(None, "", "")]
-        } else {
-            owners
-                .into_iter()
-                .map(|(p, c, k)| (Some(p), c, k))
-                .collect()
-        };
-        for (pid, comm, container) in owners {
-            let mut labels = id.clone();
-            labels.push(("type", l.socket_type.name().to_owned()));
-            labels.push(("kind", kind_name(l).to_owned()));
-            labels.push(("pid", pid.map(|p| p.to_string()).unwrap_or_default()));
-            labels.push(("comm", comm.to_owned()));
-            labels.push(("container", container.to_owned()));
-            info.push(labels, 1_u8);
-        }
+        push_info(&mut info, snapshot, l, &id);
         queue.push(snapshot, l, &id);
         let Some(k) = &l.kernel else { continue };
         refused.push(id.clone(), k.refused);
@@ -192,6 +171,38 @@ impl QueueFamilies {
     }
 }
 
+/// One `sockq_unix_listener_info` series per owner (one with empty owner labels when
+/// none is known).
+fn push_info(info: &mut Family, snapshot: &Snapshot, l: &UnixListener, id: &Labels) {
+    let owners: BTreeSet<(u32, &str, &str)> = l
+        .owners
+        .iter()
+        .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
+        .collect();
+    let owners = if owners.is_empty() {
+        vec![(None, "", "")]
+    } else {
+        owners
+            .into_iter()
+            .map(|(p, c, k)| (Some(p), c, k))
+            .collect()
+    };
+    let pattern = snapshot
+        .patterns
+        .get(&l.inode)
+        .map_or("undetermined", |p| p.pattern.name());
+    for (pid, comm, container) in owners {
+        let mut labels = id.clone();
+        labels.push(("type", l.socket_type.name().to_owned()));
+        labels.push(("kind", kind_name(l).to_owned()));
+        labels.push(("pid", pid.map(|p| p.to_string()).unwrap_or_default()));
+        labels.push(("comm", comm.to_owned()));
+        labels.push(("container", container.to_owned()));
+        labels.push(("pattern", pattern.to_owned()));
+        info.push(labels, 1_u8);
+    }
+}
+
 fn kind_name(l: &UnixListener) -> &'static str {
     match l.name_kind {
         crate::model::unix::UnixNameKind::Path => "path",
@@ -255,6 +266,7 @@ mod tests {
                     counts: vec![1, 3, 0],
                     sum: 0.007,
                 },
+                ..crate::model::unix::UnixQueueStats::default()
             }),
         }
     }
@@ -345,7 +357,7 @@ mod tests {
             "sockq_unix_listen_queue_limit{netns=\"4026531840\",path=\"@sockq\",socket=\"12\"} 4",
             "sockq_unix_listen_refused_connects_total{netns=\"4026531840\",path=\"@sockq\",socket=\"12\"} 8",
             "sockq_unix_listen_refused_connects_by_client_total{netns=\"4026531840\",path=\"@sockq\",socket=\"12\",client_pid=\"9\",client_comm=\"nginx\"} 8",
-            "sockq_unix_listener_info{netns=\"4026531840\",path=\"@sockq\",socket=\"12\",type=\"stream\",kind=\"abstract\",pid=\"7\",comm=\"php-fpm8.2\",container=\"\"} 1",
+            "sockq_unix_listener_info{netns=\"4026531840\",path=\"@sockq\",socket=\"12\",type=\"stream\",kind=\"abstract\",pid=\"7\",comm=\"php-fpm8.2\",container=\"\",pattern=\"undetermined\"} 1",
             "sockq_unix_listen_queue_full{netns=\"4026531840\",path=\"@sockq\",socket=\"12\"} 1",
         ] {
             assert!(text.contains(expected), "{expected} not in:\n{text}");
