@@ -150,4 +150,56 @@ mod tests {
         let dgram = response(libc::SOCK_DGRAM as u8, vec![]);
         assert!(listener_from_response(1, &dgram).is_none());
     }
+
+    /// The bytes the kernel sends, through the same decoder the dump uses.
+    #[test]
+    fn decodes_a_datagram_of_unix_answers() {
+        use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+
+        let mut datagram = Vec::new();
+        let answers = [
+            response(
+                SOCK_STREAM,
+                vec![
+                    Nla::Name(UnixDiagName::Pathname("/run/php/php-fpm.sock".into())),
+                    Nla::ReceiveQueueLength(3, 511),
+                ],
+            ),
+            response(libc::SOCK_DGRAM as u8, vec![]),
+        ];
+        for answer in answers {
+            let mut header = NetlinkHeader::default();
+            header.sequence_number = 5;
+            let mut message = NetlinkMessage::new(
+                header,
+                NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(Box::new(answer))),
+            );
+            message.finalize();
+            let mut bytes = vec![0; message.buffer_len()];
+            message.serialize(&mut bytes);
+            datagram.extend_from_slice(&bytes);
+        }
+        let mut found = Vec::new();
+        let dump = crate::inventory::sock_diag::decode_messages(&datagram, 5, REQUEST, &mut |m| {
+            if let SockDiagMessage::UnixResponse(r) = m {
+                found.extend(listener_from_response(3, r));
+            }
+        })
+        .expect("decodes");
+        assert_eq!(dump, crate::inventory::sock_diag::Dump::More);
+        assert_eq!(found.len(), 1, "the datagram socket is no listener");
+        assert_eq!(
+            (
+                found[0].name.as_str(),
+                found[0].queue_len,
+                found[0].queue_limit
+            ),
+            ("/run/php/php-fpm.sock", 3, 511)
+        );
+        // Garbage is an error, never a panic.
+        assert!(
+            crate::inventory::sock_diag::decode_messages(&[0xff; 40], 5, REQUEST, &mut |_| {})
+                .is_err()
+        );
+    }
 }
