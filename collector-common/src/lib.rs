@@ -11,3 +11,4 @@ pub mod nagle;
 pub mod queue;
 pub mod stats;
 pub mod tcp_state;
+pub mod unix;

@@ -33,5 +33,10 @@ pub const STAT_ACCEPTS_UNATTRIBUTED: u32 = 11;
 /// An io_uring accept into a direct descriptor (a fixed-file slot): not counted
 /// (the programs follow file descriptors only).
 pub const STAT_URING_DIRECT: u32 = 12;
+/// A thread entering an `AF_UNIX` connect() could not be noted
+/// (`UNIX_CONNECTING` full): a refusal or wait of that connect is not counted.
+pub const STAT_UNIX_CONNECTING_FULL: u32 = 13;
+/// A refused or waiting Unix connect could not be counted (`UNIX_REFUSED` full).
+pub const STAT_UNIX_REFUSED_FULL: u32 = 14;
 /// Number of slots in `STATS` (room to grow).
 pub const STATS_LEN: u32 = 16;

@@ -176,13 +176,26 @@ pub fn file_sock(file: *const u8, o: &KernelOffsets) -> Option<*const u8> {
 /// every hook that also fires for ordinary sockets.
 #[inline(always)]
 pub fn listener_inode(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
+    let family = listening_family(sk, o)?;
+    inet_listener_inode(sk, family, o)
+}
+
+/// The family of `sk` if it is a listening socket (TCP or Unix stream/seqpacket:
+/// both use `TCP_LISTEN`), else `None`: one read for everything else.
+#[inline(always)]
+pub fn listening_family(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
     let state: u8 = read(sk, o.sk_state).ok()?;
     if state != collector_common::tcp_state::TCP_LISTEN {
         return None;
     }
+    read(sk, o.sk_family).ok()
+}
+
+/// The inode of listener `sk` of `family` if it is a TCP (inet) one.
+#[inline(always)]
+pub fn inet_listener_inode(sk: *const u8, family: u16, o: &KernelOffsets) -> Option<u64> {
     // Unix stream listeners are in TCP_LISTEN too, and `sk_data_ready` fires for
-    // them: only TCP (inet) listeners have accept-queue counters here.
-    let family: u16 = read(sk, o.sk_family).ok()?;
+    // them: they are counted apart (`unix_connect::on_unix_enqueue`).
     if family != collector_common::listener::AF_INET
         && family != collector_common::listener::AF_INET6
     {

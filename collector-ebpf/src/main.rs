@@ -38,6 +38,8 @@ mod sock_recv_length;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod tcp_retransmit_synack;
+#[cfg(target_arch = "bpf")]
+mod unix_connect;
 
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]

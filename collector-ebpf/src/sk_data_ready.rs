@@ -14,6 +14,10 @@
 //! listener, for the oldest-wait view. A full queue sends one `QueueFullEvent` per
 //! listener per second.
 //!
+//! A Unix stream or seqpacket listener (also in `TCP_LISTEN`) is told the same when a
+//! connect queues on it (`unix_stream_connect`, in the client's context): it is
+//! counted by `unix_connect::on_unix_enqueue`.
+//!
 //! Kernels without this tracepoint (6.1) get the same from a kprobe on
 //! `sock_def_readable`, the `sk_data_ready` callback of TCP listeners and the
 //! tracepoint's own call site, where kprobes exist (userspace tries the raw
@@ -31,7 +35,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{listener_inode, offsets, read, sock_netns},
+    kernel::{inet_listener_inode, listening_family, offsets, read, sock_netns},
     maps::{EVENTS, JUST_STAMPED, LISTENER_QUEUES, QUEUED, atomic_add, listener_queue},
     stats::count_failure,
 };
@@ -60,7 +64,13 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     if o.queue_valid == 0 {
         return Ok(());
     }
-    let Some(inode) = listener_inode(sk, &o) else {
+    let Some(family) = listening_family(sk, o) else {
+        return Ok(());
+    };
+    if family == collector_common::unix::AF_UNIX {
+        return crate::unix_connect::on_unix_enqueue(sk, o);
+    }
+    let Some(inode) = inet_listener_inode(sk, family, o) else {
         return Ok(());
     };
     let depth: u32 = read(sk, o.sk_ack_backlog)?;

@@ -33,12 +33,18 @@ pub fn sockq_bin() -> PathBuf {
 /// The scenario program, which cargo builds next to the test executables
 /// (`target/<profile>/sockq-scenario`, the tests live in `target/<profile>/deps`).
 pub fn scenario_bin() -> PathBuf {
+    test_bin("sockq-scenario")
+}
+
+/// A program of this crate (`sockq-scenario`, `sockq-unixsrv`), built next to the
+/// test executables.
+pub fn test_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
         .parent()
         .and_then(std::path::Path::parent)
         .expect("test executable inside target/<profile>/deps");
-    let bin = profile_dir.join("sockq-scenario");
+    let bin = profile_dir.join(name);
     assert!(bin.exists(), "{} not built", bin.display());
     bin
 }
@@ -182,8 +188,14 @@ impl Netns {
 
     /// Starts a scenario program inside the namespace and waits for its first line.
     pub fn scenario(&self, args: &[&str]) -> Scenario {
+        self.program(&scenario_bin(), args)
+    }
+
+    /// Starts a program of the test crate inside the namespace and waits for its
+    /// first line (`ready ...` or `done ...`).
+    pub fn program(&self, bin: &std::path::Path, args: &[&str]) -> Scenario {
         let mut child = self
-            .command(scenario_bin())
+            .command(bin)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

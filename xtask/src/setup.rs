@@ -36,7 +36,7 @@ const RUST_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 /// runs `sockq top` in a terminal; chromium renders the status page headless; hping3
 /// floods SYNs between the load tests' own namespaces; gcc and liburing-dev build the
 /// io_uring test server, strace shows it makes no accept syscall.
-const TEST_PACKAGES: [&str; 16] = [
+const TEST_PACKAGES: [&str; 18] = [
     "iproute2",
     "prometheus",
     "bpftool",
@@ -55,6 +55,9 @@ const TEST_PACKAGES: [&str; 16] = [
     "gcc",
     "liburing-dev",
     "strace",
+    // tests/unix.rs: php-fpm and gunicorn behind nginx over Unix sockets.
+    "php-fpm",
+    "gunicorn",
 ];
 
 /// What the build needs to know from the set-up.

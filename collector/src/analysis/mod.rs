@@ -10,3 +10,5 @@ pub mod netns_keys;
 pub mod pattern;
 pub mod poller;
 pub mod queue_stats;
+pub mod unix_episodes;
+pub mod unix_refusals;

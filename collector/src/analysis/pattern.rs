@@ -55,7 +55,7 @@ pub fn classify(
             (
                 l.inode,
                 classify_one(
-                    l,
+                    l.kernel.as_ref().map(Reads::of),
                     group.len(),
                     shards_accepting,
                     &threads_of(l.inode),
@@ -66,8 +66,43 @@ pub fn classify(
         .collect()
 }
 
+/// Who read a listener's sampled accepted connections (`sock:sock_recv_length`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub by_acceptor: u64,
+    pub by_one_other: u64,
+    pub by_several: u64,
+}
+
+impl Reads {
+    fn of(k: &crate::model::ListenerKernelStats) -> Self {
+        Self {
+            by_acceptor: k.read_by_acceptor,
+            by_one_other: k.read_by_one_other,
+            by_several: k.read_by_several,
+        }
+    }
+}
+
+/// The pattern of a Unix listener (a socket of its own: no SO_REUSEPORT group);
+/// `reads` is `None` without the accept probes.
+pub fn classify_unix(
+    inode: u64,
+    reads: Option<Reads>,
+    acceptors: &Acceptors,
+    reads_seen: bool,
+) -> PatternReport {
+    let threads: BTreeSet<u32> = acceptors
+        .of(inode)
+        .iter()
+        .filter(|a| a.accepts > 0)
+        .map(|a| a.tid)
+        .collect();
+    classify_one(reads, 1, 0, &threads, reads_seen)
+}
+
 fn classify_one(
-    l: &Listener,
+    reads: Option<Reads>,
     group_size: usize,
     shards_accepting: usize,
     threads: &BTreeSet<u32>,
@@ -82,7 +117,7 @@ fn classify_one(
     }
     match threads.len() {
         0 => {
-            let why = if l.kernel.is_none() {
+            let why = if reads.is_none() {
                 "no eBPF probes".to_owned()
             } else {
                 "no accept() seen yet".to_owned()
@@ -97,7 +132,7 @@ fn classify_one(
             );
         }
     }
-    let Some(k) = &l.kernel else {
+    let Some(k) = reads else {
         return report(Pattern::Undetermined, "no eBPF probes".into());
     };
     if !reads_seen {
@@ -108,7 +143,7 @@ fn classify_one(
                 .into(),
         );
     }
-    let sampled = k.read_by_acceptor + k.read_by_one_other + k.read_by_several;
+    let sampled = k.by_acceptor + k.by_one_other + k.by_several;
     if sampled < MIN_SAMPLED {
         return report(
             Pattern::Undetermined,
@@ -121,13 +156,13 @@ fn classify_one(
     let evidence = format!(
         "one acceptor thread; of {sampled} sampled connections, {} read by the acceptor, \
          {} by one other thread, {} by several",
-        k.read_by_acceptor, k.read_by_one_other, k.read_by_several
+        k.by_acceptor, k.by_one_other, k.by_several
     );
-    let pattern = if share(k.read_by_acceptor) >= AGREEMENT {
+    let pattern = if share(k.by_acceptor) >= AGREEMENT {
         Pattern::SingleThread
-    } else if share(k.read_by_one_other) >= AGREEMENT {
+    } else if share(k.by_one_other) >= AGREEMENT {
         Pattern::AcceptorHandoff
-    } else if share(k.read_by_several) >= AGREEMENT {
+    } else if share(k.by_several) >= AGREEMENT {
         Pattern::AcceptorMessageBalancing
     } else {
         Pattern::Undetermined
@@ -223,5 +258,31 @@ mod tests {
         assert_eq!(imbalance(&[40, 0, 0, 0]), Some(4.0));
         assert_eq!(imbalance(&[]), None);
         assert_eq!(imbalance(&[0, 0]), None);
+    }
+
+    #[test]
+    fn unix_listeners_are_classified_alone() {
+        let acceptors: Acceptors =
+            vec![acceptor(9, 1, 5), acceptor(9, 2, 7), acceptor(8, 3, 1)].into();
+        let reads = Some(Reads::default());
+        assert_eq!(
+            classify_unix(9, reads, &acceptors, true).pattern,
+            Pattern::MultiAcceptor
+        );
+        let single = classify_unix(
+            8,
+            Some(Reads {
+                by_acceptor: 4,
+                ..Reads::default()
+            }),
+            &acceptors,
+            true,
+        );
+        assert_eq!(single.pattern, Pattern::SingleThread);
+        let none = classify_unix(7, None, &acceptors, true);
+        assert_eq!(
+            (none.pattern, none.evidence.as_str()),
+            (Pattern::Undetermined, "no eBPF probes")
+        );
     }
 }

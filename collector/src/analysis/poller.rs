@@ -17,10 +17,15 @@ use super::{
     nagle,
     netns_keys::NetnsKeys,
     pattern, queue_stats,
+    unix_episodes::UnixEpisodeTracker,
+    unix_refusals,
 };
 use crate::{
     inventory::{self, ScanReport, VisitedNetns, threads},
-    model::{Acceptor, Health, Histogram, Listener, NetnsStats, ProbeStatus, Snapshot},
+    model::{
+        Acceptor, Health, Histogram, Listener, MapOccupancy, NetnsStats, ProbeStatus, Snapshot,
+        unix::{UnixListener, UnixQueueStats},
+    },
     probes::{KernelView, Probes, prune::Live, ring::RingCounters},
     text,
 };
@@ -47,7 +52,11 @@ pub struct Poller {
     known: BTreeMap<(u64, u64), String>,
     first: bool,
     episodes: EpisodeTracker,
+    unix_episodes: UnixEpisodeTracker,
     last_listeners: Vec<Listener>,
+    last_unix: Vec<UnixListener>,
+    /// The inventory's failure to list Unix listeners was logged.
+    unix_warned: bool,
     nagle: nagle::Accumulator,
     stalls: tokio::sync::mpsc::Receiver<StallEvent>,
     /// What the ring buffer reader received and dropped.
@@ -77,7 +86,10 @@ impl Poller {
             known: BTreeMap::new(),
             first: true,
             episodes: EpisodeTracker::default(),
+            unix_episodes: UnixEpisodeTracker::default(),
             last_listeners: Vec::new(),
+            last_unix: Vec::new(),
+            unix_warned: false,
             nagle: nagle::Accumulator::default(),
             stalls,
             ring,
@@ -112,10 +124,11 @@ impl Poller {
     pub async fn poll(&mut self) -> Poll {
         let started = Instant::now();
         let inventory_started_ns = monotonic_ns();
-        let (listeners, netns) = self.inventory().await;
+        let (listeners, unix_listeners, netns) = self.inventory().await;
         self.log_changes(&listeners);
         let mut snapshot = Snapshot {
             listeners,
+            unix_listeners,
             probes: self.probe_status(),
             polling: self.polling.clone(),
             ..Snapshot::default()
@@ -124,6 +137,7 @@ impl Poller {
         // The whole inventory, before filtering: what the next poll carries over or
         // falls back to, so the kernel's counts of excluded listeners are not pruned.
         self.last_listeners.clone_from(&snapshot.listeners);
+        self.last_unix.clone_from(&snapshot.unix_listeners);
         snapshot.nagle = self.nagle.series();
         self.health.excluded_listeners = self.exclude(&mut snapshot);
         let episodes = self.episodes.update(
@@ -136,11 +150,30 @@ impl Poller {
         for l in &mut snapshot.listeners {
             l.queue_full = self.episodes.is_full(l.netns, l.inode);
         }
+        let mut episodes = episodes;
+        episodes.extend(self.unix_episodes.update(
+            Instant::now(),
+            SystemTime::now(),
+            &snapshot.unix_listeners,
+            limits_of(&netns),
+        ));
+        for l in &mut snapshot.unix_listeners {
+            l.queue_full = self.unix_episodes.is_full(l.netns, l.inode);
+        }
         let reads_seen = snapshot
             .probes
             .iter()
             .any(|p| p.name == "sock_recv_length" && p.attached);
         snapshot.patterns = pattern::classify(&snapshot.listeners, &snapshot.acceptors, reads_seen);
+        for l in &snapshot.unix_listeners {
+            let reads = l.queue.as_ref().map(|q| pattern::Reads {
+                by_acceptor: q.read_by_acceptor,
+                by_one_other: q.read_by_one_other,
+                by_several: q.read_by_several,
+            });
+            let report = pattern::classify_unix(l.inode, reads, &snapshot.acceptors, reads_seen);
+            snapshot.patterns.insert(l.inode, report);
+        }
         snapshot.netns = netns;
         snapshot.ring_events = self.ring.snapshot();
         let stalls = self.stall_notices().await;
@@ -179,19 +212,33 @@ impl Poller {
     /// every listener reported gone; so do the listeners of another namespace that
     /// could not be read for a reason other than its disappearance (their kernel
     /// counts are pruned only once they are really gone).
-    async fn inventory(&mut self) -> (Vec<Listener>, Vec<NetnsStats>) {
+    async fn inventory(&mut self) -> (Vec<Listener>, Vec<UnixListener>, Vec<NetnsStats>) {
         match tokio::task::spawn_blocking(inventory::scan_report).await {
             Ok(Ok(report)) => {
+                if let Some(why) = &report.unix_error
+                    && !self.unix_warned
+                {
+                    tracing::warn!("Unix-domain listeners are not listed: {why}");
+                    self.unix_warned = true;
+                }
                 let report = self.carry_skipped(report);
-                (report.listeners, report.netns)
+                (report.listeners, report.unix_listeners, report.netns)
             }
             Ok(Err(e)) => {
                 tracing::warn!("listener inventory failed: {}", crate::error_chain(&e));
-                (self.last_listeners.clone(), Vec::new())
+                (
+                    self.last_listeners.clone(),
+                    self.last_unix.clone(),
+                    Vec::new(),
+                )
             }
             Err(e) => {
                 tracing::warn!("listener inventory task failed: {e}");
-                (self.last_listeners.clone(), Vec::new())
+                (
+                    self.last_listeners.clone(),
+                    self.last_unix.clone(),
+                    Vec::new(),
+                )
             }
         }
     }
@@ -212,6 +259,7 @@ impl Poller {
                 .or_default() += 1;
         }
         self.health.carried_listeners = carry_over(&self.last_listeners, &mut report);
+        carry_over_unix(&self.last_unix, &mut report);
         self.visited = std::mem::take(&mut report.visited);
         self.kept = report
             .skipped
@@ -245,6 +293,12 @@ impl Poller {
             .listeners
             .iter()
             .map(|l| (l.inode, l.accept_queue_len))
+            .chain(
+                snapshot
+                    .unix_listeners
+                    .iter()
+                    .map(|l| (l.inode, l.queue_len)),
+            )
             .collect();
         let live: HashSet<u64> = queue_len.keys().copied().collect();
         snapshot.maps = p.prune(
@@ -283,6 +337,8 @@ impl Poller {
                 reason_names: p.drop_reason_names(),
             },
         );
+        let unix = unix_view(p, &mut snapshot.unix_listeners, &self.visited, &view);
+        snapshot.maps.push(unix);
         snapshot.lost_by_cause = events_lost(&view, &self.ring);
         snapshot.events_lost = snapshot
             .lost_by_cause
@@ -391,6 +447,68 @@ fn carry_over(last: &[Listener], report: &mut ScanReport) -> u64 {
     n
 }
 
+/// [`carry_over`] for Unix listeners (not added to `carried_listeners`, which keeps
+/// its documented TCP meaning).
+fn carry_over_unix(last: &[UnixListener], report: &mut ScanReport) {
+    let kept: HashSet<u64> = report
+        .skipped
+        .iter()
+        .filter(|s| !s.error.is_vanished())
+        .map(|s| s.netns)
+        .collect();
+    let before = report.unix_listeners.len();
+    report
+        .unix_listeners
+        .extend(last.iter().filter(|l| kept.contains(&l.netns)).cloned());
+    if report.unix_listeners.len() > before {
+        inventory::unix_diag::sort(&mut report.unix_listeners);
+    }
+}
+
+/// The Unix listeners' enqueues and accepts, their refused and waiting connects,
+/// and the pruning of the refusals' map; returns its occupancy.
+fn unix_view(
+    p: &mut Probes,
+    listeners: &mut [UnixListener],
+    visited: &[VisitedNetns],
+    view: &KernelView,
+) -> MapOccupancy {
+    for l in listeners.iter_mut() {
+        l.queue = view.queues.get(&l.inode).map(|q| UnixQueueStats {
+            enqueues: q.enqueues,
+            max_depth: q.max_depth,
+            accepts: q.accepts,
+            accept_wait: queue_stats::wait_histogram(q),
+            read_by_acceptor: q.read_by_acceptor,
+            read_by_one_other: q.read_by_one_other,
+            read_by_several: q.read_by_several,
+        });
+    }
+    let cookies = p.net_keys_are_cookies();
+    let netns_of = |key: u64| {
+        if cookies {
+            visited
+                .iter()
+                .find(|v| v.cookie == Some(key))
+                .map(|v| v.netns)
+        } else {
+            Some(key)
+        }
+    };
+    let entries = p.unix_connects();
+    // Without the connect probes, no listener gets counts: zeros would claim that
+    // nothing was refused.
+    if !p
+        .status()
+        .iter()
+        .any(|s| s.name == "sys_exit_connect" && s.attached)
+    {
+        return p.prune_unix(std::collections::HashSet::new(), |_| true);
+    }
+    let unmatched = unix_refusals::attach(listeners, &entries, netns_of, threads::cwd);
+    p.prune_unix(unmatched, |tgid| threads::exists(tgid, tgid))
+}
+
 /// Which probes are attached; without probes, each says eBPF is unavailable.
 pub fn probe_status(probes: Option<&Probes>) -> Vec<ProbeStatus> {
     match probes {
@@ -423,6 +541,8 @@ fn events_lost(view: &KernelView, ring: &RingCounters) -> Vec<(&'static str, u64
         ("map_full:READERS", s.readers_full),
         ("map_full:CONNS", s.conns_full),
         ("map_full:CONN_STATS", s.conn_stats_full),
+        ("map_full:UNIX_CONNECTING", s.unix_connecting_full),
+        ("map_full:UNIX_REFUSED", s.unix_refused_full),
         ("accept_unattributed", s.accepts_unattributed),
         ("accept_direct_descriptor", s.uring_direct),
     ]
@@ -501,6 +621,8 @@ mod tests {
         let last = [listener(1, 10), listener(2, 20), listener(3, 30)];
         let mut report = ScanReport {
             listeners: vec![listener(1, 10)],
+            unix_listeners: Vec::new(),
+            unix_error: None,
             netns: Vec::new(),
             visited: Vec::new(),
             skipped: vec![

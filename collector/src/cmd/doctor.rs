@@ -105,7 +105,7 @@ pub fn run() -> Vec<Check> {
             },
         ));
     }
-    checks.push(inventory_check(privileged));
+    checks.extend(inventory_checks(privileged));
     checks.push(memlock_check());
     checks
 }
@@ -252,28 +252,54 @@ fn probe_checks(checks: &mut Vec<Check>, tracefs_root: Option<&std::path::Path>)
     }
 }
 
-fn inventory_check(privileged: bool) -> Check {
-    match inventory::scan() {
-        Ok(listeners) => {
-            let namespaces: std::collections::BTreeSet<_> =
-                listeners.iter().map(|l| l.netns).collect();
-            Check::new(
-                Verdict::Ok,
+/// The inventory: TCP listeners (sock_diag), and Unix ones (unix_diag, a module of
+/// its own that some kernels lack).
+fn inventory_checks(privileged: bool) -> Vec<Check> {
+    let report = match inventory::scan_report() {
+        Ok(report) => report,
+        Err(e) => {
+            return vec![Check::new(
+                Verdict::Fail,
                 "sock_diag",
-                format!(
-                    "{} TCP listeners in {} network namespaces{}",
-                    listeners.len(),
-                    namespaces.len(),
-                    if privileged {
-                        ""
-                    } else {
-                        " (only those this user can enter)"
-                    }
-                ),
-            )
+                crate::error_chain(&e),
+            )];
         }
-        Err(e) => Check::new(Verdict::Fail, "sock_diag", crate::error_chain(&e)),
-    }
+    };
+    let namespaces: std::collections::BTreeSet<_> =
+        report.listeners.iter().map(|l| l.netns).collect();
+    let tcp = Check::new(
+        Verdict::Ok,
+        "sock_diag",
+        format!(
+            "{} TCP listeners in {} network namespaces{}",
+            report.listeners.len(),
+            namespaces.len(),
+            if privileged {
+                ""
+            } else {
+                " (only those this user can enter)"
+            }
+        ),
+    );
+    let unix = match &report.unix_error {
+        None => Check::new(
+            Verdict::Ok,
+            "unix_diag",
+            format!(
+                "{} Unix stream/seqpacket listeners",
+                report.unix_listeners.len()
+            ),
+        ),
+        Some(why) => Check::new(
+            Verdict::Warn,
+            "unix_diag",
+            format!(
+                "{why}: Unix-domain listeners are not listed (kernel without \
+                 CONFIG_UNIX_DIAG, or its unix_diag module cannot be loaded)"
+            ),
+        ),
+    };
+    vec![tcp, unix]
 }
 
 fn privilege_checks(checks: &mut Vec<Check>) -> bool {

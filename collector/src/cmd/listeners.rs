@@ -13,12 +13,16 @@ use crate::{
         Acceptor,
         api::{ListenerRow, rows_from_inventory},
         nagle::NagleSeries,
+        unix::UnixListener,
     },
     text::escape,
 };
 
 /// `sockq listeners`: the daemon's view if one answers, else a one-shot inventory.
 pub fn main(args: &super::ListenersArgs) -> ExitCode {
+    if args.unix {
+        return unix_main(args);
+    }
     let from_daemon = if args.no_daemon {
         None
     } else {
@@ -51,6 +55,96 @@ pub fn main(args: &super::ListenersArgs) -> ExitCode {
         super::emit(&render_table(&rows));
     }
     ExitCode::SUCCESS
+}
+
+/// `sockq listeners --unix`.
+fn unix_main(args: &super::ListenersArgs) -> ExitCode {
+    let from_daemon: Option<Vec<UnixListener>> = if args.no_daemon {
+        None
+    } else {
+        get_json(args.metrics_addr, "/api/listeners?family=unix")
+    };
+    let listeners = match from_daemon {
+        Some(l) => l,
+        None => match inventory::scan_report() {
+            Ok(report) => report.unix_listeners,
+            Err(e) => {
+                eprintln!("sockq: {}", crate::error_chain(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&listeners) {
+            Ok(json) => super::emit(&format!("{json}\n")),
+            Err(e) => {
+                eprintln!("sockq: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        super::emit(&render_unix_table(&listeners));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The Unix listeners' table: names and owners escaped (a path may hold newlines
+/// and terminal escapes).
+pub fn render_unix_table(listeners: &[UnixListener]) -> String {
+    let header = [
+        "NETNS", "TYPE", "QUEUE", "REFUSED", "SOCKET", "OWNERS", "NAME",
+    ];
+    let cells: Vec<[String; 7]> = listeners
+        .iter()
+        .map(|l| {
+            [
+                l.netns.to_string(),
+                l.socket_type.name().to_owned(),
+                format!("{}/{}", l.queue_len, l.queue_limit),
+                l.kernel
+                    .as_ref()
+                    .map_or("-".to_owned(), |k| k.refused.to_string()),
+                l.inode.to_string(),
+                owners_cell(&l.owners),
+                if l.name.is_empty() {
+                    "(unnamed)".to_owned()
+                } else {
+                    escape(&l.name)
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header.map(str::to_owned)).chain(cells) {
+        let mut text = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn owners_cell(owners: &[crate::model::Owner]) -> String {
+    if owners.is_empty() {
+        return "-".to_owned();
+    }
+    owners
+        .iter()
+        .map(|o| format!("{}/{}", o.pid, escape(&o.comm)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The running daemon's rows, if one answers at `addr` within a second.
@@ -189,5 +283,30 @@ mod tests {
         assert!(t.contains("3/2"), "{t}");
         assert!(t.contains("7/evil\\n\\x1b[2J"), "{t}");
         assert_eq!(t.lines().count(), 2, "{t}");
+    }
+
+    #[test]
+    fn unix_table_escapes_paths() {
+        let (name, name_kind) = crate::model::unix::display_name(b"/tmp/x\n\x1b[2J\"q");
+        let l = UnixListener {
+            netns: 1,
+            name,
+            name_kind,
+            socket_type: crate::model::unix::UnixSocketType::Seqpacket,
+            inode: 99,
+            cookie: 0,
+            queue_len: 5,
+            queue_limit: 4,
+            owners: vec![Owner::new(3, "gunicorn")],
+            address: Vec::new(),
+            kernel: None,
+            queue: None,
+            queue_full: false,
+        };
+        let t = render_unix_table(&[l]);
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(t.contains("/tmp/x\\n\\x1b[2J\\\"q"), "{t}");
+        assert!(t.contains("seqpacket  5/4"), "{t}");
+        assert!(t.contains("3/gunicorn"), "{t}");
     }
 }

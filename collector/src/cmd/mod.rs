@@ -173,6 +173,11 @@ pub struct ListenersArgs {
     /// Inventory the listeners here even if a daemon answers.
     #[arg(long)]
     pub no_daemon: bool,
+    /// Unix-domain (stream and seqpacket) listeners instead of TCP ones: name,
+    /// queue length/limit, connects refused because the queue was full (with a
+    /// daemon), owners.
+    #[arg(long)]
+    pub unix: bool,
 }
 
 /// The command line definition, with the defaults of `sockq run`'s layered settings

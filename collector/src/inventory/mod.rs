@@ -1,9 +1,11 @@
-//! Listener inventory: every TCP listening socket of the host, in every network
-//! namespace, with its queues, drops and owning processes.
+//! Listener inventory: every TCP listening socket of the host (and every Unix stream
+//! and seqpacket one), in every network namespace, with its queues, drops and owning
+//! processes.
 //!
 //! Kernel interfaces, by submodule:
 //! - [`netns`]: `/proc/PID/ns/net`, `/run/netns/*` (nsfs) and `setns(2)`;
 //! - [`sock_diag`]: `NETLINK_SOCK_DIAG` / `inet_diag` dumps of TCP sockets;
+//! - [`unix_diag`]: `unix_diag` dumps of Unix stream and seqpacket listeners;
 //! - [`owners`]: `/proc/PID/fd/*` symlinks (`socket:[INODE]`) and `/proc/PID/comm`;
 //! - [`netstat`]: `/proc/PID/net/netstat` (per-namespace SNMP extension counters).
 //!
@@ -16,10 +18,11 @@ pub mod owners;
 pub mod process;
 pub mod sock_diag;
 pub mod threads;
+pub mod unix_diag;
 
 use std::{collections::HashSet, path::PathBuf};
 
-use crate::model::{Listener, NetnsInode, NetnsStats};
+use crate::model::{Listener, NetnsInode, NetnsStats, unix::UnixListener};
 
 pub use netns::Netns;
 pub use netstat::{Netstat, NetstatParseError, parse_netstat, read_netstat};
@@ -130,11 +133,17 @@ pub struct SkippedNetns {
 pub struct ScanReport {
     /// Sorted by (netns, port, addr, inode).
     pub listeners: Vec<Listener>,
+    /// Unix stream and seqpacket listeners, sorted by (netns, name, inode).
+    pub unix_listeners: Vec<UnixListener>,
     /// Counters and sysctls of each namespace that could be read.
     pub netns: Vec<NetnsStats>,
     pub skipped: Vec<SkippedNetns>,
     /// Every namespace read, with its cookie where the kernel has one.
     pub visited: Vec<VisitedNetns>,
+    /// Why Unix listeners could not be dumped (the first namespace that failed), if
+    /// one could not: kernels without `CONFIG_UNIX_DIAG` (or whose `unix_diag`
+    /// module cannot be loaded) answer `ENOENT`. TCP listeners are listed anyway.
+    pub unix_error: Option<String>,
 }
 
 /// A namespace the inventory read.
@@ -161,12 +170,32 @@ pub fn scan_report() -> Result<ScanReport, InventoryError> {
     let mut report = ScanReport::default();
     for (index, ns) in host_first_namespaces()?.iter().enumerate() {
         match visit(ns) {
-            Ok((listeners, stats, cookie)) => {
+            Ok(Visit {
+                listeners,
+                unix_listeners,
+                stats,
+                cookie,
+            }) => {
+                let unix_listeners = match unix_listeners {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::debug!(
+                            netns = ns.inode(),
+                            "no Unix listeners: {}",
+                            crate::error_chain(&e)
+                        );
+                        report
+                            .unix_error
+                            .get_or_insert_with(|| crate::error_chain(&e));
+                        Vec::new()
+                    }
+                };
                 report.visited.push(VisitedNetns {
                     netns: ns.inode(),
                     cookie,
                 });
                 report.listeners.extend(listeners);
+                report.unix_listeners.extend(unix_listeners);
                 match stats {
                     Ok(stats) => report.netns.push(stats),
                     Err(e) => tracing::debug!(
@@ -186,8 +215,9 @@ pub fn scan_report() -> Result<ScanReport, InventoryError> {
             }
         }
     }
-    fill_owners(&mut report.listeners);
+    fill_owners(&mut report.listeners, &mut report.unix_listeners);
     sort_listeners(&mut report.listeners);
+    unix_diag::sort(&mut report.unix_listeners);
     Ok(report)
 }
 
@@ -200,27 +230,36 @@ pub fn host_first_namespaces() -> Result<Vec<Netns>, InventoryError> {
     Ok(namespaces)
 }
 
-type Visit = (
-    Vec<Listener>,
-    Result<NetnsStats, InventoryError>,
-    Option<u64>,
-);
+/// What one visit of a namespace read.
+struct Visit {
+    listeners: Vec<Listener>,
+    /// Its own result: a kernel without `unix_diag` still has its TCP listeners.
+    unix_listeners: Result<Vec<UnixListener>, InventoryError>,
+    stats: Result<NetnsStats, InventoryError>,
+    cookie: Option<u64>,
+}
 
-/// One namespace, entered once: its listeners (no owners yet), its counters and its
-/// cookie.
+/// One namespace, entered once: its TCP and Unix listeners (no owners yet), its
+/// counters and its cookie.
 fn visit(ns: &Netns) -> Result<Visit, InventoryError> {
     let netns = ns.inode();
-    let (socket, stats) =
+    let (mut socket, stats) =
         ns.run(move || Ok((DiagSocket::open()?, netns_stats::read_current(netns))))?;
     let cookie = socket.netns_cookie();
-    Ok((listeners_from(netns, socket)?, stats, cookie))
+    let listeners = listeners_from(netns, &mut socket)?;
+    Ok(Visit {
+        listeners,
+        unix_listeners: socket.unix_listeners(netns),
+        stats,
+        cookie,
+    })
 }
 
 /// The listeners of one namespace, with SYN queue lengths and owners, sorted like
 /// [`scan`]'s.
 pub fn scan_netns(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
     let mut listeners = scan_netns_sockets(ns)?;
-    fill_owners(&mut listeners);
+    fill_owners(&mut listeners, &mut []);
     sort_listeners(&mut listeners);
     Ok(listeners)
 }
@@ -229,13 +268,13 @@ pub fn scan_netns(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
 pub fn scan_netns_sockets(ns: &Netns) -> Result<Vec<Listener>, InventoryError> {
     // Only the socket is created inside the namespace; it stays bound to it, so the
     // dumps run on the calling thread.
-    listeners_from(ns.inode(), ns.run(DiagSocket::open)?)
+    listeners_from(ns.inode(), &mut ns.run(DiagSocket::open)?)
 }
 
 /// The listeners a sock_diag socket of namespace `netns` dumps, with SYN queues.
 fn listeners_from(
     netns: NetnsInode,
-    mut socket: DiagSocket,
+    socket: &mut DiagSocket,
 ) -> Result<Vec<Listener>, InventoryError> {
     let diag_listeners = socket.listeners()?;
     // Taken after the listeners: a listener opened in between has no entry here,
@@ -317,14 +356,21 @@ fn same_endpoint(a: &std::net::SocketAddr, b: &std::net::SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
-fn fill_owners(listeners: &mut [Listener]) {
+/// Owners of TCP and Unix listeners, from one /proc walk.
+fn fill_owners(listeners: &mut [Listener], unix_listeners: &mut [UnixListener]) {
     let inodes: HashSet<u64> = listeners
         .iter()
         .map(|l| l.inode)
+        .chain(unix_listeners.iter().map(|l| l.inode))
         .filter(|&i| i != 0)
         .collect();
     let owners = owners::socket_owners(&inodes);
     for listener in listeners.iter_mut() {
+        if let Some(found) = owners.get(&listener.inode) {
+            listener.owners = found.clone();
+        }
+    }
+    for listener in unix_listeners.iter_mut() {
         if let Some(found) = owners.get(&listener.inode) {
             listener.owners = found.clone();
         }

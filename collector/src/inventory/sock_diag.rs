@@ -1,4 +1,5 @@
-//! TCP listeners and SYN queues from the kernel's socket diagnostics.
+//! TCP listeners and SYN queues from the kernel's socket diagnostics (Unix-domain
+//! listeners: [`super::unix_diag`], over the same socket).
 //!
 //! Kernel interface: `NETLINK_SOCK_DIAG` with `SOCK_DIAG_BY_FAMILY` dump requests
 //! (`struct inet_diag_req_v2`, `net/ipv4/inet_diag.c`, `tcp_diag.c`), for
@@ -178,7 +179,8 @@ impl DiagSocket {
         Ok(out)
     }
 
-    /// Sends one dump request and feeds each answer to `each` until `NLMSG_DONE`.
+    /// Sends one inet dump request and feeds each answer to `each` until
+    /// `NLMSG_DONE`.
     fn dump(
         &mut self,
         family: u8,
@@ -187,27 +189,39 @@ impl DiagSocket {
         request: &'static str,
         mut each: impl FnMut(&InetResponse),
     ) -> Result<(), InventoryError> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let sequence = self.sequence;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = sequence;
         let socket_id = if family == AF_INET {
             SocketId::new_v4()
         } else {
             SocketId::new_v6()
         };
-        let mut packet = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family,
-                protocol: IPPROTO_TCP,
-                extensions,
-                states,
-                socket_id,
-            })
-            .into(),
-        );
+        let message = SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions,
+            states,
+            socket_id,
+        });
+        self.dump_message(message, request, |answer| {
+            if let SockDiagMessage::InetResponse(response) = answer {
+                each(response);
+            }
+        })
+    }
+
+    /// Sends one dump request of any family and feeds each answer to `each` until
+    /// `NLMSG_DONE`.
+    pub(super) fn dump_message(
+        &mut self,
+        message: SockDiagMessage,
+        request: &'static str,
+        mut each: impl FnMut(&SockDiagMessage),
+    ) -> Result<(), InventoryError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = sequence;
+        let mut packet = NetlinkMessage::new(header, message.into());
         packet.finalize();
         let mut out = vec![0; packet.buffer_len()];
         packet.serialize(&mut out);
@@ -233,7 +247,7 @@ impl DiagSocket {
                     source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
                 });
             }
-            if decode_datagram(datagram, sequence, request, &mut each)? == Dump::Done {
+            if decode_messages(datagram, sequence, request, &mut each)? == Dump::Done {
                 return Ok(());
             }
         }
@@ -259,6 +273,21 @@ pub fn decode_datagram(
     request: &'static str,
     each: &mut impl FnMut(&InetResponse),
 ) -> Result<Dump, InventoryError> {
+    decode_messages(datagram, sequence, request, &mut |answer| {
+        if let SockDiagMessage::InetResponse(response) = answer {
+            each(response);
+        }
+    })
+}
+
+/// [`decode_datagram`] for answers of any family: each sock_diag message of request
+/// `sequence` goes to `each`.
+pub fn decode_messages(
+    datagram: &[u8],
+    sequence: u32,
+    request: &'static str,
+    each: &mut impl FnMut(&SockDiagMessage),
+) -> Result<Dump, InventoryError> {
     let mut offset = 0;
     while offset < datagram.len() {
         let rest = datagram.get(offset..).unwrap_or_default();
@@ -279,9 +308,7 @@ pub fn decode_datagram(
                         ),
                     });
                 }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    each(&response);
-                }
+                NetlinkPayload::InnerMessage(answer) => each(&answer),
                 _ => {}
             }
         }

@@ -54,6 +54,17 @@ pub fn exists(pid: u32, tid: u32) -> bool {
         .exists()
 }
 
+/// The working directory of a live process (`/proc/PID/cwd`), as raw bytes: what a
+/// relative Unix socket path it connects to is resolved against.
+pub fn cwd(pid: u32) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStringExt as _;
+    if pid == 0 {
+        return None;
+    }
+    let link = std::fs::read_link(Path::new("/proc").join(pid.to_string()).join("cwd")).ok()?;
+    Some(link.into_os_string().into_vec())
+}
+
 /// `/proc/PID/comm` of a live process.
 pub fn process_comm(pid: u32) -> Option<String> {
     if pid == 0 {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub mod api;
 pub mod nagle;
 pub mod pattern;
+pub mod unix;
 
 /// Inode number of a network namespace (`stat -L /proc/PID/ns/net`), the identity
 /// the kernel itself uses (`net->ns.inum`).
@@ -267,6 +268,8 @@ pub struct ProbeStatus {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
     pub listeners: Vec<Listener>,
+    /// Unix stream and seqpacket listeners.
+    pub unix_listeners: Vec<unix::UnixListener>,
     pub transitions: BTreeMap<TransitionKey, u64>,
     pub events_lost: u64,
     pub probes: Vec<ProbeStatus>,

@@ -9,7 +9,7 @@ use collector_common::{
         STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_CONN_STATS_FULL,
         STAT_CONNS_FULL, STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL,
         STAT_QUEUED_FULL, STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL,
-        STAT_URING_DIRECT,
+        STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL, STAT_URING_DIRECT,
     },
 };
 
@@ -46,6 +46,10 @@ pub struct ProgramStats {
     pub accepts_unattributed: u64,
     /// io_uring accepts into direct descriptors, which are not counted.
     pub uring_direct: u64,
+    /// Unix connects whose thread could not be noted (`UNIX_CONNECTING` refused).
+    pub unix_connecting_full: u64,
+    /// Refused or waiting Unix connects not counted (`UNIX_REFUSED` full).
+    pub unix_refused_full: u64,
 }
 
 /// A TCP state transition as the kernel counts it: per namespace *key*, the
@@ -180,6 +184,8 @@ impl Probes {
             readers_full: read(STAT_READERS_FULL)?,
             conn_stats_full: read(STAT_CONN_STATS_FULL)?,
             uring_direct: read(STAT_URING_DIRECT)?,
+            unix_connecting_full: read(STAT_UNIX_CONNECTING_FULL)?,
+            unix_refused_full: read(STAT_UNIX_REFUSED_FULL)?,
         })
     }
 }

@@ -18,6 +18,8 @@
 //! - `sys_enter_accept4`/`sys_exit_accept4`, `sys_enter_accept`/`sys_exit_accept`,
 //!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
 //!   `CONFIG_FTRACE_SYSCALLS`);
+//! - `sys_enter_connect`/`sys_exit_connect`: classic syscall tracepoints, connects to
+//!   Unix listeners refused with `EAGAIN` (queue full) or that waited for room;
 //! - `io_uring_complete`, `io_uring_submit_req` (`io_uring_submit_sqe` up to 6.1),
 //!   `io_uring_task_add` (`Family::IoUring`): raw tracepoints, accepts made through
 //!   io_uring (both `io_uring_complete` prototypes, before and since 6.13, chosen
@@ -42,6 +44,7 @@ pub mod offsets;
 pub mod prune;
 pub mod ring;
 pub mod table;
+pub mod unix;
 
 use std::path::Path;
 
@@ -54,6 +57,7 @@ use collector_common::{
     nagle::{ConnKey, ConnStats, NAGLE_OFFSETS_SYMBOL, NagleOffsets},
     queue::{AcceptorKey, DropKey, ListenerQueue, QueuedChild},
     tcp_state::TransitionKey as RawTransitionKey,
+    unix::{UNIX_OFFSETS_SYMBOL, UnixConnectKey, UnixConnectStats},
 };
 
 use self::{
@@ -130,6 +134,12 @@ pub struct Probes {
     drops: HashMap<MapData, DropKey, u64>,
     conn_stats: HashMap<MapData, ConnKey, ConnStats>,
     sends: PerCpuArray<MapData, u64>,
+    unix_refused: HashMap<MapData, UnixConnectKey, UnixConnectStats>,
+    /// Userspace's share of `UNIX_REFUSED`: counts of clients that exited, folded
+    /// here (tgid 0) when their entries were removed (`prune_unix`).
+    unix_exited: std::collections::HashMap<UnixConnectKey, UnixConnectStats>,
+    /// `UNIX_REFUSED` keys that matched no listener at the last poll.
+    unix_unmatched: std::collections::HashSet<UnixConnectKey>,
     nagle_on: bool,
     /// Namespaces are keyed by cookie (`KernelOffsets::net_cookie` resolved).
     net_cookies: bool,
@@ -164,6 +174,7 @@ impl Probes {
         loader
             .override_global(KERNEL_OFFSETS_SYMBOL, offsets, true)
             .override_global(NAGLE_OFFSETS_SYMBOL, &nagle_offsets, true)
+            .override_global(UNIX_OFFSETS_SYMBOL, &kernel.unix, true)
             .map_max_entries("CONNS", options.conn_track_entries.max(1));
         for (name, entries) in &resized {
             tracing::warn!("test setting {TEST_MAP_ENTRIES_ENV}: map {name} holds {entries}");
@@ -230,6 +241,9 @@ impl Probes {
             drops: map(&mut ebpf, "DROP_REASONS")?,
             conn_stats: map(&mut ebpf, "CONN_STATS")?,
             sends: map(&mut ebpf, "SENDS")?,
+            unix_refused: map(&mut ebpf, "UNIX_REFUSED")?,
+            unix_exited: std::collections::HashMap::new(),
+            unix_unmatched: std::collections::HashSet::new(),
             _ebpf: ebpf,
             status,
             nagle_on,
@@ -270,6 +284,13 @@ fn not_wanted(
         return Some(
             "no io_uring tracepoints sockq can read here (see the doctor's BTF io_uring \
              fields)"
+                .into(),
+        );
+    }
+    if spec.family == Family::UnixConnect && kernel.unix.valid == 0 {
+        return Some(
+            "the record layout of syscalls:sys_enter_connect / sys_exit_connect is unknown \
+             (tracefs not mounted, or no syscall tracepoints)"
                 .into(),
         );
     }

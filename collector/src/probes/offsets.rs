@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use collector_common::{layout::KernelOffsets, nagle::NagleOffsets};
+use collector_common::{layout::KernelOffsets, nagle::NagleOffsets, unix::UnixOffsets};
 
 use super::ProbeError;
 use crate::kernel::{btf_layout::Layout, kallsyms, netns_cookie, sysctl, tracefs};
@@ -20,6 +20,8 @@ pub struct KernelInfo {
     /// How many arguments each kernel function an fexit hook names takes, where BTF
     /// has it (the hook's program must match: [`super::table::Hook::FExit`]).
     pub function_args: std::collections::HashMap<&'static str, usize>,
+    /// The connect tracepoints' record layout (all zero without tracefs).
+    pub unix: UnixOffsets,
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
@@ -27,6 +29,17 @@ pub struct KernelInfo {
 pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError> {
     let layout = Layout::from_running_kernel()?;
     let mut o = layout.kernel_offsets()?;
+    let mut unix = UnixOffsets::default();
+    if let (Ok(prev), Ok(qlen), Ok(skb_sk)) = (
+        layout.offset("sock", "sk_receive_queue.prev"),
+        layout.offset("sock", "sk_receive_queue.qlen"),
+        layout.offset("sk_buff", "sk"),
+    ) {
+        unix.sk_receive_queue_prev = prev;
+        unix.sk_receive_queue_qlen = qlen;
+        unix.skb_sk = skb_sk;
+        unix.accept_valid = 1;
+    }
     // Between 5.7 and 5.11 `net_cookie` exists but stays 0 until asked for, and the
     // inventory cannot learn it: key by inode there.
     if o.net_cookie != 0 && !netns_cookie::supported() {
@@ -51,6 +64,16 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         o.tp_accept_fd = field("syscalls", "sys_enter_accept", "fd");
         o.tp_listen_fd = field("syscalls", "sys_enter_listen", "fd");
         o.tp_listen_backlog = field("syscalls", "sys_enter_listen", "backlog");
+        unix.tp_connect_fd = field("syscalls", "sys_enter_connect", "fd");
+        unix.tp_connect_addr = field("syscalls", "sys_enter_connect", "uservaddr");
+        unix.tp_connect_addrlen = field("syscalls", "sys_enter_connect", "addrlen");
+        unix.tp_connect_ret = field("syscalls", "sys_exit_connect", "ret");
+        unix.valid = u32::from(
+            unix.tp_connect_fd != 0
+                && unix.tp_connect_addr != 0
+                && unix.tp_connect_addrlen != 0
+                && unix.tp_connect_ret != 0,
+        );
     }
     let nagle = layout
         .nagle_offsets()
@@ -68,5 +91,6 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         drop_reasons: layout.drop_reason_names(),
         nagle,
         function_args,
+        unix,
     })
 }

@@ -71,10 +71,13 @@ pub enum Family {
     /// Accepts through io_uring: on where this kernel's io_uring layout is one the
     /// programs know (`KernelOffsets::uring_valid`).
     IoUring,
+    /// Connects to Unix listeners refused (or kept waiting) by a full queue: on where
+    /// tracefs gave the connect tracepoints' record layout (`UnixOffsets::valid`).
+    UnixConnect,
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 18] = [
+pub const PROBES: [ProbeSpec; 20] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -211,6 +214,30 @@ pub const PROBES: [ProbeSpec; 18] = [
         needs_queue_offsets: true,
         replaced_by: &[],
         family: Family::Core,
+    },
+    // Unix-domain connects refused by a full listener queue (or that waited for
+    // room): the tracepoint records' layout comes from tracefs (`UnixOffsets`).
+    ProbeSpec {
+        name: "sys_enter_connect",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_connect",
+            category: "syscalls",
+            name: "sys_enter_connect",
+        }],
+        needs_queue_offsets: true,
+        replaced_by: &[],
+        family: Family::UnixConnect,
+    },
+    ProbeSpec {
+        name: "sys_exit_connect",
+        hooks: &[Hook::Classic {
+            program: "sys_exit_connect",
+            category: "syscalls",
+            name: "sys_exit_connect",
+        }],
+        needs_queue_offsets: true,
+        replaced_by: &[],
+        family: Family::UnixConnect,
     },
     // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
     // program reads five arguments, so the kernel refuses it on the three-argument

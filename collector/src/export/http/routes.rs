@@ -1,4 +1,5 @@
-//! The endpoints: `GET /metrics`, `/events/recent[?after=SEQ]`, `/api/listeners`,
+//! The endpoints: `GET /metrics`, `/events/recent[?after=SEQ]`,
+//! `/api/listeners[?family=unix]`,
 //! `/api/nagle`, the status page at `/` and `/index.txt`; 404 for any other path.
 //!
 //! Process details (each owner's `cmdline`, `user` and `cgroup`) leave the JSON
@@ -122,14 +123,34 @@ fn json_of(value: &impl serde::Serialize, details: bool) -> Response {
     }
 }
 
-/// Every listener with its accepting threads and execution pattern, as JSON (what
-/// `sockq listeners` shows when a daemon runs).
+#[derive(Debug, serde::Deserialize)]
+struct ListenersQuery {
+    /// `unix` for the Unix-domain listeners; the default is TCP.
+    #[serde(default)]
+    family: Option<String>,
+}
+
+/// Every TCP listener with its accepting threads and execution pattern, as JSON (what
+/// `sockq listeners` shows when a daemon runs); with `?family=unix` the Unix-domain
+/// listeners instead (their own rows: the TCP rows' readers stay unchanged).
 async fn api_listeners(
     State(state): State<SharedState>,
     exposure: Option<Extension<Exposure>>,
+    Query(query): Query<ListenersQuery>,
 ) -> Response {
-    let rows = crate::model::api::rows_from_snapshot(&state.snapshot());
-    json_of(&rows, details(exposure))
+    let snapshot = state.snapshot();
+    match query.family.as_deref() {
+        None | Some("tcp" | "inet") => json_of(
+            &crate::model::api::rows_from_snapshot(&snapshot),
+            details(exposure),
+        ),
+        Some("unix") => json_of(&snapshot.unix_listeners, details(exposure)),
+        Some(_) => (
+            StatusCode::BAD_REQUEST,
+            "family must be tcp or unix\n".to_owned(),
+        )
+            .into_response(),
+    }
 }
 
 /// Nagle holds, delayed ACKs and stalls per (netns, listener, process), as JSON

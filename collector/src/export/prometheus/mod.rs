@@ -29,6 +29,7 @@ mod nagle;
 mod netns;
 mod protobuf;
 mod queues;
+mod unix;
 
 use prometheus_client::{
     collector::Collector,
@@ -279,6 +280,7 @@ impl SnapshotCollector {
     ) -> Self {
         let mut families = inventory_families(snapshot);
         families.extend(queues::families(snapshot, classic));
+        families.extend(unix::families(snapshot, classic));
         families.extend(netns::families(snapshot));
         families.extend(nagle::families(snapshot, classic));
         families.push(transition_family(snapshot));

@@ -1,0 +1,250 @@
+//! Hooks: `syscalls:sys_enter_connect` and `syscalls:sys_exit_connect`, classic
+//! tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`); they fire in the
+//! connecting thread. No kprobe or fentry: `unix_stream_connect` has no tracepoint,
+//! and these work everywhere syscall tracepoints do.
+//!
+//! At entry, only connects whose `sockaddr` says `AF_UNIX` (one 2-byte user read for
+//! every connect) are noted per thread in `UNIX_CONNECTING`: the name's bytes as the
+//! client passed them, the client socket's namespace (from the fd, through the task's
+//! file table) and the time. At exit the entry is taken; `-EAGAIN` (the listener's
+//! queue was full, `unix_stream_connect` with a non-blocking client; datagram
+//! connects never return it) counts a refusal in `UNIX_REFUSED` under (namespace,
+//! name, tgid); a connect that took 10 ms or more without being refused counts a
+//! wait (a blocking client slept in `unix_wait_for_peer` until the queue had room).
+//! Userspace matches the name with its inventory of Unix listeners.
+//!
+//! Also here: [`on_unix_enqueue`], called by `sk_data_ready` for Unix listeners, which
+//! gives their connections what TCP's get (enqueue counts, a stamp for the accept
+//! programs: accepts, accept wait, acceptor threads).
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap},
+    programs::TracePointContext,
+};
+use collector_common::{
+    layout::KernelOffsets,
+    queue::{QueuedChild, depth_bucket},
+    stats::{STAT_QUEUED_FULL, STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL},
+    unix::{
+        AF_UNIX, BLOCKED_CONNECT_NS, EAGAIN_RET, SUN_PATH_LEN, UNIX_CONNECTING_MAX_ENTRIES,
+        UNIX_REFUSED_MAX_ENTRIES, UnixConnectKey, UnixConnectStats, UnixConnecting, UnixOffsets,
+    },
+};
+
+use crate::{
+    kernel::{fd_sock, offsets, read, sock_inode, sock_net_key, sock_netns},
+    maps::{LISTENER_QUEUES, QUEUED, atomic_add, get_or_insert, insert_or_count, listener_queue},
+};
+
+/// Filled by userspace before loading (read-only); all zero: the programs do nothing.
+#[unsafe(no_mangle)]
+static UNIX_OFFSETS: UnixOffsets = UnixOffsets {
+    tp_connect_fd: 0,
+    tp_connect_addr: 0,
+    tp_connect_addrlen: 0,
+    tp_connect_ret: 0,
+    valid: 0,
+    sk_receive_queue_prev: 0,
+    sk_receive_queue_qlen: 0,
+    skb_sk: 0,
+    accept_valid: 0,
+};
+
+/// Threads inside an `AF_UNIX` connect(), by tid. LRU: a thread that never returns
+/// from the call leaves an entry nobody removes.
+#[map]
+static UNIX_CONNECTING: LruHashMap<u32, UnixConnecting> =
+    LruHashMap::with_max_entries(UNIX_CONNECTING_MAX_ENTRIES, 0);
+
+/// Refused and waiting connects per (client namespace, name, client tgid). Userspace
+/// removes the entries of exited clients and of names no listener has.
+#[map]
+pub static UNIX_REFUSED: HashMap<UnixConnectKey, UnixConnectStats> =
+    HashMap::with_max_entries(UNIX_REFUSED_MAX_ENTRIES, 0);
+
+#[inline(always)]
+pub fn unix_offsets() -> &'static UnixOffsets {
+    let global: *const UnixOffsets = &raw const UNIX_OFFSETS;
+    // SAFETY: a volatile read of a local hides where the pointer points, so the
+    // compiler cannot fold the zero initialiser userspace replaces at load time.
+    let global = unsafe { core::ptr::read_volatile(&global) };
+    // SAFETY: a read-only global, valid for the program's life.
+    unsafe { &*global }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = on_connect_enter(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = on_connect_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let u = unix_offsets();
+    let o = offsets();
+    if u.valid == 0 || o.queue_valid == 0 {
+        return Ok(());
+    }
+    let record = ctx.as_ptr() as *const u8;
+    let addrlen: u64 = read(record, u.tp_connect_addrlen)?;
+    let addr: *const u8 = read(record, u.tp_connect_addr)?;
+    // The family, then at least one byte of name.
+    if (addrlen as i32) < 3 || addr.is_null() {
+        return Ok(());
+    }
+    // SAFETY: bpf_probe_read_user validates the user address; a bad one is an error.
+    let family: u16 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast::<u16>()) }.map_err(i64::from)?;
+    if family != AF_UNIX {
+        return Ok(());
+    }
+    let len = (addrlen as u32 - 2).min(SUN_PATH_LEN as u32);
+    let mut entry = UnixConnecting {
+        key: UnixConnectKey::ZERO,
+        // SAFETY: a helper without preconditions.
+        started_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    entry.key.len = len;
+    entry.key.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    read_name(addr, len, &mut entry.key.path)?;
+    let fd: u64 = read(record, u.tp_connect_fd)?;
+    if let Some(sk) = fd_sock(fd, o) {
+        entry.key.net = sock_net_key(sk, o);
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    insert_or_count(&UNIX_CONNECTING, &tid, &entry, 0, STAT_UNIX_CONNECTING_FULL);
+    Ok(())
+}
+
+/// Copies the `len` name bytes after the family from user memory (no more: the
+/// client's buffer may end there).
+#[inline(always)]
+fn read_name(addr: *const u8, len: u32, path: &mut [u8; SUN_PATH_LEN]) -> Result<(), i64> {
+    let n = len & 0x7f;
+    if n == 0 || n > SUN_PATH_LEN as u32 {
+        return Ok(());
+    }
+    // SAFETY: `path` has room for `n` <= 108 bytes; the helper validates the user
+    // address and fails (zeroing the destination) when it is bad.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            path.as_mut_ptr().cast(),
+            n,
+            addr.wrapping_add(2).cast(),
+        )
+    };
+    if rc < 0 { Err(rc) } else { Ok(()) }
+}
+
+#[inline(always)]
+fn on_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let u = unix_offsets();
+    if u.valid == 0 {
+        return Ok(());
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(entry) = UNIX_CONNECTING.get_ptr_mut(&tid) else {
+        return Ok(());
+    };
+    let ret: i64 = read(ctx.as_ptr() as *const u8, u.tp_connect_ret)?;
+    // SAFETY: a valid map value pointer; read before the entry is removed.
+    let started = unsafe { (*entry).started_ns };
+    // SAFETY: a helper without preconditions.
+    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
+    let refused = ret == EAGAIN_RET;
+    if refused || took >= BLOCKED_CONNECT_NS {
+        // SAFETY: the key is read from the live map value.
+        let key = unsafe { &(*entry).key };
+        count(key, refused, took);
+    }
+    let _ = UNIX_CONNECTING.remove(&tid);
+    Ok(())
+}
+
+#[inline(always)]
+fn count(key: &UnixConnectKey, refused: bool, took: u64) {
+    let Some(stats) = get_or_insert(&UNIX_REFUSED, key, STAT_UNIX_REFUSED_FULL, || {
+        let mut fresh = UnixConnectStats::ZERO;
+        fresh.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        Some(fresh)
+    }) else {
+        return;
+    };
+    // SAFETY: valid map value pointers; the counters are updated atomically.
+    unsafe {
+        if refused {
+            atomic_add(&raw mut (*stats).refused, 1);
+        } else {
+            atomic_add(&raw mut (*stats).waited, 1);
+            atomic_add(&raw mut (*stats).wait_ns, took);
+        }
+    }
+}
+
+/// A connect queued on Unix listener `sk` (`sock:sk_data_ready` in
+/// `unix_stream_connect`, after the skb carrying the new socket was queued): counts
+/// the enqueue and its depth in `LISTENER_QUEUES`, as for TCP, and stamps the new
+/// socket in `QUEUED` with its listener, so the accept programs count its accept,
+/// its wait and its thread. The queue's tail is the connection just queued unless
+/// another connect queued in between (then that one is stamped, and this one's
+/// accept is not timed).
+#[inline(always)]
+pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
+    let u = unix_offsets();
+    if u.accept_valid == 0 {
+        return Ok(());
+    }
+    let inode = sock_inode(sk, o);
+    if inode == 0 {
+        return Ok(());
+    }
+    let depth: u32 = read(sk, u.sk_receive_queue_qlen)?;
+    let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
+    let q = match LISTENER_QUEUES.get_ptr_mut(&inode) {
+        Some(q) => q,
+        None => match listener_queue(inode, sock_netns(sk, o)) {
+            Some(q) => q,
+            None => return Ok(()),
+        },
+    };
+    // SAFETY: a valid map value pointer; counters change through atomics only,
+    // `max_depth` is best-effort.
+    unsafe {
+        atomic_add(&raw mut (*q).enqueues, 1);
+        atomic_add(&raw mut (*q).depth_sum, u64::from(depth));
+        if let Some(slot) = (*q).depth_hist.get_mut(depth_bucket(depth)) {
+            atomic_add(slot, 1);
+        }
+        if depth > (*q).max_depth {
+            (*q).max_depth = depth;
+        }
+        if depth > limit {
+            atomic_add(&raw mut (*q).full_enqueues, 1);
+        }
+    }
+    let skb: *const u8 = read(sk, u.sk_receive_queue_prev)?;
+    // An empty queue's tail is the queue head itself.
+    if skb.is_null() || skb == sk.wrapping_add(u.sk_receive_queue_prev as usize) {
+        return Ok(());
+    }
+    let child: *const u8 = read(skb, u.skb_sk)?;
+    if child.is_null() {
+        return Ok(());
+    }
+    let stamp = QueuedChild {
+        // SAFETY: a helper without preconditions.
+        enqueued_ns: unsafe { bpf_ktime_get_ns() },
+        listener: inode,
+    };
+    insert_or_count(&QUEUED, &(child as u64), &stamp, 0, STAT_QUEUED_FULL);
+    Ok(())
+}
