@@ -39,6 +39,8 @@ mod stats;
 #[cfg(target_arch = "bpf")]
 mod tcp_retransmit_synack;
 #[cfg(target_arch = "bpf")]
+mod unix_accept;
+#[cfg(target_arch = "bpf")]
 mod unix_connect;
 
 #[cfg(target_arch = "bpf")]

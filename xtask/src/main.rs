@@ -192,6 +192,7 @@ fn vm_task(root: &Path, options: vm::Options) -> Result<()> {
             sockq,
             release.join("sockq-scenario"),
             release.join("sockq-vmcheck"),
+            release.join("sockq-unixsrv"),
             uring_server,
         ],
         &options,

@@ -28,7 +28,7 @@ pub fn attach(
         Hook::FExit { function, args, .. } => kernel
             .function_args
             .get(function)
-            .is_none_or(|&n| n == args),
+            .is_none_or(|&n| args == 0 || n == args),
         _ => true,
     };
     for hook in spec.hooks.iter().filter(fits) {

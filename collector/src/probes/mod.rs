@@ -7,9 +7,9 @@
 //!   `sock/inet_sock_set_state` (4.16+, needs tracefs);
 //! - `sk_data_ready`: raw tracepoint (6.3+), else a kprobe on `sock_def_readable`:
 //!   accept queue depth at every enqueue and the enqueue time of each connection;
-//! - `inet_csk_accept`: fexit (kernels with BPF trampolines): every accept, by any
-//!   path, io_uring's direct descriptors included; where it attaches, the accept
-//!   syscall and io_uring probes below are not needed;
+//! - `inet_csk_accept`, `unix_accept`: fexit (kernels with BPF trampolines): every
+//!   TCP and Unix accept, by any path, io_uring's direct descriptors included; where
+//!   both attach, the accept syscall and io_uring probes below are not needed;
 //! - `tcp_retransmit_synack`: raw tracepoint (4.16+);
 //! - `kfree_skb`: raw tracepoint with the `rx_sk` argument (Debian's 6.12 has it, 6.1 not): drop reasons per
 //!   listener;
@@ -264,7 +264,11 @@ fn not_wanted(
     so_far: &[ProbeStatus],
 ) -> Option<String> {
     let attached = |name: &str| so_far.iter().any(|s| s.name == name && s.attached);
-    if let Some(r) = spec.replaced_by.iter().find(|r| attached(r.probe)) {
+    if let Some(r) = spec
+        .replaced_by
+        .iter()
+        .find(|r| r.probes.iter().all(|p| attached(p)))
+    {
         return Some(format!("{NOT_NEEDED}: {}", r.because));
     }
     match (spec.family, &kernel.nagle) {

@@ -22,7 +22,8 @@ pub enum Hook {
     },
     /// `fexit/<function>`, where the kernel has BPF trampolines; `program` reads the
     /// return value after `args` arguments, so it is tried only where BTF shows the
-    /// function with that many.
+    /// function with that many (0: it reads no return value, only arguments every
+    /// prototype shares).
     FExit {
         program: &'static str,
         function: &'static str,
@@ -30,24 +31,25 @@ pub enum Hook {
     },
 }
 
-/// Another probe that, once attached, does this one's work.
+/// Other probes that, once all attached, do this one's work.
 #[derive(Debug, Clone, Copy)]
 pub struct Replacement {
-    pub probe: &'static str,
+    pub probes: &'static [&'static str],
     /// Why this one is then not needed (after "not needed: ").
     pub because: &'static str,
 }
 
 /// The accept entries keep the listener fd only for want of `sk_data_ready`.
 const BY_SK_DATA_READY: Replacement = Replacement {
-    probe: "sk_data_ready",
+    probes: &["sk_data_ready"],
     because: "sk_data_ready names each accepted child's listener",
 };
 
-/// fexit on `inet_csk_accept` sees every accept, with its listener and child.
-const BY_CSK_ACCEPT: Replacement = Replacement {
-    probe: "inet_csk_accept",
-    because: "fexit on inet_csk_accept counts every accept, io_uring's included",
+/// fexit on `inet_csk_accept` and `unix_accept` sees every accept, TCP and Unix,
+/// with its listener and child.
+const BY_FEXIT: Replacement = Replacement {
+    probes: &["inet_csk_accept", "unix_accept"],
+    because: "fexit on inet_csk_accept and unix_accept counts every accept, io_uring's included",
 };
 
 /// A probe and its mechanisms, best first.
@@ -77,7 +79,7 @@ pub enum Family {
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 20] = [
+pub const PROBES: [ProbeSpec; 21] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -131,6 +133,17 @@ pub const PROBES: [ProbeSpec; 20] = [
         family: Family::Core,
     },
     ProbeSpec {
+        name: "unix_accept",
+        hooks: &[Hook::FExit {
+            program: "unix_accept_fexit",
+            function: "unix_accept",
+            args: 0,
+        }],
+        needs_queue_offsets: true,
+        replaced_by: &[],
+        family: Family::Core,
+    },
+    ProbeSpec {
         name: "tcp_retransmit_synack",
         hooks: &[Hook::Raw {
             program: "tcp_retransmit_synack",
@@ -168,7 +181,7 @@ pub const PROBES: [ProbeSpec; 20] = [
             name: "sys_enter_accept4",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CSK_ACCEPT, BY_SK_DATA_READY],
+        replaced_by: &[BY_FEXIT, BY_SK_DATA_READY],
         family: Family::Core,
     },
     ProbeSpec {
@@ -179,7 +192,7 @@ pub const PROBES: [ProbeSpec; 20] = [
             name: "sys_enter_accept",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CSK_ACCEPT, BY_SK_DATA_READY],
+        replaced_by: &[BY_FEXIT, BY_SK_DATA_READY],
         family: Family::Core,
     },
     ProbeSpec {
@@ -190,7 +203,7 @@ pub const PROBES: [ProbeSpec; 20] = [
             name: "sys_exit_accept4",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CSK_ACCEPT],
+        replaced_by: &[BY_FEXIT],
         family: Family::Core,
     },
     ProbeSpec {
@@ -201,7 +214,7 @@ pub const PROBES: [ProbeSpec; 20] = [
             name: "sys_exit_accept",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CSK_ACCEPT],
+        replaced_by: &[BY_FEXIT],
         family: Family::Core,
     },
     ProbeSpec {
@@ -255,7 +268,7 @@ pub const PROBES: [ProbeSpec; 20] = [
             },
         ],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CSK_ACCEPT],
+        replaced_by: &[BY_FEXIT],
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -272,7 +285,7 @@ pub const PROBES: [ProbeSpec; 20] = [
             },
         ],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CSK_ACCEPT],
+        replaced_by: &[BY_FEXIT],
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -282,7 +295,7 @@ pub const PROBES: [ProbeSpec; 20] = [
             tracepoint: "io_uring_task_add",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CSK_ACCEPT],
+        replaced_by: &[BY_FEXIT],
         family: Family::IoUring,
     },
     ProbeSpec {
@@ -358,13 +371,12 @@ mod tests {
     #[test]
     fn replacements_come_first_in_the_table() {
         for (i, p) in PROBES.iter().enumerate() {
-            for r in p.replaced_by {
-                let at = PROBES.iter().position(|q| q.name == r.probe);
+            for probe in p.replaced_by.iter().flat_map(|r| r.probes) {
+                let at = PROBES.iter().position(|q| q.name == *probe);
                 assert!(
                     at.is_some_and(|at| at < i),
-                    "{} is replaced by {}, which must come before it",
+                    "{} is replaced by {probe}, which must come before it",
                     p.name,
-                    r.probe
                 );
             }
         }

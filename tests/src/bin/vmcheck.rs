@@ -19,7 +19,8 @@
 //! (accepts per thread against the connections made and the server's own threads);
 //! the execution pattern; io_uring accepts, single-shot, multishot and into direct
 //! descriptors (`uring_server` beside SCENARIO: accepts and accept waits against the
-//! server's own count).
+//! server's own count); Unix listeners (`sockq-unixsrv` beside SCENARIO: refused
+//! connects against the clients' EAGAINs, accepts and accept waits).
 //!
 //! Where every probe a number needs is missing on this kernel, the check verifies
 //! that sockq exports no series for it at all: a zero would claim a measurement.
@@ -41,12 +42,15 @@ mod accept;
 mod probes;
 #[path = "vmcheck/syn.rs"]
 mod syn;
+#[path = "vmcheck/unix.rs"]
+mod unix;
 #[path = "vmcheck/uring.rs"]
 mod uring;
 
 use accept::{acceptors, patterns};
 use probes::{measured, parse_doctor, probes_reported};
 use syn::syn_queue;
+use unix::unix_listeners;
 use uring::io_uring;
 
 const METRICS: &str = "127.0.0.1:9750";
@@ -138,7 +142,7 @@ fn main() -> ExitCode {
 
 /// Runs every check in turn; returns how many failed.
 fn run_checks(ctx: &Ctx) -> usize {
-    let checks: [(&str, Check); 10] = [
+    let checks: [(&str, Check); 11] = [
         ("probes reported", probes_reported),
         ("overflow drops exact", overflow),
         ("accept wait", accept_wait),
@@ -149,6 +153,7 @@ fn run_checks(ctx: &Ctx) -> usize {
         ("acceptor threads", acceptors),
         ("patterns", patterns),
         ("io_uring accepts", io_uring),
+        ("Unix listeners", unix_listeners),
     ];
     let mut failed = 0;
     for (name, check) in checks {

@@ -27,7 +27,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t debugfs debugfs /sys/kernel/debug
 ip link set lo up
 ip route add 10.9.9.0/24 dev lo
-# sock_diag for TCP is modular in Debian's kernels; without modprobe here, load it.
+# sock_diag for TCP and Unix is modular in Debian's kernels; without modprobe here, load it.
 for m in /lib/modules/*.ko; do insmod "$m"; done
 echo "VMTEST kernel $(uname -r), $(nproc) CPUs"
 /bin/sockq doctor > /tmp/doctor.txt 2>&1

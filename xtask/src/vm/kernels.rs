@@ -45,8 +45,16 @@ pub const SERIES: [Series; 3] = [
     },
 ];
 
-/// The TCP sock_diag modules (modular in Debian's kernels), in load order.
-const DIAG_MODULES: [&str; 2] = ["inet_diag", "tcp_diag"];
+/// The sock_diag modules sockq's inventory needs (modular in Debian's kernels), in
+/// load order, with their folder under `kernel/net`: TCP's, then Unix's.
+const DIAG_MODULES: [(&str, &str); 3] = [
+    ("inet_diag", "ipv4"),
+    ("tcp_diag", "ipv4"),
+    ("unix_diag", "unix"),
+];
+/// Written beside a cached kernel once it holds every module of [`DIAG_MODULES`] it
+/// has; a cache of another format (before `unix_diag`) is downloaded again.
+const CACHE_FORMAT: &str = "2: inet_diag tcp_diag unix_diag";
 /// Packages tried, newest first, when a download fails (a mirror may list a
 /// package it does not serve).
 const CANDIDATES_TRIED: usize = 3;
@@ -132,6 +140,9 @@ fn cached(dir: &Path, series: &Series) -> Result<Option<Kernel>> {
     let newest = entries
         .flatten()
         .filter(|e| e.path().join("version").exists() && e.path().join("vmlinuz").exists())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("format")).is_ok_and(|f| f.trim() == CACHE_FORMAT)
+        })
         .filter_map(|e| e.file_name().into_string().ok())
         .max_by_key(|name| version_key(name));
     let Some(package) = newest else {
@@ -146,7 +157,7 @@ fn cached(dir: &Path, series: &Series) -> Result<Option<Kernel>> {
         vmlinuz: unpacked.join("vmlinuz"),
         modules: DIAG_MODULES
             .iter()
-            .map(|m| unpacked.join(format!("{m}.ko")))
+            .map(|(m, _)| unpacked.join(format!("{m}.ko")))
             .filter(|p| p.exists())
             .collect(),
         package,
@@ -177,13 +188,14 @@ fn download(apt: &Apt, dir: &Path, package: &str, series: &Series) -> Result<Ker
         .with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))?;
     std::fs::copy(&vmlinuz, kept.join("vmlinuz"))?;
     let mut modules = Vec::new();
-    for name in DIAG_MODULES {
-        if let Some(module) = diag_module(&tree, name)? {
+    for (name, folder) in DIAG_MODULES {
+        if let Some(module) = diag_module(&tree, folder, name)? {
             let target = kept.join(format!("{name}.ko"));
             unpack_module(&module, &target)?;
             modules.push(target);
         }
     }
+    std::fs::write(kept.join("format"), format!("{CACHE_FORMAT}\n"))?;
     std::fs::write(kept.join("version"), format!("{version}\n"))?;
     std::fs::remove_dir_all(&work)?;
     step(&format!(
@@ -200,9 +212,9 @@ fn download(apt: &Apt, dir: &Path, package: &str, series: &Series) -> Result<Ker
     })
 }
 
-/// `lib/modules/<release>/kernel/net/ipv4/<name>.ko[.xz]` in an unpacked package;
-/// `None` when the kernel has it built in.
-fn diag_module(tree: &Path, name: &str) -> Result<Option<PathBuf>> {
+/// `lib/modules/<release>/kernel/net/<folder>/<name>.ko[.xz]` in an unpacked
+/// package; `None` when the kernel has it built in.
+fn diag_module(tree: &Path, folder: &str, name: &str) -> Result<Option<PathBuf>> {
     let Some(release) = std::fs::read_dir(tree.join("lib/modules"))
         .ok()
         .and_then(|mut d| d.next())
@@ -210,8 +222,8 @@ fn diag_module(tree: &Path, name: &str) -> Result<Option<PathBuf>> {
     else {
         return Ok(None);
     };
-    let ipv4 = release.path().join("kernel/net/ipv4");
-    Ok(find_file(&ipv4, |n| {
+    let dir = release.path().join("kernel/net").join(folder);
+    Ok(find_file(&dir, |n| {
         n == format!("{name}.ko") || n.starts_with(&format!("{name}.ko."))
     }))
 }

@@ -42,7 +42,7 @@ impl Layout {
         // Optional: without the fixed-file table, accepts into direct descriptors are
         // counted lost instead.
         if let Err(e) = self.fixed_file_offsets(o) {
-            tracing::info!("io_uring accepts into direct descriptors will not be counted: {e}");
+            tracing::debug!("io_uring accepts into direct descriptors will not be counted: {e}");
         }
         Ok(())
     }
