@@ -24,7 +24,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use sockq_tests::{Daemon, Netns};
+use sockq_tests::{Daemon, Netns, test_bin};
 
 /// Backlog 2, eight clients: full (3/2 in `ss`), dropping the rest's handshakes.
 const FULL: &str = "127.0.0.1:7081";
@@ -33,6 +33,9 @@ const PARTIAL: &str = "127.0.0.1:7082";
 /// A listener whose owner renamed itself to markup.
 const NAMED: &str = "127.0.0.1:7083";
 const MARKUP_COMM: &str = "<b>sq</b>";
+/// A Unix listener (abstract name) with backlog 2 that never accepts, and six
+/// non-blocking clients: 3/2 in `ss -xl`, the rest refused.
+const UNIX_NAME: &str = "@sockq-status-unix";
 
 /// Debian's `chromium` on PATH; the test fails (never skips) without it.
 fn chromium() -> PathBuf {
@@ -131,6 +134,23 @@ fn ss_queue(ns: &Netns, addr: &str) -> (u32, u32) {
         panic!("ss shows {} listeners on {addr}:\n{out}", lines.len());
     };
     let mut fields = line.split_whitespace().skip(1);
+    let mut next = || -> u32 {
+        fields
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("ss line {line:?}"))
+    };
+    (next(), next())
+}
+
+/// Recv-Q and Send-Q of the Unix listener `name` as `ss -xl` shows them in `ns`.
+fn ss_unix_queue(ns: &Netns, name: &str) -> (u32, u32) {
+    let out = ns.output("ss", &["-xlnH"]);
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some(name))
+        .unwrap_or_else(|| panic!("ss -xl shows no {name}:\n{out}"));
+    let mut fields = line.split_whitespace().skip(2);
     let mut next = || -> u32 {
         fields
             .next()
@@ -396,6 +416,14 @@ fn status_page_shows_the_kernels_queues_and_follows_them() {
     let full = ns.scenario(&["backlog", FULL, "2", "8"]);
     let partial = ns.scenario(&["backlog", PARTIAL, "8", "3"]);
     let named = ns.scenario(&["named-listen", &hex(MARKUP_COMM.as_bytes()), NAMED]);
+    let unixsrv = test_bin("sockq-unixsrv");
+    let unix = ns.program(&unixsrv, &["listen", UNIX_NAME, "2", "stream"]);
+    let unix_clients = ns.program(&unixsrv, &["connect", UNIX_NAME, "6", "stream"]);
+    let refused: u32 = unix_clients
+        .first_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("refused=")?.parse().ok())
+        .unwrap_or_else(|| panic!("clients said {:?}", unix_clients.first_line));
     assert_eq!(ss_queue(&ns, PARTIAL), (3, 8), "the scenario's queue");
     assert_eq!(ss_queue(&ns, FULL), (3, 2), "the scenario's full queue");
 
@@ -408,6 +436,13 @@ fn status_page_shows_the_kernels_queues_and_follows_them() {
         let owner = m.find("sockq_listener_info", &[("comm", MARKUP_COMM)]);
         if depth != 3.0 || owner.is_empty() {
             return Err(format!("depth {depth}, {} named owners", owner.len()));
+        }
+        let unix = [("netns", netns_label.as_str()), ("path", UNIX_NAME)];
+        let seen = m.one("sockq_unix_listen_refused_connects_total", &unix)?;
+        if seen != f64::from(refused) {
+            return Err(format!(
+                "{seen} Unix connects refused, the clients saw {refused}"
+            ));
         }
         Ok(())
     });
@@ -453,6 +488,37 @@ fn status_page_shows_the_kernels_queues_and_follows_them() {
         )),
         "no event for {FULL}:\n{dom}"
     );
+    // The Unix listener: its queue as `ss -xl` shows it, the refused connects as the
+    // clients saw them (EAGAIN), marked full.
+    let unix_row = dom
+        .find(&format!(
+            "<tr data-netns=\"{netns}\" data-addr=\"{UNIX_NAME}\""
+        ))
+        .map(|at| &dom[at..])
+        .and_then(|html| html.get(..html.find("</tr>")?))
+        .unwrap_or_else(|| panic!("no row for {UNIX_NAME}:\n{dom}"));
+    let (queued, limit) = ss_unix_queue(&ns, UNIX_NAME);
+    let number = |start: &str| -> Option<u32> { between(unix_row, start, "<")?.parse().ok() };
+    let shown = (
+        number("<span class=\"depth\">"),
+        number("<span class=\"limit\">"),
+        number("<td class=\"refused num\">"),
+    );
+    eprintln!("{UNIX_NAME}: ss {queued}/{limit}, {refused} refused; page {shown:?}");
+    assert_eq!(
+        shown,
+        (Some(queued), Some(limit), Some(refused)),
+        "{unix_row}"
+    );
+    assert!(
+        refused > 0 && queued > limit,
+        "the scenario's Unix queue: {queued}/{limit}"
+    );
+    assert!(
+        unix_row.contains("class=\"full\""),
+        "not marked full: {unix_row}"
+    );
+
     let owner = expect_row(&dom, netns, NAMED).owner;
     assert_eq!(owner, format!("&lt;b&gt;sq&lt;/b&gt;/{}", named.pid()));
     assert!(!dom.contains(MARKUP_COMM), "a process name became markup");
@@ -502,6 +568,8 @@ fn status_page_shows_the_kernels_queues_and_follows_them() {
     eprintln!("screenshot: {}", shot.display());
 
     more.finish();
+    unix_clients.finish();
+    unix.finish();
     named.finish();
     partial.finish();
     full.finish();

@@ -228,9 +228,11 @@ pub fn diagnose(l: &UnixListener, limits: &Limits) -> (String, String) {
         if l.queue_limit >= max {
             diagnosis.push(format!("the queue is capped by net.core.somaxconn = {max}"));
         }
+        // A value above both: raising the backlog alone is capped at somaxconn.
+        let raise_to = max.max(l.queue_limit).saturating_mul(2).max(4096);
         fix.push(format!(
             "the backlog is capped by net.core.somaxconn = {max} (sysctl -w \
-             net.core.somaxconn=4096 to raise it with the server's backlog)"
+             net.core.somaxconn={raise_to} to raise it with the server's backlog)"
         ));
     } else {
         fix.push("the backlog is capped by net.core.somaxconn".to_owned());

@@ -1,11 +1,13 @@
 //! The built-in status page served at `GET /`: every listener with its accept queue
-//! depth against its limit, small charts of recent depth and drops per second, and
-//! the recent notable events, for a user without Prometheus or Grafana.
+//! depth against its limit, small charts of recent depth and drops per second, the
+//! Unix-domain listeners with their queues and refused connects, and the recent
+//! notable events, for a user without Prometheus or Grafana.
 //!
 //! The page (`status_page.html`) is one self-contained document: inline CSS and
 //! JavaScript, no external asset, so it works on an air-gapped host. Its script
-//! polls `/api/listeners` and `/events/recent?after=SEQ` every second and keeps the
-//! charts' history (two minutes) in the browser: the daemon stores nothing for it.
+//! polls `/api/listeners`, `/api/listeners?family=unix` and `/events/recent?after=SEQ`
+//! every second and keeps the charts' history (two minutes) in the browser: the
+//! daemon stores nothing for it.
 //! The Content-Security-Policy header lets it fetch from its own origin only.
 //!
 //! Clients that ask for plain text (`Accept: text/plain` without `text/html`) get the
@@ -64,7 +66,8 @@ const INDEX: &str = "sockq: per-listener socket and kernel-queue observability\n
      Status page (HTML): /\n\
      Prometheus metrics: /metrics\n\
      Notable events (JSON lines): /events/recent?after=SEQ\n\
-     Listeners with acceptors and patterns (JSON): /api/listeners\n";
+     Listeners with acceptors and patterns (JSON): /api/listeners\n\
+     Unix-domain listeners (JSON): /api/listeners?family=unix\n";
 
 /// Whether the client asked for `text/plain` and not for HTML (browsers always list
 /// `text/html`; `curl` sends `*/*` and gets the page).
