@@ -1,15 +1,16 @@
 //! The Grafana dashboards in `dashboards/`: two real Prometheus servers (Debian's
 //! `prometheus`), one with native histograms (protobuf scrapes) and one without
 //! (classic `_bucket` series from the text format), scrape a running sockq while
-//! scenarios produce overflows, accept waits and Nagle x delayed-ACK stalls, and
-//! every query of every panel must return at least one series from each.
+//! scenarios produce overflows, accept waits, Nagle x delayed-ACK stalls and refused
+//! Unix connects, and every query of every panel must return at least one series
+//! from each.
 
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use sockq_tests::{Daemon, Netns, prometheus::Prometheus};
+use sockq_tests::{Daemon, Netns, prometheus::Prometheus, test_bin};
 
 /// Every panel query of every dashboard, with the template variables set to match all.
 fn dashboard_queries() -> Vec<(String, String, String)> {
@@ -61,6 +62,10 @@ fn every_panel_query_returns_series() {
     let slow = ns.scenario(&["slow-accept", "127.0.0.1:7052", "5", "50"]);
     // Nagle x delayed-ACK stalls, delayed ACKs, Nagle holds (about 4 s).
     let wwr = ns.scenario(&["wwr-server", "127.0.0.1:7053"]);
+    // A Unix listener whose full queue refuses connects.
+    let unixsrv = test_bin("sockq-unixsrv");
+    let unix = ns.program(&unixsrv, &["listen", "@sockq-dash", "2", "stream"]);
+    let unix_clients = ns.program(&unixsrv, &["connect", "@sockq-dash", "6", "stream"]);
     ns.scenario(&["wwr-client", "127.0.0.1:7053", "100", "0"])
         .finish();
 
@@ -93,4 +98,6 @@ fn every_panel_query_returns_series() {
     backlog.finish();
     slow.finish();
     wwr.finish();
+    unix_clients.finish();
+    unix.finish();
 }

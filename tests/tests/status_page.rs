@@ -133,7 +133,12 @@ fn ss_queue(ns: &Netns, addr: &str) -> (u32, u32) {
     let [line] = lines.as_slice() else {
         panic!("ss shows {} listeners on {addr}:\n{out}", lines.len());
     };
-    let mut fields = line.split_whitespace().skip(1);
+    recv_send_q(line, 1)
+}
+
+/// The two numbers after the first `skip` fields of an `ss` line: Recv-Q and Send-Q.
+fn recv_send_q(line: &str, skip: usize) -> (u32, u32) {
+    let mut fields = line.split_whitespace().skip(skip);
     let mut next = || -> u32 {
         fields
             .next()
@@ -150,14 +155,7 @@ fn ss_unix_queue(ns: &Netns, name: &str) -> (u32, u32) {
         .lines()
         .find(|l| l.split_whitespace().nth(4) == Some(name))
         .unwrap_or_else(|| panic!("ss -xl shows no {name}:\n{out}"));
-    let mut fields = line.split_whitespace().skip(2);
-    let mut next = || -> u32 {
-        fields
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("ss line {line:?}"))
-    };
-    (next(), next())
+    recv_send_q(line, 2)
 }
 
 fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
