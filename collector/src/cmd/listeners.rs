@@ -62,7 +62,7 @@ fn unix_main(args: &super::ListenersArgs) -> ExitCode {
     let from_daemon: Option<Vec<UnixListener>> = if args.no_daemon {
         None
     } else {
-        get_json(args.metrics_addr, "/api/listeners?family=unix")
+        unix_from_daemon(args.metrics_addr)
     };
     let listeners = match from_daemon {
         Some(l) => l,
@@ -150,6 +150,11 @@ fn owners_cell(owners: &[crate::model::Owner]) -> String {
 /// The running daemon's rows, if one answers at `addr` within a second.
 pub fn from_daemon(addr: SocketAddr) -> Option<Vec<ListenerRow>> {
     get_json(addr, "/api/listeners")
+}
+
+/// The running daemon's Unix listeners (`/api/listeners?family=unix`), if it answers.
+pub fn unix_from_daemon(addr: SocketAddr) -> Option<Vec<UnixListener>> {
+    get_json(addr, "/api/listeners?family=unix")
 }
 
 /// The running daemon's Nagle / delayed-ACK series (`/api/nagle`), if it answers.

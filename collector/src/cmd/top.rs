@@ -1,7 +1,9 @@
 //! `sockq top`: a live terminal view of the listeners, refreshed every interval from
-//! the running daemon (`/api/listeners`), or from a local inventory without one.
-//! Fits 80 columns; keys: `s` cycles the sort column, `/` filters by address or owner
-//! (Enter applies, Esc clears), `q` or Ctrl-C quits.
+//! the running daemon (`/api/listeners`, and `?family=unix` for the Unix-domain ones,
+//! shown as `unix:NAME` with the connects refused per second in the DROP/s column),
+//! or from a local inventory without one. Fits 80 columns; keys: `s`
+//! cycles the sort column, `/` filters by address or owner (Enter applies, Esc
+//! clears), `q` or Ctrl-C quits.
 
 use std::{
     collections::HashMap,
@@ -18,12 +20,13 @@ use crossterm::{
     terminal::{self, ClearType},
 };
 
-use super::listeners::{from_daemon, nagle_from_daemon};
+use super::listeners::{from_daemon, nagle_from_daemon, unix_from_daemon};
 use crate::{
     inventory,
     model::{
         api::{ListenerRow, rows_from_inventory},
         nagle::{NagleSeries, SeriesKey},
+        unix::UnixListener,
     },
     text::escape,
 };
@@ -111,10 +114,57 @@ pub fn lines(
                     .to_owned(),
             }
         })
-        .filter(|line| {
-            filter.is_empty() || line.listen_addr.contains(filter) || line.owner.contains(filter)
+        .collect();
+    filter_and_sort(&mut out, filter, sort);
+    out
+}
+
+/// Unix listeners -> lines (`unix:NAME`, escaped; DROP/s is connects refused per
+/// second); `previous` holds each socket's refused count at the last refresh.
+pub fn unix_lines(
+    rows: &[UnixListener],
+    previous: &HashMap<u64, u64>,
+    elapsed: Duration,
+    filter: &str,
+    sort: SortBy,
+) -> Vec<Line> {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let mut out: Vec<Line> = rows
+        .iter()
+        .map(|l| {
+            let refused = l.kernel.as_ref().map_or(0, |k| k.refused);
+            let refused_since = previous
+                .get(&l.inode)
+                .map_or(0, |&before| refused.saturating_sub(before));
+            Line {
+                listen_addr: format!("unix:{}", escape(&l.name)),
+                fill: f64::from(l.queue_len) / f64::from(l.queue_limit.max(1)),
+                depth: l.queue_len,
+                limit: l.queue_limit,
+                drops_per_s: refused_since as f64 / secs,
+                wait_p99: l
+                    .queue
+                    .as_ref()
+                    .and_then(|q| q.accept_wait.quantile_bound(0.99)),
+                syn: 0,
+                owner: l
+                    .owners
+                    .first()
+                    .map(|o| format!("{}/{}", o.pid, escape(&o.comm)))
+                    .unwrap_or_else(|| "-".into()),
+                pattern: "-".into(),
+            }
         })
         .collect();
+    filter_and_sort(&mut out, filter, sort);
+    out
+}
+
+/// Keeps the lines whose address or owner contains `filter`, in `sort` order.
+pub fn filter_and_sort(out: &mut Vec<Line>, filter: &str, sort: SortBy) {
+    out.retain(|line| {
+        filter.is_empty() || line.listen_addr.contains(filter) || line.owner.contains(filter)
+    });
     out.sort_by(|a, b| match sort {
         SortBy::Fill => b.fill.total_cmp(&a.fill),
         SortBy::Drops => b.drops_per_s.total_cmp(&a.drops_per_s),
@@ -124,7 +174,6 @@ pub fn lines(
             .total_cmp(&a.wait_p99.unwrap_or(0.0)),
         SortBy::Address => a.listen_addr.cmp(&b.listen_addr),
     });
-    out
 }
 
 /// A process stalled by Nagle x delayed ACKs, with its rate since the last refresh.
@@ -244,9 +293,11 @@ fn truncate(s: &str, width: usize) -> String {
     s.chars().take(width).collect()
 }
 
-/// What one refresh shows: listeners, Nagle series (only from a daemon), source.
+/// What one refresh shows: listeners, Unix listeners and Nagle series (only from a
+/// daemon), source.
 struct Sample {
     rows: Vec<ListenerRow>,
+    unix: Vec<UnixListener>,
     nagle: Vec<NagleSeries>,
     source: &'static str,
 }
@@ -255,16 +306,19 @@ fn fetch(addr: SocketAddr) -> Sample {
     match from_daemon(addr) {
         Some(rows) => Sample {
             rows,
+            unix: unix_from_daemon(addr).unwrap_or_default(),
             nagle: nagle_from_daemon(addr).unwrap_or_default(),
             source: "daemon",
         },
-        None => Sample {
-            rows: inventory::scan()
-                .map(rows_from_inventory)
-                .unwrap_or_default(),
-            nagle: Vec::new(),
-            source: "local inventory (no daemon: no acceptors or patterns)",
-        },
+        None => {
+            let report = inventory::scan_report().unwrap_or_default();
+            Sample {
+                rows: rows_from_inventory(report.listeners),
+                unix: report.unix_listeners,
+                nagle: Vec::new(),
+                source: "local inventory (no daemon: no acceptors or patterns)",
+            }
+        }
     }
 }
 
@@ -333,13 +387,21 @@ fn event_loop(
     let mut sample = fetch(addr);
     loop {
         let (width, height) = terminal::size().unwrap_or((80, 24));
-        let shown = lines(
+        let mut shown = lines(
             &sample.rows,
             &previous,
             between,
             &controls.filter,
             controls.sort,
         );
+        shown.extend(unix_lines(
+            &sample.unix,
+            &previous,
+            between,
+            &controls.filter,
+            controls.sort,
+        ));
+        filter_and_sort(&mut shown, &controls.filter, controls.sort);
         let stalled = stalls(&sample.nagle, &previous_stalls, between);
         let mut screen = render(
             &shown,
@@ -365,10 +427,17 @@ fn event_loop(
             }
             continue;
         }
+        // Drops of TCP listeners, refused connects of Unix ones, by socket inode.
         previous = sample
             .rows
             .iter()
             .map(|r| (r.listener.inode, r.listener.drops))
+            .chain(
+                sample
+                    .unix
+                    .iter()
+                    .map(|u| (u.inode, u.kernel.as_ref().map_or(0, |k| k.refused))),
+            )
             .collect();
         previous_stalls = sample
             .nagle
@@ -423,6 +492,62 @@ mod tests {
             acceptors: Vec::new(),
             pattern: None,
         }
+    }
+
+    #[test]
+    fn unix_listeners_show_refused_connects_per_second_escaped() {
+        use crate::model::unix::{UnixKernelStats, UnixNameKind, UnixSocketType};
+        let unix = UnixListener {
+            netns: 1,
+            name: "/run/php\n\x1b[2J.sock".into(),
+            name_kind: UnixNameKind::Path,
+            socket_type: UnixSocketType::Stream,
+            inode: 900,
+            cookie: 0,
+            queue_len: 5,
+            queue_limit: 4,
+            owners: vec![Owner::new(8, "php-fpm")],
+            address: Vec::new(),
+            kernel: Some(UnixKernelStats {
+                refused: 7,
+                ..UnixKernelStats::default()
+            }),
+            queue: None,
+            queue_full: true,
+        };
+        let previous = HashMap::from([(900, 3)]);
+        let mut shown = lines(
+            &[row(80, 1, 0)],
+            &previous,
+            Duration::from_secs(2),
+            "",
+            SortBy::Fill,
+        );
+        shown.extend(unix_lines(
+            std::slice::from_ref(&unix),
+            &previous,
+            Duration::from_secs(2),
+            "",
+            SortBy::Fill,
+        ));
+        filter_and_sort(&mut shown, "", SortBy::Fill);
+        // The full Unix queue first; 4 refused in 2 s.
+        assert_eq!(shown[0].listen_addr, "unix:/run/php\\n\\x1b[2J.sock");
+        assert_eq!((shown[0].depth, shown[0].limit), (5, 4));
+        assert!((shown[0].drops_per_s - 2.0).abs() < 1e-9, "{:?}", shown[0]);
+        let screen = render(&shown, &[], "daemon", SortBy::Fill, "", 80, 24);
+        assert_eq!(screen.lines().count(), 4, "{screen}");
+        assert!(!screen.contains('\x1b'), "{screen}");
+        assert_eq!(
+            unix_lines(
+                &[unix],
+                &previous,
+                Duration::from_secs(2),
+                "nginx",
+                SortBy::Fill
+            ),
+            []
+        );
     }
 
     #[test]
