@@ -18,13 +18,16 @@ use collector_common::{
     queue::{
         ACCEPTING_MAX_ENTRIES, ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES,
         DropKey, LISTEN_BACKLOG_MAX_ENTRIES, LISTENERS_MAX_ENTRIES, ListenerQueue,
-        QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES, ReaderTrack,
+        QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES, ReaderTrack, depth_bucket,
     },
     stats::{STAT_ACCEPTORS_FULL, STAT_LISTENERS_FULL},
     tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
 };
 
-use crate::stats::count_failure;
+use crate::{
+    kernel::{offsets, sock_netns},
+    stats::count_failure,
+};
 
 /// TCP state transitions per (netns, from, to); per-CPU, summed by userspace.
 #[map]
@@ -178,6 +181,33 @@ pub fn listener_queue(inode: u64, netns: u32) -> Option<*mut ListenerQueue> {
 }
 
 /// Adds one accept to (listener, thread), creating the entry on first use.
+/// Counts one enqueue of `depth` on the listener `inode` (its counters created, with
+/// `sk`'s namespace, if it has none yet): enqueues, depth sum and histogram, max
+/// depth. Shared by the TCP and Unix enqueue paths (`sk_data_ready`); returns the
+/// counters for what each adds.
+#[inline(always)]
+pub fn count_enqueue(sk: *const u8, inode: u64, depth: u32) -> Option<*mut ListenerQueue> {
+    // The counters exist since the listener's listen() (or its first enqueue seen):
+    // its namespace is read only to create them.
+    let q = match LISTENER_QUEUES.get_ptr_mut(&inode) {
+        Some(q) => q,
+        None => listener_queue(inode, sock_netns(sk, offsets()))?,
+    };
+    // SAFETY: a valid map value pointer; counters change through atomics only,
+    // `max_depth` is best-effort (a lost race loses a max).
+    unsafe {
+        atomic_add(&raw mut (*q).enqueues, 1);
+        atomic_add(&raw mut (*q).depth_sum, u64::from(depth));
+        if let Some(slot) = (*q).depth_hist.get_mut(depth_bucket(depth)) {
+            atomic_add(slot, 1);
+        }
+        if depth > (*q).max_depth {
+            (*q).max_depth = depth;
+        }
+    }
+    Some(q)
+}
+
 #[inline(always)]
 pub fn count_acceptor(key: &AcceptorKey) {
     if let Some(n) = get_or_insert(&ACCEPTORS, key, STAT_ACCEPTORS_FULL, || Some(0u64)) {

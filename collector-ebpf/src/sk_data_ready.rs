@@ -29,14 +29,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext},
 };
 use collector_common::{
-    listener::EVENT_QUEUE_FULL,
-    queue::{QueueFullEvent, depth_bucket},
-    stats::STAT_EVENTS_LOST,
+    listener::EVENT_QUEUE_FULL, queue::QueueFullEvent, stats::STAT_EVENTS_LOST,
 };
 
 use crate::{
     kernel::{inet_listener_inode, listening_family, offsets, read, sock_netns},
-    maps::{EVENTS, JUST_STAMPED, LISTENER_QUEUES, QUEUED, atomic_add, listener_queue},
+    maps::{EVENTS, JUST_STAMPED, QUEUED, atomic_add, count_enqueue},
     stats::count_failure,
 };
 
@@ -75,28 +73,9 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     };
     let depth: u32 = read(sk, o.sk_ack_backlog)?;
     let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
-    // The counters exist since the listener's listen() (or its first enqueue seen):
-    // its namespace is read only to create them.
-    let q = match LISTENER_QUEUES.get_ptr_mut(&inode) {
-        Some(q) => q,
-        None => match listener_queue(inode, sock_netns(sk, o)) {
-            Some(q) => q,
-            None => return Ok(()),
-        },
+    let Some(q) = count_enqueue(sk, inode, depth) else {
+        return Ok(());
     };
-    // SAFETY: `q` is a valid map value pointer; counters only change through atomics,
-    // `max_depth` and `last_full_event_ns` are best-effort (a lost race loses a max
-    // or sends one extra event).
-    unsafe {
-        atomic_add(&raw mut (*q).enqueues, 1);
-        atomic_add(&raw mut (*q).depth_sum, u64::from(depth));
-        if let Some(slot) = (*q).depth_hist.get_mut(depth_bucket(depth)) {
-            atomic_add(slot, 1);
-        }
-        if depth > (*q).max_depth {
-            (*q).max_depth = depth;
-        }
-    }
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use collector_common::{
     layout::KernelOffsets,
-    queue::{QueuedChild, depth_bucket},
+    queue::QueuedChild,
     stats::{STAT_QUEUED_FULL, STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL},
     unix::{
         AF_UNIX, BLOCKED_CONNECT_NS, EAGAIN_RET, SUN_PATH_LEN, UNIX_CONNECTING_MAX_ENTRIES,
@@ -35,8 +35,8 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{fd_sock, offsets, read, sock_inode, sock_net_key, sock_netns},
-    maps::{LISTENER_QUEUES, QUEUED, atomic_add, get_or_insert, insert_or_count, listener_queue},
+    kernel::{fd_sock, offsets, read, sock_inode, sock_net_key},
+    maps::{QUEUED, atomic_add, count_enqueue, get_or_insert, insert_or_count},
 };
 
 /// Filled by userspace before loading (read-only); all zero: the programs do nothing.
@@ -209,27 +209,12 @@ pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
     }
     let depth: u32 = read(sk, u.sk_receive_queue_qlen)?;
     let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
-    let q = match LISTENER_QUEUES.get_ptr_mut(&inode) {
-        Some(q) => q,
-        None => match listener_queue(inode, sock_netns(sk, o)) {
-            Some(q) => q,
-            None => return Ok(()),
-        },
+    let Some(q) = count_enqueue(sk, inode, depth) else {
+        return Ok(());
     };
-    // SAFETY: a valid map value pointer; counters change through atomics only,
-    // `max_depth` is best-effort.
-    unsafe {
-        atomic_add(&raw mut (*q).enqueues, 1);
-        atomic_add(&raw mut (*q).depth_sum, u64::from(depth));
-        if let Some(slot) = (*q).depth_hist.get_mut(depth_bucket(depth)) {
-            atomic_add(slot, 1);
-        }
-        if depth > (*q).max_depth {
-            (*q).max_depth = depth;
-        }
-        if depth > limit {
-            atomic_add(&raw mut (*q).full_enqueues, 1);
-        }
+    if depth > limit {
+        // SAFETY: a valid map value pointer; counters change through atomics only.
+        unsafe { atomic_add(&raw mut (*q).full_enqueues, 1) };
     }
     let skb: *const u8 = read(sk, u.sk_receive_queue_prev)?;
     // An empty queue's tail is the queue head itself.

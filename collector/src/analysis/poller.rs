@@ -425,15 +425,21 @@ impl Poller {
     }
 }
 
-/// Adds to `report` the `last` listeners of the namespaces it skipped for a reason
-/// other than their disappearance; returns how many.
-fn carry_over(last: &[Listener], report: &mut ScanReport) -> u64 {
-    let kept: HashSet<u64> = report
+/// The namespaces `report` skipped for a reason other than their disappearance: their
+/// listeners of the last poll still stand.
+fn unread_but_alive(report: &ScanReport) -> HashSet<u64> {
+    report
         .skipped
         .iter()
         .filter(|s| !s.error.is_vanished())
         .map(|s| s.netns)
-        .collect();
+        .collect()
+}
+
+/// Adds to `report` the `last` listeners of the namespaces it skipped for a reason
+/// other than their disappearance; returns how many.
+fn carry_over(last: &[Listener], report: &mut ScanReport) -> u64 {
+    let kept = unread_but_alive(report);
     let carried: Vec<Listener> = last
         .iter()
         .filter(|l| kept.contains(&l.netns))
@@ -450,12 +456,7 @@ fn carry_over(last: &[Listener], report: &mut ScanReport) -> u64 {
 /// [`carry_over`] for Unix listeners (not added to `carried_listeners`, which keeps
 /// its documented TCP meaning).
 fn carry_over_unix(last: &[UnixListener], report: &mut ScanReport) {
-    let kept: HashSet<u64> = report
-        .skipped
-        .iter()
-        .filter(|s| !s.error.is_vanished())
-        .map(|s| s.netns)
-        .collect();
+    let kept = unread_but_alive(report);
     let before = report.unix_listeners.len();
     report
         .unix_listeners

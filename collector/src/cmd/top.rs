@@ -87,11 +87,7 @@ pub fn lines(
         .iter()
         .map(|r| {
             let l = &r.listener;
-            let owner = l
-                .owners
-                .first()
-                .map(|o| format!("{}/{}", o.pid, escape(&o.comm)))
-                .unwrap_or_else(|| "-".into());
+            let owner = first_owner(&l.owners);
             let dropped = previous
                 .get(&l.inode)
                 .map_or(0, |&before| l.drops.saturating_sub(before));
@@ -147,17 +143,20 @@ pub fn unix_lines(
                     .as_ref()
                     .and_then(|q| q.accept_wait.quantile_bound(0.99)),
                 syn: 0,
-                owner: l
-                    .owners
-                    .first()
-                    .map(|o| format!("{}/{}", o.pid, escape(&o.comm)))
-                    .unwrap_or_else(|| "-".into()),
+                owner: first_owner(&l.owners),
                 pattern: "-".into(),
             }
         })
         .collect();
     filter_and_sort(&mut out, filter, sort);
     out
+}
+
+/// The first owner as `PID/COMM` (escaped), or `-`.
+fn first_owner(owners: &[crate::model::Owner]) -> String {
+    owners
+        .first()
+        .map_or_else(|| "-".into(), |o| format!("{}/{}", o.pid, escape(&o.comm)))
 }
 
 /// Keeps the lines whose address or owner contains `filter`, in `sort` order.
