@@ -142,6 +142,7 @@ impl From<super::config::Settings> for RunConfig {
 /// exists: bind, attach the probes, then drop the capabilities no longer needed
 /// (capabilities are per thread, and threads inherit them); only then the runtime.
 pub fn run(config: RunConfig) -> Result<(), DaemonError> {
+    tune_allocator();
     let started = start_privileged(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -394,9 +395,8 @@ async fn poll_until_stopped(
         last_poll = tokio::time::Instant::now();
         let poll = poller.poll().await;
         last_took = last_poll.elapsed();
-        let listeners = poll.snapshot.listeners.len();
         publish(state, poll);
-        memory.after_poll(listeners);
+        memory.after_poll();
     }
 }
 
@@ -437,42 +437,88 @@ fn record(state: &http::SharedState, event: &impl serde::Serialize) {
     }
 }
 
-/// After a big shrink, gives the memory back once the old snapshot is gone, and
-/// again over the next polls (a scrape may still have held it).
-#[derive(Debug, Default)]
+/// Gives freed heap memory back to the kernel whenever glibc has gained at least
+/// [`TRIM_STEP`] of free memory since the last time: whoever freed it (the poller
+/// dropping a big snapshot, a scrape finishing, series of gone listeners), and
+/// whenever they did. glibc keeps what a peak freed in its arenas; after 10,000
+/// listeners come and go, RSS would otherwise stay several times the idle footprint.
+/// Checked at most once a second (`mallinfo2` walks the free lists).
+#[derive(Debug)]
 struct MemoryTrim {
-    peak_listeners: usize,
-    trims_left: u8,
+    free_since_trim: usize,
+    checked: Option<std::time::Instant>,
 }
 
-impl MemoryTrim {
-    fn after_poll(&mut self, listeners: usize) {
-        if shrank_a_lot(self.peak_listeners, listeners) {
-            self.trims_left = 3;
-            self.peak_listeners = listeners;
-        }
-        self.peak_listeners = self.peak_listeners.max(listeners);
-        if self.trims_left > 0 {
-            self.trims_left -= 1;
-            give_memory_back();
+const TRIM_STEP: usize = 8 << 20;
+
+impl Default for MemoryTrim {
+    fn default() -> Self {
+        Self {
+            free_since_trim: heap_free_bytes(),
+            checked: None,
         }
     }
 }
 
-/// Whether the inventory shrank enough that the memory of the bigger one is worth
-/// returning to the system (thousands of listeners cost ~20 KiB each at the peak).
-fn shrank_a_lot(before: usize, now: usize) -> bool {
-    before >= 1000 && now <= before / 2
+impl MemoryTrim {
+    fn after_poll(&mut self) {
+        if self
+            .checked
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.checked = Some(std::time::Instant::now());
+        let free = heap_free_bytes();
+        if worth_trimming(self.free_since_trim, free) {
+            give_memory_back();
+            self.free_since_trim = heap_free_bytes();
+        } else {
+            // Free memory taken again moves the mark down: what is freed next counts.
+            self.free_since_trim = self.free_since_trim.min(free);
+        }
+    }
 }
 
-/// Returns freed heap memory to the kernel. glibc keeps what a peak freed in its
-/// arenas; after 10,000 listeners come and go, RSS would otherwise stay ~5x the idle
-/// footprint.
+/// Whether glibc gained enough free memory since the last trim to trim again (the
+/// pages of free chunks stay counted as free after a trim has returned them).
+fn worth_trimming(free_since_trim: usize, free_now: usize) -> bool {
+    free_now >= free_since_trim.saturating_add(TRIM_STEP)
+}
+
+/// The bytes glibc holds free in its arenas (0 with another allocator).
+fn heap_free_bytes() -> usize {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    unsafe {
+        libc::mallinfo2().fordblks
+    }
+    #[cfg(not(target_env = "gnu"))]
+    0
+}
+
+/// Returns freed heap memory to the kernel.
 fn give_memory_back() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Keeps glibc from holding on to what a peak freed, before any thread exists.
+/// - Two arenas, not eight per core: each thread that allocates under contention
+///   would get an arena of its own, and the free memory a peak leaves in each is
+///   fragmented apart from the others.
+/// - A fixed mmap threshold: glibc raises it to the size of every big block freed
+///   (a 13 MB scrape body), after which such blocks come from the arenas and their
+///   pages stay behind; at 256 KiB they are mapped and unmapped on their own.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets glibc's tunables; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
@@ -538,13 +584,10 @@ mod tests {
     }
 
     #[test]
-    fn memory_goes_back_after_a_big_shrink_only() {
-        assert!(super::shrank_a_lot(10_000, 0));
-        assert!(super::shrank_a_lot(2_000, 1_000));
-        assert!(!super::shrank_a_lot(2_000, 1_001));
-        assert!(
-            !super::shrank_a_lot(999, 0),
-            "small inventories are not worth a trim"
-        );
+    fn memory_goes_back_once_enough_was_freed_since_the_last_trim() {
+        use super::{TRIM_STEP, worth_trimming};
+        assert!(worth_trimming(0, TRIM_STEP));
+        assert!(worth_trimming(1 << 20, (1 << 20) + TRIM_STEP));
+        assert!(!worth_trimming(1 << 20, (1 << 20) + TRIM_STEP - 1));
     }
 }
