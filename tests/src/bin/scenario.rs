@@ -35,7 +35,9 @@
 //!   sockq-scenario storm ADDR SECONDS THREADS RATE  connect/accept/close storm for
 //!                                                 SECONDS with THREADS clients, at most
 //!                                                 RATE connections/s (0: unbounded);
-//!                                                 prints `done CONNECTIONS ELAPSED_S`
+//!                                                 prints `done CONNECTIONS ELAPSED_S`;
+//!                                                 ADDR `@NAME`: a Unix stream listener
+//!                                                 on the abstract name NAME
 //!   sockq-scenario listeners COUNT                COUNT listeners on 127.0.0.1, held
 //!   sockq-scenario listener-churn SECONDS         open and close listeners for SECONDS;
 //!                                                 prints `done LISTENERS`
@@ -446,16 +448,13 @@ fn storm_scenario(addr: &str, seconds: &str, threads: &str, rate: &str) -> Resul
     let seconds: f64 = parse(seconds, "seconds")?;
     let threads: usize = parse(threads, "threads")?;
     let rate: f64 = parse(rate, "rate")?;
-    let (listener, local) = listener(addr, 4096)?;
-    let listener: std::net::TcpListener = listener.into();
+    let (acceptor, target) = StormTarget::listen(addr)?;
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Ok((conn, _)) = listener.accept() {
-                    drop(conn);
-                }
+                acceptor.accept_and_close();
             }
         })
     };
@@ -470,6 +469,7 @@ fn storm_scenario(addr: &str, seconds: &str, threads: &str, rate: &str) -> Resul
     let clients: Vec<_> = (0..threads)
         .map(|_| {
             let done = Arc::clone(&done);
+            let target = target.clone();
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 loop {
@@ -483,12 +483,7 @@ fn storm_scenario(addr: &str, seconds: &str, threads: &str, rate: &str) -> Resul
                             std::thread::sleep(due - now);
                         }
                     }
-                    let Ok(s) = Socket::new(Domain::for_address(local), Type::STREAM, None) else {
-                        continue;
-                    };
-                    if s.connect(&local.into()).is_ok() {
-                        // Close with RST: no TIME_WAIT, so ports never run out.
-                        let _ = s.set_linger(Some(Duration::ZERO));
+                    if target.connect_and_close() {
                         n += 1;
                     }
                 }
@@ -502,13 +497,74 @@ fn storm_scenario(addr: &str, seconds: &str, threads: &str, rate: &str) -> Resul
     let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     // Unblock the acceptor.
-    let _ = TcpStream::connect(local);
+    target.connect_and_close();
     let _ = server.join();
     say(&format!(
         "done {} {elapsed:.3}",
         done.load(Ordering::Relaxed)
     ));
     Ok(())
+}
+
+/// The storm's listener: TCP, or Unix stream on an abstract name (`@NAME`, so that
+/// nothing is left in the filesystem; abstract names belong to the namespace).
+enum StormAcceptor {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Where the storm's clients connect.
+#[derive(Clone)]
+enum StormTarget {
+    Tcp(SocketAddr),
+    Unix(std::os::unix::net::SocketAddr),
+}
+
+impl StormTarget {
+    fn listen(addr: &str) -> Result<(StormAcceptor, Self), String> {
+        if let Some(name) = addr.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt as _;
+            let at = std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .map_err(|e| format!("abstract name {name:?}: {e}"))?;
+            let listener = std::os::unix::net::UnixListener::bind_addr(&at)
+                .map_err(|e| format!("bind @{name}: {e}"))?;
+            // As the TCP storm's: std's 128 would make the clients wait for room.
+            let listener = Socket::from(std::os::fd::OwnedFd::from(listener));
+            listener.listen(4096).map_err(|e| format!("listen: {e}"))?;
+            let listener =
+                std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(listener));
+            return Ok((StormAcceptor::Unix(listener), Self::Unix(at)));
+        }
+        let (listener, local) = listener(addr, 4096)?;
+        Ok((StormAcceptor::Tcp(listener.into()), Self::Tcp(local)))
+    }
+
+    /// One connection, closed at once; whether the connect succeeded.
+    fn connect_and_close(&self) -> bool {
+        match self {
+            Self::Tcp(local) => {
+                let Ok(s) = Socket::new(Domain::for_address(*local), Type::STREAM, None) else {
+                    return false;
+                };
+                let connected = s.connect(&(*local).into()).is_ok();
+                if connected {
+                    // Close with RST: no TIME_WAIT, so ports never run out.
+                    let _ = s.set_linger(Some(Duration::ZERO));
+                }
+                connected
+            }
+            Self::Unix(at) => std::os::unix::net::UnixStream::connect_addr(at).is_ok(),
+        }
+    }
+}
+
+impl StormAcceptor {
+    fn accept_and_close(&self) {
+        match self {
+            Self::Tcp(l) => drop(l.accept()),
+            Self::Unix(l) => drop(l.accept()),
+        }
+    }
 }
 
 fn many_listeners_scenario(count: &str) -> Result<(), String> {

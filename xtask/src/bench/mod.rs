@@ -2,7 +2,8 @@
 //! told from noise.
 //!
 //! A loopback connect/accept/close storm (our own client and server, one process, in
-//! a network namespace and a cgroup v2 of its own) under six variants: no sockq,
+//! a network namespace and a cgroup v2 of its own), over TCP and over a Unix socket,
+//! under six variants: no sockq,
 //! sockq (default set), sockq --nagle, the floor (empty programs on the default set's
 //! hooks), and two bpftrace peers (minimal, fair). Paired rounds, each running every
 //! variant in a shuffled order (seeded PRNG, seed printed); per variant and round a
@@ -11,7 +12,7 @@
 //! their namespace are discarded and counted; before each storm the machine is given
 //! a bounded wait to be quiet, and storms that ran on a busy machine are counted.
 //! Ratios and added CPU per connection come with bootstrap 90% intervals over the
-//! rounds. Then each program's own time (kernel BPF statistics, a storm of its own),
+//! rounds. Then each program's own time (kernel BPF statistics, a storm of each kind),
 //! and, in a full run, the daemon idle, `/metrics` latency and ring-buffer events.
 //! The output ends with Markdown tables for `BENCHMARKS.md`.
 
@@ -39,6 +40,7 @@ use anyhow::{Result, bail};
 
 use crate::step;
 use machine::QuietLimits;
+use storm::Kind;
 use variant::{Setup, Variant};
 
 /// What the command line asked for; unset fields take the mode's defaults.
@@ -128,7 +130,13 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
     let mut rng = stats::Rng::new(s.seed);
     let m = rounds::run(&setup, &scenario, &plan, &mut rng)?;
     step("per-program cost: storms of their own with the kernel's BPF statistics on");
-    let (sockq_stats, floor_stats) = programs::measure(&setup, &scenario, s.seconds, &s.limits)?;
+    let mut program_stats = Vec::new();
+    for kind in Kind::ALL {
+        program_stats.push((
+            kind,
+            programs::measure(kind, &setup, &scenario, s.seconds, &s.limits)?,
+        ));
+    }
     if s.extras {
         extras::print_all(sockq, &scenario, s.seconds)?;
     }
@@ -136,23 +144,26 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
     println!("the run took {:.0} s", started.elapsed().as_secs_f64());
     let mut boot = stats::Rng::new(s.seed ^ 0x5EED_B007);
     print_summary(root, &s, half_rate, &m, &mut boot);
-    println!();
-    println!(
-        "Programs of sockq's default set during a saturation storm with the statistics on \
-         ({}/s), beside the floor's empty programs on the same hooks ({}/s):",
-        report::thousands(sockq_stats.storm.rate()),
-        report::thousands(floor_stats.storm.rate())
-    );
-    println!();
-    print!(
-        "{}",
-        report::programs_table(
-            &sockq_stats.costs,
-            sockq_stats.storm.connections,
-            &floor_stats.costs,
-            floor_stats.storm.connections
-        )
-    );
+    for (kind, (sockq_stats, floor_stats)) in &program_stats {
+        println!();
+        println!(
+            "Programs of sockq's default set during a {} saturation storm with the statistics \
+             on ({}/s), beside the floor's empty programs on the same hooks ({}/s):",
+            kind.name(),
+            report::thousands(sockq_stats.storm.rate()),
+            report::thousands(floor_stats.storm.rate())
+        );
+        println!();
+        print!(
+            "{}",
+            report::programs_table(
+                &sockq_stats.costs,
+                sockq_stats.storm.connections,
+                &floor_stats.costs,
+                floor_stats.storm.connections
+            )
+        );
+    }
     Ok(())
 }
 
@@ -189,7 +200,7 @@ fn no_wait(limits: &QuietLimits) -> QuietLimits {
 fn fair_peer_sanity(scenario: &Path, limits: &QuietLimits) -> Result<()> {
     step("sanity: the fair bpftrace peer's maps after a short paced storm");
     let peer = bpftrace::Bpftrace::start(bpftrace::FAIR_PEER)?;
-    let storm = storm::run(scenario, 0.5, 2000.0, None, &no_wait(limits))?;
+    let storm = storm::run(Kind::Tcp, scenario, 0.5, 2000.0, None, &no_wait(limits))?;
     let maps = peer.stop_and_print()?;
     print!("{}", bpftrace::condense_maps(&maps, 6));
     for map in ["@accepts[", "@accept_wait_us[", "@depth[", "@transitions["] {
@@ -203,34 +214,40 @@ fn fair_peer_sanity(scenario: &Path, limits: &QuietLimits) -> Result<()> {
     Ok(())
 }
 
-/// Half the no-sockq saturation rate (median of two storms): the half-load pace.
-fn calibrate(scenario: &Path, s: &Settings) -> Result<f64> {
-    step("calibration: no-sockq saturation, for the half-load pace");
-    let mut rates = Vec::new();
-    for _ in 0..2 {
-        rates.push(storm::run(scenario, s.seconds, 0.0, None, &s.limits)?.rate());
+/// Half the no-sockq saturation rate (median of two storms) of each kind, by
+/// [`Kind::index`]: the half-load paces.
+fn calibrate(scenario: &Path, s: &Settings) -> Result<[f64; 2]> {
+    step("calibration: no-sockq saturation, for the half-load paces");
+    let mut half = [0.0; 2];
+    for kind in Kind::ALL {
+        let mut rates = Vec::new();
+        for _ in 0..2 {
+            rates.push(storm::run(kind, scenario, s.seconds, 0.0, None, &s.limits)?.rate());
+        }
+        half[kind.index()] = report::median(rates.clone()).unwrap_or(0.0) / 2.0;
+        println!(
+            "    {}: {} /s: half load is {}/s",
+            kind.name(),
+            rates
+                .iter()
+                .map(|r| report::thousands(*r))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            report::thousands(half[kind.index()])
+        );
     }
-    let half = report::median(rates.clone()).unwrap_or(0.0) / 2.0;
-    println!(
-        "    {} /s: half load is {}/s",
-        rates
-            .iter()
-            .map(|r| report::thousands(*r))
-            .collect::<Vec<_>>()
-            .join(" and "),
-        report::thousands(half)
-    );
     Ok(half)
 }
 
 fn print_summary(
     root: &Path,
     s: &Settings,
-    half_rate: f64,
+    half_rate: [f64; 2],
     m: &report::Measurements,
     rng: &mut stats::Rng,
 ) {
-    let rows = report::rows(m, rng);
+    let rows = report::rows(m, Kind::Tcp, rng);
+    let unix = report::rows(m, Kind::Unix, rng);
     println!();
     println!("== storms discarded (listen overflows or SYN retransmits) and run on a busy machine");
     for v in variant::ALL {
@@ -242,8 +259,9 @@ fn print_summary(
             m.not_quiet[i]
         );
     }
-    let sockq = &m.saturation[Variant::Sockq.index()];
-    let nagle = &m.saturation[Variant::SockqNagle.index()];
+    let tcp = &m.storms[Kind::Tcp.index()];
+    let sockq = &tcp.saturation[Variant::Sockq.index()];
+    let nagle = &tcp.saturation[Variant::SockqNagle.index()];
     let rate = |v: &[Option<storm::Storm>]| -> Vec<Option<f64>> {
         v.iter()
             .map(|s| s.as_ref().map(storm::Storm::rate))
@@ -256,18 +274,26 @@ fn print_summary(
     );
     println!();
     println!(
-        "commit {}, kernel {}, seed {}, {} rounds of {} s, half load {}/s:",
+        "commit {}, kernel {}, seed {}, {} rounds of {} s, half load {}/s (TCP) and {}/s \
+         (Unix):",
         command_line(root, "git", &["rev-parse", "--short", "HEAD"]),
         command_line(root, "uname", &["-r"]),
         s.seed,
         s.rounds,
         s.seconds,
-        report::thousands(half_rate)
+        report::thousands(half_rate[Kind::Tcp.index()]),
+        report::thousands(half_rate[Kind::Unix.index()])
     );
     println!();
-    print!("{}", report::targets_table(m, &rows, rng));
+    print!("{}", report::targets_table(m, &rows, &unix, rng));
+    println!();
+    println!("TCP storms:");
     println!();
     print!("{}", report::markdown_table(&rows));
+    println!();
+    println!("Unix storms (no request/response workload):");
+    println!();
+    print!("{}", report::markdown_table(&unix));
 }
 
 fn command_line(root: &Path, program: &str, args: &[&str]) -> String {

@@ -11,7 +11,7 @@ use super::{
     daemon::Daemon,
     floor::{self, Attachment, Floor},
     machine::QuietLimits,
-    storm::{self, Storm},
+    storm::{self, Kind, Storm},
     variant::Setup,
 };
 
@@ -102,6 +102,7 @@ pub struct StatsRun {
 
 /// A saturation storm with the statistics on, for the programs in `attached`.
 fn measure_with(
+    kind: Kind,
     attached: &[Attachment],
     watcher: Option<u32>,
     scenario: &Path,
@@ -110,7 +111,7 @@ fn measure_with(
 ) -> Result<StatsRun> {
     let stats = bpf::enable_stats()?;
     let before = prog_stats()?;
-    let storm = storm::run(scenario, seconds, 0.0, watcher, limits)?;
+    let storm = storm::run(kind, scenario, seconds, 0.0, watcher, limits)?;
     let after = prog_stats()?;
     drop(stats);
     Ok(StatsRun {
@@ -122,8 +123,9 @@ fn measure_with(
 /// sockq's default set under a saturation storm, then the floor's empty programs on
 /// the same hooks under another: the statistics' own cost (two clock reads per run,
 /// and whatever preempts a program where its hook may be preempted) shows in the
-/// floor's figures.
+/// floor's figures. `kind`: the storms' sockets.
 pub fn measure(
+    kind: Kind,
     setup: &Setup<'_>,
     scenario: &Path,
     seconds: f64,
@@ -131,10 +133,17 @@ pub fn measure(
 ) -> Result<(StatsRun, StatsRun)> {
     let daemon = Daemon::start(setup.sockq, &[])?;
     let attached = floor::attachments(daemon.pid())?;
-    let sockq = measure_with(&attached, Some(daemon.pid()), scenario, seconds, limits)?;
+    let sockq = measure_with(
+        kind,
+        &attached,
+        Some(daemon.pid()),
+        scenario,
+        seconds,
+        limits,
+    )?;
     drop(daemon);
     let empty = Floor::attach(setup.floor_hooks, setup.tracefs)?;
-    let floor = measure_with(&empty.attachments()?, None, scenario, seconds, limits)?;
+    let floor = measure_with(kind, &empty.attachments()?, None, scenario, seconds, limits)?;
     Ok((sockq, floor))
 }
 

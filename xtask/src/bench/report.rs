@@ -3,17 +3,33 @@
 use super::{
     programs::ProgramCost,
     stats::{self, Estimate, Rng},
-    storm::Storm,
+    storm::{Kind, Storm},
     variant::{ALL, Variant},
 };
 
-/// Everything the rounds measured, each indexed `[variant index][round]`; `None`
-/// where the storm was discarded (every attempt saw listen overflows or SYN
-/// retransmits).
+/// One kind's storms, each indexed `[variant index][round]`; `None` where the storm
+/// was discarded (every attempt saw listen overflows or SYN retransmits).
 #[derive(Default)]
-pub struct Measurements {
+pub struct Storms {
     pub saturation: Vec<Vec<Option<Storm>>>,
     pub half: Vec<Vec<Option<Storm>>>,
+}
+
+impl Storms {
+    fn new(rounds: usize) -> Self {
+        let n = ALL.len();
+        Self {
+            saturation: vec![vec![None; rounds]; n],
+            half: vec![vec![None; rounds]; n],
+        }
+    }
+}
+
+/// Everything the rounds measured; the storms indexed by [`Kind::index`], the
+/// request/response workload (TCP) `[variant index][round]`.
+#[derive(Default)]
+pub struct Measurements {
+    pub storms: [Storms; 2],
     pub pingpong: Vec<Vec<Option<f64>>>,
     /// Storms discarded, per variant.
     pub discarded: Vec<usize>,
@@ -25,8 +41,7 @@ impl Measurements {
     pub fn new(rounds: usize) -> Self {
         let n = ALL.len();
         Self {
-            saturation: vec![vec![None; rounds]; n],
-            half: vec![vec![None; rounds]; n],
+            storms: [Storms::new(rounds), Storms::new(rounds)],
             pingpong: vec![vec![None; rounds]; n],
             discarded: vec![0; n],
             not_quiet: vec![0; n],
@@ -68,11 +83,13 @@ fn series(storms: &[Option<Storm>], f: impl Fn(&Storm) -> f64) -> Vec<Option<f64
     storms.iter().map(|s| s.as_ref().map(&f)).collect()
 }
 
-pub fn rows(m: &Measurements, rng: &mut Rng) -> Vec<Row> {
+/// The summary of one kind's storms; the request/response ratio with TCP's only.
+pub fn rows(m: &Measurements, kind: Kind, rng: &mut Rng) -> Vec<Row> {
     let base = Variant::NoSockq.index();
     let floor = Variant::Floor.index();
-    let rate = |i: usize| series(&m.saturation[i], Storm::rate);
-    let cpu = |i: usize| series(&m.half[i], Storm::cpu_ns_per_connection);
+    let storms = &m.storms[kind.index()];
+    let rate = |i: usize| series(&storms.saturation[i], Storm::rate);
+    let cpu = |i: usize| series(&storms.half[i], Storm::cpu_ns_per_connection);
     ALL.iter()
         .map(|&variant| {
             let i = variant.index();
@@ -89,13 +106,15 @@ pub fn rows(m: &Measurements, rng: &mut Rng) -> Vec<Row> {
                     .then(|| stats::multiple(&cpu(i), &cpu(floor), &cpu(base), rng))
                     .flatten(),
                 own_ns: median(
-                    m.half[i]
+                    storms.half[i]
                         .iter()
                         .flatten()
                         .filter_map(Storm::watcher_ns_per_connection)
                         .collect(),
                 ),
-                pingpong_ratio: stats::ratio(&m.pingpong[i], &m.pingpong[base], rng),
+                pingpong_ratio: (kind == Kind::Tcp)
+                    .then(|| stats::ratio(&m.pingpong[i], &m.pingpong[base], rng))
+                    .flatten(),
             }
         })
         .collect()
@@ -206,12 +225,16 @@ pub fn verdict(e: Option<&Estimate>, target: f64, at_least: bool) -> &'static st
     }
 }
 
-/// Issue 13's targets, each with its estimate and verdict, as a Markdown table.
-pub fn targets_table(m: &Measurements, rows: &[Row], rng: &mut Rng) -> String {
+/// Issue 13's targets (and issue 16's: the same budget for the Unix storm), each
+/// with its estimate and verdict, as a Markdown table; `rows` and `unix` from
+/// [`rows`] for each kind.
+pub fn targets_table(m: &Measurements, rows: &[Row], unix: &[Row], rng: &mut Rng) -> String {
     let sockq = &rows[Variant::Sockq.index()];
+    let unix_sockq = &unix[Variant::Sockq.index()];
     let (s, fair) = (Variant::Sockq.index(), Variant::FairPeer.index());
-    let rate = |i: usize| series(&m.saturation[i], Storm::rate);
-    let cpu = |i: usize| series(&m.half[i], Storm::cpu_ns_per_connection);
+    let tcp = &m.storms[Kind::Tcp.index()];
+    let rate = |i: usize| series(&tcp.saturation[i], Storm::rate);
+    let cpu = |i: usize| series(&tcp.half[i], Storm::cpu_ns_per_connection);
     let vs_fair_rate = stats::ratio(&rate(s), &rate(fair), rng);
     let vs_fair_cpu = stats::difference(&cpu(s), &cpu(fair), rng);
     let lines = [
@@ -244,6 +267,16 @@ pub fn targets_table(m: &Measurements, rows: &[Row], rng: &mut Rng) -> String {
             "CPU at half load below the fair peer's (sockq - fair peer < 0)",
             fmt_ns(vs_fair_cpu.as_ref()),
             verdict(vs_fair_cpu.as_ref(), 0.0, false),
+        ),
+        (
+            "Unix storm: sockq (default) saturation rate >= x0.97 of no sockq",
+            fmt_ratio(unix_sockq.ratio.as_ref()),
+            verdict(unix_sockq.ratio.as_ref(), 0.97, true),
+        ),
+        (
+            "Unix storm: sockq (default) added CPU at half load <= 1,000 ns/conn",
+            fmt_ns(unix_sockq.added_ns.as_ref()),
+            verdict(unix_sockq.added_ns.as_ref(), 1000.0, false),
         ),
     ];
     let mut out = String::from("| target | measured [90%] | |\n| --- | --- | --- |\n");
@@ -366,8 +399,11 @@ mod tests {
                     Variant::Sockq => (9_500, 504_000, Some(0.01)),
                     _ => (9_000, 510_000, Some(0.005)),
                 };
-                m.saturation[i][r] = storm(rate, usec, own);
-                m.half[i][r] = storm(5_000, usec / 2, own);
+                for kind in Kind::ALL {
+                    let storms = &mut m.storms[kind.index()];
+                    storms.saturation[i][r] = storm(rate, usec, own);
+                    storms.half[i][r] = storm(5_000, usec / 2, own);
+                }
                 m.pingpong[i][r] = Some(if v == Variant::NoSockq {
                     80_000.0
                 } else {
@@ -375,9 +411,18 @@ mod tests {
                 });
             }
         }
-        m.saturation[Variant::Sockq.index()][2] = None;
+        m.storms[Kind::Tcp.index()].saturation[Variant::Sockq.index()][2] = None;
         m.discarded[Variant::Sockq.index()] = 3;
-        let rows = rows(&m, &mut Rng::new(1));
+        let unix = rows(&m, Kind::Unix, &mut Rng::new(1));
+        assert_eq!(
+            unix[Variant::Sockq.index()].ratio.expect("a ratio").rounds,
+            4
+        );
+        assert!(
+            unix[Variant::Sockq.index()].pingpong_ratio.is_none(),
+            "the request/response workload is TCP's"
+        );
+        let rows = rows(&m, Kind::Tcp, &mut Rng::new(1));
         let sockq = &rows[Variant::Sockq.index()];
         let ratio = sockq.ratio.expect("a ratio");
         assert!(

@@ -1,6 +1,6 @@
 //! The paired rounds: in each, every variant in an order of its own (shuffled), and
-//! for each variant a saturation storm, a half-load storm and the request/response
-//! workload under one start of its watcher.
+//! for each variant a saturation storm and a half-load storm over TCP, the same over
+//! a Unix socket, and the request/response workload, under one start of its watcher.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use super::{
     machine::{Load, QuietLimits},
     report::{Measurements, thousands},
     stats::Rng,
-    storm::{self, Storm},
+    storm::{self, Kind, Storm},
     variant::{ALL, Setup, Variant, Watcher},
 };
 
@@ -18,8 +18,9 @@ use super::{
 pub struct Plan {
     pub rounds: usize,
     pub seconds: f64,
-    /// The half-load pace: half the no-sockq saturation rate of the calibration.
-    pub half_rate: f64,
+    /// The half-load pace per [`Kind::index`]: half the no-sockq saturation rate of
+    /// the calibration.
+    pub half_rate: [f64; 2],
     /// Storms tried per measurement before it is given up as discarded.
     pub attempts: usize,
     pub limits: QuietLimits,
@@ -55,18 +56,22 @@ fn measure_variant(
 ) -> Result<()> {
     let i = variant.index();
     let watcher = Watcher::start(variant, setup)?;
-    for (label, rate) in [("saturation", 0.0), ("half load", plan.half_rate)] {
-        let storm = kept_storm(variant, label, rate, watcher.pid(), scenario, plan, m)?;
-        if let Some(s) = &storm {
-            print_storm(variant, label, s);
-            if !s.load.quiet {
-                m.not_quiet[i] += 1;
+    for kind in Kind::ALL {
+        let half_rate = plan.half_rate[kind.index()];
+        for (saturation, rate) in [(true, 0.0), (false, half_rate)] {
+            let storm = kept_storm(kind, variant, rate, watcher.pid(), scenario, plan, m)?;
+            if let Some(s) = &storm {
+                print_storm(variant, label(kind, rate), s);
+                if !s.load.quiet {
+                    m.not_quiet[i] += 1;
+                }
             }
-        }
-        if rate == 0.0 {
-            m.saturation[i][round] = storm;
-        } else {
-            m.half[i][round] = storm;
+            let storms = &mut m.storms[kind.index()];
+            if saturation {
+                storms.saturation[i][round] = storm;
+            } else {
+                storms.half[i][round] = storm;
+            }
         }
     }
     let (trips, load) = storm::pingpong(scenario, plan.seconds, &plan.limits)?;
@@ -84,8 +89,8 @@ fn measure_variant(
 /// A storm without listen overflows or SYN retransmits, trying `plan.attempts` times;
 /// `None` (and every attempt counted as discarded) if none was clean.
 fn kept_storm(
+    kind: Kind,
     variant: Variant,
-    label: &str,
     rate: f64,
     watcher: Option<u32>,
     scenario: &Path,
@@ -93,11 +98,12 @@ fn kept_storm(
     m: &mut Measurements,
 ) -> Result<Option<Storm>> {
     for attempt in 1..=plan.attempts {
-        let s = storm::run(scenario, plan.seconds, rate, watcher, &plan.limits)?;
+        let s = storm::run(kind, scenario, plan.seconds, rate, watcher, &plan.limits)?;
         if !s.trouble.any() {
             return Ok(Some(s));
         }
         m.discarded[variant.index()] += 1;
+        let label = label(kind, rate);
         println!(
             "    {:<24} {label:<10} discarded: {} listen overflows, {} SYN retransmits \
              ({}/s; attempt {attempt} of {})",
@@ -109,6 +115,16 @@ fn kept_storm(
         );
     }
     Ok(None)
+}
+
+/// How the rounds name a storm (`rate` 0: saturation).
+fn label(kind: Kind, rate: f64) -> &'static str {
+    match (kind, rate == 0.0) {
+        (Kind::Tcp, true) => "saturation",
+        (Kind::Tcp, false) => "half load",
+        (Kind::Unix, true) => "Unix sat.",
+        (Kind::Unix, false) => "Unix half",
+    }
 }
 
 fn load_note(load: &Load) -> String {

@@ -1,6 +1,7 @@
 //! One storm: the scenario's connect/accept/close client and server (one process,
 //! `sockq-scenario storm`) in a network namespace and a cgroup of their own, after a
-//! (bounded) wait for a quiet machine. Also the request/response workload.
+//! (bounded) wait for a quiet machine; over loopback TCP or a Unix stream socket.
+//! Also the request/response workload.
 
 use std::path::Path;
 
@@ -13,6 +14,37 @@ use super::{
 
 /// Client threads of every storm.
 const CLIENT_THREADS: &str = "2";
+
+/// The storm's sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Loopback TCP, closed with RST.
+    Tcp,
+    /// A Unix stream listener on an abstract name (the namespace's own).
+    Unix,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Tcp, Kind::Unix];
+
+    fn addr(self) -> &'static str {
+        match self {
+            Kind::Tcp => "127.0.0.1:7100",
+            Kind::Unix => "@sockq-bench-storm",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tcp => "TCP",
+            Kind::Unix => "Unix",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// What a storm measured.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +93,7 @@ pub fn parse_done(stdout: &str) -> Option<(u64, f64)> {
 
 /// A storm of `seconds`, at most `rate` connections/s (0: as fast as it goes).
 pub fn run(
+    kind: Kind,
     scenario: &Path,
     seconds: f64,
     rate: f64,
@@ -79,7 +112,7 @@ pub fn run(
         .arg(scenario)
         .args([
             "storm",
-            "127.0.0.1:7100",
+            kind.addr(),
             &seconds.to_string(),
             CLIENT_THREADS,
             &format!("{rate:.0}"),
