@@ -97,16 +97,23 @@ impl UnixConnectKey {
     }
 }
 
-/// A thread inside an `AF_UNIX` connect(): `UNIX_CONNECTING`'s value, by tid.
+/// A thread inside an `AF_UNIX` connect(): `UNIX_CONNECTING`'s value, by tid. Only
+/// what the exit needs to find the name and the socket again: almost every connect
+/// is neither refused nor slow, and its name is never read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnixConnecting {
-    pub key: UnixConnectKey,
+    /// The client's `sockaddr_un` (user memory, still the caller's at the exit).
+    pub addr: u64,
     /// `bpf_ktime_get_ns` at `sys_enter_connect`.
     pub started_ns: u64,
+    /// The client socket's descriptor.
+    pub fd: u32,
+    /// Bytes of name after the family (`addrlen` minus 2, at most 108).
+    pub len: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<UnixConnecting>() == 136);
+const _: () = assert!(core::mem::size_of::<UnixConnecting>() == 24);
 
 /// What happened to one client's connects to one name.
 #[repr(C)]

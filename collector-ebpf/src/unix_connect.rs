@@ -4,14 +4,16 @@
 //! and these work everywhere syscall tracepoints do.
 //!
 //! At entry, only connects whose `sockaddr` says `AF_UNIX` (one 2-byte user read for
-//! every connect) are noted per thread in `UNIX_CONNECTING`: the name's bytes as the
-//! client passed them, the client socket's namespace (from the fd, through the task's
-//! file table) and the time. At exit the entry is taken; `-EAGAIN` (the listener's
-//! queue was full, `unix_stream_connect` with a non-blocking client; datagram
-//! connects never return it) counts a refusal in `UNIX_REFUSED` under (namespace,
-//! name, tgid); a connect that took 10 ms or more without being refused counts a
-//! wait (a blocking client slept in `unix_wait_for_peer` until the queue had room).
-//! Userspace matches the name with its inventory of Unix listeners.
+//! every connect) are noted per thread in `UNIX_CONNECTING`: where the name is, its
+//! length, the descriptor and the time. At exit the entry is taken; `-EAGAIN` (the
+//! listener's queue was full, `unix_stream_connect` with a non-blocking client;
+//! datagram connects never return it) counts a refusal in `UNIX_REFUSED` under
+//! (namespace, name, tgid); a connect that took 10 ms or more without being refused
+//! counts a wait (a blocking client slept in `unix_wait_for_peer` until the queue had
+//! room). Only those read the name (from the caller's memory, which the syscall
+//! leaves alone) and the client socket's namespace (from the descriptor, through the
+//! task's file table): the connects that are neither, almost all, pay for one small
+//! map entry. Userspace matches the name with its inventory of Unix listeners.
 //!
 //! Also here: [`on_unix_enqueue`], called by `sk_data_ready` for Unix listeners, which
 //! gives their connections what TCP's get (enqueue counts, a stamp for the accept
@@ -107,19 +109,14 @@ fn on_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
     if family != AF_UNIX {
         return Ok(());
     }
-    let len = (addrlen as u32 - 2).min(SUN_PATH_LEN as u32);
-    let mut entry = UnixConnecting {
-        key: UnixConnectKey::ZERO,
+    let fd: u64 = read(record, u.tp_connect_fd)?;
+    let entry = UnixConnecting {
+        addr: addr as u64,
         // SAFETY: a helper without preconditions.
         started_ns: unsafe { bpf_ktime_get_ns() },
+        fd: fd as u32,
+        len: (addrlen as u32 - 2).min(SUN_PATH_LEN as u32),
     };
-    entry.key.len = len;
-    entry.key.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    read_name(addr, len, &mut entry.key.path)?;
-    let fd: u64 = read(record, u.tp_connect_fd)?;
-    if let Some(sk) = fd_sock(fd, o) {
-        entry.key.net = sock_net_key(sk, o);
-    }
     let tid = bpf_get_current_pid_tgid() as u32;
     insert_or_count(&UNIX_CONNECTING, &tid, &entry, 0, STAT_UNIX_CONNECTING_FULL);
     Ok(())
@@ -151,22 +148,29 @@ fn on_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if u.valid == 0 {
         return Ok(());
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(entry) = UNIX_CONNECTING.get_ptr_mut(&tid) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: the map value is copied out at once.
+    let Some(entry) = (unsafe { UNIX_CONNECTING.get(&tid) }).copied() else {
         return Ok(());
     };
-    let ret: i64 = read(ctx.as_ptr() as *const u8, u.tp_connect_ret)?;
-    // SAFETY: a valid map value pointer; read before the entry is removed.
-    let started = unsafe { (*entry).started_ns };
-    // SAFETY: a helper without preconditions.
-    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
-    let refused = ret == EAGAIN_RET;
-    if refused || took >= BLOCKED_CONNECT_NS {
-        // SAFETY: the key is read from the live map value.
-        let key = unsafe { &(*entry).key };
-        count(key, refused, took);
-    }
     let _ = UNIX_CONNECTING.remove(&tid);
+    let ret: i64 = read(ctx.as_ptr() as *const u8, u.tp_connect_ret)?;
+    // SAFETY: a helper without preconditions.
+    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.started_ns);
+    let refused = ret == EAGAIN_RET;
+    if !refused && took < BLOCKED_CONNECT_NS {
+        return Ok(());
+    }
+    let mut key = UnixConnectKey::ZERO;
+    key.len = entry.len;
+    key.tgid = (pid_tgid >> 32) as u32;
+    read_name(entry.addr as *const u8, entry.len, &mut key.path)?;
+    let o = offsets();
+    if let Some(sk) = fd_sock(u64::from(entry.fd), o) {
+        key.net = sock_net_key(sk, o);
+    }
+    count(&key, refused, took);
     Ok(())
 }
 
