@@ -191,21 +191,37 @@ async fn recent_events(
     json_answer(out, omitted, "application/x-ndjson")
 }
 
-/// The exposition, in the format the `Accept` header prefers (`Format::negotiate`).
+/// The exposition, in the format the `Accept` header prefers (`Format::negotiate`),
+/// gzipped when `Accept-Encoding` accepts it; rendered once per snapshot
+/// ([`SharedState::render`]), so the compression layer passes these through.
 async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    match state.render(format) {
-        // The format depends on `Accept` (the compression layer adds
-        // `Accept-Encoding`): caches must not serve one scraper's answer to another.
-        Ok(body) => (
-            [
-                (header::CONTENT_TYPE, format.content_type()),
-                (header::VARY, "Accept"),
-            ],
-            body,
-        )
-            .into_response(),
+    let gzip = super::state::accepts_gzip(
+        headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match state.render(format, gzip) {
+        Ok(body) => {
+            let mut response =
+                ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+            // The answer depends on both: caches must not serve one scraper's answer
+            // to another.
+            let headers = response.headers_mut();
+            headers.append(header::VARY, header::HeaderValue::from_static("Accept"));
+            headers.append(
+                header::VARY,
+                header::HeaderValue::from_static("Accept-Encoding"),
+            );
+            if gzip {
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
+        }
         Err(e) => {
             tracing::error!("rendering /metrics: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()

@@ -1,7 +1,9 @@
 //! The state the poller and the HTTP handlers share: the latest snapshot, build
-//! information and the event log.
+//! information, the event log, and the latest snapshot's rendered bodies.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use axum::body::Bytes;
 
 use crate::{
     export::{
@@ -27,6 +29,22 @@ pub(super) struct Inner {
     /// The classic histogram buckets served (`--fine-buckets`).
     classic: ClassicBuckets,
     events: EventLog,
+    /// The bodies rendered from the current snapshot, one per (format, gzip): every
+    /// scrape until the next poll is served from them. With 10,000 listeners a
+    /// render and its gzip take a few hundred ms of CPU; ten scrapers a second would
+    /// otherwise queue behind each other and take the CPU the poller needs. Held
+    /// while rendering, so scrapes that arrive meanwhile wait for that one render.
+    rendered: Mutex<Vec<Rendered>>,
+}
+
+/// One body rendered from the snapshot `from` (a `Weak`: it keeps the allocation,
+/// not the listeners, so a freed snapshot's address is never reused while compared).
+#[derive(Debug)]
+struct Rendered {
+    from: Weak<Snapshot>,
+    format: Format,
+    gzip: bool,
+    body: Bytes,
 }
 
 impl SharedState {
@@ -43,6 +61,7 @@ impl SharedState {
                 build,
                 classic,
                 events: EventLog::default(),
+                rendered: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -63,6 +82,11 @@ impl SharedState {
         );
         // Dropped outside the lock: freeing 10,000 listeners takes a while.
         drop(previous);
+        // The old snapshot's bodies go now, unless a scrape is rendering: the poller
+        // never waits for one (the next scrape drops them then).
+        if let Ok(mut rendered) = self.inner.rendered.try_lock() {
+            rendered.clear();
+        }
     }
 
     /// The current snapshot, shared: no copy of its listeners.
@@ -85,10 +109,65 @@ impl SharedState {
         &self.inner.events
     }
 
-    /// Renders the current snapshot in `format`; the lock is held only to clone the
-    /// `Arc`.
-    pub fn render(&self, format: Format) -> Result<Vec<u8>, ExpositionError> {
+    /// The current snapshot in `format`, gzipped if `gzip`: rendered once per
+    /// snapshot and kind, then served from memory. The snapshot lock is held only to
+    /// clone the `Arc`.
+    pub fn render(&self, format: Format, gzip: bool) -> Result<Bytes, ExpositionError> {
         let snapshot = self.snapshot();
-        prometheus::render_as(&snapshot, &self.inner.build, self.inner.classic, format)
+        let current = Arc::downgrade(&snapshot);
+        let mut rendered = self
+            .inner
+            .rendered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        rendered.retain(|r| r.from.ptr_eq(&current));
+        if let Some(r) = rendered
+            .iter()
+            .find(|r| r.format == format && r.gzip == gzip)
+        {
+            return Ok(r.body.clone());
+        }
+        let plain =
+            prometheus::render_as(&snapshot, &self.inner.build, self.inner.classic, format)?;
+        let body = Bytes::from(if gzip { gzipped(&plain) } else { plain });
+        rendered.push(Rendered {
+            from: current,
+            format,
+            gzip,
+            body: body.clone(),
+        });
+        Ok(body)
     }
+}
+
+/// `body` gzipped at flate2's default level (tower-http's, before).
+fn gzipped(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 8),
+        flate2::Compression::default(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Whether an `Accept-Encoding` header accepts gzip: `gzip` (or `x-gzip`) at a
+/// quality above 0, else `*` at a quality above 0.
+pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    let (mut gzip, mut any) = (None, None);
+    for coding in accept_encoding.unwrap_or_default().split(',') {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, v)| v.trim().parse::<f64>().unwrap_or(0.0));
+        match name.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q),
+            "*" => any = Some(q),
+            _ => {}
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }

@@ -339,7 +339,12 @@ async fn a_client_that_never_reads_its_answer_is_closed_at_the_time_limit() {
         max_connections: 1,
         ..LIMITS
     };
-    let server = start(big_state(), limits).await;
+    let state = big_state();
+    // Rendered before the clients come (as a scrape before them would): in this
+    // single-threaded runtime a render blocks everything, the clock of the time
+    // limit included, and the wait measured must be the deaf client's alone.
+    let _ = state.render(Format::Text, false).expect("render");
+    let server = start(state, limits).await;
     let addr = server.addr;
     let deaf = tokio::task::spawn_blocking(move || {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -421,10 +426,55 @@ fn poisoned_lock_still_renders() {
     })
     .join();
     assert!(state.inner.snapshot.is_poisoned());
-    let text = state.render(Format::Text).expect("render");
+    let text = state.render(Format::Text, false).expect("render");
     assert!(String::from_utf8_lossy(&text).contains("sockq_build_info"));
     state.replace(Snapshot::default());
     assert!(state.snapshot().listeners.is_empty());
+}
+
+#[test]
+fn a_snapshot_is_rendered_once_per_kind_and_again_after_a_poll() {
+    let state = state();
+    let first = state.render(Format::Text, false).expect("render");
+    let again = state.render(Format::Text, false).expect("render");
+    assert_eq!(first.as_ptr(), again.as_ptr(), "served from the one render");
+    let gzipped = state.render(Format::Text, true).expect("render gzip");
+    assert_eq!(
+        gunzip(&gzipped).as_bytes(),
+        &first[..],
+        "the same exposition"
+    );
+    let protobuf = state
+        .render(Format::Protobuf, false)
+        .expect("render protobuf");
+    assert_ne!(protobuf, first);
+
+    let series = "sockq_listen_accept_queue_length{";
+    assert!(String::from_utf8_lossy(&first).contains(series));
+    state.replace(Snapshot::default());
+    let after = state.render(Format::Text, false).expect("render");
+    assert!(
+        !String::from_utf8_lossy(&after).contains(series),
+        "the listener that went is gone: a new snapshot renders anew"
+    );
+}
+
+#[test]
+fn gzip_is_what_accept_encoding_accepts() {
+    use super::state::accepts_gzip;
+    assert!(accepts_gzip(Some("gzip")));
+    assert!(accepts_gzip(Some("deflate, GZIP;q=0.5")));
+    assert!(accepts_gzip(Some("*")));
+    assert!(accepts_gzip(Some("x-gzip")));
+    assert!(!accepts_gzip(None));
+    assert!(!accepts_gzip(Some("identity")));
+    assert!(!accepts_gzip(Some("gzip;q=0")));
+    assert!(
+        !accepts_gzip(Some("gzip;q=0, *")),
+        "an explicit refusal wins"
+    );
+    assert!(!accepts_gzip(Some("br, *;q=0.0")));
+    assert!(!accepts_gzip(Some("gzip;q=nonsense")));
 }
 
 /// An HTTP/1.0 answer's head (lowercase) and body (HTTP/1.0: never chunked).
