@@ -140,7 +140,7 @@ impl SharedState {
     }
 }
 
-/// `body` gzipped at flate2's default level (tower-http's, before).
+/// `body` gzipped at flate2's default level (what tower-http's layer used).
 fn gzipped(body: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
     let mut encoder = flate2::write::GzEncoder::new(

@@ -189,7 +189,7 @@ mod tests {
 
     /// The exposition's size with `listeners` listeners, each with accept waits and
     /// depths in a few buckets: text (short and fine buckets) and protobuf, plain
-    /// and gzipped (flate2's default level, as tower-http's). Run by hand:
+    /// and gzipped (flate2's default level, as the daemon's). Run by hand:
     /// `cargo test -p collector --lib exposition_sizes -- --ignored --nocapture`.
     #[test]
     #[ignore = "prints figures; renders 10,000 listeners"]
