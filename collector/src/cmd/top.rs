@@ -82,21 +82,17 @@ pub fn lines(
     filter: &str,
     sort: SortBy,
 ) -> Vec<Line> {
-    let secs = elapsed.as_secs_f64().max(1e-3);
     let mut out: Vec<Line> = rows
         .iter()
         .map(|r| {
             let l = &r.listener;
             let owner = first_owner(&l.owners);
-            let dropped = previous
-                .get(&l.inode)
-                .map_or(0, |&before| l.drops.saturating_sub(before));
             Line {
                 listen_addr: l.listen_addr(),
                 fill: f64::from(l.accept_queue_len) / f64::from(l.accept_queue_limit.max(1)),
                 depth: l.accept_queue_len,
                 limit: l.accept_queue_limit,
-                drops_per_s: dropped as f64 / secs,
+                drops_per_s: per_second(previous, l.inode, l.drops, elapsed),
                 wait_p99: l
                     .kernel
                     .as_ref()
@@ -124,20 +120,16 @@ pub fn unix_lines(
     filter: &str,
     sort: SortBy,
 ) -> Vec<Line> {
-    let secs = elapsed.as_secs_f64().max(1e-3);
     let mut out: Vec<Line> = rows
         .iter()
         .map(|l| {
             let refused = l.kernel.as_ref().map_or(0, |k| k.refused);
-            let refused_since = previous
-                .get(&l.inode)
-                .map_or(0, |&before| refused.saturating_sub(before));
             Line {
                 listen_addr: format!("unix:{}", escape(&l.name)),
                 fill: f64::from(l.queue_len) / f64::from(l.queue_limit.max(1)),
                 depth: l.queue_len,
                 limit: l.queue_limit,
-                drops_per_s: refused_since as f64 / secs,
+                drops_per_s: per_second(previous, l.inode, refused, elapsed),
                 wait_p99: l
                     .queue
                     .as_ref()
@@ -150,6 +142,15 @@ pub fn unix_lines(
         .collect();
     filter_and_sort(&mut out, filter, sort);
     out
+}
+
+/// How fast socket `inode`'s counter rose from its count at the last refresh
+/// (`previous`; none: a socket new since then counts from now) to `now`.
+fn per_second(previous: &HashMap<u64, u64>, inode: u64, now: u64, elapsed: Duration) -> f64 {
+    let since = previous
+        .get(&inode)
+        .map_or(0, |&before| now.saturating_sub(before));
+    since as f64 / elapsed.as_secs_f64().max(1e-3)
 }
 
 /// The first owner as `PID/COMM` (escaped), or `-`.

@@ -58,7 +58,7 @@ fn measure_variant(
     let watcher = Watcher::start(variant, setup)?;
     for kind in Kind::ALL {
         let half_rate = plan.half_rate[kind.index()];
-        for (saturation, rate) in [(true, 0.0), (false, half_rate)] {
+        for rate in [0.0, half_rate] {
             let storm = kept_storm(kind, variant, rate, watcher.pid(), scenario, plan, m)?;
             if let Some(s) = &storm {
                 print_storm(variant, label(kind, rate), s);
@@ -67,7 +67,7 @@ fn measure_variant(
                 }
             }
             let storms = &mut m.storms[kind.index()];
-            if saturation {
+            if rate == 0.0 {
                 storms.saturation[i][round] = storm;
             } else {
                 storms.half[i][round] = storm;

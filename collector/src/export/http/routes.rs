@@ -215,7 +215,7 @@ async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Respon
                 header::HeaderValue::from_static("Accept-Encoding"),
             );
             if gzip {
-                response.headers_mut().insert(
+                headers.insert(
                     header::CONTENT_ENCODING,
                     header::HeaderValue::from_static("gzip"),
                 );
