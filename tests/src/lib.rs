@@ -357,7 +357,7 @@ impl Daemon {
             }
             if let Some(body) = try_get(addr, "/metrics")
                 && body.contains("sockq_probe_attached")
-                && body.contains("sockq_listen_accept_queue_length")
+                && body.contains("sockq_listen_accept_queue_limit")
             {
                 break;
             }
@@ -716,14 +716,70 @@ impl Metrics {
             .collect()
     }
 
-    /// The single sample matching, or an error saying how many matched.
+    /// The single sample matching, or an error saying how many matched. A quiet
+    /// listener's series are absent and mean 0 (README: "The series each listener costs"): for
+    /// those families, a listener whose limit series matches and that has none of
+    /// them reads 0.
     pub fn one(&self, name: &str, matching: &[(&str, &str)]) -> Result<f64, String> {
         match self.find(name, matching).as_slice() {
             [s] => Ok(s.value),
+            [] if self.is_quiet(name, matching) => Ok(0.0),
             other => Err(format!("{} samples of {name}{matching:?}", other.len())),
         }
     }
+
+    /// Whether `name` is a family quiet listeners leave out and exactly one listener
+    /// matching has its limit series but none of those families.
+    fn is_quiet(&self, name: &str, matching: &[(&str, &str)]) -> bool {
+        let Some((anchor, family)) = QUIET_FAMILIES
+            .iter()
+            .find(|(_, family)| family.contains(&name))
+        else {
+            return false;
+        };
+        let limits = self.find(anchor, matching);
+        let [limit] = limits.as_slice() else {
+            return false;
+        };
+        let identity: Vec<(&str, &str)> = limit
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        family.iter().all(|f| self.find(f, &identity).is_empty())
+    }
 }
+
+/// The families a quiet listener leaves out, by the limit series every listener has.
+const QUIET_FAMILIES: [(&str, &[&str]); 2] = [
+    (
+        "sockq_listen_accept_queue_limit",
+        &[
+            "sockq_listen_accept_queue_length",
+            "sockq_listen_syn_queue_length",
+            "sockq_listen_drops_total",
+            "sockq_listen_accept_queue_full",
+            "sockq_listen_enqueues_total",
+            "sockq_listen_accept_queue_full_enqueues_total",
+            "sockq_listen_accept_queue_max_depth",
+            "sockq_listen_accepts_total",
+            "sockq_listen_synack_retransmits_total",
+        ],
+    ),
+    (
+        "sockq_unix_listen_queue_limit",
+        &[
+            "sockq_unix_listen_queue_length",
+            "sockq_unix_listen_queue_full",
+            "sockq_unix_listen_refused_connects_total",
+            "sockq_unix_listen_connect_waits_total",
+            "sockq_unix_listen_connect_wait_seconds_total",
+            "sockq_unix_listen_enqueues_total",
+            "sockq_unix_listen_queue_max_depth",
+            "sockq_unix_listen_accepts_total",
+        ],
+    ),
+];
 
 /// Parses `a="x",b="y\"z"` with Prometheus escapes (`\\`, `\"`, `\n`).
 fn parse_labels(s: &str) -> HashMap<String, String> {
@@ -792,6 +848,30 @@ mod tests {
         assert_eq!(
             m.samples[0].labels.get("netns").map(String::as_str),
             Some("1")
+        );
+    }
+
+    #[test]
+    fn a_quiet_listener_reads_zero_and_only_a_quiet_one() {
+        let m = Metrics::parse(concat!(
+            "sockq_listen_accept_queue_limit{netns=\"1\",listen_addr=\"a:1\",socket=\"10\"} 128\n",
+            "sockq_listen_accept_queue_limit{netns=\"1\",listen_addr=\"a:2\",socket=\"11\"} 128\n",
+            "sockq_listen_enqueues_total{netns=\"1\",listen_addr=\"a:2\",socket=\"11\"} 4\n",
+        ));
+        let quiet = [("listen_addr", "a:1")];
+        assert_eq!(m.one("sockq_listen_drops_total", &quiet), Ok(0.0));
+        assert!(
+            m.one("sockq_listener_info", &quiet).is_err(),
+            "not a quiet family"
+        );
+        let busy = [("listen_addr", "a:2")];
+        assert!(
+            m.one("sockq_listen_drops_total", &busy).is_err(),
+            "a listener with some series must have them all"
+        );
+        assert!(
+            m.one("sockq_listen_drops_total", &[("listen_addr", "a:3")])
+                .is_err()
         );
     }
 

@@ -303,6 +303,12 @@ fn listener_filters_follow_ss() {
         "an idle listener (no connection yet) has {} series in /metrics: {series:?}",
         series.values().sum::<usize>()
     );
+    // README, "The series each listener costs": a quiet listener has two.
+    assert_eq!(
+        series.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["sockq_listen_accept_queue_limit", "sockq_listener_info"],
+        "an idle listener's series"
+    );
     // What a listener costs once it has served: one owner, one accepting thread.
     let server = ns.scenario(&["serve", "single", "127.0.0.1:7306", "1"]);
     ns.scenario(&["chat", "127.0.0.1:7306", "4", "2"]).finish();

@@ -88,7 +88,7 @@ impl Exposed {
         let mut exposed = Self { child, addr };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !request(addr, "/metrics", "node1.example", auth_header)
-            .contains("sockq_listen_accept_queue_length")
+            .contains("sockq_listen_accept_queue_limit")
         {
             if let Ok(Some(status)) = exposed.child.try_wait() {
                 panic!("sockq exited with {status}");

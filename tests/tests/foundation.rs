@@ -188,14 +188,14 @@ fn a_listener_is_seen_appearing_and_disappearing_within_one_poll() {
     assert!(
         daemon
             .metrics()
-            .find("sockq_listen_accept_queue_length", &labels)
+            .find("sockq_listen_accept_queue_limit", &labels)
             .is_empty()
     );
 
     let scenario = ns.scenario(&["listen", "127.0.0.1:7003"]);
     let started = Instant::now();
     daemon.wait_for(Duration::from_secs(1), |m| {
-        m.one("sockq_listen_accept_queue_length", &labels)
+        m.one("sockq_listen_accept_queue_limit", &labels)
             .map(|_| ())
     });
     eprintln!("listener appeared after {:?}", started.elapsed());
@@ -203,7 +203,7 @@ fn a_listener_is_seen_appearing_and_disappearing_within_one_poll() {
     scenario.finish();
     let stopped = Instant::now();
     daemon.wait_for(Duration::from_secs(1), |m| {
-        match m.find("sockq_listen_accept_queue_length", &labels).len() {
+        match m.find("sockq_listen_accept_queue_limit", &labels).len() {
             0 => Ok(()),
             n => Err(format!("{n} series still present")),
         }

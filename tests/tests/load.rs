@@ -366,7 +366,7 @@ fn ten_thousand_listeners_come_and_go() {
     let opened = started.elapsed();
     let seen = daemon.wait_for(Duration::from_secs(60), |m| {
         let n = m
-            .find("sockq_listen_accept_queue_length", &[("netns", &netns)])
+            .find("sockq_listen_accept_queue_limit", &[("netns", &netns)])
             .len();
         if n == COUNT {
             Ok(started.elapsed())
@@ -447,7 +447,7 @@ fn a_burst_of_short_lived_listeners_leaves_nothing_behind() {
                         ok += 1;
                         let m = Metrics::parse(&body);
                         let n = m
-                            .find("sockq_listen_accept_queue_length", &[("netns", &netns)])
+                            .find("sockq_listen_accept_queue_limit", &[("netns", &netns)])
                             .len();
                         most = most.max(n);
                     }

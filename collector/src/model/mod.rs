@@ -107,6 +107,28 @@ impl Listener {
         }
     }
 
+    /// Nothing has happened on this listener that sockq can see: its queues are
+    /// empty, it never dropped, and the probes counted nothing on it (no enqueue,
+    /// accept or SYN-ACK retransmit since sockq started). The exposition gives a quiet
+    /// listener only its info and limit series: on a host with thousands of idle
+    /// listeners their zeros would be most of the body. A listener stops being quiet
+    /// at its first connection and, with the probes attached, never becomes quiet
+    /// again (their counters only grow).
+    pub fn is_quiet(&self) -> bool {
+        self.accept_queue_len == 0
+            && self.syn_queue_len == 0
+            && self.drops == 0
+            && !self.queue_full
+            && self.kernel.as_ref().is_none_or(|k| {
+                k.enqueues == 0
+                    && k.full_enqueues == 0
+                    && k.max_depth == 0
+                    && k.accepts == 0
+                    && k.synack_retransmits == 0
+                    && k.drop_reasons.values().all(|&n| n == 0)
+            })
+    }
+
     /// `ip:port`, with brackets around IPv6 addresses.
     pub fn listen_addr(&self) -> String {
         std::net::SocketAddr::new(self.addr, self.port).to_string()

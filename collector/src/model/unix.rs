@@ -77,6 +77,25 @@ pub struct UnixListener {
     pub queue_full: bool,
 }
 
+impl UnixListener {
+    /// Nothing has happened on this listener that sockq can see: an empty queue, and
+    /// the probes counted no connect refused or waited and no enqueue or accept.
+    /// The exposition gives a quiet listener only its info and limit series (see
+    /// [`super::Listener::is_quiet`]).
+    pub fn is_quiet(&self) -> bool {
+        self.queue_len == 0
+            && !self.queue_full
+            && self
+                .kernel
+                .as_ref()
+                .is_none_or(|k| k.refused == 0 && k.waited == 0)
+            && self
+                .queue
+                .as_ref()
+                .is_none_or(|q| q.enqueues == 0 && q.max_depth == 0 && q.accepts == 0)
+    }
+}
+
 /// What the eBPF programs counted for connects aimed at one Unix listener.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnixKernelStats {

@@ -449,7 +449,7 @@ fn a_snapshot_is_rendered_once_per_kind_and_again_after_a_poll() {
         .expect("render protobuf");
     assert_ne!(protobuf, first);
 
-    let series = "sockq_listen_accept_queue_length{";
+    let series = "sockq_listen_accept_queue_limit{";
     assert!(String::from_utf8_lossy(&first).contains(series));
     state.replace(Snapshot::default());
     let after = state.render(Format::Text, false).expect("render");

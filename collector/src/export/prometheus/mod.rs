@@ -302,10 +302,13 @@ fn inventory_families(snapshot: &Snapshot) -> Vec<Family> {
     listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
     for l in listeners {
         let identity = listener_labels(l);
-        accept_len.push(identity.clone(), l.accept_queue_len);
         accept_limit.push(identity.clone(), l.accept_queue_limit);
-        syn_len.push(identity.clone(), l.syn_queue_len);
-        drops.push(identity.clone(), l.drops);
+        if !l.is_quiet() {
+            // A quiet listener's would all be 0 (README: "The series each listener costs").
+            accept_len.push(identity.clone(), l.accept_queue_len);
+            syn_len.push(identity.clone(), l.syn_queue_len);
+            drops.push(identity.clone(), l.drops);
+        }
 
         let owners: BTreeSet<(u32, &str, &str)> = l
             .owners
@@ -516,7 +519,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::model::{Listener, Owner, ProbeStatus, TransitionKey};
+    use crate::model::{Listener, ListenerKernelStats, Owner, ProbeStatus, TransitionKey};
 
     pub(super) const HOSTILE_COMM: &str = "a\"b\\c\nd{}";
 
@@ -800,16 +803,93 @@ mod tests {
         }
         assert!(!text.contains("_total_total"), "{text}");
         assert_eq!(text.matches("sockq_listener_info{").count(), 3, "{text}");
-        // Every family has help and type: the nine above, plus the full-queue gauge,
-        // the SO_REUSEPORT group size (no kernel stats in this snapshot), the mode,
-        // the ring buffer's records, the kernel read errors (with probes), and the
-        // inventory's staleness, carried and excluded listeners (always present).
+        // Every family with series has help and type: the nine above, plus the
+        // full-queue gauge (no kernel stats in this snapshot; no SO_REUSEPORT group),
+        // the mode, the ring buffer's records, the kernel read errors (with probes),
+        // and the inventory's staleness, carried and excluded listeners (always
+        // present).
         assert!(
             text.contains("sockq_mode{mode=\"ebpf\",reason=\"\"} 1\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# HELP ").count(), 17, "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 17, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 16, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 16, "{text}");
+    }
+
+    /// A listener nothing happened on has its info and limit series only; its first
+    /// connection brings the rest, zeros included. A socket alone on its address has
+    /// no group series; two sharing it have one.
+    #[test]
+    fn a_quiet_listener_costs_two_series() {
+        let per_listener = |text: &str, socket: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && l.contains(&format!("socket=\"{socket}\"")))
+                .map(|l| l.split('{').next().unwrap_or_default().to_owned())
+                .collect()
+        };
+        let quiet = |port, inode| Listener {
+            accept_queue_len: 0,
+            syn_queue_len: 0,
+            drops: 0,
+            kernel: Some(ListenerKernelStats::default()),
+            ..listener(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port,
+                inode,
+                vec![Owner::new(7, "idle")],
+            )
+        };
+        let mut snapshot = Snapshot {
+            listeners: vec![quiet(80, 1), quiet(81, 2), quiet(81, 3)],
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot, &build()).expect("render");
+        assert_eq!(
+            per_listener(&text, "1"),
+            ["sockq_listen_accept_queue_limit", "sockq_listener_info"],
+            "{text}"
+        );
+        assert!(
+            !text.contains("listen_addr=\"127.0.0.1:80\"}"),
+            "no group of one: {text}"
+        );
+        assert!(
+            text.contains(
+                "sockq_listen_group_sockets{netns=\"4026531840\",listen_addr=\"127.0.0.1:81\"} 2\n"
+            ),
+            "{text}"
+        );
+
+        // One connection queued, nothing accepted yet: every series, zeros too.
+        if let Some(k) = snapshot.listeners[0].kernel.as_mut() {
+            k.enqueues = 1;
+        }
+        let text = render(&snapshot, &build()).expect("render");
+        let listed = per_listener(&text, "1");
+        for name in [
+            "sockq_listen_accept_queue_length",
+            "sockq_listen_syn_queue_length",
+            "sockq_listen_drops_total",
+            "sockq_listen_accept_queue_full",
+            "sockq_listen_enqueues_total",
+            "sockq_listen_accepts_total",
+            "sockq_listen_synack_retransmits_total",
+        ] {
+            assert!(listed.iter().any(|l| l == name), "{name} missing: {text}");
+        }
+        assert!(text.contains("sockq_listen_accepts_total{netns=\"4026531840\",listen_addr=\"127.0.0.1:80\",socket=\"1\"} 0\n"), "{text}");
+        assert_eq!(
+            per_listener(&text, "2").len(),
+            2,
+            "the others stay quiet: {text}"
+        );
+
+        // Without the probes, a queued connection or a drop is what tells.
+        let mut polled = quiet(90, 9);
+        polled.kernel = None;
+        assert!(polled.is_quiet());
+        polled.drops = 1;
+        assert!(!polled.is_quiet());
     }
 
     #[test]

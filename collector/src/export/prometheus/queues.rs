@@ -18,8 +18,9 @@ pub const MAX_ACCEPTORS_PER_LISTENER: usize = 32;
 
 const HELP_FULL: &str = "1 while a full-accept-queue episode is in progress on this listener \
     (queue over its limit, or drops growing), 0 otherwise; see `sockq events`.";
-const HELP_GROUP: &str = "Listening sockets sharing this address and port in this namespace \
-    (more than 1: an SO_REUSEPORT group whose shards are reported one by one).";
+const HELP_GROUP: &str = "Listening sockets sharing this address and port in this namespace: \
+    an SO_REUSEPORT group whose shards are reported one by one. Only for groups of two \
+    sockets or more.";
 const HELP_ENQUEUES: &str = "Connections queued for accept() on this listener since sockq \
     started, counted on the sock:sk_data_ready tracepoint.";
 const HELP_FULL_ENQUEUES: &str = "Enqueues after which this listener's accept queue held more \
@@ -76,8 +77,21 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
     listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
     for l in &listeners {
         let id = listener_labels(l);
+        let Some(k) = &l.kernel else {
+            if !l.is_quiet() {
+                full.push(id.clone(), l.queue_full);
+            }
+            continue;
+        };
+        if l.is_quiet() {
+            // Its other series would all be 0, its backlog matters only once it
+            // queues (README: "The series each listener costs").
+            continue;
+        }
+        if let Some(b) = k.backlog_arg {
+            backlog.push(id.clone(), b);
+        }
         full.push(id.clone(), l.queue_full);
-        let Some(k) = &l.kernel else { continue };
         enqueues.push(id.clone(), k.enqueues);
         full_enqueues.push(id.clone(), k.full_enqueues);
         max_depth.push(id.clone(), k.max_depth);
@@ -89,9 +103,6 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
         if k.accept_wait.count() > 0 {
             let value = kernel_histogram(&k.accept_wait, Grid::Wait, classic);
             wait.push_histogram(id.clone(), value);
-        }
-        if let Some(b) = k.backlog_arg {
-            backlog.push(id.clone(), b);
         }
         if let Some(w) = k.oldest_wait {
             oldest.push_float(id.clone(), w);
@@ -138,9 +149,11 @@ fn group_families(listeners: &[&Listener]) -> (Family, Family) {
     }
     for ((netns, listen_addr), accepts) in groups {
         let labels = vec![("netns", netns.to_string()), ("listen_addr", listen_addr)];
-        if accepts.len() > 1
-            && let Some(ratio) = crate::analysis::pattern::imbalance(&accepts)
-        {
+        if accepts.len() < 2 {
+            // A socket alone on its address is no group (README: "The series each listener costs").
+            continue;
+        }
+        if let Some(ratio) = crate::analysis::pattern::imbalance(&accepts) {
             group_imbalance.push_float(labels.clone(), ratio);
         }
         group.push(labels, accepts.len() as u64);

@@ -70,10 +70,14 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
     listeners.sort_by(|a, b| (a.netns, &a.name, a.inode).cmp(&(b.netns, &b.name, b.inode)));
     for l in listeners {
         let id = labels(l);
-        len.push(id.clone(), l.queue_len);
         limit.push(id.clone(), l.queue_limit);
-        full.push(id.clone(), l.queue_full);
         push_info(&mut info, snapshot, l, &id);
+        if l.is_quiet() {
+            // Its other series would all be 0 (README: "The series each listener costs").
+            continue;
+        }
+        len.push(id.clone(), l.queue_len);
+        full.push(id.clone(), l.queue_full);
         queue.push(snapshot, l, &id, classic);
         let Some(k) = &l.kernel else { continue };
         refused.push(id.clone(), k.refused);
