@@ -62,16 +62,28 @@ impl Drop for Daemon {
 /// The size in bytes of the body of `GET path` sent with `headers` (each ending in
 /// `\r\n`), as it came over the wire (compressed if the answer is).
 pub fn http_body_bytes(addr: &str, path: &str, headers: &str) -> Result<usize> {
+    http_get_bytes(addr, path, headers).map(|body| body.len())
+}
+
+/// The body of a 200 answer to `GET path` with these extra header lines, as sent
+/// (still compressed if it was).
+pub fn http_get_bytes(addr: &str, path: &str, headers: &str) -> Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n")?;
     let mut answer = Vec::new();
     s.read_to_end(&mut answer)?;
+    if !answer.starts_with(b"HTTP/1.1 200") && !answer.starts_with(b"HTTP/1.0 200") {
+        bail!(
+            "GET {path}: {}",
+            String::from_utf8_lossy(&answer[..answer.len().min(40)])
+        );
+    }
     let head_end = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .with_context(|| format!("GET {path}: no whole head"))?;
-    Ok(answer.len() - head_end - 4)
+    Ok(answer.split_off(head_end + 4))
 }
 
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
