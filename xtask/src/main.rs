@@ -44,6 +44,11 @@ struct BenchArgs {
     /// intervals; skips the footprint, scrape and event figures.
     #[arg(long)]
     quick: bool,
+    /// Only the figures beside the storms (a few minutes): the daemon idle, /metrics
+    /// latency and size with 1,000 and 10,000 listeners, RSS with 1,000, scrapes
+    /// against polls, listener events through the ring buffer.
+    #[arg(long, conflicts_with = "quick")]
+    extras: bool,
     /// Seed of the variants' order and the bootstrap (printed by every run).
     #[arg(long)]
     seed: Option<u64>,
@@ -234,6 +239,7 @@ fn bench_task(root: &Path, args: BenchArgs) -> Result<()> {
             seconds: args.seconds,
             rounds: args.rounds,
             quick: args.quick,
+            extras_only: args.extras,
             seed: args.seed,
         },
     )

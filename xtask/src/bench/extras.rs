@@ -1,5 +1,6 @@
 //! The figures beside the cost per connection: the daemon idle, `/metrics` latency
-//! with many listeners, and listener events through the ring buffer.
+//! with many listeners, RSS with 1,000, scrapes against polls, and listener events
+//! through the ring buffer.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -103,6 +104,153 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
     })
 }
 
+/// One case of [`scrapes_against_polls`].
+pub struct Interference {
+    pub case: &'static str,
+    /// Polls in the window and their mean duration, seconds.
+    pub polls: u64,
+    pub poll_mean: f64,
+    /// The scraper's scrapes, seconds, sorted (empty without a scraper).
+    pub scrapes: Vec<f64>,
+}
+
+/// Polls against scrapes with 10,000 listeners: the mean poll (from the daemon's own
+/// `sockq_poll_duration_seconds`) over 20 s without and with a scraper starting a
+/// gzip scrape every 100 ms (each on its own connection, whether the last one
+/// finished or not), steady and while `listener-churn` opens and closes listeners.
+pub fn scrapes_against_polls(sockq: &Path, scenario: &Path) -> Result<Vec<Interference>> {
+    const WINDOW: Duration = Duration::from_secs(20);
+    let ns = TempNetns::new()?;
+    let mut holder = ns
+        .command(scenario)
+        .args(["listeners", "10000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the listeners")?;
+    let mut line = String::new();
+    if let Some(out) = holder.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    let d = Daemon::start(sockq, &[])?;
+    std::thread::sleep(Duration::from_secs(5));
+    let mut out = Vec::new();
+    for (case, churn, scraper) in [
+        ("steady, no scraper", false, false),
+        ("steady, scraper at 10/s", false, true),
+        ("churn, no scraper", true, false),
+        ("churn, scraper at 10/s", true, true),
+    ] {
+        let churner = if churn {
+            let secs = (WINDOW + Duration::from_secs(2)).as_secs_f64().to_string();
+            let child = ns
+                .command(scenario)
+                .args(["listener-churn", &secs])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("listener churn")?;
+            std::thread::sleep(Duration::from_secs(1));
+            Some(child)
+        } else {
+            None
+        };
+        let (sum0, count0) = poll_totals(&d.addr)?;
+        let scrapes = if scraper {
+            scrape_every_100ms(&d.addr, WINDOW)
+        } else {
+            std::thread::sleep(WINDOW);
+            Vec::new()
+        };
+        let (sum1, count1) = poll_totals(&d.addr)?;
+        if let Some(mut c) = churner {
+            let _ = c.wait();
+        }
+        let polls = count1.saturating_sub(count0);
+        out.push(Interference {
+            case,
+            polls,
+            poll_mean: if polls == 0 {
+                f64::NAN
+            } else {
+                (sum1 - sum0) / polls as f64
+            },
+            scrapes,
+        });
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    Ok(out)
+}
+
+/// `sockq_poll_duration_seconds` sum and count.
+fn poll_totals(addr: &str) -> Result<(f64, u64)> {
+    let body = http_get(addr, "/metrics")?;
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("no {name}in /metrics"))
+    };
+    Ok((
+        value("sockq_poll_duration_seconds_sum ")?,
+        value("sockq_poll_duration_seconds_count ")? as u64,
+    ))
+}
+
+/// Starts a gzip scrape every 100 ms for `window`; their times, sorted (failed
+/// scrapes as infinite).
+fn scrape_every_100ms(addr: &str, window: Duration) -> Vec<f64> {
+    let started = Instant::now();
+    let mut scrapers = Vec::new();
+    let mut next = started;
+    while next < started + window {
+        let addr = addr.to_owned();
+        scrapers.push(std::thread::spawn(move || {
+            let t = Instant::now();
+            match http_get_bytes(&addr, "/metrics", "Accept-Encoding: gzip\r\n") {
+                Ok(_) => t.elapsed().as_secs_f64(),
+                Err(_) => f64::INFINITY,
+            }
+        }));
+        next += Duration::from_millis(100);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let mut times: Vec<f64> = scrapers
+        .into_iter()
+        .map(|s| s.join().unwrap_or(f64::INFINITY))
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+/// The daemon's RSS with 1,000 listeners after five gzip scrapes, KiB: (RSS, peak).
+pub fn thousand_listeners_rss(sockq: &Path, scenario: &Path) -> Result<(u64, u64)> {
+    let ns = TempNetns::new()?;
+    let mut holder = ns
+        .command(scenario)
+        .args(["listeners", "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the listeners")?;
+    let mut line = String::new();
+    if let Some(out) = holder.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    let d = Daemon::start(sockq, &[])?;
+    std::thread::sleep(Duration::from_secs(4));
+    for _ in 0..5 {
+        http_get_bytes(&d.addr, "/metrics", "Accept-Encoding: gzip\r\n")?;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = machine::rss_kib(d.pid())?;
+    let peak = machine::status_kib(d.pid(), "VmHWM:")?;
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    Ok((rss, peak))
+}
+
 /// Listener open/close events per second through the ring buffer, and those lost.
 pub fn event_throughput(sockq: &Path, scenario: &Path, seconds: f64) -> Result<(f64, u64)> {
     let ns = TempNetns::new()?;
@@ -154,6 +302,37 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64) -> Result<()> {
             s.repeat.len(),
             s.text_bytes,
             s.gzip_bytes
+        );
+    }
+    println!();
+    println!("== RSS with 1,000 listeners (after five gzip scrapes)");
+    let (rss, peak) = thousand_listeners_rss(sockq, scenario)?;
+    println!(
+        "{:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    println!();
+    println!("== scrapes against polls, 10,000 listeners (20 s each)");
+    for c in scrapes_against_polls(sockq, scenario)? {
+        let ms = |q| quantile(&c.scrapes, q) * 1e3;
+        let scrapes = if c.scrapes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; scrapes p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({})",
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                ms(1.0),
+                c.scrapes.len()
+            )
+        };
+        println!(
+            "{:<24} {} polls, mean {:.1} ms{scrapes}",
+            c.case,
+            c.polls,
+            c.poll_mean * 1e3
         );
     }
     println!();

@@ -94,8 +94,13 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    procfs::parse_rss_kib(&status).context("VmRSS")
+    procfs::parse_status_kib(&status, field).with_context(|| field.to_owned())
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);

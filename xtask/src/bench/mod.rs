@@ -49,6 +49,8 @@ pub struct Options {
     pub rounds: Option<usize>,
     /// A developer's run: about a minute, fewer rounds, shorter storms, no extras.
     pub quick: bool,
+    /// Only the extras (no storms).
+    pub extras_only: bool,
     /// Repeat a run's order (and its bootstrap draws).
     pub seed: Option<u64>,
 }
@@ -100,6 +102,13 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
         bail!("{} is missing", scenario.display());
     }
     let s = Settings::from(opts)?;
+    if opts.extras_only {
+        let started = Instant::now();
+        extras::print_all(sockq, &scenario, s.seconds)?;
+        println!();
+        println!("the run took {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     println!(
         "seed {} (repeat this order with --seed {}); {} rounds, {} s storms; quiet means \
          under {:.0}% busy and {:.0}% steal, waited for up to {} s",

@@ -78,11 +78,11 @@ pub fn parse_pid_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// `VmRSS:` of `/proc/PID/status`, in KiB.
-pub fn parse_rss_kib(status: &str) -> Option<u64> {
+/// A `/proc/PID/status` field in kB (`VmRSS:`, `VmHWM:`).
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
@@ -218,8 +218,8 @@ mod tests {
     #[test]
     fn rss_from_status() {
         let status = "Name:\tsockq\nVmPeak:\t 100 kB\nVmRSS:\t   34560 kB\n";
-        assert_eq!(parse_rss_kib(status), Some(34560));
-        assert_eq!(parse_rss_kib("Name: x\n"), None);
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(34560));
+        assert_eq!(parse_status_kib("Name: x\n", "VmRSS:"), None);
     }
 
     #[test]

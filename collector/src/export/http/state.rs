@@ -140,7 +140,8 @@ impl SharedState {
     }
 }
 
-/// `body` gzipped at flate2's default level (what tower-http's layer used).
+/// `body` gzipped at flate2's default level. Level 1 saved about 6 ms of a 10,000
+/// listener scrape's 58 here, for a body half as large again (211 KB against 139).
 fn gzipped(body: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
     let mut encoder = flate2::write::GzEncoder::new(

@@ -135,7 +135,10 @@ fn encode_text(
 ) -> Result<String, ExpositionError> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(collector));
-    let mut out = String::new();
+    // About what a quiet listener's series take, so that a large body is not
+    // copied again and again as it grows.
+    let listeners = snapshot.listeners.len() + snapshot.unix_listeners.len();
+    let mut out = String::with_capacity(16 * 1024 + listeners * 300);
     encode_registry(&mut out, &registry).map_err(|source| ExpositionError::Encode {
         listeners: snapshot.listeners.len(),
         transitions: snapshot.transitions.len(),
