@@ -25,6 +25,12 @@ pub const DEPTH_BUCKETS: usize = 16;
 pub const WAIT_BUCKETS: usize = 104;
 
 /// Per-listener counters, updated with atomic adds from every CPU.
+///
+/// Two sides, a cache line apart: what the enqueue writes (on the CPU whose softirq
+/// queued the connection) and what the accept writes (on the accepting thread's).
+/// With them in one line, the line moved between the two CPUs twice per connection.
+/// Map values are only 8-byte aligned, so the gap is a whole line: no line can hold
+/// fields of both sides.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerQueue {
@@ -32,26 +38,10 @@ pub struct ListenerQueue {
     pub enqueues: u64,
     /// Enqueues after which the queue held more than its limit (it was full).
     pub full_enqueues: u64,
-    /// Connections accept()/accept4() returned from this listener.
-    pub accepts: u64,
-    /// Of those, the ones whose handshake completion sockq saw (the accept-wait
-    /// histogram's count).
-    pub waits: u64,
-    /// SYN-ACK retransmits for handshakes of this listener.
-    pub synack_retransmits: u64,
-    /// Sum of accept waits, nanoseconds.
-    pub wait_sum_ns: u64,
-    /// `bpf_ktime_get_ns` of the last queue-full event sent (rate limit).
-    pub last_full_event_ns: u64,
     /// Sum of the depths seen at enqueues (the depth histogram's sum).
     pub depth_sum: u64,
-    /// Sampled accepted connections whose first reads all came from the thread that
-    /// accepted them ...
-    pub read_by_acceptor: u64,
-    /// ... from one other thread ...
-    pub read_by_one_other: u64,
-    /// ... from several threads (messages spread over workers).
-    pub read_by_several: u64,
+    /// `bpf_ktime_get_ns` of the last queue-full event sent (rate limit).
+    pub last_full_event_ns: u64,
     /// Deepest queue seen right after an enqueue.
     pub max_depth: u32,
     /// Backlog argument of the last `listen()` on this socket, 0 if unseen.
@@ -59,6 +49,24 @@ pub struct ListenerQueue {
     pub netns: u32,
     pub _pad: u32,
     pub depth_hist: [u64; DEPTH_BUCKETS],
+    /// Nothing: keeps the accept side's fields off the enqueue side's lines.
+    pub _gap: [u64; 8],
+    /// Connections accept()/accept4() returned from this listener.
+    pub accepts: u64,
+    /// Of those, the ones whose handshake completion sockq saw (the accept-wait
+    /// histogram's count).
+    pub waits: u64,
+    /// Sum of accept waits, nanoseconds.
+    pub wait_sum_ns: u64,
+    /// SYN-ACK retransmits for handshakes of this listener (rare: a timer's).
+    pub synack_retransmits: u64,
+    /// Sampled accepted connections whose first reads all came from the thread that
+    /// accepted them ...
+    pub read_by_acceptor: u64,
+    /// ... from one other thread ...
+    pub read_by_one_other: u64,
+    /// ... from several threads (messages spread over workers).
+    pub read_by_several: u64,
     pub wait_hist: [u64; WAIT_BUCKETS],
 }
 
@@ -66,26 +74,32 @@ impl ListenerQueue {
     pub const ZERO: Self = Self {
         enqueues: 0,
         full_enqueues: 0,
-        accepts: 0,
-        waits: 0,
-        synack_retransmits: 0,
-        wait_sum_ns: 0,
-        last_full_event_ns: 0,
         depth_sum: 0,
-        read_by_acceptor: 0,
-        read_by_one_other: 0,
-        read_by_several: 0,
+        last_full_event_ns: 0,
         max_depth: 0,
         backlog_arg: 0,
         netns: 0,
         _pad: 0,
         depth_hist: [0; DEPTH_BUCKETS],
+        _gap: [0; 8],
+        accepts: 0,
+        waits: 0,
+        wait_sum_ns: 0,
+        synack_retransmits: 0,
+        read_by_acceptor: 0,
+        read_by_one_other: 0,
+        read_by_several: 0,
         wait_hist: [0; WAIT_BUCKETS],
     };
 }
 
-const _: () =
-    assert!(core::mem::size_of::<ListenerQueue>() == 104 + (DEPTH_BUCKETS + WAIT_BUCKETS) * 8);
+const _: () = assert!(
+    core::mem::size_of::<ListenerQueue>() == 48 + DEPTH_BUCKETS * 8 + 64 + 56 + WAIT_BUCKETS * 8
+);
+const _: () = assert!(
+    core::mem::offset_of!(ListenerQueue, accepts)
+        >= core::mem::offset_of!(ListenerQueue, _gap) + 64
+);
 
 /// A connection between handshake completion and accept(), by child socket address.
 #[repr(C)]

@@ -11,7 +11,9 @@
 //! (listener, thread) pair, its wait, and samples it for `READERS` (who reads it).
 //! The same accounting serves every accept path (io_uring too). Where `sk_data_ready`
 //! is not attached, the entry programs keep the listener fd per thread (`ACCEPTING`)
-//! and the listener is found from it instead, as before.
+//! and the listener is found from it instead, as before; `ACCEPT_ENTRY_ON` says so
+//! (userspace sets it once they are attached), so that elsewhere the exit does not
+//! look in an empty map.
 //!
 //! Not timed: connections whose handshake completed before sockq started; accepts
 //! whose listener cannot be known are counted in `STAT_ACCEPTS_UNATTRIBUTED`.
@@ -28,9 +30,10 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{fd_sock, offsets, read, sock_inode},
+    kernel::{fd_sock, offsets, read, record_u64, sock_inode},
     maps::{
-        ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor, insert_or_count,
+        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor,
+        insert_or_count,
     },
     stats::count_failure,
 };
@@ -64,7 +67,7 @@ fn on_accept_enter(ctx: &TracePointContext, fd_offset: u32) -> Result<(), i64> {
     if offsets().queue_valid == 0 || fd_offset == 0 {
         return Ok(());
     }
-    let fd: u64 = read(ctx.as_ptr() as *const u8, fd_offset)?;
+    let fd = record_u64(ctx.as_ptr() as *const u8, fd_offset)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     insert_or_count(&ACCEPTING, &tid, &fd, 0, STAT_ACCEPTING_FULL);
     Ok(())
@@ -79,12 +82,17 @@ fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64>
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // Only where the entry programs run (no sk_data_ready): the listener's fd.
-    // SAFETY: the value is copied out at once.
-    let listen_fd = (unsafe { ACCEPTING.get(&tid) }).copied();
-    if listen_fd.is_some() {
-        let _ = ACCEPTING.remove(&tid);
-    }
-    let ret: i64 = read(ctx.as_ptr() as *const u8, ret_offset)?;
+    let listen_fd = if ACCEPT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
+        // SAFETY: the value is copied out at once.
+        let fd = (unsafe { ACCEPTING.get(&tid) }).copied();
+        if fd.is_some() {
+            let _ = ACCEPTING.remove(&tid);
+        }
+        fd
+    } else {
+        None
+    };
+    let ret = record_u64(ctx.as_ptr() as *const u8, ret_offset)? as i64;
     if ret < 0 {
         return Ok(());
     }

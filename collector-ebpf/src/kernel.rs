@@ -81,6 +81,27 @@ pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     }
 }
 
+/// The 8-byte field at `offset` of a tracepoint program's record (`ctx`): a plain load
+/// at the offsets syscall records put their arguments and return value at (16, 24,
+/// 32: after the 8-byte common header and the syscall number), else a probe read.
+/// A load of the context must have its offset in the instruction, so each offset has
+/// its own arm; `offset` comes from read-only data the verifier knows, and only the
+/// arm it selects is checked.
+#[inline(always)]
+pub fn record_u64(ctx: *const u8, offset: u32) -> Result<u64, i64> {
+    let base = ctx.cast::<u64>();
+    // SAFETY: a tracepoint's context is its record, readable up to its size; the
+    // offsets are those of 8-byte fields userspace found in its tracefs format.
+    unsafe {
+        match offset {
+            16 => Ok(core::ptr::read_volatile(base.add(2))),
+            24 => Ok(core::ptr::read_volatile(base.add(3))),
+            32 => Ok(core::ptr::read_volatile(base.add(4))),
+            _ => read(ctx, offset),
+        }
+    }
+}
+
 /// The inode of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`),
 /// or 0 when it cannot be read.
 #[inline(always)]

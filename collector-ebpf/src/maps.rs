@@ -60,6 +60,12 @@ pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_
 #[map]
 pub static ACCEPTING: HashMap<u32, u64> = HashMap::with_max_entries(ACCEPTING_MAX_ENTRIES, 0);
 
+/// 1 when the accept entry programs run (kernels without `sk_data_ready`): only then
+/// is `ACCEPTING` filled and worth a lookup at the exit. Set by userspace after
+/// attaching them.
+#[map]
+pub static ACCEPT_ENTRY_ON: Array<u32> = Array::with_max_entries(1, 0);
+
 /// The child this CPU stamped last (LISTEN -> SYN_RECV), for the `sk_data_ready` of
 /// its listener that follows in the same softirq: the accept queue's tail may already
 /// be another child queued meanwhile on another CPU.

@@ -37,7 +37,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{fd_sock, offsets, read, sock_inode, sock_net_key},
+    kernel::{fd_sock, offsets, read, record_u64, sock_inode, sock_net_key},
     maps::{QUEUED, atomic_add, count_enqueue, get_or_insert, insert_or_count},
 };
 
@@ -97,8 +97,8 @@ fn on_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let record = ctx.as_ptr() as *const u8;
-    let addrlen: u64 = read(record, u.tp_connect_addrlen)?;
-    let addr: *const u8 = read(record, u.tp_connect_addr)?;
+    let addrlen = record_u64(record, u.tp_connect_addrlen)?;
+    let addr = record_u64(record, u.tp_connect_addr)? as *const u8;
     // The family, then at least one byte of name.
     if (addrlen as i32) < 3 || addr.is_null() {
         return Ok(());
@@ -109,7 +109,7 @@ fn on_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
     if family != AF_UNIX {
         return Ok(());
     }
-    let fd: u64 = read(record, u.tp_connect_fd)?;
+    let fd = record_u64(record, u.tp_connect_fd)?;
     let entry = UnixConnecting {
         addr: addr as u64,
         // SAFETY: a helper without preconditions.
@@ -155,7 +155,7 @@ fn on_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = UNIX_CONNECTING.remove(&tid);
-    let ret: i64 = read(ctx.as_ptr() as *const u8, u.tp_connect_ret)?;
+    let ret = record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret)? as i64;
     // SAFETY: a helper without preconditions.
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.started_ns);
     let refused = ret == EAGAIN_RET;

@@ -198,6 +198,7 @@ impl Probes {
             };
             status.push(s);
         }
+        mark_accept_entry(&mut ebpf, &status)?;
         if status.iter().all(|s| !s.attached) {
             let why = status
                 .iter()
@@ -254,6 +255,19 @@ impl Probes {
             kernel_log: None,
         })
     }
+}
+
+/// Tells the accept exit programs whether the entry programs run (`ACCEPT_ENTRY_ON`):
+/// only then do they look for the listener's fd in `ACCEPTING`.
+fn mark_accept_entry(ebpf: &mut Ebpf, status: &[ProbeStatus]) -> Result<(), ProbeError> {
+    const NAME: &str = "ACCEPT_ENTRY_ON";
+    let on = status
+        .iter()
+        .any(|s| s.attached && matches!(s.name, "sys_enter_accept4" | "sys_enter_accept"));
+    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
+    let mut flag = aya::maps::Array::<_, u32>::try_from(map).map_err(|e| map_error(NAME, e))?;
+    flag.set(0, u32::from(on), 0)
+        .map_err(|e| map_error(NAME, e))
 }
 
 /// Why `spec` is not even tried on this kernel with these options, if it is not.
