@@ -30,7 +30,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{fd_sock, offsets, read, record_u64, sock_inode},
+    kernel::{fd_sock, fd_sock_btf, offsets, read, record_u64, sock_inode},
     maps::{
         ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor,
         insert_or_count,
@@ -50,15 +50,30 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The exits walk the file table with typed loads where the kernel has
+/// `bpf_get_current_task_btf` (5.11+), else with probe reads (`kernel::fd_sock`);
+/// userspace tries them in that order.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4_btf(ctx: TracePointContext) -> u32 {
+    let _ = on_accept_return::<true>(&ctx, offsets().tp_accept4_ret);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept_btf(ctx: TracePointContext) -> u32 {
+    let _ = on_accept_return::<true>(&ctx, offsets().tp_accept_ret);
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = on_accept_return(&ctx, offsets().tp_accept4_ret);
+    let _ = on_accept_return::<false>(&ctx, offsets().tp_accept4_ret);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = on_accept_return(&ctx, offsets().tp_accept_ret);
+    let _ = on_accept_return::<false>(&ctx, offsets().tp_accept_ret);
     0
 }
 
@@ -74,7 +89,7 @@ fn on_accept_enter(ctx: &TracePointContext, fd_offset: u32) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64> {
+fn on_accept_return<const BTF: bool>(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64> {
     let o = offsets();
     if o.queue_valid == 0 || ret_offset == 0 {
         return Ok(());
@@ -96,7 +111,12 @@ fn on_accept_return(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64>
     if ret < 0 {
         return Ok(());
     }
-    let Some(child) = fd_sock(ret as u64, o) else {
+    let child = if BTF {
+        fd_sock_btf(ret as u64, o)
+    } else {
+        fd_sock(ret as u64, o)
+    };
+    let Some(child) = child else {
         return Ok(());
     };
     account_accept(child, pid_tgid, || {

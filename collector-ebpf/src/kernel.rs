@@ -178,6 +178,46 @@ pub fn fd_sock(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
     file_sock(file, o)
 }
 
+/// [`fd_sock`] with the first half of the walk as plain loads: the task pointer of
+/// `bpf_get_current_task_btf` (Linux 5.11+) is typed, and the verifier lets a
+/// program load its fields, and those of the structs they point to, directly
+/// (task->files->fdt, the table's size and its array); the array holds untyped
+/// `struct file *`, so from there on it reads as [`fd_sock`] does. A kernel without
+/// the helper refuses the program: the probe-read one is attached there instead.
+#[inline(always)]
+pub fn fd_sock_btf(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
+    // SAFETY: a helper without preconditions.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
+    // SAFETY (each load): typed kernel pointers; the verifier checks every offset
+    // against BTF, and a load through a bad pointer reads 0.
+    let files: *const u8 = unsafe { load(task, o.task_files) };
+    if files.is_null() {
+        return None;
+    }
+    let fdt: *const u8 = unsafe { load(files, o.files_fdt) };
+    if fdt.is_null() {
+        return None;
+    }
+    let max_fds: u32 = unsafe { load(fdt, o.fdt_max_fds) };
+    if fd >= u64::from(max_fds) || fd > 0x0fff_ffff {
+        return None;
+    }
+    let fd_array: *const u8 = unsafe { load(fdt, o.fdt_fd) };
+    let file: *const u8 = read(fd_array, (fd * 8) as u32).ok()?;
+    file_sock(file, o)
+}
+
+/// A plain load of a `T` at `base + offset`.
+///
+/// # Safety
+/// `base` must be a pointer the verifier types through BTF (or otherwise lets the
+/// program load from), and `offset` a field of that type.
+#[inline(always)]
+unsafe fn load<T>(base: *const u8, offset: u32) -> T {
+    // SAFETY: the caller's.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
 /// The sock behind a socket's `struct file` (`file->private_data`, a `struct socket`,
 /// -> `sk`); `None` for a null file or a file without one.
 #[inline(always)]

@@ -197,22 +197,38 @@ pub const PROBES: [ProbeSpec; 21] = [
     },
     ProbeSpec {
         name: "sys_exit_accept4",
-        hooks: &[Hook::Classic {
-            program: "sys_exit_accept4",
-            category: "syscalls",
-            name: "sys_exit_accept4",
-        }],
+        // Typed loads of the file table first (5.11+), probe reads where refused.
+        hooks: &[
+            Hook::Classic {
+                program: "sys_exit_accept4_btf",
+                category: "syscalls",
+                name: "sys_exit_accept4",
+            },
+            Hook::Classic {
+                program: "sys_exit_accept4",
+                category: "syscalls",
+                name: "sys_exit_accept4",
+            },
+        ],
         needs_queue_offsets: true,
         replaced_by: &[BY_FEXIT],
         family: Family::Core,
     },
     ProbeSpec {
         name: "sys_exit_accept",
-        hooks: &[Hook::Classic {
-            program: "sys_exit_accept",
-            category: "syscalls",
-            name: "sys_exit_accept",
-        }],
+        // Typed loads of the file table first (5.11+), probe reads where refused.
+        hooks: &[
+            Hook::Classic {
+                program: "sys_exit_accept_btf",
+                category: "syscalls",
+                name: "sys_exit_accept",
+            },
+            Hook::Classic {
+                program: "sys_exit_accept",
+                category: "syscalls",
+                name: "sys_exit_accept",
+            },
+        ],
         needs_queue_offsets: true,
         replaced_by: &[BY_FEXIT],
         family: Family::Core,
