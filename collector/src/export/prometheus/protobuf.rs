@@ -188,18 +188,32 @@ mod tests {
     }
 
     /// The exposition's size with `listeners` listeners, each with accept waits and
-    /// depths in a few buckets: text (short and fine buckets) and protobuf, plain
-    /// and gzipped (flate2's default level, as the daemon's). Run by hand:
-    /// `cargo test -p collector --lib exposition_sizes -- --ignored --nocapture`.
+    /// depths in a few buckets (busy) or quiet: text (short and fine buckets) and
+    /// protobuf, plain and gzipped (flate2's default level, as the daemon's), and
+    /// the time to render and to gzip. Run by hand (release: the daemon's build):
+    /// `cargo test --release -p collector --lib exposition_sizes -- --ignored --nocapture`.
     #[test]
     #[ignore = "prints figures; renders 10,000 listeners"]
     fn exposition_sizes() {
         use std::io::Write as _;
-        let template = fixture_with_kernel_stats().listeners[0].clone();
-        for n in [1_000u64, 10_000] {
+        let busy = fixture_with_kernel_stats().listeners[0].clone();
+        let quiet = crate::model::Listener {
+            accept_queue_len: 0,
+            syn_queue_len: 0,
+            drops: 0,
+            queue_full: false,
+            kernel: Some(crate::model::ListenerKernelStats::default()),
+            ..busy.clone()
+        };
+        for (n, template, kind) in [
+            (1_000u64, &busy, "busy"),
+            (10_000, &busy, "busy"),
+            (1_000, &quiet, "quiet"),
+            (10_000, &quiet, "quiet"),
+        ] {
             let listeners = (0..n)
                 .map(|i| {
-                    let mut l = template.clone();
+                    let mut l = (*template).clone();
                     l.inode = 1_000_000 + i;
                     l.port = 1024 + (i % 60_000) as u16;
                     l
@@ -214,15 +228,20 @@ mod tests {
                 ("text, --fine-buckets", ClassicBuckets::Fine, Format::Text),
                 ("protobuf", ClassicBuckets::Short, Format::Protobuf),
             ] {
+                let started = std::time::Instant::now();
                 let body = render_as(&snapshot, &build(), classic, format).expect("render");
+                let rendered = started.elapsed();
                 let mut gz =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 gz.write_all(&body).expect("gzip");
                 let gzipped = gz.finish().expect("gzip");
                 eprintln!(
-                    "{n:>6} listeners, {what:<22}: {:>10} bytes, gzip {:>9} bytes",
+                    "{n:>6} {kind} listeners, {what:<22}: {:>10} bytes in {:>6.1} ms, gzip {:>9} \
+                     bytes in {:>6.1} ms",
                     body.len(),
-                    gzipped.len()
+                    rendered.as_secs_f64() * 1e3,
+                    gzipped.len(),
+                    (started.elapsed() - rendered).as_secs_f64() * 1e3
                 );
             }
         }

@@ -76,18 +76,16 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
     let mut listeners: Vec<_> = snapshot.listeners.iter().collect();
     listeners.sort_by_key(|l| (l.netns, l.addr, l.port, l.inode));
     for l in &listeners {
-        let id = listener_labels(l);
-        let Some(k) = &l.kernel else {
-            if !l.is_quiet() {
-                full.push(id.clone(), l.queue_full);
-            }
-            continue;
-        };
         if l.is_quiet() {
-            // Its other series would all be 0, its backlog matters only once it
+            // Its series here would all be 0, its backlog matters only once it
             // queues (README: "The series each listener costs").
             continue;
         }
+        let id = listener_labels(l);
+        let Some(k) = &l.kernel else {
+            full.push(id, l.queue_full);
+            continue;
+        };
         if let Some(b) = k.backlog_arg {
             backlog.push(id.clone(), b);
         }
@@ -140,19 +138,25 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
 fn group_families(listeners: &[&Listener]) -> (Family, Family) {
     let mut group = Family::gauge("sockq_listen_group_sockets", HELP_GROUP);
     let mut group_imbalance = Family::gauge("sockq_listen_group_imbalance", HELP_GROUP_IMBALANCE);
-    let mut groups: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
+    // Keyed by the address itself: formatted only for the groups exported.
+    let mut groups: BTreeMap<(u64, std::net::IpAddr, u16), (&Listener, Vec<u64>)> = BTreeMap::new();
     for l in listeners {
         groups
-            .entry((l.netns, l.listen_addr()))
-            .or_default()
+            .entry((l.netns, l.addr, l.port))
+            .or_insert_with(|| (l, Vec::new()))
+            .1
             .push(l.kernel.as_ref().map_or(0, |k| k.accepts));
     }
-    for ((netns, listen_addr), accepts) in groups {
-        let labels = vec![("netns", netns.to_string()), ("listen_addr", listen_addr)];
+    for (first, accepts) in groups.into_values() {
         if accepts.len() < 2 {
-            // A socket alone on its address is no group (README: "The series each listener costs").
+            // A socket alone on its address is no group (README: "The series each
+            // listener costs").
             continue;
         }
+        let labels = vec![
+            ("netns", first.netns.to_string()),
+            ("listen_addr", first.listen_addr()),
+        ];
         if let Some(ratio) = crate::analysis::pattern::imbalance(&accepts) {
             group_imbalance.push_float(labels.clone(), ratio);
         }
@@ -168,6 +172,9 @@ fn acceptor_families(snapshot: &Snapshot) -> (Family, Family, Family) {
     let mut truncated = Family::gauge("sockq_acceptor_series_truncated", HELP_TRUNCATED);
     for l in &snapshot.listeners {
         let mut threads: Vec<_> = snapshot.acceptors.of(l.inode).iter().collect();
+        if threads.is_empty() {
+            continue;
+        }
         // Busiest first, so the cap keeps the threads that matter.
         threads.sort_by(|a, b| b.accepts.cmp(&a.accepts).then(a.tid.cmp(&b.tid)));
         let id = listener_labels(l);
@@ -186,9 +193,7 @@ fn acceptor_families(snapshot: &Snapshot) -> (Family, Family, Family) {
         if capped {
             family.push(thread_labels(&id, String::new(), "other".into(), ""), other);
         }
-        if !threads.is_empty() {
-            truncated.push(id.clone(), capped);
-        }
+        truncated.push(id.clone(), capped);
         let counts: Vec<u64> = threads.iter().map(|a| a.accepts).collect();
         if let Some(ratio) = crate::analysis::pattern::imbalance(&counts) {
             imbalance.push_float(id, ratio);
