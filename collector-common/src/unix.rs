@@ -19,7 +19,7 @@ pub const EAGAIN_RET: i64 = -11;
 /// client merely preempted on a busy machine is not counted.
 pub const BLOCKED_CONNECT_NS: u64 = 10_000_000;
 
-/// Capacity of `UNIX_CONNECTING` (LRU): threads inside an `AF_UNIX` connect().
+/// Capacity of `UNIX_CONNECTING`: threads inside an `AF_UNIX` connect() at once.
 pub const UNIX_CONNECTING_MAX_ENTRIES: u32 = 4096;
 /// Capacity of `UNIX_REFUSED`: (client namespace, target name, client process)
 /// triples. Userspace removes the entries of exited clients (folding their counts

@@ -242,14 +242,48 @@ pub fn listener_inode(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
 }
 
 /// The family of `sk` if it is a listening socket (TCP or Unix stream/seqpacket:
-/// both use `TCP_LISTEN`), else `None`: one read for everything else.
+/// both use `TCP_LISTEN`), else `None`: one read where `skc_state` follows
+/// `skc_family` (every kernel sockq knows), else one for everything else and two
+/// for listeners.
 #[inline(always)]
 pub fn listening_family(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
+    let listen = collector_common::tcp_state::TCP_LISTEN;
+    if o.sk_state == o.sk_family + 2 {
+        let both: u32 = read(sk, o.sk_family).ok()?;
+        return ((both >> 16) as u8 == listen).then_some(both as u16);
+    }
     let state: u8 = read(sk, o.sk_state).ok()?;
-    if state != collector_common::tcp_state::TCP_LISTEN {
+    if state != listen {
         return None;
     }
     read(sk, o.sk_family).ok()
+}
+
+/// `sk_ack_backlog`, `sk_max_ack_backlog` and `sk_ino` as they lie in 6.18's
+/// `struct sock`, one after the other.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BacklogAndInode {
+    depth: u32,
+    limit: u32,
+    inode: u64,
+}
+
+/// A listener's accept-queue depth (`sk_ack_backlog`), limit (`sk_max_ack_backlog`)
+/// and socket inode (0: none): one 16-byte read where the kernel keeps them together
+/// (6.18), else three.
+#[inline(always)]
+pub fn backlog_and_inode(sk: *const u8, o: &KernelOffsets) -> Result<(u32, u32, u64), i64> {
+    if o.sk_ino != 0
+        && o.sk_max_ack_backlog == o.sk_ack_backlog + 4
+        && o.sk_ino == o.sk_ack_backlog + 8
+    {
+        let b: BacklogAndInode = read(sk, o.sk_ack_backlog)?;
+        return Ok((b.depth, b.limit, b.inode));
+    }
+    let depth: u32 = read(sk, o.sk_ack_backlog)?;
+    let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
+    Ok((depth, limit, sock_inode(sk, o)))
 }
 
 /// The inode of listener `sk` of `family` if it is a TCP (inet) one.

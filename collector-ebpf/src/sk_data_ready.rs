@@ -7,7 +7,8 @@
 //! socket's state, and everything that is not a listener leaves at once.
 //!
 //! For a listener, reads `sk_ack_backlog` (depth after the enqueue) and
-//! `sk_max_ack_backlog` (limit) and aggregates them in `LISTENER_QUEUES`: depth
+//! `sk_max_ack_backlog` (limit), with its inode in the same read where they lie
+//! together, and aggregates them in `LISTENER_QUEUES`: depth
 //! histogram, maximum, full enqueues (depth > limit, the kernel's
 //! `sk_acceptq_is_full`). The connection just queued is the accept queue's tail
 //! (`icsk_accept_queue.rskq_accept_tail->sk`): its stamp in `QUEUED` gets the
@@ -33,7 +34,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{inet_listener_inode, listening_family, offsets, read, sock_netns},
+    kernel::{backlog_and_inode, listening_family, offsets, read, sock_netns},
     maps::{EVENTS, JUST_STAMPED, QUEUED, atomic_add, count_enqueue},
     stats::count_failure,
 };
@@ -68,11 +69,16 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     if family == collector_common::unix::AF_UNIX {
         return crate::unix_connect::on_unix_enqueue(sk, o);
     }
-    let Some(inode) = inet_listener_inode(sk, family, o) else {
+    // Unix listeners left above: only inet ones have the accept queue read here.
+    if family != collector_common::listener::AF_INET
+        && family != collector_common::listener::AF_INET6
+    {
         return Ok(());
-    };
-    let depth: u32 = read(sk, o.sk_ack_backlog)?;
-    let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
+    }
+    let (depth, limit, inode) = backlog_and_inode(sk, o)?;
+    if inode == 0 {
+        return Ok(());
+    }
     let Some(q) = count_enqueue(sk, inode, depth) else {
         return Ok(());
     };

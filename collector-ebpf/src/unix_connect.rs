@@ -23,7 +23,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use collector_common::{
@@ -37,7 +37,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{fd_sock, offsets, read, record_u64, sock_inode, sock_net_key},
+    kernel::{backlog_and_inode, fd_sock, offsets, read, record_u64, sock_net_key},
     maps::{QUEUED, atomic_add, count_enqueue, get_or_insert, insert_or_count},
 };
 
@@ -55,11 +55,14 @@ static UNIX_OFFSETS: UnixOffsets = UnixOffsets {
     accept_valid: 0,
 };
 
-/// Threads inside an `AF_UNIX` connect(), by tid. LRU: a thread that never returns
-/// from the call leaves an entry nobody removes.
+/// Threads inside an `AF_UNIX` connect(), by tid. A plain hash (an LRU map's insert
+/// and delete cost several times more, on every Unix connect): every connect that
+/// enters returns through `sys_exit_connect`, interrupted ones too, and removes its
+/// entry; the few a start-up leaves (connects already inside when the exit program
+/// attached) are replaced by their thread's next connect.
 #[map]
-static UNIX_CONNECTING: LruHashMap<u32, UnixConnecting> =
-    LruHashMap::with_max_entries(UNIX_CONNECTING_MAX_ENTRIES, 0);
+static UNIX_CONNECTING: HashMap<u32, UnixConnecting> =
+    HashMap::with_max_entries(UNIX_CONNECTING_MAX_ENTRIES, 0);
 
 /// Refused and waiting connects per (client namespace, name, client tgid). Userspace
 /// removes the entries of exited clients and of names no listener has.
@@ -207,12 +210,12 @@ pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
     if u.accept_valid == 0 {
         return Ok(());
     }
-    let inode = sock_inode(sk, o);
+    // A Unix listener's accept queue is its receive queue: sk_ack_backlog is unused.
+    let (_, limit, inode) = backlog_and_inode(sk, o)?;
     if inode == 0 {
         return Ok(());
     }
     let depth: u32 = read(sk, u.sk_receive_queue_qlen)?;
-    let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
     let Some(q) = count_enqueue(sk, inode, depth) else {
         return Ok(());
     };
