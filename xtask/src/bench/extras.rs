@@ -27,6 +27,36 @@ pub fn idle_footprint(sockq: &Path) -> Result<(f64, u64)> {
     Ok((cpu, machine::rss_kib(d.pid())?))
 }
 
+/// `count` listeners held open in a namespace by `sockq-scenario listeners` until
+/// dropped.
+struct Listeners(std::process::Child);
+
+impl Listeners {
+    /// Starts them, and returns once the scenario says they all listen.
+    fn hold(ns: &TempNetns, scenario: &Path, count: usize) -> Result<Self> {
+        let mut child = ns
+            .command(scenario)
+            .args(["listeners", &count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the listeners")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Listeners {
+    /// Closing its stdin ends the scenario.
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
 /// What [`scrape_latency`] measures.
 pub struct Scrapes {
     /// Scrapes that were the first of their snapshot: they rendered and gzipped it
@@ -49,17 +79,7 @@ const FRESH_SCRAPES: usize = 40;
 /// body sizes.
 pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result<Scrapes> {
     let ns = TempNetns::new()?;
-    let mut holder = ns
-        .command(scenario)
-        .args(["listeners", &listeners.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the listeners")?;
-    let mut line = String::new();
-    if let Some(out) = holder.stdout.take() {
-        BufReader::new(out).read_line(&mut line)?;
-    }
+    let holder = Listeners::hold(&ns, scenario, listeners)?;
     let d = Daemon::start(sockq, &[])?;
     // Let the daemon inventory them.
     std::thread::sleep(Duration::from_secs(3));
@@ -89,8 +109,7 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
     }
     let text_bytes = http_body_bytes(&d.addr, "/metrics", "")?;
     let gzip_bytes = http_body_bytes(&d.addr, "/metrics", "Accept-Encoding: gzip\r\n")?;
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+    drop(holder);
     if fresh.len() < FRESH_SCRAPES / 2 {
         bail!("only {} scrapes saw a new poll in 120 s", fresh.len());
     }
@@ -121,17 +140,7 @@ pub struct Interference {
 pub fn scrapes_against_polls(sockq: &Path, scenario: &Path) -> Result<Vec<Interference>> {
     const WINDOW: Duration = Duration::from_secs(20);
     let ns = TempNetns::new()?;
-    let mut holder = ns
-        .command(scenario)
-        .args(["listeners", "10000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the listeners")?;
-    let mut line = String::new();
-    if let Some(out) = holder.stdout.take() {
-        BufReader::new(out).read_line(&mut line)?;
-    }
+    let holder = Listeners::hold(&ns, scenario, 10000)?;
     let d = Daemon::start(sockq, &[])?;
     std::thread::sleep(Duration::from_secs(5));
     let mut out = Vec::new();
@@ -178,8 +187,7 @@ pub fn scrapes_against_polls(sockq: &Path, scenario: &Path) -> Result<Vec<Interf
         });
         std::thread::sleep(Duration::from_secs(2));
     }
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+    drop(holder);
     Ok(out)
 }
 
@@ -227,17 +235,7 @@ fn scrape_every_100ms(addr: &str, window: Duration) -> Vec<f64> {
 /// The daemon's RSS with 1,000 listeners after five gzip scrapes, KiB: (RSS, peak).
 pub fn thousand_listeners_rss(sockq: &Path, scenario: &Path) -> Result<(u64, u64)> {
     let ns = TempNetns::new()?;
-    let mut holder = ns
-        .command(scenario)
-        .args(["listeners", "1000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the listeners")?;
-    let mut line = String::new();
-    if let Some(out) = holder.stdout.take() {
-        BufReader::new(out).read_line(&mut line)?;
-    }
+    let holder = Listeners::hold(&ns, scenario, 1000)?;
     let d = Daemon::start(sockq, &[])?;
     std::thread::sleep(Duration::from_secs(4));
     for _ in 0..5 {
@@ -246,8 +244,7 @@ pub fn thousand_listeners_rss(sockq: &Path, scenario: &Path) -> Result<(u64, u64
     std::thread::sleep(Duration::from_secs(2));
     let rss = machine::rss_kib(d.pid())?;
     let peak = machine::status_kib(d.pid(), "VmHWM:")?;
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+    drop(holder);
     Ok((rss, peak))
 }
 
