@@ -30,7 +30,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{fd_sock, fd_sock_btf, offsets, read, record_u64, sock_inode},
+    kernel::{fd_sock, is_inet_family, offsets, read, record_u64, sock_inode},
     maps::{
         ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor,
         insert_or_count,
@@ -51,8 +51,8 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
 }
 
 /// The exits walk the file table with typed loads where the kernel has
-/// `bpf_get_current_task_btf` (5.11+), else with probe reads (`kernel::fd_sock`);
-/// userspace tries them in that order.
+/// `bpf_get_current_task_btf` (5.11+), else with probe reads (`kernel::fd_sock`'s
+/// `TYPED`); userspace tries them in that order.
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4_btf(ctx: TracePointContext) -> u32 {
     let _ = on_accept_return::<true>(&ctx, offsets().tp_accept4_ret);
@@ -111,16 +111,11 @@ fn on_accept_return<const BTF: bool>(ctx: &TracePointContext, ret_offset: u32) -
     if ret < 0 {
         return Ok(());
     }
-    let child = if BTF {
-        fd_sock_btf(ret as u64, o)
-    } else {
-        fd_sock(ret as u64, o)
-    };
-    let Some(child) = child else {
+    let Some(child) = fd_sock::<BTF>(ret as u64, o) else {
         return Ok(());
     };
     account_accept(child, pid_tgid, || {
-        let listener = sock_inode(fd_sock(listen_fd?, o)?, o);
+        let listener = sock_inode(fd_sock::<BTF>(listen_fd?, o)?, o);
         (listener != 0).then_some(listener)
     });
     Ok(())
@@ -176,9 +171,7 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, fallback: impl FnOnce() -
 /// Whether `sk` is an IPv4 or IPv6 socket (read only on the rare unattributed path).
 #[inline(always)]
 fn is_inet(sk: *const u8) -> bool {
-    read::<u16>(sk, offsets().sk_family).is_ok_and(|f| {
-        f == collector_common::listener::AF_INET || f == collector_common::listener::AF_INET6
-    })
+    read::<u16>(sk, offsets().sk_family).is_ok_and(is_inet_family)
 }
 
 /// Watches who reads a sample of the accepted connections (`sock_recv_length`).

@@ -198,7 +198,7 @@ fn on_complete(
         return Ok(());
     }
     let child = if file_slot == 0 {
-        fd_sock(res as u64, o)
+        fd_sock::<false>(res as u64, o)
     } else {
         let child = fixed_file_index(file_slot, res).and_then(|i| fixed_file_sock(ring, i, o));
         if child.is_none() {

@@ -162,60 +162,54 @@ pub fn sock_inode(sk: *const u8, o: &KernelOffsets) -> u64 {
 /// The `struct sock` behind file descriptor `fd` of the current task
 /// (task->files->fdt->fd[fd]->private_data->sk). The caller knows `fd` is a socket
 /// (a successful accept() or listen() on it).
-#[inline(always)]
-pub fn fd_sock(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
-    // SAFETY: a helper without preconditions; the pointer is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
-    let files: *const u8 = read(task, o.task_files).ok()?;
-    let fdt: *const u8 = read(files, o.files_fdt).ok()?;
-    let max_fds: u32 = read(fdt, o.fdt_max_fds).ok()?;
-    if fd >= u64::from(max_fds) || fd > 0x0fff_ffff {
-        return None;
-    }
-    let fd_array: *const u8 = read(fdt, o.fdt_fd).ok()?;
-    let file: *const u8 = read(fd_array, (fd * 8) as u32).ok()?;
-    file_sock(file, o)
-}
-
-/// [`fd_sock`] with the first half of the walk as plain loads: the task pointer of
-/// `bpf_get_current_task_btf` (Linux 5.11+) is typed, and the verifier lets a
-/// program load its fields, and those of the structs they point to, directly
-/// (task->files->fdt, the table's size and its array); the array holds untyped
-/// `struct file *`, so from there on it reads as [`fd_sock`] does. A kernel without
-/// the helper refuses the program: the probe-read one is attached there instead.
-#[inline(always)]
-pub fn fd_sock_btf(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
-    // SAFETY: a helper without preconditions.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
-    // SAFETY (each load): typed kernel pointers; the verifier checks every offset
-    // against BTF, and a load through a bad pointer reads 0.
-    let files: *const u8 = unsafe { load(task, o.task_files) };
-    if files.is_null() {
-        return None;
-    }
-    let fdt: *const u8 = unsafe { load(files, o.files_fdt) };
-    if fdt.is_null() {
-        return None;
-    }
-    let max_fds: u32 = unsafe { load(fdt, o.fdt_max_fds) };
-    if fd >= u64::from(max_fds) || fd > 0x0fff_ffff {
-        return None;
-    }
-    let fd_array: *const u8 = unsafe { load(fdt, o.fdt_fd) };
-    let file: *const u8 = read(fd_array, (fd * 8) as u32).ok()?;
-    file_sock(file, o)
-}
-
-/// A plain load of a `T` at `base + offset`.
 ///
-/// # Safety
-/// `base` must be a pointer the verifier types through BTF (or otherwise lets the
-/// program load from), and `offset` a field of that type.
+/// `TYPED`: the first half of the walk as plain loads. The task pointer of
+/// `bpf_get_current_task_btf` (Linux 5.11+) is typed, and the verifier lets a program
+/// load its fields, and those of the structs they point to, directly (task->files->
+/// fdt, the table's size and its array); the array holds untyped `struct file *`, so
+/// from there on it is probe reads either way. A kernel without the helper refuses
+/// a program built with `TYPED`: the other one is attached there instead.
 #[inline(always)]
-unsafe fn load<T>(base: *const u8, offset: u32) -> T {
-    // SAFETY: the caller's.
-    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
+pub fn fd_sock<const TYPED: bool>(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
+    // SAFETY: helpers without preconditions; the untyped pointer is only read
+    // through bpf_probe_read_kernel.
+    let task = unsafe {
+        if TYPED {
+            aya_ebpf::helpers::bpf_get_current_task_btf() as *const u8
+        } else {
+            aya_ebpf::helpers::bpf_get_current_task() as *const u8
+        }
+    };
+    let files: *const u8 = walk::<TYPED, _>(task, o.task_files)?;
+    let fdt: *const u8 = walk::<TYPED, _>(files, o.files_fdt)?;
+    let max_fds: u32 = walk::<TYPED, _>(fdt, o.fdt_max_fds)?;
+    if fd >= u64::from(max_fds) || fd > 0x0fff_ffff {
+        return None;
+    }
+    let fd_array: *const u8 = walk::<TYPED, _>(fdt, o.fdt_fd)?;
+    let file: *const u8 = read(fd_array, (fd * 8) as u32).ok()?;
+    file_sock(file, o)
+}
+
+/// A field on [`fd_sock`]'s walk: with `TYPED` a plain load (`None` for a null
+/// pointer, whose load would read 0), else a probe read.
+#[inline(always)]
+fn walk<const TYPED: bool, T>(base: *const u8, offset: u32) -> Option<T> {
+    if !TYPED {
+        return read(base, offset).ok();
+    }
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: `base` is the typed task pointer or a pointer loaded from it, so the
+    // verifier checks the offset against BTF; a load through a bad pointer reads 0.
+    Some(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) })
+}
+
+/// Whether `family` is IPv4 or IPv6.
+#[inline(always)]
+pub fn is_inet_family(family: u16) -> bool {
+    family == collector_common::listener::AF_INET || family == collector_common::listener::AF_INET6
 }
 
 /// The sock behind a socket's `struct file` (`file->private_data`, a `struct socket`,
@@ -291,9 +285,7 @@ pub fn backlog_and_inode(sk: *const u8, o: &KernelOffsets) -> Result<(u32, u32, 
 pub fn inet_listener_inode(sk: *const u8, family: u16, o: &KernelOffsets) -> Option<u64> {
     // Unix stream listeners are in TCP_LISTEN too, and `sk_data_ready` fires for
     // them: they are counted apart (`unix_connect::on_unix_enqueue`).
-    if family != collector_common::listener::AF_INET
-        && family != collector_common::listener::AF_INET6
-    {
+    if !is_inet_family(family) {
         return None;
     }
     let inode = sock_inode(sk, o);

@@ -34,7 +34,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{backlog_and_inode, listening_family, offsets, read, sock_netns},
+    kernel::{backlog_and_inode, is_inet_family, listening_family, offsets, read, sock_netns},
     maps::{EVENTS, JUST_STAMPED, QUEUED, atomic_add, count_enqueue},
     stats::count_failure,
 };
@@ -70,9 +70,7 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
         return crate::unix_connect::on_unix_enqueue(sk, o);
     }
     // Unix listeners left above: only inet ones have the accept queue read here.
-    if family != collector_common::listener::AF_INET
-        && family != collector_common::listener::AF_INET6
-    {
+    if !is_inet_family(family) {
         return Ok(());
     }
     let (depth, limit, inode) = backlog_and_inode(sk, o)?;

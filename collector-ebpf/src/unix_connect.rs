@@ -170,7 +170,7 @@ fn on_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
     key.tgid = (pid_tgid >> 32) as u32;
     read_name(entry.addr as *const u8, entry.len, &mut key.path)?;
     let o = offsets();
-    if let Some(sk) = fd_sock(u64::from(entry.fd), o) {
+    if let Some(sk) = fd_sock::<false>(u64::from(entry.fd), o) {
         key.net = sock_net_key(sk, o);
     }
     count(&key, refused, took);

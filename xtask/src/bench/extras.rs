@@ -27,6 +27,16 @@ pub fn idle_footprint(sockq: &Path) -> Result<(f64, u64)> {
     Ok((cpu, machine::rss_kib(d.pid())?))
 }
 
+/// The request header of a scrape as Prometheus sends it.
+const GZIP: &str = "Accept-Encoding: gzip\r\n";
+
+/// The value of the unlabelled sample `name` in an exposition.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `count` listeners held open in a namespace by `sockq-scenario listeners` until
 /// dropped.
 struct Listeners(std::process::Child);
@@ -88,18 +98,15 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
     let deadline = Instant::now() + Duration::from_secs(120);
     while fresh.len() < FRESH_SCRAPES && Instant::now() < deadline {
         let t = Instant::now();
-        let gzipped = http_get_bytes(&d.addr, "/metrics", "Accept-Encoding: gzip\r\n")?;
+        let gzipped = http_get_bytes(&d.addr, "/metrics", GZIP)?;
         let took = t.elapsed().as_secs_f64();
         let mut body = String::new();
         flate2::read::GzDecoder::new(&gzipped[..])
             .read_to_string(&mut body)
             .context("a /metrics answer that is not gzip")?;
-        let poll = body
-            .lines()
-            .find_map(|l| l.strip_prefix("sockq_poll_duration_seconds_count "))
-            .context("no poll count in /metrics")?
-            .to_owned();
-        if last_poll.as_ref() == Some(&poll) {
+        let poll = sample(&body, "sockq_poll_duration_seconds_count")
+            .context("no poll count in /metrics")?;
+        if last_poll == Some(poll) {
             repeat.push(took);
         } else if last_poll.is_some() {
             fresh.push(took);
@@ -108,7 +115,7 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
         std::thread::sleep(Duration::from_millis(300));
     }
     let text_bytes = http_body_bytes(&d.addr, "/metrics", "")?;
-    let gzip_bytes = http_body_bytes(&d.addr, "/metrics", "Accept-Encoding: gzip\r\n")?;
+    let gzip_bytes = http_body_bytes(&d.addr, "/metrics", GZIP)?;
     drop(holder);
     if fresh.len() < FRESH_SCRAPES / 2 {
         bail!("only {} scrapes saw a new poll in 120 s", fresh.len());
@@ -194,15 +201,10 @@ pub fn scrapes_against_polls(sockq: &Path, scenario: &Path) -> Result<Vec<Interf
 /// `sockq_poll_duration_seconds` sum and count.
 fn poll_totals(addr: &str) -> Result<(f64, u64)> {
     let body = http_get(addr, "/metrics")?;
-    let value = |name: &str| {
-        body.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .with_context(|| format!("no {name}in /metrics"))
-    };
+    let value = |name: &str| sample(&body, name).with_context(|| format!("no {name} in /metrics"));
     Ok((
-        value("sockq_poll_duration_seconds_sum ")?,
-        value("sockq_poll_duration_seconds_count ")? as u64,
+        value("sockq_poll_duration_seconds_sum")?,
+        value("sockq_poll_duration_seconds_count")? as u64,
     ))
 }
 
@@ -216,7 +218,7 @@ fn scrape_every_100ms(addr: &str, window: Duration) -> Vec<f64> {
         let addr = addr.to_owned();
         scrapers.push(std::thread::spawn(move || {
             let t = Instant::now();
-            match http_get_bytes(&addr, "/metrics", "Accept-Encoding: gzip\r\n") {
+            match http_get_bytes(&addr, "/metrics", GZIP) {
                 Ok(_) => t.elapsed().as_secs_f64(),
                 Err(_) => f64::INFINITY,
             }
@@ -239,7 +241,7 @@ pub fn thousand_listeners_rss(sockq: &Path, scenario: &Path) -> Result<(u64, u64
     let d = Daemon::start(sockq, &[])?;
     std::thread::sleep(Duration::from_secs(4));
     for _ in 0..5 {
-        http_get_bytes(&d.addr, "/metrics", "Accept-Encoding: gzip\r\n")?;
+        http_get_bytes(&d.addr, "/metrics", GZIP)?;
     }
     std::thread::sleep(Duration::from_secs(2));
     let rss = machine::rss_kib(d.pid())?;
@@ -267,11 +269,7 @@ pub fn event_throughput(sockq: &Path, scenario: &Path, seconds: f64) -> Result<(
         .context("churn output")?;
     std::thread::sleep(Duration::from_millis(1500));
     let body = http_get(&d.addr, "/metrics")?;
-    let lost = body
-        .lines()
-        .find_map(|l| l.strip_prefix("sockq_events_lost_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let lost = sample(&body, "sockq_events_lost_total").map_or(0, |v| v as u64);
     // Each listener opens and closes: two events.
     Ok((2.0 * listens / elapsed, lost))
 }
@@ -337,4 +335,23 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64) -> Result<()> {
     let (rate, lost) = event_throughput(sockq, scenario, seconds)?;
     println!("{rate:.0} events/s, {lost} lost");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn a_sample_is_found_by_its_whole_name() {
+        let body =
+            "# HELP x\nsockq_poll_duration_seconds_sum 1.5\nsockq_poll_duration_seconds_count 7\n";
+        assert_eq!(sample(body, "sockq_poll_duration_seconds_count"), Some(7.0));
+        assert_eq!(sample(body, "sockq_poll_duration_seconds_sum"), Some(1.5));
+        assert_eq!(
+            sample(body, "sockq_poll_duration_seconds"),
+            None,
+            "a prefix is not a name"
+        );
+        assert_eq!(sample(body, "sockq_events_lost_total"), None);
+    }
 }

@@ -82,14 +82,11 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
             continue;
         }
         let id = listener_labels(l);
-        let Some(k) = &l.kernel else {
-            full.push(id, l.queue_full);
-            continue;
-        };
+        full.push(id.clone(), l.queue_full);
+        let Some(k) = &l.kernel else { continue };
         if let Some(b) = k.backlog_arg {
             backlog.push(id.clone(), b);
         }
-        full.push(id.clone(), l.queue_full);
         enqueues.push(id.clone(), k.enqueues);
         full_enqueues.push(id.clone(), k.full_enqueues);
         max_depth.push(id.clone(), k.max_depth);
