@@ -129,7 +129,11 @@ impl SharedState {
         }
         let plain =
             prometheus::render_as(&snapshot, &self.inner.build, self.inner.classic, format)?;
-        let body = Bytes::from(if gzip { gzipped(&plain) } else { plain });
+        let body = Bytes::from(if gzip {
+            prometheus::gzip(&plain)
+        } else {
+            plain
+        });
         rendered.push(Rendered {
             from: current,
             format,
@@ -138,19 +142,6 @@ impl SharedState {
         });
         Ok(body)
     }
-}
-
-/// `body` gzipped at flate2's default level. Level 1 saved about 6 ms of a 10,000
-/// listener scrape's 58 here, for a body half as large again (211 KB against 139).
-fn gzipped(body: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 8),
-        flate2::Compression::default(),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = encoder.write_all(body);
-    encoder.finish().unwrap_or_default()
 }
 
 /// Whether an `Accept-Encoding` header accepts gzip: `gzip` (or `x-gzip`) at a

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod health;
 mod histogram;
+mod labels;
 mod nagle;
 mod netns;
 mod protobuf;
@@ -41,11 +42,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use self::histogram::HistogramValue;
 pub use self::{
     histogram::ClassicBuckets,
     protobuf::{Format, PROTOBUF_CONTENT_TYPE},
 };
+use self::{histogram::HistogramValue, labels::Labels};
 use crate::model::{Snapshot, tcp_state_name};
 
 /// The `Content-Type` of what [`render`] produces.
@@ -129,6 +130,24 @@ pub fn render_as(
     }
 }
 
+/// `body` gzipped, for a scraper that sends `Accept-Encoding: gzip`. Level 2: at
+/// 10,000 quiet listeners it compresses 3.9 MB into 154 KB in 3 ms, where the default
+/// level 6 takes 15 ms for 142 KB; 1,000 busy ones, 4.2 MB into 195 KB in 6 ms
+/// against 184 KB in 19 ms (zlib-rs, `exposition_sizes`). Level 1 is no faster and
+/// half as large again.
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 16),
+        flate2::Compression::new(GZIP_LEVEL),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default()
+}
+
+const GZIP_LEVEL: u32 = 2;
+
 fn encode_text(
     collector: SnapshotCollector,
     snapshot: &Snapshot,
@@ -146,9 +165,6 @@ fn encode_text(
     })?;
     Ok(out)
 }
-
-/// Labels of one series, in output order.
-type Labels = Vec<(&'static str, String)>;
 
 /// One sample's value.
 #[derive(Debug, Clone)]
@@ -192,16 +208,16 @@ impl Family {
         }
     }
 
-    fn push(&mut self, labels: Labels, value: impl Into<u64>) {
-        self.series.push((labels, Value::Int(value.into())));
+    fn push(&mut self, labels: impl Into<Labels>, value: impl Into<u64>) {
+        self.series.push((labels.into(), Value::Int(value.into())));
     }
 
-    fn push_float(&mut self, labels: Labels, value: f64) {
-        self.series.push((labels, Value::Float(value)));
+    fn push_float(&mut self, labels: impl Into<Labels>, value: f64) {
+        self.series.push((labels.into(), Value::Float(value)));
     }
 
-    fn push_histogram(&mut self, labels: Labels, value: HistogramValue) {
-        self.series.push((labels, Value::Histogram(value)));
+    fn push_histogram(&mut self, labels: impl Into<Labels>, value: HistogramValue) {
+        self.series.push((labels.into(), Value::Histogram(value)));
     }
 }
 
@@ -313,24 +329,30 @@ fn inventory_families(snapshot: &Snapshot) -> Vec<Family> {
             drops.push(identity.clone(), l.drops);
         }
 
-        let owners: BTreeSet<(u32, &str, &str)> = l
-            .owners
-            .iter()
-            .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
-            .collect();
         let pattern = snapshot
             .patterns
             .get(&l.inode)
             .map_or("undetermined", |p| p.pattern.name());
-        if owners.is_empty() {
-            info.push(
+        match l.owners.as_slice() {
+            [] => info.push(
                 owner_labels(&identity, String::new(), "", "", pattern),
                 1_u8,
-            );
-        }
-        for (pid, comm, container) in owners {
-            let labels = owner_labels(&identity, pid.to_string(), comm, container, pattern);
-            info.push(labels, 1_u8);
+            ),
+            // Most listeners have one owner: nothing to merge.
+            [o] => {
+                let (pid, comm, container) = owner(o);
+                info.push(
+                    owner_labels(&identity, pid.to_string(), comm, container, pattern),
+                    1_u8,
+                );
+            }
+            owners => {
+                let owners: BTreeSet<(u32, &str, &str)> = owners.iter().map(owner).collect();
+                for (pid, comm, container) in owners {
+                    let labels = owner_labels(&identity, pid.to_string(), comm, container, pattern);
+                    info.push(labels, 1_u8);
+                }
+            }
         }
     }
     vec![accept_len, accept_limit, syn_len, drops, info]
@@ -406,6 +428,11 @@ fn self_families(snapshot: &Snapshot, build: &BuildInfo) -> Vec<Family> {
     vec![lost, by_cause, read_errors, ring, mode, probes, build_info]
 }
 
+/// An owner's labels, borrowed.
+fn owner(o: &crate::model::Owner) -> (u32, &str, &str) {
+    (o.pid, o.comm.as_str(), o.container.as_str())
+}
+
 fn owner_labels(
     identity: &Labels,
     pid: String,
@@ -414,10 +441,10 @@ fn owner_labels(
     pattern: &str,
 ) -> Labels {
     let mut labels = identity.clone();
-    labels.push(("pid", pid));
-    labels.push(("comm", comm.to_owned()));
-    labels.push(("container", container.to_owned()));
-    labels.push(("pattern", pattern.to_owned()));
+    labels.push("pid", pid);
+    labels.push("comm", comm);
+    labels.push("container", container);
+    labels.push("pattern", pattern);
     labels
 }
 
@@ -505,11 +532,11 @@ fn encode_histogram(
 
 /// The labels that identify a listener.
 fn listener_labels(l: &crate::model::Listener) -> Labels {
-    vec![
+    Labels::shared([
         ("netns", l.netns.to_string()),
         ("listen_addr", l.listen_addr()),
         ("socket", l.inode.to_string()),
-    ]
+    ])
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ const HELP_SENDS: &str = "sendmsg calls on TCP sockets of this host, by the sock
     (TCP_CORK). Host-wide: one per-CPU add is all the send path can afford.";
 
 fn labels(k: &SeriesKey) -> Labels {
-    vec![
+    Labels::shared([
         ("netns", k.netns.to_string()),
         ("listen_addr", k.listen_addr.clone()),
         (
@@ -39,12 +39,7 @@ fn labels(k: &SeriesKey) -> Labels {
             },
         ),
         ("comm", k.comm.clone()),
-    ]
-}
-
-fn with(mut labels: Labels, name: &'static str, value: &str) -> Labels {
-    labels.push((name, value.to_owned()));
-    labels
+    ])
 }
 
 pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Family> {
@@ -60,9 +55,9 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
     for s in &snapshot.nagle {
         let id = labels(&s.key);
         if s.delack_armed + s.delack_fired + s.delack_cancelled > 0 {
-            timers.push(with(id.clone(), "event", "armed"), s.delack_armed);
-            timers.push(with(id.clone(), "event", "fired"), s.delack_fired);
-            timers.push(with(id.clone(), "event", "cancelled"), s.delack_cancelled);
+            timers.push(id.with("event", "armed"), s.delack_armed);
+            timers.push(id.with("event", "fired"), s.delack_fired);
+            timers.push(id.with("event", "cancelled"), s.delack_cancelled);
         }
         if s.delack_delay.count() > 0 {
             delay.push_histogram(

@@ -189,13 +189,12 @@ mod tests {
 
     /// The exposition's size with `listeners` listeners, each with accept waits and
     /// depths in a few buckets (busy) or quiet: text (short and fine buckets) and
-    /// protobuf, plain and gzipped (flate2's default level, as the daemon's), and
+    /// protobuf, plain and gzipped (as the daemon gzips), and
     /// the time to render and to gzip. Run by hand (release: the daemon's build):
     /// `cargo test --release -p collector --lib exposition_sizes -- --ignored --nocapture`.
     #[test]
     #[ignore = "prints figures; renders 10,000 listeners"]
     fn exposition_sizes() {
-        use std::io::Write as _;
         let busy = fixture_with_kernel_stats().listeners[0].clone();
         let quiet = crate::model::Listener {
             accept_queue_len: 0,
@@ -231,10 +230,7 @@ mod tests {
                 let started = std::time::Instant::now();
                 let body = render_as(&snapshot, &build(), classic, format).expect("render");
                 let rendered = started.elapsed();
-                let mut gz =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                gz.write_all(&body).expect("gzip");
-                let gzipped = gz.finish().expect("gzip");
+                let gzipped = super::super::gzip(&body);
                 eprintln!(
                     "{n:>6} {kind} listeners, {what:<22}: {:>10} bytes in {:>6.1} ms, gzip {:>9} \
                      bytes in {:>6.1} ms",

@@ -103,9 +103,7 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
             oldest.push_float(id.clone(), w);
         }
         for (reason, n) in &k.drop_reasons {
-            let mut labels = id.clone();
-            labels.push(("reason", reason.clone()));
-            reasons.push(labels, *n);
+            reasons.push(id.with("reason", reason.as_str()), *n);
         }
     }
     let (group, group_imbalance) = group_families(&listeners);
@@ -150,10 +148,10 @@ fn group_families(listeners: &[&Listener]) -> (Family, Family) {
             // listener costs").
             continue;
         }
-        let labels = vec![
+        let labels = Labels::shared([
             ("netns", first.netns.to_string()),
             ("listen_addr", first.listen_addr()),
-        ];
+        ]);
         if let Some(ratio) = crate::analysis::pattern::imbalance(&accepts) {
             group_imbalance.push_float(labels.clone(), ratio);
         }
@@ -201,8 +199,8 @@ fn acceptor_families(snapshot: &Snapshot) -> (Family, Family, Family) {
 
 fn thread_labels(id: &Labels, pid: String, tid: String, comm: &str) -> Labels {
     let mut labels = id.clone();
-    labels.push(("pid", pid));
-    labels.push(("tid", tid));
-    labels.push(("comm", comm.to_owned()));
+    labels.push("pid", pid);
+    labels.push("tid", tid);
+    labels.push("comm", comm);
     labels
 }

@@ -88,14 +88,14 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
             .split_at(k.refused_by.len().min(MAX_CLIENTS_PER_LISTENER));
         for c in listed {
             let mut labels = id.clone();
-            labels.push(("client_pid", c.pid.to_string()));
-            labels.push(("client_comm", c.comm.clone()));
+            labels.push("client_pid", c.pid.to_string());
+            labels.push("client_comm", c.comm.as_str());
             refused_by.push(labels, c.refused);
         }
         if !rest.is_empty() {
             let mut labels = id.clone();
-            labels.push(("client_pid", String::new()));
-            labels.push(("client_comm", "other".to_owned()));
+            labels.push("client_pid", String::new());
+            labels.push("client_comm", "other");
             refused_by.push(labels, rest.iter().map(|c| c.refused).sum::<u64>());
         }
     }
@@ -154,9 +154,9 @@ impl QueueFamilies {
         for (i, a) in threads.iter().enumerate() {
             if i < MAX_ACCEPTORS_PER_LISTENER {
                 let mut labels = id.clone();
-                labels.push(("pid", a.pid.to_string()));
-                labels.push(("tid", a.tid.to_string()));
-                labels.push(("comm", a.comm.clone()));
+                labels.push("pid", a.pid.to_string());
+                labels.push("tid", a.tid.to_string());
+                labels.push("comm", a.comm.as_str());
                 self.acceptors.push(labels, a.accepts);
             } else {
                 other = other.saturating_add(a.accepts);
@@ -164,9 +164,9 @@ impl QueueFamilies {
         }
         if threads.len() > MAX_ACCEPTORS_PER_LISTENER {
             let mut labels = id.clone();
-            labels.push(("pid", String::new()));
-            labels.push(("tid", "other".to_owned()));
-            labels.push(("comm", String::new()));
+            labels.push("pid", String::new());
+            labels.push("tid", "other");
+            labels.push("comm", String::new());
             self.acceptors.push(labels, other);
         }
     }
@@ -204,12 +204,12 @@ fn push_info(info: &mut Family, snapshot: &Snapshot, l: &UnixListener, id: &Labe
         .map_or("undetermined", |p| p.pattern.name());
     for (pid, comm, container) in owners {
         let mut labels = id.clone();
-        labels.push(("type", l.socket_type.name().to_owned()));
-        labels.push(("kind", kind_name(l).to_owned()));
-        labels.push(("pid", pid.map(|p| p.to_string()).unwrap_or_default()));
-        labels.push(("comm", comm.to_owned()));
-        labels.push(("container", container.to_owned()));
-        labels.push(("pattern", pattern.to_owned()));
+        labels.push("type", l.socket_type.name());
+        labels.push("kind", kind_name(l));
+        labels.push("pid", pid.map(|p| p.to_string()).unwrap_or_default());
+        labels.push("comm", comm);
+        labels.push("container", container);
+        labels.push("pattern", pattern);
         info.push(labels, 1_u8);
     }
 }
@@ -224,11 +224,11 @@ fn kind_name(l: &UnixListener) -> &'static str {
 
 /// The labels that identify a Unix listener.
 fn labels(l: &UnixListener) -> Labels {
-    vec![
+    Labels::shared([
         ("netns", l.netns.to_string()),
         ("path", l.name.clone()),
         ("socket", l.inode.to_string()),
-    ]
+    ])
 }
 
 #[cfg(test)]
