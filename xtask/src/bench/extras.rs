@@ -80,8 +80,9 @@ pub struct Scrapes {
     pub gzip_bytes: usize,
 }
 
-/// Scrapes wanted that render a snapshot; as many repeats come with them.
-const FRESH_SCRAPES: usize = 40;
+/// Scrapes wanted that render a snapshot (100, so that the p99 is not the maximum);
+/// as many repeats come with them.
+const FRESH_SCRAPES: usize = 100;
 
 /// `/metrics` with `listeners` listeners, scraped as Prometheus does (gzip) about
 /// three times a poll: each scrape's time, told apart by whether it was the first of
@@ -95,7 +96,7 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
     std::thread::sleep(Duration::from_secs(3));
     let (mut fresh, mut repeat) = (Vec::new(), Vec::new());
     let mut last_poll = None;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     while fresh.len() < FRESH_SCRAPES && Instant::now() < deadline {
         let t = Instant::now();
         let gzipped = http_get_bytes(&d.addr, "/metrics", GZIP)?;
@@ -118,7 +119,7 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
     let gzip_bytes = http_body_bytes(&d.addr, "/metrics", GZIP)?;
     drop(holder);
     if fresh.len() < FRESH_SCRAPES / 2 {
-        bail!("only {} scrapes saw a new poll in 120 s", fresh.len());
+        bail!("only {} scrapes saw a new poll in 240 s", fresh.len());
     }
     fresh.sort_by(f64::total_cmp);
     repeat.sort_by(f64::total_cmp);
@@ -286,10 +287,12 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64) -> Result<()> {
         let s = scrape_latency(sockq, scenario, n)?;
         let ms = |v: &[f64], q| quantile(v, q) * 1e3;
         println!(
-            "{n:>6} listeners: first scrape of a poll p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms \
-             ({} scrapes); repeats p50 {:.1} ms, max {:.1} ms ({}); body {} bytes, gzip {} bytes",
+            "{n:>6} listeners: first scrape of a poll p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, \
+             max {:.1} ms ({} scrapes); repeats p50 {:.1} ms, max {:.1} ms ({}); body {} bytes, \
+             gzip {} bytes",
             ms(&s.fresh, 0.5),
             ms(&s.fresh, 0.9),
+            ms(&s.fresh, 0.99),
             ms(&s.fresh, 1.0),
             s.fresh.len(),
             ms(&s.repeat, 0.5),
