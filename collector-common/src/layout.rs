@@ -116,9 +116,14 @@ pub struct KernelOffsets {
     /// ... and `struct io_rsrc_node` -> `file_ptr` (the `struct file *`, flags in its
     /// two low bits).
     pub rsrc_node_file_ptr: u32,
+    /// `struct sock` -> `__sk_common.skc_prot` (`struct proto *`: `tcp_prot` or
+    /// `tcpv6_prot` for a TCP socket, unless a ULP or sockmap wrapped it). Read together
+    /// with `sk_net` in one 16-byte read where it comes right before it (every kernel
+    /// since 2.6.24); 0 when BTF lacks it.
+    pub sk_prot: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 184);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 188);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -14,7 +14,9 @@
 //!   `ListenerEvent` with the current thread (the one that called `listen()` or
 //!   `close()`) through `EVENTS`. Rare: nothing per connection reaches the ring buffer.
 //!
-//! Reads from `struct sock`: family, local port/address, protocol, `skc_net`.
+//! Reads from `struct sock`: `skc_prot` and `skc_net` (one read; the protocol only
+//! for a `skc_prot` that is not `tcp_prot`/`tcpv6_prot`), and for listeners family
+//! and local port/address.
 //! The kernel: <https://elixir.bootlin.com/linux/v6.18/source/include/trace/events/sock.h>
 
 use aya_ebpf::{
@@ -28,11 +30,11 @@ use collector_common::{
     listener::{AF_INET, AF_INET6, EVENT_LISTENER, ListenerEvent},
     queue::QueuedChild,
     stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL, STAT_TRANSITIONS_FULL},
-    tcp_state::{IPPROTO_TCP, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TransitionKey},
+    tcp_state::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TransitionKey},
 };
 
 use crate::{
-    kernel::{offsets, read, sock_inode, sock_net_key, sock_netns, sock_protocol},
+    kernel::{net_key, offsets, read, sock_inode, sock_netns, tcp_sock_net},
     maps::{
         EVENTS, JUST_STAMPED, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, get_or_insert,
         insert_or_count, listener_queue,
@@ -70,15 +72,13 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
     if o.valid == 0 {
         return Ok(());
     }
-    // SCTP also reports through this tracepoint; keep TCP only.
-    if let Some(protocol) = sock_protocol(sk, &o)
-        && protocol != IPPROTO_TCP
-    {
+    // SCTP and MPTCP also report through this tracepoint; keep TCP only.
+    let Some(net) = tcp_sock_net(sk, &o) else {
         return Ok(());
-    }
+    };
     let (from, to) = (old as u8, new as u8);
     count_transition(TransitionKey {
-        netns: sock_net_key(sk, &o),
+        netns: net_key(net, &o),
         from,
         to,
         _pad: [0; 6],

@@ -1,9 +1,12 @@
 //! Reading kernel structs through the offsets userspace resolved from BTF.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use collector_common::{layout::KernelOffsets, stats::STAT_READ_ERRORS};
+use collector_common::{layout::KernelOffsets, stats::STAT_READ_ERRORS, tcp_state::IPPROTO_TCP};
 
-use crate::stats::count_failure;
+use crate::{
+    maps::{TCP_PROT_SLOTS, TCP_PROTS},
+    stats::count_failure,
+};
 
 /// Filled by userspace before loading (`EbpfLoader::set_global`, read-only).
 #[unsafe(no_mangle)]
@@ -54,6 +57,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     ring_fixed_nodes: 0,
     ring_fixed_nr: 0,
     rsrc_node_file_ptr: 0,
+    sk_prot: 0,
 };
 
 #[inline(always)]
@@ -122,6 +126,12 @@ pub fn sock_net_key(sk: *const u8, o: &KernelOffsets) -> u64 {
     let Ok(net) = read::<*const u8>(sk, o.sk_net) else {
         return 0;
     };
+    net_key(net, o)
+}
+
+/// [`sock_net_key`] of the `struct net` itself.
+#[inline(always)]
+pub fn net_key(net: *const u8, o: &KernelOffsets) -> u64 {
     if net.is_null() {
         return 0;
     }
@@ -139,6 +149,63 @@ pub fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
         2 => read::<u16>(sk, o.sk_protocol).ok(),
         1 => read::<u8>(sk, o.sk_protocol).ok().map(u16::from),
         _ => None,
+    }
+}
+
+/// `sk->sk_net`, if `sk` is a TCP socket (`None` for the SCTP and MPTCP sockets that
+/// report through the same tracepoint; every socket counts when the protocol cannot
+/// be read, as before the filter).
+///
+/// Where `skc_prot` comes right before `skc_net`, one 16-byte read gives both, and a
+/// `skc_prot` already seen on a TCP socket (`TCP_PROTS`) says TCP without reading
+/// `sk_protocol`. A `struct proto` belongs to one protocol: every socket whose
+/// `sk_prot` points at `tcp_prot`, `tcpv6_prot` or a TCP wrapper (kTLS, sockmap) is a
+/// TCP socket. A pointer is learned only after `sk_protocol` said TCP; racing CPUs
+/// may overwrite each other's slot (8-byte stores do not tear), which costs only a
+/// later protocol read. Slots are never emptied: a wrapper learned from a module
+/// (kTLS) stays after the module unloads, harmless unless another protocol's
+/// `struct proto` is later placed at that very address.
+#[inline(always)]
+pub fn tcp_sock_net(sk: *const u8, o: &KernelOffsets) -> Option<*const u8> {
+    if o.sk_prot == 0 || o.sk_prot + 8 != o.sk_net {
+        let net = read::<*const u8>(sk, o.sk_net).unwrap_or(core::ptr::null());
+        return match sock_protocol(sk, o) {
+            Some(protocol) if protocol != IPPROTO_TCP => None,
+            _ => Some(net),
+        };
+    }
+    let [prot, net]: [u64; 2] = read(sk, o.sk_prot).unwrap_or([0, 0]);
+    let net = net as *const u8;
+    let known = TCP_PROTS.get_ptr_mut(0).map(|p| p.cast::<u64>());
+    if let Some(known) = known
+        && prot != 0
+    {
+        for i in 0..TCP_PROT_SLOTS {
+            // SAFETY: within the map value, an array of TCP_PROT_SLOTS u64s.
+            if unsafe { core::ptr::read_volatile(known.add(i)) } == prot {
+                return Some(net);
+            }
+        }
+    }
+    match sock_protocol(sk, o) {
+        Some(protocol) if protocol != IPPROTO_TCP => None,
+        Some(_) => {
+            if let Some(known) = known
+                && prot != 0
+            {
+                for i in 0..TCP_PROT_SLOTS {
+                    // SAFETY: as above; an empty slot takes the pointer.
+                    unsafe {
+                        if core::ptr::read_volatile(known.add(i)) == 0 {
+                            core::ptr::write_volatile(known.add(i), prot);
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(net)
+        }
+        None => Some(net),
     }
 }
 

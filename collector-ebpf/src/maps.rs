@@ -66,6 +66,15 @@ pub static ACCEPTING: HashMap<u32, u64> = HashMap::with_max_entries(ACCEPTING_MA
 #[map]
 pub static ACCEPT_ENTRY_ON: Array<u32> = Array::with_max_entries(1, 0);
 
+/// `struct proto` pointers of TCP sockets (`tcp_prot`, `tcpv6_prot`, a kTLS or
+/// sockmap wrapper), each learned from a socket whose `sk_protocol` read TCP: a
+/// socket whose `sk_prot` is one of them is TCP without that read
+/// (`kernel::tcp_sock_net`). Empty slots are 0.
+#[map]
+pub static TCP_PROTS: Array<[u64; TCP_PROT_SLOTS]> = Array::with_max_entries(1, 0);
+
+pub const TCP_PROT_SLOTS: usize = 4;
+
 /// The child this CPU stamped last (LISTEN -> SYN_RECV), for the `sk_data_ready` of
 /// its listener that follows in the same softirq: the accept queue's tail may already
 /// be another child queued meanwhile on another CPU.

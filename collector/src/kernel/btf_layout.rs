@@ -381,6 +381,8 @@ impl Layout {
             net_cookie: self.offset("net", "net_cookie").unwrap_or(0),
             // Optional (6.18): the inode kept in the sock, one read instead of two.
             sk_ino: self.offset("sock", "sk_ino").unwrap_or(0),
+            // Optional: read with skc_net where it comes right before it.
+            sk_prot: self.offset("sock", "__sk_common.skc_prot").unwrap_or(0),
             sk_protocol,
             sk_protocol_size,
             valid: 1,
@@ -531,6 +533,8 @@ mod tests {
         assert!(o.sk_num < 64 && o.sk_num.is_multiple_of(2), "{o:?}");
         assert!(o.sk_v6_rcv_saddr > o.sk_rcv_saddr, "{o:?}");
         assert_eq!(o.sk_protocol_size, 2, "{o:?}");
+        // skc_prot right before skc_net: the programs read the two at once.
+        assert_eq!(o.sk_prot + 8, o.sk_net, "{o:?}");
         assert_eq!(o.valid, 1);
         assert_eq!(o.queue_valid, 1, "{:?}", layout.queue_offsets_error());
     }
