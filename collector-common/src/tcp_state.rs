@@ -33,3 +33,29 @@ unsafe impl aya::Pod for TransitionKey {}
 /// pairs occur in practice, so this covers some 270 namespaces; past that, increments
 /// are counted as lost (`stats::STAT_TRANSITIONS_FULL`).
 pub const TRANSITIONS_MAX_ENTRIES: u32 = 16384;
+
+/// Network namespaces whose transitions the programs count in a per-CPU array
+/// (`NETNS_SLOT_COUNTS`, one entry per slot) instead of the `TRANSITIONS` hash:
+/// userspace gives the slots to namespaces it saw transitions in
+/// (`NETNS_SLOT_KEYS`), and takes them back when the namespace dies.
+pub const NETNS_SLOTS: usize = 8;
+
+/// States per side of a slot's table (TCP states are 1 to 13): a transition from
+/// `from` to `to` is counted at `from * SLOT_STATES + to`.
+pub const SLOT_STATES: usize = 16;
+
+/// One namespace slot's transition counts (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SlotCounts(pub [u64; SLOT_STATES * SLOT_STATES]);
+
+impl SlotCounts {
+    pub const ZERO: Self = Self([0; SLOT_STATES * SLOT_STATES]);
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), u64s only; any bit pattern is valid.
+unsafe impl aya::Pod for SlotCounts {}
+
+/// The namespace key (as in [`TransitionKey::netns`]) each slot counts for; 0: free.
+pub type SlotKeys = [u64; NETNS_SLOTS];

@@ -5,8 +5,9 @@
 //! Attached as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate,
 //! int newstate)`, cheapest) where that loads, else as a classic tracepoint whose record
 //! offsets userspace reads from tracefs. Both entry points share [`on_state_change`]:
-//! - counts the transition in `TRANSITIONS` per (namespace cookie, from, to), in the
-//!   kernel (the cookie is never reused, unlike the inode: a new namespace does not
+//! - counts the transition per (namespace cookie, from, to), in the kernel: in the
+//!   namespace's slot of `NETNS_SLOT_COUNTS` where userspace gave it one, else in
+//!   `TRANSITIONS` (the cookie is never reused, unlike the inode: a new namespace does not
 //!   inherit a dead one's counts; userspace removes the entries of dead namespaces);
 //! - for a socket entering LISTEN, creates its accept-queue counters (only TCP sockets
 //!   whose `listen()` succeeded get one) and removes them when it leaves LISTEN;
@@ -30,14 +31,14 @@ use collector_common::{
     listener::{AF_INET, AF_INET6, EVENT_LISTENER, ListenerEvent},
     queue::QueuedChild,
     stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL, STAT_TRANSITIONS_FULL},
-    tcp_state::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TransitionKey},
+    tcp_state::{NETNS_SLOTS, SLOT_STATES, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TransitionKey},
 };
 
 use crate::{
     kernel::{net_key, offsets, read, sock_inode, sock_netns, tcp_sock_net},
     maps::{
-        EVENTS, JUST_STAMPED, LISTEN_BACKLOG, LISTENER_QUEUES, QUEUED, TRANSITIONS, get_or_insert,
-        insert_or_count, listener_queue,
+        EVENTS, JUST_STAMPED, LISTEN_BACKLOG, LISTENER_QUEUES, NETNS_SLOT_COUNTS, NETNS_SLOT_KEYS,
+        QUEUED, TRANSITIONS, get_or_insert, insert_or_count, listener_queue,
     },
     stats::count_failure,
 };
@@ -144,10 +145,41 @@ fn listener_opened(inode: u64, netns: u32) {
 
 #[inline(always)]
 fn count_transition(key: TransitionKey) {
+    // A namespace with a slot: an array increment.
+    let (from, to) = (key.from as usize, key.to as usize);
+    if from < SLOT_STATES
+        && to < SLOT_STATES
+        && let Some(slot) = netns_slot(key.netns)
+        && let Some(counts) = NETNS_SLOT_COUNTS.get_ptr_mut(slot)
+    {
+        // SAFETY: this CPU's value, written only by this program while it runs here,
+        // as the per-CPU hash's counts below are.
+        if let Some(count) = unsafe { (*counts).0.get_mut(from * SLOT_STATES + to) } {
+            *count += 1;
+            return;
+        }
+    }
     if let Some(count) = get_or_insert(&TRANSITIONS, &key, STAT_TRANSITIONS_FULL, || Some(0u64)) {
         // SAFETY: per-CPU value, written only by this CPU while the program runs.
         unsafe { *count += 1 };
     }
+}
+
+/// The slot of `NETNS_SLOT_KEYS` userspace gave namespace `netns`, if any.
+#[inline(always)]
+fn netns_slot(netns: u64) -> Option<u32> {
+    if netns == 0 {
+        return None;
+    }
+    let keys = NETNS_SLOT_KEYS.get_ptr(0)?.cast::<u64>();
+    for i in 0..NETNS_SLOTS {
+        // SAFETY: within the map value, NETNS_SLOTS u64s; userspace rewrites them
+        // whole, and a torn value matches no namespace (the hash then counts).
+        if unsafe { core::ptr::read_volatile(keys.add(i)) } == netns {
+            return Some(i as u32);
+        }
+    }
+    None
 }
 
 #[inline(always)]

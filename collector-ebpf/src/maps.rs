@@ -21,7 +21,7 @@ use collector_common::{
         QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES, ReaderTrack, depth_bucket,
     },
     stats::{STAT_ACCEPTORS_FULL, STAT_LISTENERS_FULL},
-    tcp_state::{TRANSITIONS_MAX_ENTRIES, TransitionKey},
+    tcp_state::{NETNS_SLOTS, SlotCounts, SlotKeys, TRANSITIONS_MAX_ENTRIES, TransitionKey},
 };
 
 use crate::{
@@ -33,6 +33,18 @@ use crate::{
 #[map]
 pub static TRANSITIONS: PerCpuHashMap<TransitionKey, u64> =
     PerCpuHashMap::with_max_entries(TRANSITIONS_MAX_ENTRIES, 0);
+
+/// The namespace each slot of `NETNS_SLOT_COUNTS` counts for (0: free), written by
+/// userspace only.
+#[map]
+pub static NETNS_SLOT_KEYS: Array<SlotKeys> = Array::with_max_entries(1, 0);
+
+/// Transitions of the namespaces in `NETNS_SLOT_KEYS`, per slot and CPU: an array
+/// increment instead of a hash update on the busiest path sockq has (six state
+/// changes per connection).
+#[map]
+pub static NETNS_SLOT_COUNTS: PerCpuArray<SlotCounts> =
+    PerCpuArray::with_max_entries(NETNS_SLOTS as u32, 0);
 
 /// Rare events for userspace (listener lifecycle).
 #[map]

@@ -355,7 +355,9 @@ impl Poller {
             &self.kept,
             p.net_keys_are_cookies(),
         );
-        p.remove_transitions_of(&resolved.dead);
+        if let Err(e) = p.settle_transitions(&resolved.dead, &view.transitions) {
+            tracing::warn!("namespace slots: {e}");
+        }
         snapshot.transitions = resolved.transitions;
         snapshot.tcp_sends = view.sends;
     }

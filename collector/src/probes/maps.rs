@@ -100,6 +100,16 @@ impl Probes {
             };
             transitions.push((key, total));
         }
+        for (slot, net_key) in self.slots.assigned() {
+            let per_cpu = self
+                .slot_counts
+                .get(&slot, 0)
+                .map_err(|source| map_error("NETNS_SLOT_COUNTS", source))?;
+            transitions.extend(super::netns_slots::slot_transitions(
+                net_key,
+                per_cpu.iter().map(|c| c.0.as_slice()),
+            ));
+        }
         // An entry evicted between get_next_key and lookup is simply skipped.
         let queues = self.queues.iter().flatten().collect();
         let acceptors = self.acceptors.iter().filter_map(Result::ok).collect();
@@ -146,8 +156,48 @@ impl Probes {
         self.net_cookies
     }
 
+    /// After a poll: removes the transition counts of namespaces that no longer exist
+    /// (`dead`), and hands namespace slots over (`netns_slots`) from the dead to the
+    /// busiest of `counted` (this poll's transitions).
+    pub fn settle_transitions(
+        &mut self,
+        dead: &std::collections::HashSet<u64>,
+        counted: &[(NetTransition, u64)],
+    ) -> Result<(), ProbeError> {
+        let changes = self.slots.settle(dead, counted);
+        for slot in changes.zero {
+            // As many values as the map has CPUs.
+            let nr_cpus = self
+                .slot_counts
+                .get(&slot, 0)
+                .map_err(|source| map_error("NETNS_SLOT_COUNTS", source))?
+                .len();
+            let zeros = aya::maps::PerCpuValues::try_from(vec![
+                collector_common::tcp_state::SlotCounts::ZERO;
+                nr_cpus
+            ])
+            .map_err(|io_error| {
+                let e = aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error,
+                };
+                map_error("NETNS_SLOT_COUNTS", e.into())
+            })?;
+            self.slot_counts
+                .set(slot, zeros, 0)
+                .map_err(|source| map_error("NETNS_SLOT_COUNTS", source))?;
+        }
+        if let Some(keys) = changes.keys {
+            self.slot_keys
+                .set(0, keys, 0)
+                .map_err(|source| map_error("NETNS_SLOT_KEYS", source))?;
+        }
+        self.remove_transitions_of(dead);
+        Ok(())
+    }
+
     /// Removes the transition counts of namespaces that no longer exist.
-    pub fn remove_transitions_of(&mut self, dead: &std::collections::HashSet<u64>) {
+    fn remove_transitions_of(&mut self, dead: &std::collections::HashSet<u64>) {
         if dead.is_empty() {
             return;
         }

@@ -40,6 +40,7 @@ pub mod attach;
 pub mod events;
 pub mod kernel_log;
 pub mod maps;
+pub mod netns_slots;
 pub mod offsets;
 pub mod prune;
 pub mod ring;
@@ -50,13 +51,13 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use collector_common::{
     layout::KERNEL_OFFSETS_SYMBOL,
     nagle::{ConnKey, ConnStats, NAGLE_OFFSETS_SYMBOL, NagleOffsets},
     queue::{AcceptorKey, DropKey, ListenerQueue, QueuedChild},
-    tcp_state::TransitionKey as RawTransitionKey,
+    tcp_state::{SlotCounts, SlotKeys, TransitionKey as RawTransitionKey},
     unix::{UNIX_OFFSETS_SYMBOL, UnixConnectKey, UnixConnectStats},
 };
 
@@ -127,6 +128,10 @@ pub struct Probes {
     _ebpf: Ebpf,
     status: Vec<ProbeStatus>,
     transitions: PerCpuHashMap<MapData, RawTransitionKey, u64>,
+    /// The namespaces counted in slots rather than `transitions` (`netns_slots`).
+    slot_keys: Array<MapData, SlotKeys>,
+    slot_counts: PerCpuArray<MapData, SlotCounts>,
+    slots: netns_slots::SlotTable,
     stats: PerCpuArray<MapData, u64>,
     queues: HashMap<MapData, u64, ListenerQueue>,
     queued: HashMap<MapData, u64, QueuedChild>,
@@ -235,6 +240,9 @@ impl Probes {
         }
         Ok(Self {
             transitions: map(&mut ebpf, "TRANSITIONS")?,
+            slot_keys: map(&mut ebpf, "NETNS_SLOT_KEYS")?,
+            slot_counts: map(&mut ebpf, "NETNS_SLOT_COUNTS")?,
+            slots: netns_slots::SlotTable::default(),
             stats: map(&mut ebpf, "STATS")?,
             queues: map(&mut ebpf, "LISTENER_QUEUES")?,
             queued: map(&mut ebpf, "QUEUED")?,

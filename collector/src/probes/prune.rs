@@ -9,7 +9,7 @@
 //! - `QUEUED`: handshake stamps of children no longer queued: their listener is gone,
 //!   or its accept queue was empty at the inventory although they were stamped before
 //!   it (accepted by a path sockq did not see), or never queued after a grace period;
-//! - `TRANSITIONS`: counts of namespaces that died (`remove_transitions_of`).
+//! - `TRANSITIONS`: counts of namespaces that died, and their slots (`settle_transitions`).
 //!
 //! It also counts what remains, for `sockq_map_entries{map}`.
 
