@@ -234,10 +234,18 @@ const KEPT: u64 = (1 << 2) | (1 << 19) | (1 << 21);
 
 /// Waits until `pid` has HTTP threads and returns its threads' capabilities.
 fn threads_once_serving(pid: u32, addr: SocketAddr) -> Vec<(String, u64, u64, u64)> {
-    // A request or two, so that the HTTP runtime has run.
+    // A request or two, so that the HTTP runtime has run; a worker names itself once
+    // it runs, so give the second a moment.
     let _ = request(addr, "/metrics", "localhost", "");
-    let threads = thread_caps(pid);
-    let http = threads.iter().filter(|t| t.0 == "sockq-http").count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (threads, http) = loop {
+        let threads = thread_caps(pid);
+        let http = threads.iter().filter(|t| t.0 == "sockq-http").count();
+        if http >= 2 || std::time::Instant::now() > deadline {
+            break (threads, http);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(http >= 2, "no HTTP worker threads: {threads:?}");
     eprintln!("{} threads, {http} sockq-http: {threads:x?}", threads.len());
     threads
