@@ -15,9 +15,9 @@
 //!   `ListenerEvent` with the current thread (the one that called `listen()` or
 //!   `close()`) through `EVENTS`. Rare: nothing per connection reaches the ring buffer.
 //!
-//! Reads from `struct sock`: `skc_prot` and `skc_net` (one read; the protocol only
-//! for a `skc_prot` that is not `tcp_prot`/`tcpv6_prot`), and for listeners family
-//! and local port/address.
+//! Reads from `struct sock`: `skc_prot` and `skc_net` (one read; `sk_protocol` only
+//! for a `skc_prot` not yet seen on a TCP socket, `kernel::tcp_sock_net`), and for
+//! listeners family and local port/address.
 //! The kernel: <https://elixir.bootlin.com/linux/v6.18/source/include/trace/events/sock.h>
 
 use aya_ebpf::{

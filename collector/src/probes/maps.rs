@@ -164,7 +164,11 @@ impl Probes {
         dead: &std::collections::HashSet<u64>,
         counted: &[(NetTransition, u64)],
     ) -> Result<(), ProbeError> {
-        let changes = self.slots.settle(dead, counted);
+        self.remove_transitions_of(dead);
+        // The table changes only once the maps say so: a failed write is retried at
+        // the next poll.
+        let mut slots = self.slots.clone();
+        let changes = slots.settle(dead, counted);
         for slot in changes.zero {
             // As many values as the map has CPUs.
             let nr_cpus = self
@@ -192,7 +196,7 @@ impl Probes {
                 .set(0, keys, 0)
                 .map_err(|source| map_error("NETNS_SLOT_KEYS", source))?;
         }
-        self.remove_transitions_of(dead);
+        self.slots = slots;
         Ok(())
     }
 
