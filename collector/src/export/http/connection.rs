@@ -5,9 +5,14 @@
 //! 400 saying so (as Go's servers answer, so exporter users recognize it) and
 //! nothing else.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
-use axum::Router;
+use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::{rt::TokioIo, server::graceful::Watcher, service::TowerToHyperService};
 use rustls::ServerConfig;
@@ -31,16 +36,22 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const PLAIN_ON_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n\
     Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
 
-/// Serves `stream` to its end.
+/// The IP address of the client a request came from, in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Peer(pub(super) IpAddr);
+
+/// Serves `stream`, from `peer`, to its end.
 pub(super) async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     tls: Option<Arc<ServerConfig>>,
     http: http1::Builder,
     router: Router,
     watcher: Watcher,
     handshake_timeout: Duration,
 ) -> Result<(), ConnectionError> {
-    let service = TowerToHyperService::new(router);
+    let peer = Peer(peer.ip().to_canonical());
+    let service = TowerToHyperService::new(tower_layer::Layer::layer(&Extension(peer), router));
     let Some(tls) = tls else {
         return Ok(watcher
             .watch(http.serve_connection(TokioIo::new(stream), service))

@@ -41,6 +41,7 @@ mod auth;
 mod connection;
 mod live;
 mod routes;
+mod scrape_clock;
 mod state;
 pub mod tls;
 
@@ -241,6 +242,9 @@ async fn serve_with(
         live: Arc::clone(&options.web),
         loopback,
     };
+    // Renders snapshots ahead of the scrapes expected; aborted when this returns.
+    let mut prerender = JoinSet::new();
+    prerender.spawn(state.clone().prerender());
     let router = routes::router(state, options.api)
         .layer(axum::middleware::from_fn_with_state(access, access::guard));
     // The cap. tower's limit layers count requests in flight through a Service (an
@@ -250,6 +254,7 @@ async fn serve_with(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+
     tokio::pin!(shutdown);
 
     loop {
@@ -258,11 +263,12 @@ async fn serve_with(
             () = &mut shutdown => break,
             Some(done) = connections.join_next() => log_if_failed(done),
             accepted = accept(&mut listener, &slots) => {
-                let Some((slot, stream)) = accepted else { break };
+                let Some((slot, stream, peer)) = accepted else { break };
                 // The TLS settings in force when the connection arrives.
                 let tls = options.web.current().tls.clone();
                 let connection = connection::serve(
                     stream,
+                    peer,
                     tls,
                     http.clone(),
                     router.clone(),
@@ -305,17 +311,17 @@ fn connection_builder(header_read_timeout: Duration) -> http1::Builder {
     http
 }
 
-/// Waits for a free slot, then for a connection. `None` if the semaphore was
-/// closed (never: nothing closes it).
+/// Waits for a free slot, then for a connection and its client's address. `None`
+/// if the semaphore was closed (never: nothing closes it).
 async fn accept(
     listener: &mut TcpListener,
     slots: &Arc<Semaphore>,
-) -> Option<(OwnedSemaphorePermit, TcpStream)> {
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
     let slot = Arc::clone(slots).acquire_owned().await.ok()?;
     // axum's accept logs and retries errors: at once for a connection reset before
     // it was accepted, after a second for the rest (EMFILE, ENFILE, ENOBUFS, ...).
-    let (stream, _peer) = axum::serve::Listener::accept(listener).await;
-    Some((slot, stream))
+    let (stream, peer) = axum::serve::Listener::accept(listener).await;
+    Some((slot, stream, peer))
 }
 
 /// Drives one connection to its end or to [`CONNECTION_TIME_LIMIT`], then frees

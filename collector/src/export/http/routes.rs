@@ -18,7 +18,7 @@ use axum::{
 };
 use tower_http::compression::CompressionLayer;
 
-use super::SharedState;
+use super::{SharedState, connection::Peer};
 use crate::export::{prometheus::Format, status_page};
 
 /// Whether this request may see process details; set by the access layer.
@@ -193,8 +193,12 @@ async fn recent_events(
 
 /// The exposition, in the format the `Accept` header prefers (`Format::negotiate`),
 /// gzipped when `Accept-Encoding` accepts it; rendered once per snapshot
-/// ([`SharedState::render`]), so the compression layer passes these through.
-async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+/// ([`SharedState::scrape`]), so the compression layer passes these through.
+async fn metrics(
+    State(state): State<SharedState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
     let gzip = super::state::accepts_gzip(
@@ -202,7 +206,8 @@ async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Respon
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok()),
     );
-    match state.render(format, gzip) {
+    let who = peer.map(|Extension(Peer(ip))| ip);
+    match state.scrape(who, format, gzip) {
         Ok(body) => {
             let mut response =
                 ([(header::CONTENT_TYPE, format.content_type())], body).into_response();

@@ -1,10 +1,20 @@
 //! The state the poller and the HTTP handlers share: the latest snapshot, build
 //! information, the event log, and the latest snapshot's rendered bodies.
+//!
+//! A snapshot is rendered at most once per kind of body (format, gzip): by the first
+//! scrape that wants it, or, when the [`ScrapeClock`] expects a scrape before the
+//! next poll, as soon as it is published ([`SharedState::prerender`], on the HTTP
+//! runtime), so that the scrape finds its body made.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError, RwLock, Weak},
+    time::Instant,
+};
 
 use axum::body::Bytes;
 
+use super::scrape_clock::{Kind, ScrapeClock};
 use crate::{
     export::{
         event_log::EventLog,
@@ -35,6 +45,12 @@ pub(super) struct Inner {
     /// otherwise queue behind each other and take the CPU the poller needs. Held
     /// while rendering, so scrapes that arrive meanwhile wait for that one render.
     rendered: Mutex<Vec<Rendered>>,
+    /// When each scraper is expected next.
+    clock: Mutex<ScrapeClock>,
+    /// The kinds the clock said are due at the last publish, not yet rendered.
+    due: Mutex<Vec<Kind>>,
+    /// Raised when `due` was filled.
+    published: tokio::sync::Notify,
 }
 
 /// One body rendered from the snapshot `from` (a `Weak`: it keeps the allocation,
@@ -62,12 +78,16 @@ impl SharedState {
                 classic,
                 events: EventLog::default(),
                 rendered: Mutex::new(Vec::new()),
+                clock: Mutex::new(ScrapeClock::default()),
+                due: Mutex::new(Vec::new()),
+                published: tokio::sync::Notify::new(),
             }),
         }
     }
 
-    /// Publishes a new snapshot; the next scrape renders it. The previous one is
-    /// freed when the last request still rendering it is done.
+    /// Publishes a new snapshot; the next scrape renders it, unless
+    /// [`prerender`](Self::prerender) was told to first. The previous one is freed
+    /// when the last request still rendering it is done.
     pub fn replace(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
         // A writer that panicked left a whole Arc behind (assignment is not torn), so
@@ -87,6 +107,49 @@ impl SharedState {
         if let Ok(mut rendered) = self.inner.rendered.try_lock() {
             rendered.clear();
         }
+        let due = lock(&self.inner.clock).published(Instant::now());
+        if !due.is_empty() {
+            *lock(&self.inner.due) = due;
+            self.inner.published.notify_one();
+        }
+    }
+
+    /// Renders each snapshot the clock expects a scrape of, as soon as it is
+    /// published, on a blocking thread of the runtime it runs on (the HTTP server's:
+    /// no capabilities). Runs until dropped.
+    pub(super) async fn prerender(self) {
+        loop {
+            self.inner.published.notified().await;
+            let due = std::mem::take(&mut *lock(&self.inner.due));
+            if due.is_empty() {
+                continue;
+            }
+            let state = self.clone();
+            let rendered = tokio::task::spawn_blocking(move || {
+                for (format, gzip) in due {
+                    if let Err(e) = state.render(format, gzip) {
+                        tracing::debug!("rendering /metrics ahead of a scrape: {e}");
+                    }
+                }
+            });
+            if let Err(e) = rendered.await
+                && e.is_panic()
+            {
+                tracing::error!("rendering /metrics ahead of a scrape panicked: {e}");
+            }
+        }
+    }
+
+    /// A scrape by `who` (its IP address, when known): noted on the clock, then
+    /// served as [`render`](Self::render) does.
+    pub fn scrape(
+        &self,
+        who: Option<IpAddr>,
+        format: Format,
+        gzip: bool,
+    ) -> Result<Bytes, ExpositionError> {
+        lock(&self.inner.clock).scraped(who, (format, gzip), Instant::now());
+        self.render(format, gzip)
     }
 
     /// The current snapshot, shared: no copy of its listeners.
@@ -115,11 +178,7 @@ impl SharedState {
     pub fn render(&self, format: Format, gzip: bool) -> Result<Bytes, ExpositionError> {
         let snapshot = self.snapshot();
         let current = Arc::downgrade(&snapshot);
-        let mut rendered = self
-            .inner
-            .rendered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut rendered = lock(&self.inner.rendered);
         rendered.retain(|r| r.from.ptr_eq(&current));
         if let Some(r) = rendered
             .iter()
@@ -142,6 +201,25 @@ impl SharedState {
         });
         Ok(body)
     }
+}
+
+#[cfg(test)]
+impl SharedState {
+    /// The kinds of body made from the current snapshot.
+    pub(super) fn rendered_kinds(&self) -> Vec<Kind> {
+        let current = Arc::downgrade(&self.snapshot());
+        lock(&self.inner.rendered)
+            .iter()
+            .filter(|r| r.from.ptr_eq(&current))
+            .map(|r| (r.format, r.gzip))
+            .collect()
+    }
+}
+
+/// `mutex`, locked. A holder that panicked left whole values behind (each is
+/// assigned whole): the poison flag carries no information.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether an `Accept-Encoding` header accepts gzip: `gzip` (or `x-gzip`) at a

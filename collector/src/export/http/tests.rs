@@ -432,6 +432,50 @@ fn poisoned_lock_still_renders() {
     assert!(state.snapshot().listeners.is_empty());
 }
 
+const GET_METRICS_GZIP: &[u8] =
+    b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n";
+
+/// Whether the current snapshot of `state` gets a gzipped text body within 2 s.
+async fn prerendered(state: &SharedState) -> bool {
+    for _ in 0..40 {
+        if state.rendered_kinds().contains(&(Format::Text, true)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_snapshot_a_scrape_is_expected_of_is_rendered_when_published() {
+    let state = state();
+    let server = start(state.clone(), LIMITS).await;
+    // No scraper yet: a publish renders nothing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    state.replace(Snapshot::default());
+    assert!(!prerendered(&state).await, "rendered with nobody scraping");
+    // A scraper every 300 ms, against publishes 2 s apart: due at each.
+    for _ in 0..2 {
+        let answer = exchange_bytes(server.addr, GET_METRICS_GZIP).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    state.replace(Snapshot::default());
+    assert!(
+        prerendered(&state).await,
+        "not rendered ahead of the scrape"
+    );
+    // The scrape is served that body.
+    let ahead = state.render(Format::Text, true).expect("render");
+    let answer = exchange_bytes(server.addr, GET_METRICS_GZIP).await;
+    assert!(
+        answer.ends_with(&ahead),
+        "the scrape was not served the body rendered ahead"
+    );
+    let _ = server.stop.send(());
+    server.task.await.expect("server task").expect("serve");
+}
+
 #[test]
 fn a_snapshot_is_rendered_once_per_kind_and_again_after_a_poll() {
     let state = state();
