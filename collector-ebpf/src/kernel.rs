@@ -169,44 +169,41 @@ pub fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
 pub fn tcp_sock_net(sk: *const u8, o: &KernelOffsets) -> Option<*const u8> {
     if o.sk_prot == 0 || o.sk_prot + 8 != o.sk_net {
         let net = read::<*const u8>(sk, o.sk_net).unwrap_or(core::ptr::null());
-        return match sock_protocol(sk, o) {
-            Some(protocol) if protocol != IPPROTO_TCP => None,
-            _ => Some(net),
-        };
+        return is_tcp(sock_protocol(sk, o)).then_some(net);
     }
     let [prot, net]: [u64; 2] = read(sk, o.sk_prot).unwrap_or([0, 0]);
     let net = net as *const u8;
-    let known = TCP_PROTS.get_ptr_mut(0).map(|p| p.cast::<u64>());
-    if let Some(known) = known
-        && prot != 0
+    // One scan: a known pointer answers at once; else the first empty slot is where
+    // a pointer the protocol read says is TCP's is learned.
+    let mut empty = None;
+    if prot != 0
+        && let Some(known) = TCP_PROTS.get_ptr_mut(0).map(|p| p.cast::<u64>())
     {
         for i in 0..TCP_PROT_SLOTS {
             // SAFETY: within the map value, an array of TCP_PROT_SLOTS u64s.
-            if unsafe { core::ptr::read_volatile(known.add(i)) } == prot {
-                return Some(net);
+            let slot = unsafe { known.add(i) };
+            match unsafe { core::ptr::read_volatile(slot) } {
+                p if p == prot => return Some(net),
+                0 if empty.is_none() => empty = Some(slot),
+                _ => {}
             }
         }
     }
-    match sock_protocol(sk, o) {
-        Some(protocol) if protocol != IPPROTO_TCP => None,
-        Some(_) => {
-            if let Some(known) = known
-                && prot != 0
-            {
-                for i in 0..TCP_PROT_SLOTS {
-                    // SAFETY: as above; an empty slot takes the pointer.
-                    unsafe {
-                        if core::ptr::read_volatile(known.add(i)) == 0 {
-                            core::ptr::write_volatile(known.add(i), prot);
-                            break;
-                        }
-                    }
-                }
-            }
-            Some(net)
-        }
-        None => Some(net),
+    let protocol = sock_protocol(sk, o);
+    if protocol == Some(IPPROTO_TCP)
+        && let Some(slot) = empty
+    {
+        // SAFETY: a slot of the map value found above.
+        unsafe { core::ptr::write_volatile(slot, prot) };
     }
+    is_tcp(protocol).then_some(net)
+}
+
+/// Whether a socket whose `sk_protocol` read gave `protocol` counts as TCP: an
+/// unreadable or unknown one does, as the doc of [`tcp_sock_net`] says.
+#[inline(always)]
+fn is_tcp(protocol: Option<u16>) -> bool {
+    protocol.is_none_or(|p| p == IPPROTO_TCP)
 }
 
 /// The inode number of the socket `sk` belongs to (`SOCK_INODE(sk->sk_socket)->i_ino`),

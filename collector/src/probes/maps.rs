@@ -170,26 +170,7 @@ impl Probes {
         let mut slots = self.slots.clone();
         let changes = slots.settle(dead, counted);
         for slot in changes.zero {
-            // As many values as the map has CPUs.
-            let nr_cpus = self
-                .slot_counts
-                .get(&slot, 0)
-                .map_err(|source| map_error("NETNS_SLOT_COUNTS", source))?
-                .len();
-            let zeros = aya::maps::PerCpuValues::try_from(vec![
-                collector_common::tcp_state::SlotCounts::ZERO;
-                nr_cpus
-            ])
-            .map_err(|io_error| {
-                let e = aya::sys::SyscallError {
-                    call: "bpf_map_update_elem",
-                    io_error,
-                };
-                map_error("NETNS_SLOT_COUNTS", e.into())
-            })?;
-            self.slot_counts
-                .set(slot, zeros, 0)
-                .map_err(|source| map_error("NETNS_SLOT_COUNTS", source))?;
+            self.zero_slot(slot)?;
         }
         if let Some(keys) = changes.keys {
             self.slot_keys
@@ -198,6 +179,19 @@ impl Probes {
         }
         self.slots = slots;
         Ok(())
+    }
+
+    /// Sets every CPU's counts of namespace slot `slot` to zero.
+    fn zero_slot(&mut self, slot: u32) -> Result<(), ProbeError> {
+        let error = |source| map_error("NETNS_SLOT_COUNTS", source);
+        // As many values as the map has CPUs (the one length `try_from` takes).
+        let cpus = self.slot_counts.get(&slot, 0).map_err(error)?.len();
+        let zeros = aya::maps::PerCpuValues::try_from(vec![
+            collector_common::tcp_state::SlotCounts::ZERO;
+            cpus
+        ])
+        .map_err(|e| error(e.into()))?;
+        self.slot_counts.set(slot, zeros, 0).map_err(error)
     }
 
     /// Removes the transition counts of namespaces that no longer exist.

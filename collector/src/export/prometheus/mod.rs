@@ -333,26 +333,16 @@ fn inventory_families(snapshot: &Snapshot) -> Vec<Family> {
             .patterns
             .get(&l.inode)
             .map_or("undetermined", |p| p.pattern.name());
-        match l.owners.as_slice() {
-            [] => info.push(
+        let owners = distinct_owners(&l.owners);
+        if owners.is_empty() {
+            info.push(
                 owner_labels(&identity, String::new(), "", "", pattern),
                 1_u8,
-            ),
-            // Most listeners have one owner: nothing to merge.
-            [o] => {
-                let (pid, comm, container) = owner(o);
-                info.push(
-                    owner_labels(&identity, pid.to_string(), comm, container, pattern),
-                    1_u8,
-                );
-            }
-            owners => {
-                let owners: BTreeSet<(u32, &str, &str)> = owners.iter().map(owner).collect();
-                for (pid, comm, container) in owners {
-                    let labels = owner_labels(&identity, pid.to_string(), comm, container, pattern);
-                    info.push(labels, 1_u8);
-                }
-            }
+            );
+        }
+        for (pid, comm, container) in owners {
+            let labels = owner_labels(&identity, pid.to_string(), comm, container, pattern);
+            info.push(labels, 1_u8);
         }
     }
     vec![accept_len, accept_limit, syn_len, drops, info]
@@ -428,9 +418,22 @@ fn self_families(snapshot: &Snapshot, build: &BuildInfo) -> Vec<Family> {
     vec![lost, by_cause, read_errors, ring, mode, probes, build_info]
 }
 
-/// An owner's labels, borrowed.
-fn owner(o: &crate::model::Owner) -> (u32, &str, &str) {
-    (o.pid, o.comm.as_str(), o.container.as_str())
+/// Each owner's (pid, comm, container), borrowed, sorted and without duplicates:
+/// the label values of one `*_info` series each.
+fn distinct_owners(owners: &[crate::model::Owner]) -> Vec<(u32, &str, &str)> {
+    fn owner(o: &crate::model::Owner) -> (u32, &str, &str) {
+        (o.pid, o.comm.as_str(), o.container.as_str())
+    }
+    match owners {
+        // Most listeners have one owner: nothing to merge.
+        [o] => vec![owner(o)],
+        _ => owners
+            .iter()
+            .map(owner)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    }
 }
 
 fn owner_labels(

@@ -5,8 +5,6 @@
 //! Unix listener has neither a SYN queue nor `sk_drops`, so half of the TCP families
 //! would have no Unix series anyway.
 
-use std::collections::BTreeSet;
-
 use super::{
     Family, Labels,
     histogram::{ClassicBuckets, Grid, kernel_histogram},
@@ -185,15 +183,11 @@ impl QueueFamilies {
 /// One `sockq_unix_listener_info` series per owner (one with empty owner labels when
 /// none is known).
 fn push_info(info: &mut Family, snapshot: &Snapshot, l: &UnixListener, id: &Labels) {
-    let owners: BTreeSet<(u32, &str, &str)> = l
-        .owners
-        .iter()
-        .map(|o| (o.pid, o.comm.as_str(), o.container.as_str()))
-        .collect();
-    let owners = if owners.is_empty() {
+    let distinct = super::distinct_owners(&l.owners);
+    let owners: Vec<(Option<u32>, &str, &str)> = if distinct.is_empty() {
         vec![(None, "", "")]
     } else {
-        owners
+        distinct
             .into_iter()
             .map(|(p, c, k)| (Some(p), c, k))
             .collect()
