@@ -14,7 +14,8 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     daemon::{Daemon, http_body_bytes, http_get, http_get_bytes},
     machine::{self, TempNetns},
-    stats::quantile,
+    report::fmt_ratio,
+    stats::{LEVEL, Rng, quantile, ratio},
 };
 
 /// The daemon idle for 10 s: (fraction of a core, RSS KiB).
@@ -131,72 +132,94 @@ pub fn scrape_latency(sockq: &Path, scenario: &Path, listeners: usize) -> Result
     })
 }
 
-/// One case of [`scrapes_against_polls`].
+/// One case of [`scrapes_against_polls`] (steady or churn), over its rounds.
 pub struct Interference {
     pub case: &'static str,
-    /// Polls in the window and their mean duration, seconds.
-    pub polls: u64,
-    pub poll_mean: f64,
-    /// The scraper's scrapes, seconds, sorted (empty without a scraper).
+    /// Per round, the mean poll (seconds) of the block without the scraper and of
+    /// the block with it; `None` where a block saw no poll.
+    pub without: Vec<Option<f64>>,
+    pub with: Vec<Option<f64>>,
+    /// The mean scrape (seconds) of each round's block with the scraper.
+    pub scrape_means: Vec<Option<f64>>,
+    /// Every scrape of those blocks, seconds, sorted (failed ones infinite).
     pub scrapes: Vec<f64>,
 }
 
-/// Polls against scrapes with 10,000 listeners: the mean poll (from the daemon's own
-/// `sockq_poll_duration_seconds`) over 20 s without and with a scraper starting a
-/// gzip scrape every 100 ms (each on its own connection, whether the last one
-/// finished or not), steady and while `listener-churn` opens and closes listeners.
-pub fn scrapes_against_polls(sockq: &Path, scenario: &Path) -> Result<Vec<Interference>> {
-    const WINDOW: Duration = Duration::from_secs(20);
+/// Rounds of [`scrapes_against_polls`], and the length of each of its blocks.
+const INTERFERENCE_ROUNDS: usize = 6;
+const BLOCK: Duration = Duration::from_secs(10);
+
+/// Polls against scrapes with 10,000 listeners, side by side: in each round, for
+/// each case (steady, and while `listener-churn` opens and closes listeners) a
+/// block without and a block with a scraper starting a gzip scrape every 100 ms
+/// (each on its own connection, whether the last one finished or not), cases and
+/// blocks in an order shuffled by `rng`. Each block's mean poll comes from the
+/// daemon's own `sockq_poll_duration_seconds`.
+pub fn scrapes_against_polls(
+    sockq: &Path,
+    scenario: &Path,
+    rng: &mut Rng,
+) -> Result<Vec<Interference>> {
     let ns = TempNetns::new()?;
     let holder = Listeners::hold(&ns, scenario, 10000)?;
     let d = Daemon::start(sockq, &[])?;
     std::thread::sleep(Duration::from_secs(5));
-    let mut out = Vec::new();
-    for (case, churn, scraper) in [
-        ("steady, no scraper", false, false),
-        ("steady, scraper at 10/s", false, true),
-        ("churn, no scraper", true, false),
-        ("churn, scraper at 10/s", true, true),
-    ] {
-        let churner = if churn {
-            let secs = (WINDOW + Duration::from_secs(2)).as_secs_f64().to_string();
-            let child = ns
-                .command(scenario)
-                .args(["listener-churn", &secs])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("listener churn")?;
-            std::thread::sleep(Duration::from_secs(1));
-            Some(child)
-        } else {
-            None
-        };
-        let (sum0, count0) = poll_totals(&d.addr)?;
-        let scrapes = if scraper {
-            scrape_every_100ms(&d.addr, WINDOW)
-        } else {
-            std::thread::sleep(WINDOW);
-            Vec::new()
-        };
-        let (sum1, count1) = poll_totals(&d.addr)?;
-        if let Some(mut c) = churner {
-            let _ = c.wait();
-        }
-        let polls = count1.saturating_sub(count0);
-        out.push(Interference {
-            case,
-            polls,
-            poll_mean: if polls == 0 {
-                f64::NAN
+    let mut cases = ["steady", "churn"].map(|case| Interference {
+        case,
+        without: Vec::new(),
+        with: Vec::new(),
+        scrape_means: Vec::new(),
+        scrapes: Vec::new(),
+    });
+    for _ in 0..INTERFERENCE_ROUNDS {
+        let mut order = [(0, false), (0, true), (1, false), (1, true)];
+        rng.shuffle(&mut order);
+        for (case, scraper) in order {
+            let churner = if case == 1 {
+                let secs = (BLOCK + Duration::from_secs(2)).as_secs_f64().to_string();
+                let child = ns
+                    .command(scenario)
+                    .args(["listener-churn", &secs])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("listener churn")?;
+                std::thread::sleep(Duration::from_secs(1));
+                Some(child)
             } else {
-                (sum1 - sum0) / polls as f64
-            },
-            scrapes,
-        });
-        std::thread::sleep(Duration::from_secs(2));
+                None
+            };
+            let (sum0, count0) = poll_totals(&d.addr)?;
+            let scrapes = if scraper {
+                scrape_every_100ms(&d.addr, BLOCK)
+            } else {
+                std::thread::sleep(BLOCK);
+                Vec::new()
+            };
+            let (sum1, count1) = poll_totals(&d.addr)?;
+            if let Some(mut c) = churner {
+                let _ = c.wait();
+            }
+            let polls = count1.saturating_sub(count0);
+            let mean_poll = (polls > 0).then(|| (sum1 - sum0) / polls as f64);
+            let c = &mut cases[case];
+            if scraper {
+                c.with.push(mean_poll);
+                c.scrape_means.push(
+                    (!scrapes.is_empty())
+                        .then(|| scrapes.iter().sum::<f64>() / scrapes.len() as f64),
+                );
+                c.scrapes.extend(scrapes);
+            } else {
+                c.without.push(mean_poll);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
     drop(holder);
-    Ok(out)
+    for c in &mut cases {
+        c.scrapes.sort_by(f64::total_cmp);
+    }
+    Ok(cases.into())
 }
 
 /// `sockq_poll_duration_seconds` sum and count.
@@ -276,7 +299,10 @@ pub fn event_throughput(sockq: &Path, scenario: &Path, seconds: f64) -> Result<(
 }
 
 /// Prints the three.
-pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64) -> Result<()> {
+/// Every extra, in turn; `seed` orders the blocks of [`scrapes_against_polls`] and
+/// draws its bootstrap.
+pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Result<()> {
+    let rng = &mut Rng::new(seed ^ 0xE7_7A5);
     println!();
     println!("== daemon idle (10 s)");
     let (cpu, rss) = idle_footprint(sockq)?;
@@ -311,26 +337,44 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64) -> Result<()> {
         peak as f64 / 1024.0
     );
     println!();
-    println!("== scrapes against polls, 10,000 listeners (20 s each)");
-    for c in scrapes_against_polls(sockq, scenario)? {
-        let ms = |q| quantile(&c.scrapes, q) * 1e3;
-        let scrapes = if c.scrapes.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; scrapes p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({})",
-                ms(0.5),
-                ms(0.9),
-                ms(0.99),
-                ms(1.0),
-                c.scrapes.len()
-            )
-        };
+    println!(
+        "== scrapes against polls, 10,000 listeners ({INTERFERENCE_ROUNDS} rounds; per case a \
+         {} s block with a scraper starting a gzip scrape every 100 ms and one without, \
+         shuffled)",
+        BLOCK.as_secs()
+    );
+    let cases = scrapes_against_polls(sockq, scenario, rng)?;
+    let mean_ms = |v: &[Option<f64>]| {
+        let kept: Vec<f64> = v.iter().flatten().copied().collect();
+        kept.iter().sum::<f64>() / kept.len().max(1) as f64 * 1e3
+    };
+    for c in &cases {
         println!(
-            "{:<24} {} polls, mean {:.1} ms{scrapes}",
+            "{:<7} mean poll {:.1} ms without the scraper, {:.1} ms with it: {} (with/without, \
+             {}% interval)",
             c.case,
-            c.polls,
-            c.poll_mean * 1e3
+            mean_ms(&c.without),
+            mean_ms(&c.with),
+            fmt_ratio(ratio(&c.with, &c.without, rng).as_ref()),
+            (LEVEL * 100.0).round()
+        );
+    }
+    for c in &cases {
+        let ms = |q| quantile(&c.scrapes, q) * 1e3;
+        println!(
+            "{:<7} scrapes p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({})",
+            c.case,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(1.0),
+            c.scrapes.len()
+        );
+    }
+    if let [steady, churn] = &cases[..] {
+        println!(
+            "mean scrape, churn against steady: {}",
+            fmt_ratio(ratio(&churn.scrape_means, &steady.scrape_means, rng).as_ref())
         );
     }
     println!();

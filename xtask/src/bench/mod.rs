@@ -103,8 +103,9 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
     }
     let s = Settings::from(opts)?;
     if opts.extras_only {
+        println!("seed {} (repeat this order with --seed {})", s.seed, s.seed);
         let started = Instant::now();
-        extras::print_all(sockq, &scenario, s.seconds)?;
+        extras::print_all(sockq, &scenario, s.seconds, s.seed)?;
         println!();
         println!("the run took {:.0} s", started.elapsed().as_secs_f64());
         return Ok(());
@@ -147,7 +148,7 @@ pub fn run(root: &Path, sockq: &Path, opts: &Options) -> Result<()> {
         ));
     }
     if s.extras {
-        extras::print_all(sockq, &scenario, s.seconds)?;
+        extras::print_all(sockq, &scenario, s.seconds, s.seed)?;
     }
     println!();
     println!("the run took {:.0} s", started.elapsed().as_secs_f64());
