@@ -4,11 +4,13 @@
 //! A snapshot is rendered at most once per kind of body (format, gzip): by the first
 //! scrape that wants it, or, when the [`ScrapeClock`] expects a scrape before the
 //! next poll, as soon as it is published ([`SharedState::prerender`], on the HTTP
-//! runtime), so that the scrape finds its body made.
+//! runtime), so that the scrape finds its body made. A scrape that comes while its
+//! kind is being rendered is served the body of the snapshot before (one poll old)
+//! rather than wait; only when there is none does it wait for the render.
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError, RwLock, Weak},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak},
     time::Instant,
 };
 
@@ -39,12 +41,14 @@ pub(super) struct Inner {
     /// The classic histogram buckets served (`--fine-buckets`).
     classic: ClassicBuckets,
     events: EventLog,
-    /// The bodies rendered from the current snapshot, one per (format, gzip): every
-    /// scrape until the next poll is served from them. With 10,000 listeners a
-    /// render and its gzip take a few hundred ms of CPU; ten scrapers a second would
-    /// otherwise queue behind each other and take the CPU the poller needs. Held
-    /// while rendering, so scrapes that arrive meanwhile wait for that one render.
-    rendered: Mutex<Vec<Rendered>>,
+    /// The bodies made, one per (format, gzip), of the current or the previous
+    /// snapshot: every scrape until the next poll is served from them. With 10,000
+    /// listeners a render and its gzip take a few hundred ms of CPU; ten scrapers a
+    /// second would otherwise queue behind each other and take the CPU the poller
+    /// needs. Held only to look and to store, never while rendering.
+    bodies: Mutex<Vec<Body>>,
+    /// Raised when a render ends, for the scrapes that had no body to be served.
+    made: Condvar,
     /// When each scraper is expected next.
     clock: Mutex<ScrapeClock>,
     /// The kinds the clock said are due at the last publish, not yet rendered.
@@ -53,14 +57,17 @@ pub(super) struct Inner {
     published: tokio::sync::Notify,
 }
 
-/// One body rendered from the snapshot `from` (a `Weak`: it keeps the allocation,
-/// not the listeners, so a freed snapshot's address is never reused while compared).
+/// The body of one kind.
 #[derive(Debug)]
-struct Rendered {
-    from: Weak<Snapshot>,
-    format: Format,
-    gzip: bool,
-    body: Bytes,
+struct Body {
+    kind: Kind,
+    /// The last one made and the snapshot it was made from (a `Weak`: it keeps the
+    /// allocation, not the listeners, so a freed snapshot's address is never reused
+    /// while compared). Of the current snapshot or the one before (a render that
+    /// outlived two polls leaves an older one until the next poll).
+    made: Option<(Weak<Snapshot>, Bytes)>,
+    /// A render of this kind is under way.
+    rendering: bool,
 }
 
 impl SharedState {
@@ -77,7 +84,8 @@ impl SharedState {
                 build,
                 classic,
                 events: EventLog::default(),
-                rendered: Mutex::new(Vec::new()),
+                bodies: Mutex::new(Vec::new()),
+                made: Condvar::new(),
                 clock: Mutex::new(ScrapeClock::default()),
                 due: Mutex::new(Vec::new()),
                 published: tokio::sync::Notify::new(),
@@ -100,13 +108,20 @@ impl SharedState {
                 .unwrap_or_else(PoisonError::into_inner),
             snapshot,
         );
-        // Dropped outside the lock: freeing 10,000 listeners takes a while.
-        drop(previous);
-        // The old snapshot's bodies go now, unless a scrape is rendering: the poller
-        // never waits for one (the next scrape drops them then).
-        if let Ok(mut rendered) = self.inner.rendered.try_lock() {
-            rendered.clear();
+        // Bodies older than the snapshot replaced go: those of the one replaced stay
+        // to be served while the new one renders.
+        let replaced = Arc::downgrade(&previous);
+        for body in lock(&self.inner.bodies).iter_mut() {
+            if body
+                .made
+                .as_ref()
+                .is_some_and(|(from, _)| !from.ptr_eq(&replaced))
+            {
+                body.made = None;
+            }
         }
+        // Dropped outside the locks: freeing 10,000 listeners takes a while.
+        drop(previous);
         let due = lock(&self.inner.clock).published(Instant::now());
         if !due.is_empty() {
             *lock(&self.inner.due) = due;
@@ -176,31 +191,71 @@ impl SharedState {
     /// snapshot and kind, then served from memory. The snapshot lock is held only to
     /// clone the `Arc`.
     pub fn render(&self, format: Format, gzip: bool) -> Result<Bytes, ExpositionError> {
+        let kind = (format, gzip);
         let snapshot = self.snapshot();
         let current = Arc::downgrade(&snapshot);
-        let mut rendered = lock(&self.inner.rendered);
-        rendered.retain(|r| r.from.ptr_eq(&current));
-        if let Some(r) = rendered
-            .iter()
-            .find(|r| r.format == format && r.gzip == gzip)
-        {
-            return Ok(r.body.clone());
+        let mut bodies = lock(&self.inner.bodies);
+        loop {
+            let body = body_of(&mut bodies, kind);
+            match (&body.made, body.rendering) {
+                (Some((from, made)), _) if from.ptr_eq(&current) => return Ok(made.clone()),
+                // Under way: the previous snapshot's body rather than a wait.
+                (Some((_, made)), true) => return Ok(made.clone()),
+                (None, true) => {
+                    bodies = self
+                        .inner
+                        .made
+                        .wait(bodies)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                (_, false) => {
+                    body.rendering = true;
+                    break;
+                }
+            }
         }
+        drop(bodies);
+        // Whatever happens to the render, the flag comes down and waiters wake.
+        let _rendering = Rendering { state: self, kind };
         let plain =
             prometheus::render_as(&snapshot, &self.inner.build, self.inner.classic, format)?;
-        let body = Bytes::from(if gzip {
+        let made = Bytes::from(if gzip {
             prometheus::gzip(&plain)
         } else {
             plain
         });
-        rendered.push(Rendered {
-            from: current,
-            format,
-            gzip,
-            body: body.clone(),
-        });
-        Ok(body)
+        body_of(&mut lock(&self.inner.bodies), kind).made = Some((current, made.clone()));
+        Ok(made)
     }
+}
+
+/// A render under way: dropped, it lowers its kind's flag and wakes the waiters.
+struct Rendering<'a> {
+    state: &'a SharedState,
+    kind: Kind,
+}
+
+impl Drop for Rendering<'_> {
+    fn drop(&mut self) {
+        body_of(&mut lock(&self.state.inner.bodies), self.kind).rendering = false;
+        self.state.inner.made.notify_all();
+    }
+}
+
+/// The entry of `kind`, added if missing.
+fn body_of(bodies: &mut Vec<Body>, kind: Kind) -> &mut Body {
+    let index = match bodies.iter().position(|b| b.kind == kind) {
+        Some(index) => index,
+        None => {
+            bodies.push(Body {
+                kind,
+                made: None,
+                rendering: false,
+            });
+            bodies.len() - 1
+        }
+    };
+    &mut bodies[index]
 }
 
 #[cfg(test)]
@@ -208,17 +263,37 @@ impl SharedState {
     /// The kinds of body made from the current snapshot.
     pub(super) fn rendered_kinds(&self) -> Vec<Kind> {
         let current = Arc::downgrade(&self.snapshot());
-        lock(&self.inner.rendered)
+        lock(&self.inner.bodies)
             .iter()
-            .filter(|r| r.from.ptr_eq(&current))
-            .map(|r| (r.format, r.gzip))
+            .filter(|b| {
+                b.made
+                    .as_ref()
+                    .is_some_and(|(from, _)| from.ptr_eq(&current))
+            })
+            .map(|b| b.kind)
             .collect()
+    }
+
+    /// Marks `kind` as being rendered, or no longer (waking the waiters), as a
+    /// render in another thread would.
+    pub(super) fn set_rendering(&self, kind: Kind, rendering: bool) {
+        body_of(&mut lock(&self.inner.bodies), kind).rendering = rendering;
+        if !rendering {
+            self.inner.made.notify_all();
+        }
+    }
+
+    /// Whether a body of `kind`, of any snapshot, is kept.
+    pub(super) fn keeps(&self, kind: Kind) -> bool {
+        lock(&self.inner.bodies)
+            .iter()
+            .any(|b| b.kind == kind && b.made.is_some())
     }
 }
 
 /// `mutex`, locked. A holder that panicked left whole values behind (each is
 /// assigned whole): the poison flag carries no information.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

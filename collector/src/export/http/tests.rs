@@ -477,6 +477,54 @@ async fn a_snapshot_a_scrape_is_expected_of_is_rendered_when_published() {
 }
 
 #[test]
+fn a_scrape_while_its_kind_renders_is_served_the_previous_snapshot() {
+    let state = state();
+    let kind = (Format::Text, false);
+    let before = state.render(kind.0, kind.1).expect("render");
+    state.replace(Snapshot::default());
+    // Another thread is rendering the new snapshot: no wait, the body before.
+    state.set_rendering(kind, true);
+    let during = state.render(kind.0, kind.1).expect("render");
+    assert_eq!(during.as_ptr(), before.as_ptr(), "not the previous body");
+    state.set_rendering(kind, false);
+    let after = state.render(kind.0, kind.1).expect("render");
+    assert_ne!(
+        after, before,
+        "the new snapshot renders once the other is done"
+    );
+    assert_eq!(state.rendered_kinds(), [kind]);
+    // Two polls without a scrape: nothing older than the snapshot before is kept.
+    state.replace(Snapshot::default());
+    assert!(
+        state.keeps(kind),
+        "the previous snapshot's body goes too soon"
+    );
+    state.replace(Snapshot::default());
+    assert!(!state.keeps(kind), "a body two polls old is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_with_no_body_to_serve_waits_for_the_render_under_way() {
+    let state = state();
+    let kind = (Format::Text, true);
+    state.set_rendering(kind, true);
+    let scrape = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.render(kind.0, kind.1))
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!scrape.is_finished(), "served though nothing was made");
+    // The render ends (made nothing, as if it failed): the waiter renders itself.
+    state.set_rendering(kind, false);
+    let body = tokio::time::timeout(Duration::from_secs(5), scrape)
+        .await
+        .expect("the waiter never woke")
+        .expect("scrape task")
+        .expect("render");
+    assert!(gunzip(&body).contains("sockq_build_info"));
+}
+
+#[test]
 fn a_snapshot_is_rendered_once_per_kind_and_again_after_a_poll() {
     let state = state();
     let first = state.render(Format::Text, false).expect("render");
