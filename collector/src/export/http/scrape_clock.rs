@@ -3,9 +3,10 @@
 //! arrives, so that the scrape is served a body already made.
 //!
 //! Prometheus scrapes a target at a fixed interval and a fixed phase. A scraper is
-//! told by its IP address (the two servers of an HA pair are two scrapers); for each,
-//! the clock keeps the time of its last scrape, the interval between its last two and
-//! the kind of body it asked for (format, gzip). When a snapshot is published at
+//! told by its IP address and the kind of body it asks for (format, gzip): the two
+//! servers of an HA pair are two scrapers, and so are a Prometheus and a `curl` on one
+//! host. For each, the clock keeps the time of its last scrape and the interval
+//! between its last two. When a snapshot is published at
 //! `at`, and the next is expected one poll gap later (`at + gap`, the gap between the
 //! last two publishes), the kinds of the scrapers whose next scrape falls in
 //! `[at, at + gap)` are due: they are rendered at once. A scraper whose next scrape is
@@ -49,10 +50,13 @@ struct Scraper {
 impl ScrapeClock {
     /// Notes a scrape by `who` for `kind` at `at`.
     pub(super) fn scraped(&mut self, who: Option<IpAddr>, kind: Kind, at: Instant) {
-        if let Some(s) = self.scrapers.iter_mut().find(|s| s.who == who) {
+        if let Some(s) = self
+            .scrapers
+            .iter_mut()
+            .find(|s| s.who == who && s.kind == kind)
+        {
             s.interval = at.checked_duration_since(s.last);
             s.last = at;
-            s.kind = kind;
             return;
         }
         if self.scrapers.len() >= MAX_SCRAPERS
@@ -202,6 +206,30 @@ mod tests {
                 (54, PROTOBUF)
             ]
         );
+    }
+
+    #[test]
+    fn another_kind_from_the_same_address_is_another_scraper() {
+        let t0 = Instant::now();
+        let mut clock = ScrapeClock::default();
+        let mut dues = Vec::new();
+        for tenth in 0..100u64 {
+            let now = t0 + ms(tenth * 100);
+            if tenth % 10 == 0 {
+                dues.push(clock.published(now));
+            }
+            // A Prometheus every 300 ms, and a plain `curl` from the same host now
+            // and then: the Prometheus stays due.
+            if tenth % 3 == 1 {
+                clock.scraped(ip(1), TEXT_GZIP, now);
+            }
+            if tenth % 30 == 9 {
+                clock.scraped(ip(1), (Format::Text, false), now);
+            }
+        }
+        for due in &dues[1..] {
+            assert!(due.contains(&TEXT_GZIP), "{dues:?}");
+        }
     }
 
     #[test]
