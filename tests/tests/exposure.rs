@@ -2,7 +2,8 @@
 //! the real daemon: on loopback, requests for foreign host names are refused (DNS
 //! rebinding); on any other address the JSON API omits processes' command lines,
 //! users and cgroups unless requests authenticate; `--no-api` leaves `/metrics`
-//! only; the threads serving HTTP hold no capability (read from
+//! only; the threads serving HTTP (`sockq-http`, and `sockq-http-pre`, which renders
+//! `/metrics` ahead of scrapes) hold no capability (read from
 //! `/proc/PID/task/*/status`), with probes and in polling mode.
 
 use std::{
@@ -254,8 +255,13 @@ fn threads_once_serving(pid: u32, addr: SocketAddr) -> Vec<(String, u64, u64, u6
 #[test]
 fn http_threads_hold_no_capability() {
     let daemon = Daemon::start("1");
-    for (comm, eff, prm, bnd) in threads_once_serving(daemon.pid(), daemon.addr) {
-        if comm == "sockq-http" {
+    let threads = threads_once_serving(daemon.pid(), daemon.addr);
+    assert!(
+        threads.iter().any(|t| t.0 == "sockq-http-pre"),
+        "no pre-render thread: {threads:?}"
+    );
+    for (comm, eff, prm, bnd) in threads {
+        if comm.starts_with("sockq-http") {
             assert_eq!(
                 (eff, prm),
                 (0, 0),
@@ -305,7 +311,7 @@ fn polling_mode_as_root_drops_capabilities_too() {
     // What the inventory can still use: CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
     let kept_here = KEPT & !(1 << 21);
     for (comm, eff, prm, bnd) in threads_once_serving(child.id(), addr) {
-        if comm == "sockq-http" {
+        if comm.starts_with("sockq-http") {
             assert_eq!(
                 (eff, prm),
                 (0, 0),

@@ -242,9 +242,12 @@ async fn serve_with(
         live: Arc::clone(&options.web),
         loopback,
     };
-    // Renders snapshots ahead of the scrapes expected; aborted when this returns.
-    let mut prerender = JoinSet::new();
-    prerender.spawn(state.clone().prerender());
+    // Renders snapshots ahead of the scrapes expected; stopped when this returns.
+    // Without it, every scrape renders for itself.
+    let _prerender = state
+        .start_prerender()
+        .inspect_err(|e| tracing::warn!("no thread to render /metrics ahead of scrapes: {e}"))
+        .ok();
     let router = routes::router(state, options.api)
         .layer(axum::middleware::from_fn_with_state(access, access::guard));
     // The cap. tower's limit layers count requests in flight through a Service (an

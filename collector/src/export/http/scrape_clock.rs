@@ -6,12 +6,12 @@
 //! told by its IP address and the kind of body it asks for (format, gzip): the two
 //! servers of an HA pair are two scrapers, and so are a Prometheus and a `curl` on one
 //! host. For each, the clock keeps the time of its last scrape and the interval
-//! between its last two. When a snapshot is published at
-//! `at`, and the next is expected one poll gap later (`at + gap`, the gap between the
-//! last two publishes), the kinds of the scrapers whose next scrape falls in
-//! `[at, at + gap)` are due: they are rendered at once. A scraper whose next scrape is
-//! already past is late (jitter, a slow network) until min(interval / 2, gap) has
-//! passed, then taken to have stopped: due no longer.
+//! between its last two. When a snapshot is published at `at`, and the next is
+//! expected one poll gap later (`at + gap`, the gap between the last two publishes),
+//! the kinds of the scrapers whose next scrape falls in `[at, at + gap)` are due: they
+//! are rendered at once. A scraper whose next scrape is already past is late (jitter,
+//! a slow network) until min(interval / 2, gap) has passed, then taken to have
+//! stopped: due no longer.
 //!
 //! A wrong guess costs one render that no scrape is served from; a scrape nobody
 //! predicted renders on its own, as it did before. So the server still renders about
@@ -28,7 +28,8 @@ use crate::export::prometheus::Format;
 /// What a scraper asks for: the format, and whether gzipped.
 pub(super) type Kind = (Format, bool);
 
-/// Scrapers remembered; past it, the one seen longest ago is forgotten.
+/// Scrapers remembered (address and kind); past it, the one seen longest ago is
+/// forgotten.
 const MAX_SCRAPERS: usize = 16;
 
 #[derive(Debug, Default)]

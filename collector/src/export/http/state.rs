@@ -3,8 +3,9 @@
 //!
 //! A snapshot is rendered at most once per kind of body (format, gzip): by the first
 //! scrape that wants it, or, when the [`ScrapeClock`] expects a scrape before the
-//! next poll, as soon as it is published ([`SharedState::prerender`], on the HTTP
-//! runtime), so that the scrape finds its body made. A scrape that comes while its
+//! next poll, as soon as it is published ([`SharedState::start_prerender`], on a
+//! thread of its own at a lower priority than the poller's), so that the scrape finds
+//! its body made. A scrape that comes while its
 //! kind is being rendered is served the body of the snapshot before (one poll old)
 //! rather than wait; only when there is none does it wait for the render.
 
@@ -52,9 +53,33 @@ pub(super) struct Inner {
     /// When each scraper is expected next.
     clock: Mutex<ScrapeClock>,
     /// The kinds the clock said are due at the last publish, not yet rendered.
-    due: Mutex<Vec<Kind>>,
-    /// Raised when `due` was filled.
-    published: tokio::sync::Notify,
+    due: Mutex<Due>,
+    /// Raised when `due` changed.
+    due_changed: Condvar,
+}
+
+/// What the pre-render thread is asked.
+#[derive(Debug, Default)]
+struct Due {
+    kinds: Vec<Kind>,
+    /// The server it renders for has stopped.
+    stop: bool,
+}
+
+/// The niceness of the pre-render thread: below the poller (0), so that a render
+/// ahead of a scrape never takes the CPU a poll needs; a scrape that comes meanwhile
+/// is served the previous snapshot's body.
+const PRERENDER_NICE: libc::c_int = 10;
+
+/// Stops the pre-render thread when dropped (it ends once its render is done).
+#[derive(Debug)]
+pub(super) struct Prerender(SharedState);
+
+impl Drop for Prerender {
+    fn drop(&mut self) {
+        lock(&self.0.inner.due).stop = true;
+        self.0.inner.due_changed.notify_all();
+    }
 }
 
 /// The body of one kind.
@@ -87,14 +112,15 @@ impl SharedState {
                 bodies: Mutex::new(Vec::new()),
                 made: Condvar::new(),
                 clock: Mutex::new(ScrapeClock::default()),
-                due: Mutex::new(Vec::new()),
-                published: tokio::sync::Notify::new(),
+                due: Mutex::new(Due::default()),
+                due_changed: Condvar::new(),
             }),
         }
     }
 
     /// Publishes a new snapshot; the next scrape renders it, unless
-    /// [`prerender`](Self::prerender) was told to first. The previous one is freed
+    /// the pre-render thread ([`start_prerender`](Self::start_prerender)) was told to
+    /// first. The previous one is freed
     /// when the last request still rendering it is done.
     pub fn replace(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
@@ -124,33 +150,52 @@ impl SharedState {
         drop(previous);
         let due = lock(&self.inner.clock).published(Instant::now());
         if !due.is_empty() {
-            *lock(&self.inner.due) = due;
-            self.inner.published.notify_one();
+            lock(&self.inner.due).kinds = due;
+            self.inner.due_changed.notify_all();
         }
     }
 
-    /// Renders each snapshot the clock expects a scrape of, as soon as it is
-    /// published, on a blocking thread of the runtime it runs on (the HTTP server's:
-    /// no capabilities). Runs until dropped.
-    pub(super) async fn prerender(self) {
+    /// Starts the thread that renders each snapshot the clock expects a scrape of, as
+    /// soon as it is published, at niceness [`PRERENDER_NICE`]. It inherits the
+    /// capabilities of the calling thread (the HTTP server's: none). Stops when the
+    /// returned guard is dropped.
+    pub(super) fn start_prerender(&self) -> std::io::Result<Prerender> {
+        let state = self.clone();
+        std::thread::Builder::new()
+            .name("sockq-http-pre".to_owned())
+            .spawn(move || state.prerender_loop())?;
+        Ok(Prerender(self.clone()))
+    }
+
+    fn prerender_loop(&self) {
+        // SAFETY: plain syscalls on this thread (a tid names one thread to
+        // setpriority on Linux); raising one's own niceness needs no privilege.
+        let reniced =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as _, PRERENDER_NICE) };
+        if reniced != 0 {
+            tracing::debug!(
+                "pre-render thread at normal priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         loop {
-            self.inner.published.notified().await;
-            let due = std::mem::take(&mut *lock(&self.inner.due));
-            if due.is_empty() {
-                continue;
+            let mut due = lock(&self.inner.due);
+            while due.kinds.is_empty() && !due.stop {
+                due = self
+                    .inner
+                    .due_changed
+                    .wait(due)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
-            let state = self.clone();
-            let rendered = tokio::task::spawn_blocking(move || {
-                for (format, gzip) in due {
-                    if let Err(e) = state.render(format, gzip) {
-                        tracing::debug!("rendering /metrics ahead of a scrape: {e}");
-                    }
+            if due.stop {
+                return;
+            }
+            let kinds = std::mem::take(&mut due.kinds);
+            drop(due);
+            for (format, gzip) in kinds {
+                if let Err(e) = self.render(format, gzip) {
+                    tracing::debug!("rendering /metrics ahead of a scrape: {e}");
                 }
-            });
-            if let Err(e) = rendered.await
-                && e.is_panic()
-            {
-                tracing::error!("rendering /metrics ahead of a scrape panicked: {e}");
             }
         }
     }
