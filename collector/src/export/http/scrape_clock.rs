@@ -120,44 +120,57 @@ mod tests {
         Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)))
     }
 
-    #[test]
-    fn a_prometheus_every_15_s_is_due_at_the_publish_before_each_scrape() {
+    /// Publishes every second, and after each tenth of a second's publish scrapes as
+    /// `scrapes` says for that tenth, over `tenths`; what each publish found due, by
+    /// second.
+    fn simulate(
+        tenths: u64,
+        scrapes: impl Fn(u64) -> Vec<(Option<IpAddr>, Kind)>,
+    ) -> Vec<(u64, Vec<Kind>)> {
         let t0 = Instant::now();
         let mut clock = ScrapeClock::default();
-        // Polls every second; scrapes at 2.3 s, 17.3 s, 32.3 s, ...
-        let mut due_at = Vec::new();
-        for tenth in 0..600u64 {
+        let mut dues = Vec::new();
+        for tenth in 0..tenths {
             let now = t0 + ms(tenth * 100);
-            if tenth % 10 == 0 && !clock.published(now).is_empty() {
-                due_at.push(tenth / 10);
+            if tenth % 10 == 0 {
+                dues.push((tenth / 10, clock.published(now)));
             }
-            if tenth % 150 == 23 {
-                clock.scraped(ip(1), TEXT_GZIP, now);
+            for (who, kind) in scrapes(tenth) {
+                clock.scraped(who, kind, now);
             }
         }
+        dues
+    }
+
+    /// Each (second, kind) found due.
+    fn flat(dues: Vec<(u64, Vec<Kind>)>) -> Vec<(u64, Kind)> {
+        dues.into_iter()
+            .flat_map(|(second, kinds)| kinds.into_iter().map(move |k| (second, k)))
+            .collect()
+    }
+
+    #[test]
+    fn a_prometheus_every_15_s_is_due_at_the_publish_before_each_scrape() {
+        // Scrapes at 2.3 s, 17.3 s, 32.3 s, ...
+        let due = flat(simulate(600, |t| match t % 150 {
+            23 => vec![(ip(1), TEXT_GZIP)],
+            _ => Vec::new(),
+        }));
         // The first interval is known after the second scrape (17.3 s): the
         // snapshots published at 32 s and 47 s serve the scrapes at 32.3 and 47.3.
-        assert_eq!(due_at, [32, 47]);
+        assert_eq!(due, [(32, TEXT_GZIP), (47, TEXT_GZIP)]);
     }
 
     #[test]
     fn a_scraper_faster_than_the_poll_gets_every_snapshot_once() {
-        let t0 = Instant::now();
-        let mut clock = ScrapeClock::default();
-        let mut dues = Vec::new();
-        for tenth in 0..100u64 {
-            let now = t0 + ms(tenth * 100);
-            if tenth % 10 == 0 {
-                dues.push(clock.published(now));
-            }
-            if tenth % 3 == 1 {
-                clock.scraped(ip(1), TEXT_GZIP, now);
-            }
-        }
+        let dues = simulate(100, |t| match t % 3 {
+            1 => vec![(ip(1), TEXT_GZIP)],
+            _ => Vec::new(),
+        });
         // From the second publish on (its interval was known by then), every
         // snapshot, once.
-        assert!(dues[0].is_empty());
-        for due in &dues[1..] {
+        assert!(dues[0].1.is_empty());
+        for (_, due) in &dues[1..] {
             assert_eq!(due, &[TEXT_GZIP]);
         }
     }
@@ -181,23 +194,12 @@ mod tests {
 
     #[test]
     fn two_scrapers_each_with_its_phase_and_kind() {
-        let t0 = Instant::now();
-        let mut clock = ScrapeClock::default();
-        let mut due = Vec::new();
-        // Scrapes every 15 s, at 2.3 s and 9.6 s past; polls every second.
-        for tenth in 0..600u64 {
-            let now = t0 + ms(tenth * 100);
-            if tenth % 10 == 0 {
-                for kind in clock.published(now) {
-                    due.push((tenth / 10, kind));
-                }
-            }
-            match tenth % 150 {
-                23 => clock.scraped(ip(1), TEXT_GZIP, now),
-                96 => clock.scraped(ip(2), PROTOBUF, now),
-                _ => {}
-            }
-        }
+        // Scrapes every 15 s, at 2.3 s and 9.6 s past.
+        let due = flat(simulate(600, |t| match t % 150 {
+            23 => vec![(ip(1), TEXT_GZIP)],
+            96 => vec![(ip(2), PROTOBUF)],
+            _ => Vec::new(),
+        }));
         assert_eq!(
             due,
             [
@@ -211,24 +213,19 @@ mod tests {
 
     #[test]
     fn another_kind_from_the_same_address_is_another_scraper() {
-        let t0 = Instant::now();
-        let mut clock = ScrapeClock::default();
-        let mut dues = Vec::new();
-        for tenth in 0..100u64 {
-            let now = t0 + ms(tenth * 100);
-            if tenth % 10 == 0 {
-                dues.push(clock.published(now));
+        // A Prometheus every 300 ms, and a plain `curl` from the same host just
+        // before a publish now and then: the Prometheus stays due.
+        let dues = simulate(100, |t| {
+            let mut scrapes = Vec::new();
+            if t % 3 == 1 {
+                scrapes.push((ip(1), TEXT_GZIP));
             }
-            // A Prometheus every 300 ms, and a plain `curl` from the same host now
-            // and then: the Prometheus stays due.
-            if tenth % 3 == 1 {
-                clock.scraped(ip(1), TEXT_GZIP, now);
+            if t % 30 == 9 {
+                scrapes.push((ip(1), (Format::Text, false)));
             }
-            if tenth % 30 == 9 {
-                clock.scraped(ip(1), (Format::Text, false), now);
-            }
-        }
-        for due in &dues[1..] {
+            scrapes
+        });
+        for (_, due) in &dues[1..] {
             assert!(due.contains(&TEXT_GZIP), "{dues:?}");
         }
     }
