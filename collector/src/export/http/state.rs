@@ -237,10 +237,14 @@ impl SharedState {
     /// clone the `Arc`.
     pub fn render(&self, format: Format, gzip: bool) -> Result<Bytes, ExpositionError> {
         let kind = (format, gzip);
-        let snapshot = self.snapshot();
-        let current = Arc::downgrade(&snapshot);
         let mut bodies = lock(&self.inner.bodies);
-        loop {
+        // The snapshot is taken under the bodies' lock, each time round: a render
+        // then always starts from a snapshot at least as new as the last one made of
+        // its kind (renders of a kind take turns), so no scraper is ever served an
+        // older body after a newer one (counters never go back).
+        let (snapshot, current) = loop {
+            let snapshot = self.snapshot();
+            let current = Arc::downgrade(&snapshot);
             let body = body_of(&mut bodies, kind);
             match (&body.made, body.rendering) {
                 (Some((from, made)), _) if from.ptr_eq(&current) => return Ok(made.clone()),
@@ -255,10 +259,10 @@ impl SharedState {
                 }
                 (_, false) => {
                     body.rendering = true;
-                    break;
+                    break (snapshot, current);
                 }
             }
-        }
+        };
         drop(bodies);
         // Whatever happens to the render, the flag comes down and waiters wake.
         let _rendering = Rendering { state: self, kind };

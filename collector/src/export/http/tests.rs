@@ -525,6 +525,27 @@ async fn a_scrape_with_no_body_to_serve_waits_for_the_render_under_way() {
 }
 
 #[test]
+fn a_scrape_that_waited_renders_the_snapshot_current_when_it_wakes() {
+    let state = state();
+    let kind = (Format::Text, false);
+    state.set_rendering(kind, true);
+    let waiter = {
+        let state = state.clone();
+        std::thread::spawn(move || state.render(kind.0, kind.1))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // A poll publishes while it waits; then the render under way ends.
+    state.replace(Snapshot::default());
+    state.set_rendering(kind, false);
+    let body = waiter.join().expect("waiter").expect("render");
+    assert!(
+        !String::from_utf8_lossy(&body).contains("127.0.0.1:9750"),
+        "the waiter rendered the snapshot of before it waited"
+    );
+    assert_eq!(state.rendered_kinds(), [kind]);
+}
+
+#[test]
 fn a_snapshot_is_rendered_once_per_kind_and_again_after_a_poll() {
     let state = state();
     let first = state.render(Format::Text, false).expect("render");
