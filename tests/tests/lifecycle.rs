@@ -137,10 +137,11 @@ fn capabilities_are_dropped_after_attach_and_what_is_kept_suffices() {
     for task in &tasks {
         let status = std::fs::read_to_string(task.path().join("status")).expect("status");
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        // The HTTP server's threads hold even less: nothing effective or permitted
+        // The HTTP server's threads (`sockq-http`, and `sockq-http-pre` that renders
+        // ahead of scrapes) hold even less: nothing effective or permitted
         // (tests/exposure.rs has more on that).
-        let http = comm.trim() == "sockq-http";
-        http_threads += usize::from(http);
+        let http = comm.trim().starts_with("sockq-http");
+        http_threads += usize::from(comm.trim() == "sockq-http");
         for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
             let expected = if http && field != "CapBnd:" { 0 } else { kept };
             assert_eq!(

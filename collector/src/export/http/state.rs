@@ -118,10 +118,9 @@ impl SharedState {
         }
     }
 
-    /// Publishes a new snapshot; the next scrape renders it, unless
-    /// the pre-render thread ([`start_prerender`](Self::start_prerender)) was told to
-    /// first. The previous one is freed
-    /// when the last request still rendering it is done.
+    /// Publishes a new snapshot; the next scrape renders it, unless the pre-render
+    /// thread ([`start_prerender`](Self::start_prerender)) was told to first. The
+    /// previous one is freed when the last request still rendering it is done.
     pub fn replace(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
         // A writer that panicked left a whole Arc behind (assignment is not torn), so
@@ -158,7 +157,7 @@ impl SharedState {
     /// Starts the thread that renders each snapshot the clock expects a scrape of, as
     /// soon as it is published, at niceness [`PRERENDER_NICE`]. It inherits the
     /// capabilities of the calling thread (the HTTP server's: none). Stops when the
-    /// returned guard is dropped.
+    /// returned guard is dropped; one per state (the stop is the state's).
     pub(super) fn start_prerender(&self) -> std::io::Result<Prerender> {
         let state = self.clone();
         std::thread::Builder::new()
