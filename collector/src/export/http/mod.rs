@@ -257,7 +257,6 @@ async fn serve_with(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-
     tokio::pin!(shutdown);
 
     loop {
