@@ -49,6 +49,13 @@ pub fn test_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Whether a daemon thread named `comm` is one of the HTTP server's, which hold no
+/// capability: its workers (`sockq-http`) and the thread that renders `/metrics`
+/// ahead of scrapes (`sockq-http-pre`). The rule `lifecycle` and `exposure` check.
+pub fn is_http_thread(comm: &str) -> bool {
+    comm.starts_with("sockq-http")
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sockq_tests::{Daemon, Netns, free_port, require_root, sockq_bin};
+use sockq_tests::{Daemon, Netns, free_port, is_http_thread, require_root, sockq_bin};
 
 /// One request; the whole answer ("" if the connection failed).
 fn request(addr: SocketAddr, path: &str, host: &str, extra: &str) -> String {
@@ -261,7 +261,7 @@ fn http_threads_hold_no_capability() {
         "no pre-render thread: {threads:?}"
     );
     for (comm, eff, prm, bnd) in threads {
-        if comm.starts_with("sockq-http") {
+        if is_http_thread(&comm) {
             assert_eq!(
                 (eff, prm),
                 (0, 0),
@@ -311,7 +311,7 @@ fn polling_mode_as_root_drops_capabilities_too() {
     // What the inventory can still use: CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
     let kept_here = KEPT & !(1 << 21);
     for (comm, eff, prm, bnd) in threads_once_serving(child.id(), addr) {
-        if comm.starts_with("sockq-http") {
+        if is_http_thread(&comm) {
             assert_eq!(
                 (eff, prm),
                 (0, 0),

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sockq_tests::{Daemon, Metrics, Netns, free_port, sockq_bin, try_get};
+use sockq_tests::{Daemon, Metrics, Netns, free_port, is_http_thread, sockq_bin, try_get};
 
 /// Ids of the BPF programs (`kind` "prog") or links ("link") `pid` holds open, from
 /// the kernel's `/proc/PID/fdinfo` (`prog_id:` / `link_id:`).
@@ -137,10 +137,9 @@ fn capabilities_are_dropped_after_attach_and_what_is_kept_suffices() {
     for task in &tasks {
         let status = std::fs::read_to_string(task.path().join("status")).expect("status");
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        // The HTTP server's threads (`sockq-http`, and `sockq-http-pre` that renders
-        // ahead of scrapes) hold even less: nothing effective or permitted
+        // The HTTP server's threads hold even less: nothing effective or permitted
         // (tests/exposure.rs has more on that).
-        let http = comm.trim().starts_with("sockq-http");
+        let http = is_http_thread(comm.trim());
         http_threads += usize::from(comm.trim() == "sockq-http");
         for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
             let expected = if http && field != "CapBnd:" { 0 } else { kept };

@@ -15,7 +15,7 @@ use super::{
     daemon::{Daemon, http_body_bytes, http_get, http_get_bytes},
     machine::{self, TempNetns},
     report::fmt_ratio,
-    stats::{LEVEL, Rng, quantile, ratio},
+    stats::{LEVEL, Rng, mean, quantile, ratio},
 };
 
 /// The daemon idle for 10 s: (fraction of a core, RSS KiB).
@@ -148,6 +148,8 @@ pub struct Interference {
 /// Rounds of [`scrapes_against_polls`], and the length of each of its blocks.
 const INTERFERENCE_ROUNDS: usize = 6;
 const BLOCK: Duration = Duration::from_secs(10);
+/// The cases of [`scrapes_against_polls`], in the order it returns them.
+const CASES: [&str; 2] = ["steady", "churn"];
 
 /// Polls against scrapes with 10,000 listeners, side by side: in each round, for
 /// each case (steady, and while `listener-churn` opens and closes listeners) a
@@ -164,7 +166,7 @@ pub fn scrapes_against_polls(
     let holder = Listeners::hold(&ns, scenario, 10000)?;
     let d = Daemon::start(sockq, &[])?;
     std::thread::sleep(Duration::from_secs(5));
-    let mut cases = ["steady", "churn"].map(|case| Interference {
+    let mut cases = CASES.map(|case| Interference {
         case,
         without: Vec::new(),
         with: Vec::new(),
@@ -175,7 +177,7 @@ pub fn scrapes_against_polls(
         let mut order = [(0, false), (0, true), (1, false), (1, true)];
         rng.shuffle(&mut order);
         for (case, scraper) in order {
-            let churner = if case == 1 {
+            let churner = if CASES[case] == "churn" {
                 let secs = (BLOCK + Duration::from_secs(2)).as_secs_f64().to_string();
                 let child = ns
                     .command(scenario)
@@ -204,10 +206,7 @@ pub fn scrapes_against_polls(
             let c = &mut cases[case];
             if scraper {
                 c.with.push(mean_poll);
-                c.scrape_means.push(
-                    (!scrapes.is_empty())
-                        .then(|| scrapes.iter().sum::<f64>() / scrapes.len() as f64),
-                );
+                c.scrape_means.push(mean(scrapes.iter().copied()));
                 c.scrapes.extend(scrapes);
             } else {
                 c.without.push(mean_poll);
@@ -298,7 +297,6 @@ pub fn event_throughput(sockq: &Path, scenario: &Path, seconds: f64) -> Result<(
     Ok((2.0 * listens / elapsed, lost))
 }
 
-/// Prints the three.
 /// Every extra, in turn; `seed` orders the blocks of [`scrapes_against_polls`] and
 /// draws its bootstrap.
 pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Result<()> {
@@ -344,10 +342,7 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Resu
         BLOCK.as_secs()
     );
     let cases = scrapes_against_polls(sockq, scenario, rng)?;
-    let mean_ms = |v: &[Option<f64>]| {
-        let kept: Vec<f64> = v.iter().flatten().copied().collect();
-        kept.iter().sum::<f64>() / kept.len().max(1) as f64 * 1e3
-    };
+    let mean_ms = |v: &[Option<f64>]| mean(v.iter().flatten().copied()).unwrap_or(f64::NAN) * 1e3;
     for c in &cases {
         println!(
             "{:<7} mean poll {:.1} ms without the scraper, {:.1} ms with it: {} (with/without, \

@@ -135,7 +135,8 @@ fn complete_rounds(series: &[&Series]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+/// The mean; `None` of nothing.
+pub fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
 }

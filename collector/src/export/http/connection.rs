@@ -36,7 +36,8 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const PLAIN_ON_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n\
     Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
 
-/// The IP address of the client a request came from, in its extensions.
+/// The IP address of the client a request came from, in its extensions (every
+/// connection's requests have it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Peer(pub(super) IpAddr);
 

@@ -196,7 +196,7 @@ async fn recent_events(
 /// ([`SharedState::scrape`]), so the compression layer passes these through.
 async fn metrics(
     State(state): State<SharedState>,
-    peer: Option<Extension<Peer>>,
+    Extension(Peer(who)): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
@@ -206,7 +206,6 @@ async fn metrics(
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok()),
     );
-    let who = peer.map(|Extension(Peer(ip))| ip);
     match state.scrape(who, format, gzip) {
         Ok(body) => {
             let mut response =

@@ -40,8 +40,7 @@ pub(super) struct ScrapeClock {
 
 #[derive(Debug)]
 struct Scraper {
-    /// `None`: a request whose peer was not told (tests that call the handler).
-    who: Option<IpAddr>,
+    who: IpAddr,
     kind: Kind,
     last: Instant,
     /// Between its last two scrapes; `None` after its first.
@@ -50,7 +49,7 @@ struct Scraper {
 
 impl ScrapeClock {
     /// Notes a scrape by `who` for `kind` at `at`.
-    pub(super) fn scraped(&mut self, who: Option<IpAddr>, kind: Kind, at: Instant) {
+    pub(super) fn scraped(&mut self, who: IpAddr, kind: Kind, at: Instant) {
         if let Some(s) = self
             .scrapers
             .iter_mut()
@@ -116,8 +115,8 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn ip(last: u8) -> Option<IpAddr> {
-        Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)))
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
 
     /// Publishes every second, and after each tenth of a second's publish scrapes as
@@ -125,7 +124,7 @@ mod tests {
     /// second.
     fn simulate(
         tenths: u64,
-        scrapes: impl Fn(u64) -> Vec<(Option<IpAddr>, Kind)>,
+        scrapes: impl Fn(u64) -> Vec<(IpAddr, Kind)>,
     ) -> Vec<(u64, Vec<Kind>)> {
         let t0 = Instant::now();
         let mut clock = ScrapeClock::default();

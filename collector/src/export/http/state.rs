@@ -5,9 +5,9 @@
 //! scrape that wants it, or, when the [`ScrapeClock`] expects a scrape before the
 //! next poll, as soon as it is published ([`SharedState::start_prerender`], on a
 //! thread of its own at a lower priority than the poller's), so that the scrape finds
-//! its body made. A scrape that comes while its
-//! kind is being rendered is served the body of the snapshot before (one poll old)
-//! rather than wait; only when there is none does it wait for the render.
+//! its body made. A scrape that comes while its kind is being rendered is served the
+//! body of the snapshot before (one poll old) rather than wait; only when there is
+//! none does it wait for the render.
 
 use std::{
     net::IpAddr,
@@ -50,19 +50,18 @@ pub(super) struct Inner {
     bodies: Mutex<Vec<Body>>,
     /// Raised when a render ends, for the scrapes that had no body to be served.
     made: Condvar,
-    /// When each scraper is expected next.
-    clock: Mutex<ScrapeClock>,
-    /// The kinds the clock said are due at the last publish, not yet rendered.
-    due: Mutex<Due>,
-    /// Raised when `due` changed.
+    /// When each scraper is expected next, and what the pre-render thread is asked.
+    schedule: Mutex<Schedule>,
+    /// Raised when the schedule has work for the pre-render thread, or it is to stop.
     due_changed: Condvar,
 }
 
-/// What the pre-render thread is asked.
 #[derive(Debug, Default)]
-struct Due {
-    kinds: Vec<Kind>,
-    /// The server it renders for has stopped.
+struct Schedule {
+    clock: ScrapeClock,
+    /// The kinds the clock said are due at the last publish, not yet rendered.
+    due: Vec<Kind>,
+    /// The server the pre-render thread renders for has stopped.
     stop: bool,
 }
 
@@ -77,7 +76,7 @@ pub(super) struct Prerender(SharedState);
 
 impl Drop for Prerender {
     fn drop(&mut self) {
-        lock(&self.0.inner.due).stop = true;
+        lock(&self.0.inner.schedule).stop = true;
         self.0.inner.due_changed.notify_all();
     }
 }
@@ -111,8 +110,7 @@ impl SharedState {
                 events: EventLog::default(),
                 bodies: Mutex::new(Vec::new()),
                 made: Condvar::new(),
-                clock: Mutex::new(ScrapeClock::default()),
-                due: Mutex::new(Due::default()),
+                schedule: Mutex::new(Schedule::default()),
                 due_changed: Condvar::new(),
             }),
         }
@@ -147,9 +145,9 @@ impl SharedState {
         }
         // Dropped outside the locks: freeing 10,000 listeners takes a while.
         drop(previous);
-        let due = lock(&self.inner.clock).published(Instant::now());
-        if !due.is_empty() {
-            lock(&self.inner.due).kinds = due;
+        let mut schedule = lock(&self.inner.schedule);
+        schedule.due = schedule.clock.published(Instant::now());
+        if !schedule.due.is_empty() {
             self.inner.due_changed.notify_all();
         }
     }
@@ -178,19 +176,19 @@ impl SharedState {
             );
         }
         loop {
-            let mut due = lock(&self.inner.due);
-            while due.kinds.is_empty() && !due.stop {
-                due = self
+            let mut schedule = lock(&self.inner.schedule);
+            while schedule.due.is_empty() && !schedule.stop {
+                schedule = self
                     .inner
                     .due_changed
-                    .wait(due)
+                    .wait(schedule)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            if due.stop {
+            if schedule.stop {
                 return;
             }
-            let kinds = std::mem::take(&mut due.kinds);
-            drop(due);
+            let kinds = std::mem::take(&mut schedule.due);
+            drop(schedule);
             for (format, gzip) in kinds {
                 if let Err(e) = self.render(format, gzip) {
                     tracing::debug!("rendering /metrics ahead of a scrape: {e}");
@@ -199,15 +197,17 @@ impl SharedState {
         }
     }
 
-    /// A scrape by `who` (its IP address, when known): noted on the clock, then
-    /// served as [`render`](Self::render) does.
+    /// A scrape by `who` (its IP address): noted on the clock, then served as
+    /// [`render`](Self::render) does.
     pub fn scrape(
         &self,
-        who: Option<IpAddr>,
+        who: IpAddr,
         format: Format,
         gzip: bool,
     ) -> Result<Bytes, ExpositionError> {
-        lock(&self.inner.clock).scraped(who, (format, gzip), Instant::now());
+        lock(&self.inner.schedule)
+            .clock
+            .scraped(who, (format, gzip), Instant::now());
         self.render(format, gzip)
     }
 

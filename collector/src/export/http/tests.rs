@@ -503,43 +503,33 @@ fn a_scrape_while_its_kind_renders_is_served_the_previous_snapshot() {
     assert!(!state.keeps(kind), "a body two polls old is kept");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scrape_with_no_body_to_serve_waits_for_the_render_under_way() {
+#[test]
+fn a_scrape_with_no_body_waits_then_renders_the_snapshot_current_when_it_wakes() {
     let state = state();
     let kind = (Format::Text, true);
-    state.set_rendering(kind, true);
-    let scrape = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || state.render(kind.0, kind.1))
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!scrape.is_finished(), "served though nothing was made");
-    // The render ends (made nothing, as if it failed): the waiter renders itself.
-    state.set_rendering(kind, false);
-    let body = tokio::time::timeout(Duration::from_secs(5), scrape)
-        .await
-        .expect("the waiter never woke")
-        .expect("scrape task")
-        .expect("render");
-    assert!(gunzip(&body).contains("sockq_build_info"));
-}
-
-#[test]
-fn a_scrape_that_waited_renders_the_snapshot_current_when_it_wakes() {
-    let state = state();
-    let kind = (Format::Text, false);
     state.set_rendering(kind, true);
     let waiter = {
         let state = state.clone();
         std::thread::spawn(move || state.render(kind.0, kind.1))
     };
     std::thread::sleep(Duration::from_millis(200));
-    // A poll publishes while it waits; then the render under way ends.
+    assert!(!waiter.is_finished(), "served though nothing was made");
+    // A poll publishes while it waits; then the render under way ends (made
+    // nothing, as if it failed): the waiter renders itself.
     state.replace(Snapshot::default());
     state.set_rendering(kind, false);
-    let body = waiter.join().expect("waiter").expect("render");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !waiter.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never woke"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let body = gunzip(&waiter.join().expect("waiter").expect("render"));
+    assert!(body.contains("sockq_build_info"));
     assert!(
-        !String::from_utf8_lossy(&body).contains("127.0.0.1:9750"),
+        !body.contains("127.0.0.1:9750"),
         "the waiter rendered the snapshot of before it waited"
     );
     assert_eq!(state.rendered_kinds(), [kind]);
