@@ -46,9 +46,12 @@ pub struct UringAccept {
     /// descriptors.
     pub file_slot: u32,
     pub _pad: u32,
+    /// The request (`struct io_kiocb *`), alive while it posts CQEs: where the
+    /// listener is read when its CQEs come before the file was seen.
+    pub req: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<UringAccept>() == 16);
+const _: () = assert!(core::mem::size_of::<UringAccept>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -121,9 +121,22 @@ pub struct KernelOffsets {
     /// with `sk_net` in one 16-byte read where it comes right before it (every kernel
     /// since 2.6.24); 0 when BTF lacks it.
     pub sk_prot: u32,
+    /// `struct tcp_sock` -> `rcvq_space.time` (u64, `tcp_clock_us()`): set when the
+    /// handshake completes (`tcp_init_buffer_space`, just before the child is queued)
+    /// and next only by the reads of an accepted socket, so at accept() it says when
+    /// the connection was queued: the accept wait without a stamp of sockq's. 0 where
+    /// BTF lacks it (no TCP accept wait).
+    pub tcp_rcvq_time: u32,
+    /// `struct pt_regs` -> the syscall's first argument as it stays at the exit: `di`
+    /// (x86_64), `orig_x0` (arm64); 0 elsewhere. At `sys_exit_accept4` it is the
+    /// listener's fd.
+    pub pt_regs_arg0: u32,
+    /// `struct sock` (as `inet_connection_sock`) -> `icsk_accept_queue.rskq_accept_head`
+    /// (the oldest child still queued).
+    pub icsk_accept_head: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 188);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 200);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

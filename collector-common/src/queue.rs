@@ -48,6 +48,9 @@ pub struct ListenerQueue {
     pub backlog_arg: u32,
     pub netns: u32,
     pub _pad: u32,
+    /// The listener's `struct sock` address, written by its enqueues: what userspace
+    /// hands the `oldest_queued` program to read the head of its accept queue.
+    pub sk: u64,
     pub depth_hist: [u64; DEPTH_BUCKETS],
     /// Nothing: keeps the accept side's fields off the enqueue side's lines.
     pub _gap: [u64; 8],
@@ -80,6 +83,7 @@ impl ListenerQueue {
         backlog_arg: 0,
         netns: 0,
         _pad: 0,
+        sk: 0,
         depth_hist: [0; DEPTH_BUCKETS],
         _gap: [0; 8],
         accepts: 0,
@@ -94,7 +98,7 @@ impl ListenerQueue {
 }
 
 const _: () = assert!(
-    core::mem::size_of::<ListenerQueue>() == 48 + DEPTH_BUCKETS * 8 + 64 + 56 + WAIT_BUCKETS * 8
+    core::mem::size_of::<ListenerQueue>() == 56 + DEPTH_BUCKETS * 8 + 64 + 56 + WAIT_BUCKETS * 8
 );
 const _: () = assert!(
     core::mem::offset_of!(ListenerQueue, accepts)
@@ -264,8 +268,10 @@ unsafe impl aya::Pod for DropKey {}
 pub const READERS_MAX_ENTRIES: u32 = 8192;
 /// Reads of a sampled connection observed before it is classified.
 pub const READS_TO_CLASSIFY: u32 = 4;
-/// One accepted connection in `SAMPLE_ONE_IN` is watched for its readers.
-pub const SAMPLE_ONE_IN: u32 = 4;
+/// Every one of a listener's first `SAMPLE_ALL_FIRST` accepted connections is watched
+/// for its readers, then one in `SAMPLE_ONE_IN`.
+pub const SAMPLE_ALL_FIRST: u64 = 64;
+pub const SAMPLE_ONE_IN: u32 = 16;
 
 /// Who reads a sampled accepted connection (value of `READERS`, keyed by the child
 /// socket address).

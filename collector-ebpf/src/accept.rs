@@ -1,22 +1,28 @@
 //! Hooks: `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept` (and, only on
-//! kernels where `sk_data_ready` cannot be attached, `sys_enter_accept4` /
-//! `sys_enter_accept`), classic tracepoints specific to these syscalls. They fire in
-//! the accepting thread.
+//! kernels without `bpf_task_pt_regs`, `sys_enter_accept4` / `sys_enter_accept`),
+//! classic tracepoints specific to these syscalls. They fire in the accepting thread.
 //!
-//! On a successful return the new fd is followed through the task's file table to its
-//! socket (task->files->fdt->fd[n]->private_data->sk). That child was stamped when its
-//! handshake completed (`inet_sock_set_state`) and given its listener when it was
-//! queued (`sk_data_ready`), so the stamp says which listener it came from and how
-//! long it waited: [`account_accept`] counts the accept for the listener and the
-//! (listener, thread) pair, its wait, and samples it for `READERS` (who reads it).
-//! The same accounting serves every accept path (io_uring too). Where `sk_data_ready`
-//! is not attached, the entry programs keep the listener fd per thread (`ACCEPTING`)
-//! and the listener is found from it instead, as before; `ACCEPT_ENTRY_ON` says so
-//! (userspace sets it once they are attached), so that elsewhere the exit does not
-//! look in an empty map.
+//! On a successful return the new fd, and the listener's (the syscall's first
+//! argument, still in its saved registers at the exit: `kernel::syscall_arg0`), are
+//! followed through the task's file table to their sockets
+//! (task->files->fdt->fd[n]->private_data->sk), one walk to the table for both.
+//! [`account_accept`] counts the accept for the listener and the (listener, thread)
+//! pair, its wait, and samples it for `READERS` (who reads it). The same accounting
+//! serves every accept path (io_uring, fexit).
 //!
-//! Not timed: connections whose handshake completed before sockq started; accepts
-//! whose listener cannot be known are counted in `STAT_ACCEPTS_UNATTRIBUTED`.
+//! The wait of a TCP connection is read from the child itself: the kernel notes when
+//! its handshake completed (`tcp_sock.rcvq_space.time`, `tcp_init_buffer_space`, just
+//! before it is queued), and nothing changes it before the application reads from the
+//! accepted socket. So no stamp is kept per connection in a map, connections queued
+//! before sockq started are timed too, and so are children reset while queued. A Unix
+//! connection has no such time: `sk_data_ready` stamps it in `QUEUED` with its
+//! listener (`unix_connect::on_unix_enqueue`), and the accept takes the stamp.
+//!
+//! Where the registers cannot be read (before 5.15), the entry programs keep the
+//! listener fd per thread (`ACCEPTING`); `ACCEPT_ENTRY_ON` says they run (userspace
+//! sets it once they are attached), so that elsewhere the exit does not look in an
+//! empty map. Accepts whose listener cannot be known are counted in
+//! `STAT_ACCEPTS_UNATTRIBUTED`.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -25,18 +31,30 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use collector_common::{
-    queue::{AcceptorKey, ReaderTrack, SAMPLE_ONE_IN, wait_bucket},
+    queue::{AcceptorKey, ReaderTrack, SAMPLE_ALL_FIRST, SAMPLE_ONE_IN, wait_bucket},
     stats::{STAT_ACCEPTING_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_READERS_FULL},
 };
 
 use crate::{
-    kernel::{fd_sock, is_inet_family, offsets, read, record_u64, sock_inode},
+    kernel::{
+        FdTable, is_inet_family, offsets, read, record_u64, sock_inode, syscall_arg0,
+        tcp_established_ns,
+    },
     maps::{
-        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor,
-        insert_or_count,
+        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, atomic_fetch_add,
+        count_acceptor, insert_or_count,
     },
     stats::count_failure,
 };
+
+// How an exit program reaches the file table and the listener's fd:
+/// probe reads of the file table; the listener fd from the entry programs.
+const UNTYPED: u8 = 0;
+/// Typed loads of the file table (`bpf_get_current_task_btf`, 5.11+); the listener
+/// fd from the entry programs.
+const TYPED: u8 = 1;
+/// Typed loads, and the listener fd from the syscall's registers (5.15+).
+const REGS: u8 = 2;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
 pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
@@ -50,30 +68,41 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The exits walk the file table with typed loads where the kernel has
-/// `bpf_get_current_task_btf` (5.11+), else with probe reads (`kernel::fd_sock`'s
-/// `TYPED`); userspace tries them in that order.
+/// The exits, best first (userspace tries them in this order): registers and typed
+/// loads, typed loads, probe reads.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4_regs(ctx: TracePointContext) -> u32 {
+    let _ = on_accept_return::<REGS>(&ctx, offsets().tp_accept4_ret);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept_regs(ctx: TracePointContext) -> u32 {
+    let _ = on_accept_return::<REGS>(&ctx, offsets().tp_accept_ret);
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4_btf(ctx: TracePointContext) -> u32 {
-    let _ = on_accept_return::<true>(&ctx, offsets().tp_accept4_ret);
+    let _ = on_accept_return::<TYPED>(&ctx, offsets().tp_accept4_ret);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept_btf(ctx: TracePointContext) -> u32 {
-    let _ = on_accept_return::<true>(&ctx, offsets().tp_accept_ret);
+    let _ = on_accept_return::<TYPED>(&ctx, offsets().tp_accept_ret);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = on_accept_return::<false>(&ctx, offsets().tp_accept4_ret);
+    let _ = on_accept_return::<UNTYPED>(&ctx, offsets().tp_accept4_ret);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = on_accept_return::<false>(&ctx, offsets().tp_accept_ret);
+    let _ = on_accept_return::<UNTYPED>(&ctx, offsets().tp_accept_ret);
     0
 }
 
@@ -89,15 +118,17 @@ fn on_accept_enter(ctx: &TracePointContext, fd_offset: u32) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn on_accept_return<const BTF: bool>(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64> {
+fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) -> Result<(), i64> {
     let o = offsets();
     if o.queue_valid == 0 || ret_offset == 0 {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    // Only where the entry programs run (no sk_data_ready): the listener's fd.
-    let listen_fd = if ACCEPT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
+    let listen_fd = if MODE == REGS {
+        None
+    } else if ACCEPT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
+        // Taken whatever the accept returned.
         // SAFETY: the value is copied out at once.
         let fd = (unsafe { ACCEPTING.get(&tid) }).copied();
         if fd.is_some() {
@@ -111,51 +142,78 @@ fn on_accept_return<const BTF: bool>(ctx: &TracePointContext, ret_offset: u32) -
     if ret < 0 {
         return Ok(());
     }
-    let Some(child) = fd_sock::<BTF>(ret as u64, o) else {
+    let listen_fd = if MODE == REGS {
+        syscall_arg0(o)
+    } else {
+        listen_fd
+    };
+    let files = if MODE == UNTYPED {
+        FdTable::current::<false>(o)
+    } else {
+        FdTable::current::<true>(o)
+    };
+    let Some(files) = files else {
         return Ok(());
     };
-    account_accept(child, pid_tgid, || {
-        let listener = sock_inode(fd_sock::<BTF>(listen_fd?, o)?, o);
-        (listener != 0).then_some(listener)
+    let Some(child) = files.sock(ret as u64, o) else {
+        return Ok(());
+    };
+    // The listener's inode only for a TCP child: a Unix child's stamp names it.
+    account_accept(child, pid_tgid, |_| {
+        let inode = files.socket_inode(listen_fd?, o);
+        (inode != 0).then_some(inode)
     });
     Ok(())
 }
 
-/// Counts the accept of `child` by thread `pid_tgid`: for the listener its stamp names
-/// (else the one `fallback` finds), with its wait when it was stamped.
+/// Counts the accept of `child` by thread `pid_tgid`, with its wait: a TCP child's
+/// from the kernel's own note of its handshake's completion, for the listener
+/// `tcp_listener` finds (called only for a TCP child); a Unix child's from its
+/// `QUEUED` stamp, which names its listener.
 #[inline(always)]
-pub fn account_accept(child: *const u8, pid_tgid: u64, fallback: impl FnOnce() -> Option<u64>) {
-    let key = child as u64;
-    // SAFETY: the value is copied out at once.
-    let stamp = (unsafe { QUEUED.get(&key) }).copied();
-    let listener = match stamp {
-        Some(s) if s.listener != 0 => Some(s.listener),
-        _ => fallback(),
+pub fn account_accept(
+    child: *const u8,
+    pid_tgid: u64,
+    tcp_listener: impl FnOnce(*const u8) -> Option<u64>,
+) {
+    let o = offsets();
+    let inet = is_inet(child);
+    let (listener, queued_ns) = if inet {
+        (tcp_listener(child), tcp_established_ns(child, o))
+    } else {
+        let key = child as u64;
+        // SAFETY: the value is copied out at once.
+        let stamp = (unsafe { QUEUED.get(&key) }).copied();
+        if stamp.is_some() {
+            let _ = QUEUED.remove(&key);
+        }
+        (
+            stamp.map(|s| s.listener).filter(|&l| l != 0),
+            stamp.map(|s| s.enqueued_ns),
+        )
     };
-    // Only listeners with counters: a Unix listener's accept has neither stamp nor
-    // counters, and creates none.
+    // Only listeners with counters: those sockq saw listen or enqueue.
     let Some((listener, q)) =
         listener.and_then(|l| LISTENER_QUEUES.get_ptr_mut(&l).map(|q| (l, q)))
     else {
-        // A TCP connection (stamped, or inet: one that completed before sockq
-        // started) whose listener is unknown is counted; a Unix one is not sockq's.
-        if stamp.is_some() || is_inet(child) {
+        // A TCP connection whose listener is unknown is counted; a Unix one nobody
+        // stamped is not sockq's.
+        if inet {
             count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
         }
         return;
     };
     // SAFETY: a valid map value pointer; counters change through atomics only.
-    unsafe { atomic_add(&raw mut (*q).accepts, 1) };
+    let accepts = unsafe { atomic_fetch_add(&raw mut (*q).accepts, 1) };
     let tid = pid_tgid as u32;
     count_acceptor(&AcceptorKey {
         listener,
         pid: (pid_tgid >> 32) as u32,
         tid,
     });
-    if let Some(stamp) = stamp {
-        let _ = QUEUED.remove(&key);
+    if let Some(queued_ns) = queued_ns {
         // SAFETY: a helper without preconditions.
-        let wait_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(stamp.enqueued_ns);
+        let wait_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_ns);
         // SAFETY: as above.
         unsafe {
             atomic_add(&raw mut (*q).waits, 1);
@@ -165,20 +223,23 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, fallback: impl FnOnce() -
             }
         }
     }
-    sample_readers(child, listener, tid);
+    sample_readers(child, listener, tid, accepts);
 }
 
-/// Whether `sk` is an IPv4 or IPv6 socket (read only on the rare unattributed path).
+/// Whether `sk` is an IPv4 or IPv6 socket.
 #[inline(always)]
 fn is_inet(sk: *const u8) -> bool {
     read::<u16>(sk, offsets().sk_family).is_ok_and(is_inet_family)
 }
 
-/// Watches who reads a sample of the accepted connections (`sock_recv_length`).
+/// Watches who reads a sample of the accepted connections (`sock_recv_length`): every
+/// one of a listener's first `SAMPLE_ALL_FIRST` accepts (`accepts_before`: this
+/// accept's rank), then one in `SAMPLE_ONE_IN` (an LRU insert each: the busiest
+/// listeners pay it on a few of their connections only).
 #[inline(always)]
-fn sample_readers(child: *const u8, listener: u64, acceptor_tid: u32) {
+fn sample_readers(child: *const u8, listener: u64, acceptor_tid: u32, accepts_before: u64) {
     // SAFETY: a helper without preconditions.
-    if unsafe { bpf_get_prandom_u32() } % SAMPLE_ONE_IN == 0 {
+    if accepts_before < SAMPLE_ALL_FIRST || unsafe { bpf_get_prandom_u32() } % SAMPLE_ONE_IN == 0 {
         let track = ReaderTrack {
             socket_inode: sock_inode(child, offsets()),
             listener,

@@ -1,6 +1,4 @@
 //! Hook: `sock:inet_sock_set_state` (every TCP state change; since Linux 4.16).
-//! A child created by a completed handshake (LISTEN -> SYN_RECV) is stamped in
-//! `QUEUED` here, before it joins the accept queue, for the accept-wait measure.
 //!
 //! Attached as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate,
 //! int newstate)`, cheapest) where that loads, else as a classic tracepoint whose record
@@ -29,16 +27,15 @@ use aya_ebpf::{
 use collector_common::{
     layout::KernelOffsets,
     listener::{AF_INET, AF_INET6, EVENT_LISTENER, ListenerEvent},
-    queue::QueuedChild,
-    stats::{STAT_EVENTS_LOST, STAT_QUEUED_FULL, STAT_TRANSITIONS_FULL},
-    tcp_state::{NETNS_SLOTS, SLOT_STATES, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TransitionKey},
+    stats::{STAT_EVENTS_LOST, STAT_TRANSITIONS_FULL},
+    tcp_state::{NETNS_SLOTS, SLOT_STATES, TCP_CLOSE, TCP_LISTEN, TransitionKey},
 };
 
 use crate::{
     kernel::{net_key, offsets, read, sock_inode, sock_netns, tcp_sock_net},
     maps::{
-        EVENTS, JUST_STAMPED, LISTEN_BACKLOG, LISTENER_QUEUES, NETNS_SLOT_COUNTS, NETNS_SLOT_KEYS,
-        QUEUED, TRANSITIONS, get_or_insert, insert_or_count, listener_queue,
+        EVENTS, LISTEN_BACKLOG, LISTENER_QUEUES, NETNS_SLOT_COUNTS, NETNS_SLOT_KEYS, TRANSITIONS,
+        get_or_insert, listener_queue,
     },
     stats::count_failure,
 };
@@ -88,21 +85,9 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
         crate::nagle::forget_conn(sk);
     }
     // A listener opening (-> LISTEN) or closing (LISTEN -> CLOSE). Children cloned from
-    // a listener start as LISTEN -> SYN_RECV: per connection, not an event.
-    if from == TCP_LISTEN && to == TCP_SYN_RECV && o.queue_valid != 0 {
-        // A child created by a completed handshake, before it joins the accept queue:
-        // stamp it, so the accept() that takes it measures its whole wait.
-        let stamp = QueuedChild {
-            // SAFETY: a helper without preconditions.
-            enqueued_ns: unsafe { bpf_ktime_get_ns() },
-            listener: 0,
-        };
-        insert_or_count(&QUEUED, &(sk as u64), &stamp, 0, STAT_QUEUED_FULL);
-        if let Some(slot) = JUST_STAMPED.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot, written only while this program runs here.
-            unsafe { *slot = sk as u64 };
-        }
-    } else if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
+    // a listener start as LISTEN -> SYN_RECV: per connection, not an event (their
+    // accept wait needs no stamp: `accept.rs`).
+    if to == TCP_LISTEN || (from == TCP_LISTEN && to == TCP_CLOSE) {
         let netns = sock_netns(sk, &o);
         if o.queue_valid != 0 {
             let inode = sock_inode(sk, &o);
@@ -117,10 +102,6 @@ fn on_state_change(sk: *const u8, old: i32, new: i32) -> Result<(), i64> {
         }
         send_listener_event(sk, &o, netns, from, to)?;
     }
-    // A child reset by its client while still queued keeps its stamp: accept()
-    // returns it all the same, and its wait is counted then. Stamps of children
-    // never accepted are removed by userspace (their listener closed, or its queue
-    // emptied without them).
     Ok(())
 }
 

@@ -25,19 +25,16 @@
 //! multishot accept was seen pay that lookup for other requests' such CQEs.
 //!
 //! A successful accept's `res` is the new descriptor in the current task's file
-//! table (the submitter's, which io-wq and SQPOLL threads share); the socket behind it
-//! was stamped in `QUEUED` when its handshake completed and given its listener by
-//! `sk_data_ready`. The accept is counted for the request's listener (or the stamp's,
-//! for CQEs without a request) and for the current thread, its wait is the time
-//! since the stamp, and a sample is watched for its readers: `accept::account_accept`,
-//! the accounting of every accept path.
+//! table (the submitter's, which io-wq and SQPOLL threads share). The accept is
+//! counted for the request's listener (a Unix child's stamp names its own) and for
+//! the current thread, with its wait, and a sample is watched for its readers:
+//! `accept::account_accept`, the accounting of every accept path.
 //!
 //! An accept into a direct descriptor (a fixed-file slot, `file_index`) has a slot
 //! for `res` (or names one): its socket is found in the ring's fixed-file table
 //! ([`fixed_file_sock`], the 6.13+ layout; on others such accepts are counted in
-//! `STAT_URING_DIRECT`, not counted as accepts). Accepts whose listener is unknown (no
-//! stamp, no request) go to `STAT_ACCEPTS_UNATTRIBUTED`. CQEs that overflow the
-//! completion ring and requests with `IOSQE_CQE_SKIP_SUCCESS` fire no
+//! `STAT_URING_DIRECT`, not counted as accepts). Accepts whose listener is unknown go
+//! to `STAT_ACCEPTS_UNATTRIBUTED`. CQEs that overflow the completion ring and requests with `IOSQE_CQE_SKIP_SUCCESS` fire no
 //! `io_uring_complete`: unseen. Two multishot accepts with the same `user_data` on
 //! one ring share an entry: when one ends, the other's CQEs are recognised again
 //! from its next wake-up.
@@ -55,14 +52,13 @@ use collector_common::{
         IORING_OP_ACCEPT, URING_ACCEPTS_MAX_ENTRIES, UringAccept, UringReqKey, fixed_file_index,
     },
     layout::KernelOffsets,
-    stats::{STAT_ACCEPTS_UNATTRIBUTED, STAT_URING_DIRECT},
-    tcp_state::IPPROTO_TCP,
+    stats::STAT_URING_DIRECT,
 };
 
 use crate::{
     accept::account_accept,
-    kernel::{fd_sock, file_sock, offsets, read, sock_inode, sock_netns, sock_protocol},
-    maps::{QUEUED, listener_queue},
+    kernel::{fd_sock, file_sock, offsets, read, sock_inode, sock_netns},
+    maps::listener_queue,
     stats::count_failure,
 };
 
@@ -178,11 +174,20 @@ fn on_complete(
         if cflags & IORING_CQE_F_MORE == 0 || !multishot_seen() {
             return Ok(());
         }
-        // SAFETY: the value is copied out at once.
-        let Some(accept) = (unsafe { URING_ACCEPTS.get(&key) }).copied() else {
+        let Some(accept) = URING_ACCEPTS.get_ptr_mut(&key) else {
             return Ok(());
         };
-        (accept.listener, accept.file_slot)
+        // SAFETY: a valid map value pointer.
+        let (mut listener, slot, armed) =
+            unsafe { ((*accept).listener, (*accept).file_slot, (*accept).req) };
+        if listener == 0 && armed != 0 {
+            // CQEs before the request's file was seen: read it from the request,
+            // which posts them, once.
+            listener = req_listener(armed as *const u8, o);
+            // SAFETY: as above.
+            unsafe { (*accept).listener = listener };
+        }
+        (listener, slot)
     } else {
         if read::<u8>(req, o.req_opcode)? != IORING_OP_ACCEPT {
             return Ok(());
@@ -209,26 +214,16 @@ fn on_complete(
     let Some(child) = child else {
         return Ok(());
     };
-    // Called only when the child's stamp names no listener (most often: no stamp, its
-    // handshake completed before sockq started).
-    account_accept(child, bpf_get_current_pid_tgid(), || {
-        let tcp = sock_protocol(child, o) == Some(IPPROTO_TCP);
-        if listener != 0 {
-            // The request names it; it may have no counters yet (nothing queued since
-            // sockq started). Only a TCP listener gets them.
-            if tcp {
-                let _ = listener_queue(listener, sock_netns(child, o));
-            }
-            return Some(listener);
+    // The request names a TCP child's listener; it may have no counters yet (nothing
+    // queued since sockq started): they are created here. With no listener (a
+    // multishot accept armed before its file was seen) the accept is counted
+    // unattributed; a Unix child's stamp names its own.
+    account_accept(child, bpf_get_current_pid_tgid(), |child| {
+        if listener == 0 {
+            return None;
         }
-        // Nothing names it. A stamp without a listener is counted by account_accept;
-        // a TCP child without a stamp here; a Unix socket's is nobody's concern.
-        // SAFETY: only whether the entry exists is used.
-        let stamped = unsafe { QUEUED.get(&(child as u64)) }.is_some();
-        if tcp && !stamped {
-            count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
-        }
-        None
+        let _ = listener_queue(listener, sock_netns(child, o));
+        Some(listener)
     });
     Ok(())
 }
@@ -261,6 +256,7 @@ fn on_request(req: *const u8) -> Result<(), i64> {
         listener: req_listener(req, o),
         file_slot: read(req, o.req_accept_file_slot)?,
         _pad: 0,
+        req: req as u64,
     };
     let _ = URING_ACCEPTS.insert(&key, &accept, 0);
     if let Some(seen) = URING_SEEN.get_ptr_mut(0) {

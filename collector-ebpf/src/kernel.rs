@@ -58,6 +58,9 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     ring_fixed_nr: 0,
     rsrc_node_file_ptr: 0,
     sk_prot: 0,
+    tcp_rcvq_time: 0,
+    pt_regs_arg0: 0,
+    icsk_accept_head: 0,
 };
 
 #[inline(always)]
@@ -227,32 +230,101 @@ pub fn sock_inode(sk: *const u8, o: &KernelOffsets) -> u64 {
 /// (task->files->fdt->fd[fd]->private_data->sk). The caller knows `fd` is a socket
 /// (a successful accept() or listen() on it).
 ///
-/// `TYPED`: the first half of the walk as plain loads. The task pointer of
-/// `bpf_get_current_task_btf` (Linux 5.11+) is typed, and the verifier lets a program
-/// load its fields, and those of the structs they point to, directly (task->files->
-/// fdt, the table's size and its array); the array holds untyped `struct file *`, so
-/// from there on it is probe reads either way. A kernel without the helper refuses
-/// a program built with `TYPED`: the other one is attached there instead.
+/// `TYPED`: the first half of the walk as plain loads (see [`FdTable`]).
 #[inline(always)]
 pub fn fd_sock<const TYPED: bool>(fd: u64, o: &KernelOffsets) -> Option<*const u8> {
-    // SAFETY: helpers without preconditions; the untyped pointer is only read
-    // through bpf_probe_read_kernel.
-    let task = unsafe {
-        if TYPED {
-            aya_ebpf::helpers::bpf_get_current_task_btf() as *const u8
-        } else {
-            aya_ebpf::helpers::bpf_get_current_task() as *const u8
+    FdTable::current::<TYPED>(o)?.sock(fd, o)
+}
+
+/// The current task's open-file table, walked to once for every descriptor a program
+/// follows (an accept's child and its listener).
+///
+/// `TYPED`: the task pointer of `bpf_get_current_task_btf` (Linux 5.11+) is typed, and
+/// the verifier lets a program load its fields, and those of the structs they point
+/// to, directly (task->files->fdt, the table's size and its array); the array holds
+/// untyped `struct file *`, so from there on it is probe reads either way. A kernel
+/// without the helper refuses a program built with `TYPED`: the other one is attached
+/// there instead.
+#[derive(Clone, Copy)]
+pub struct FdTable {
+    fd_array: *const u8,
+    max_fds: u32,
+}
+
+impl FdTable {
+    #[inline(always)]
+    pub fn current<const TYPED: bool>(o: &KernelOffsets) -> Option<Self> {
+        // SAFETY: helpers without preconditions; the untyped pointer is only read
+        // through bpf_probe_read_kernel.
+        let task = unsafe {
+            if TYPED {
+                aya_ebpf::helpers::bpf_get_current_task_btf() as *const u8
+            } else {
+                aya_ebpf::helpers::bpf_get_current_task() as *const u8
+            }
+        };
+        let files: *const u8 = walk::<TYPED, _>(task, o.task_files)?;
+        let fdt: *const u8 = walk::<TYPED, _>(files, o.files_fdt)?;
+        Some(Self {
+            max_fds: walk::<TYPED, _>(fdt, o.fdt_max_fds)?,
+            fd_array: walk::<TYPED, _>(fdt, o.fdt_fd)?,
+        })
+    }
+
+    /// The sock behind descriptor `fd`, if it is an open socket's.
+    #[inline(always)]
+    pub fn sock(self, fd: u64, o: &KernelOffsets) -> Option<*const u8> {
+        file_sock(self.file(fd)?, o)
+    }
+
+    /// The inode of the socket behind descriptor `fd` (its `struct socket`'s, one read
+    /// fewer than through the sock), or 0.
+    #[inline(always)]
+    pub fn socket_inode(self, fd: u64, o: &KernelOffsets) -> u64 {
+        self.file(fd)
+            .and_then(|file| read::<*const u8>(file, o.file_private_data).ok())
+            .filter(|socket| !socket.is_null())
+            .and_then(|socket| read::<u64>(socket, o.socket_ino).ok())
+            .unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn file(self, fd: u64) -> Option<*const u8> {
+        if fd >= u64::from(self.max_fds) || fd > 0x0fff_ffff {
+            return None;
         }
-    };
-    let files: *const u8 = walk::<TYPED, _>(task, o.task_files)?;
-    let fdt: *const u8 = walk::<TYPED, _>(files, o.files_fdt)?;
-    let max_fds: u32 = walk::<TYPED, _>(fdt, o.fdt_max_fds)?;
-    if fd >= u64::from(max_fds) || fd > 0x0fff_ffff {
+        let file: *const u8 = read(self.fd_array, (fd * 8) as u32).ok()?;
+        (!file.is_null()).then_some(file)
+    }
+}
+
+/// The current syscall's first argument as saved at its entry (the registers a
+/// syscall exit still holds: `bpf_task_pt_regs`, Linux 5.15+, on the typed task), or
+/// `None` where this kernel's `struct pt_regs` has no such field sockq knows.
+#[inline(always)]
+pub fn syscall_arg0(o: &KernelOffsets) -> Option<u64> {
+    if o.pt_regs_arg0 == 0 {
         return None;
     }
-    let fd_array: *const u8 = walk::<TYPED, _>(fdt, o.fdt_fd)?;
-    let file: *const u8 = read(fd_array, (fd * 8) as u32).ok()?;
-    file_sock(file, o)
+    // SAFETY: helpers without preconditions; bpf_task_pt_regs takes the typed task and
+    // returns its (typed) saved registers.
+    let regs = unsafe {
+        let task = aya_ebpf::helpers::bpf_get_current_task_btf();
+        aya_ebpf::helpers::generated::bpf_task_pt_regs(task) as *const u8
+    };
+    walk::<true, u64>(regs, o.pt_regs_arg0)
+}
+
+/// When TCP socket `sk`'s handshake completed, `CLOCK_MONOTONIC` ns
+/// (`tcp_sock.rcvq_space.time`: see [`KernelOffsets::tcp_rcvq_time`]); `None` where
+/// unknown.
+#[inline(always)]
+pub fn tcp_established_ns(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
+    if o.tcp_rcvq_time == 0 {
+        return None;
+    }
+    let us: u64 = read(sk, o.tcp_rcvq_time).ok()?;
+    (us != 0).then(|| us.wrapping_mul(1000))
 }
 
 /// A field on [`fd_sock`]'s walk: with `TYPED` a plain load (`None` for a null

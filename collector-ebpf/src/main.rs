@@ -31,6 +31,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nagle;
 #[cfg(target_arch = "bpf")]
+mod oldest_queued;
+#[cfg(target_arch = "bpf")]
 mod sk_data_ready;
 #[cfg(target_arch = "bpf")]
 mod sock_recv_length;

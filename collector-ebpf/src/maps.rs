@@ -62,9 +62,9 @@ pub static LISTENER_QUEUES: HashMap<u64, ListenerQueue> =
 #[map]
 static ZERO_QUEUE: Array<ListenerQueue> = Array::with_max_entries(1, 0);
 
-/// Connections queued for accept() and not yet accepted, by child socket address.
-/// Removed at accept(), or when a queued child is reset; a full map is counted
-/// (`STAT_QUEUED_FULL`).
+/// Unix connections queued for accept() and not yet accepted, by child socket
+/// address, with their listener (TCP children need no stamp: `accept.rs`). Removed at
+/// accept(); a full map is counted (`STAT_QUEUED_FULL`).
 #[map]
 pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_MAX_ENTRIES, 0);
 
@@ -86,12 +86,6 @@ pub static ACCEPT_ENTRY_ON: Array<u32> = Array::with_max_entries(1, 0);
 pub static TCP_PROTS: Array<[u64; TCP_PROT_SLOTS]> = Array::with_max_entries(1, 0);
 
 pub const TCP_PROT_SLOTS: usize = 4;
-
-/// The child this CPU stamped last (LISTEN -> SYN_RECV), for the `sk_data_ready` of
-/// its listener that follows in the same softirq: the accept queue's tail may already
-/// be another child queued meanwhile on another CPU.
-#[map]
-pub static JUST_STAMPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The backlog a thread passed to its last `listen()`, until its socket enters
 /// LISTEN (`listen.rs`). LRU: failed calls leave entries nobody removes.
@@ -123,6 +117,17 @@ pub fn atomic_add(counter: *mut u64, v: u64) {
     // SAFETY: `counter` points into a map value, valid and 8-byte aligned while the
     // program runs; concurrent updates go through atomics only.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
+}
+
+/// [`atomic_add`], returning the counter as read just before (a plain read: adds of
+/// other CPUs in between are not seen, so only for what tolerates it, such as a
+/// sampling rank; the fetching add needs Linux 5.12+ and BPF v3).
+#[inline(always)]
+pub fn atomic_fetch_add(counter: *mut u64, v: u64) -> u64 {
+    // SAFETY: as for atomic_add.
+    let before = unsafe { core::ptr::read_volatile(counter) };
+    atomic_add(counter, v);
+    before
 }
 
 /// The hash maps entries are created in (aya-ebpf's map types share no trait).

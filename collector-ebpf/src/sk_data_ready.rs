@@ -10,10 +10,8 @@
 //! `sk_max_ack_backlog` (limit), with its inode in the same read where they lie
 //! together, and aggregates them in `LISTENER_QUEUES`: depth
 //! histogram, maximum, full enqueues (depth > limit, the kernel's
-//! `sk_acceptq_is_full`). The connection just queued is the accept queue's tail
-//! (`icsk_accept_queue.rskq_accept_tail->sk`): its stamp in `QUEUED` gets the
-//! listener, for the oldest-wait view. A full queue sends one `QueueFullEvent` per
-//! listener per second.
+//! `sk_acceptq_is_full`), and the listener's address (for `oldest_queued`). A full
+//! queue sends one `QueueFullEvent` per listener per second.
 //!
 //! A Unix stream or seqpacket listener (also in `TCP_LISTEN`) is told the same when a
 //! connect queues on it (`unix_stream_connect`, in the client's context): it is
@@ -34,8 +32,8 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{backlog_and_inode, is_inet_family, listening_family, offsets, read, sock_netns},
-    maps::{EVENTS, JUST_STAMPED, QUEUED, atomic_add, count_enqueue},
+    kernel::{backlog_and_inode, is_inet_family, listening_family, offsets, sock_netns},
+    maps::{EVENTS, atomic_add, count_enqueue},
     stats::count_failure,
 };
 
@@ -80,21 +78,13 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
     let Some(q) = count_enqueue(sk, inode, depth) else {
         return Ok(());
     };
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-
-    // The connection just queued was stamped when its handshake completed
-    // (inet_sock_set_state), on this CPU, just before: give the stamp its listener
-    // (every accept path counts from it, and the oldest-wait view reads it).
-    if let Some(child) = just_queued(sk, o)
-        && let Some(stamp) = QUEUED.get_ptr_mut(&child)
-    {
-        // SAFETY: a valid map value pointer.
-        unsafe { (*stamp).listener = inode };
-    }
-
+    // SAFETY: a valid map value pointer; the address of a listener's sock does not
+    // change while it listens.
+    unsafe { (*q).sk = sk as u64 };
     if depth > limit {
-        // SAFETY: as above.
+        // SAFETY: a helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a valid map value pointer; counters change through atomics only.
         let last = unsafe {
             atomic_add(&raw mut (*q).full_enqueues, 1);
             (*q).last_full_event_ns
@@ -106,25 +96,6 @@ fn try_sk_data_ready(sk: *const u8) -> Result<(), i64> {
         }
     }
     Ok(())
-}
-
-/// The child queued by the enqueue this program runs for: the one this CPU stamped
-/// last (taken, so it is given one listener only); else the accept queue's tail.
-#[inline(always)]
-fn just_queued(sk: *const u8, o: &collector_common::layout::KernelOffsets) -> Option<u64> {
-    if let Some(slot) = JUST_STAMPED.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, read and cleared while this program runs here.
-        let child = unsafe { core::mem::replace(&mut *slot, 0) };
-        if child != 0 {
-            return Some(child);
-        }
-    }
-    let req: *const u8 = read(sk, o.icsk_accept_tail).ok()?;
-    if req.is_null() {
-        return None;
-    }
-    let child: *const u8 = read(req, o.request_sock_sk).ok()?;
-    (!child.is_null()).then_some(child as u64)
 }
 
 #[inline(always)]

@@ -39,9 +39,10 @@ fn on_accepted(listener: *const u8, newsock: *const u8) -> Result<(), i64> {
     if child.is_null() {
         return Ok(()); // nothing accepted
     }
-    account_accept(child, bpf_get_current_pid_tgid(), || {
-        let sk: *const u8 = read(listener, o.socket_sk).ok()?;
-        let inode = sock_inode(sk, o);
+    // A Unix child's stamp names its listener; a TCP one (not through here) would
+    // have it read.
+    account_accept(child, bpf_get_current_pid_tgid(), |_| {
+        let inode = read::<*const u8>(listener, o.socket_sk).map_or(0, |sk| sock_inode(sk, o));
         (inode != 0).then_some(inode)
     });
     Ok(())

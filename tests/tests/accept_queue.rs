@@ -155,6 +155,47 @@ fn accept_wait_is_the_time_spent_queued() {
     scenario.finish();
 }
 
+/// The oldest wait is the age of the connection at the head of the queue: connects
+/// that nobody accepts are as old as the time since they were made, and grow with it.
+#[test]
+fn oldest_wait_is_the_age_of_the_queue_head() {
+    let ns = Netns::new("oldest");
+    let netns = ns.inode().to_string();
+    let daemon = Daemon::start("0.2");
+    let started = Instant::now();
+    // Three connects that fit in a backlog of 4; the server never accepts.
+    let scenario = ns.scenario(&["backlog", "127.0.0.1:7013", "4", "3"]);
+    let made = started.elapsed().as_secs_f64();
+    assert_eq!(
+        ss_listeners(&ns, 7013)
+            .iter()
+            .map(|l| l.1)
+            .collect::<Vec<_>>(),
+        [3],
+        "ss: three connections queued"
+    );
+    let labels = [("netns", netns.as_str()), ("listen_addr", "127.0.0.1:7013")];
+    let mut seen = Vec::new();
+    for wait_until in [1.5, 3.0] {
+        std::thread::sleep(Duration::from_secs_f64(
+            (wait_until - started.elapsed().as_secs_f64()).max(0.0),
+        ));
+        let oldest = daemon.wait_for(Duration::from_secs(5), |m| {
+            m.one("sockq_listen_oldest_wait_seconds", &labels)
+        });
+        let now = started.elapsed().as_secs_f64();
+        // Queued after `started`, before the scenario said ready; measured by a poll
+        // at most 0.2 s (and a render) before this scrape.
+        assert!(
+            oldest <= now && oldest >= now - made - 0.6,
+            "oldest wait {oldest} s, {now} s after the connects began ({made} s to make them)"
+        );
+        seen.push(oldest);
+    }
+    assert!(seen[1] > seen[0] + 1.0, "the oldest wait grows: {seen:?}");
+    scenario.finish();
+}
+
 #[test]
 fn syn_queue_matches_ss_and_synack_retransmits_grow() {
     const HANDSHAKES: usize = 5;

@@ -316,23 +316,26 @@ impl Poller {
                 return;
             }
         };
-        // Walking the queued connections costs a syscall per entry: only when some
-        // queue is full, where the oldest wait matters.
-        let any_full = snapshot
-            .listeners
-            .iter()
-            .any(|l| l.accept_queue_len > l.accept_queue_limit);
-        let oldest = if any_full {
-            p.oldest_queued()
-        } else {
-            HashMap::new()
-        };
+        // One program run per listener with connections waiting (a syscall each).
+        let oldest = p.oldest_waits(
+            &view.queues,
+            snapshot
+                .listeners
+                .iter()
+                .filter(|l| l.accept_queue_len > 0)
+                .map(|l| l.inode),
+        );
+        let now_ns = monotonic_ns();
+        let oldest: HashMap<u64, u64> = oldest
+            .into_iter()
+            .map(|(inode, wait)| (inode, now_ns.saturating_sub(wait)))
+            .collect();
         queue_stats::attach_to_listeners(
             &mut snapshot.listeners,
             &queue_stats::KernelCounters {
                 queues: &view.queues,
                 oldest_enqueue_ns: &oldest,
-                now_ns: monotonic_ns(),
+                now_ns,
                 drops: &view.drops,
                 reason_names: p.drop_reason_names(),
             },

@@ -15,13 +15,14 @@ use super::{
 };
 use crate::{kernel::tracefs, model::ProbeStatus};
 
-/// Tries each hook of `spec` in order; the first that loads and attaches wins.
+/// Tries each hook of `spec` in order; the first that loads and attaches wins. Also
+/// returns that hook's program.
 pub fn attach(
     ebpf: &mut Ebpf,
     spec: &ProbeSpec,
     kernel: &KernelInfo,
     tracefs_root: Option<&Path>,
-) -> ProbeStatus {
+) -> (ProbeStatus, Option<&'static str>) {
     let mut failures = Vec::new();
     // An fexit program written for another prototype of its function is not tried.
     let fits = |hook: &&Hook| match **hook {
@@ -62,11 +63,12 @@ pub fn attach(
         };
         match result {
             Ok(mechanism) => {
-                return ProbeStatus {
+                let status = ProbeStatus {
                     name: spec.name,
                     attached: true,
                     detail: mechanism,
                 };
+                return (status, Some(hook.program()));
             }
             Err(e) => {
                 let kind = match hook {
@@ -80,11 +82,12 @@ pub fn attach(
             }
         }
     }
-    ProbeStatus {
+    let status = ProbeStatus {
         name: spec.name,
         attached: false,
         detail: failures.join("; "),
-    }
+    };
+    (status, None)
 }
 
 /// Program `program` of the object, as the program type `T` its hook needs.

@@ -13,7 +13,7 @@ use collector_common::{
     },
 };
 
-use super::{ProbeError, Probes};
+use super::{OLDEST_QUEUED, ProbeError, Probes};
 use crate::model::ProbeStatus;
 
 /// Counters the programs keep about themselves.
@@ -137,18 +137,44 @@ impl Probes {
         })
     }
 
-    /// For each listener inode, the enqueue time (`CLOCK_MONOTONIC` nanoseconds) of
-    /// its oldest connection still waiting for accept(). Walks the whole `QUEUED`
-    /// map: call it only when some queue is full.
-    pub fn oldest_queued(&self) -> std::collections::HashMap<u64, u64> {
-        let mut oldest = std::collections::HashMap::new();
-        for (_, child) in self.queued.iter().filter_map(Result::ok) {
-            oldest
-                .entry(child.listener)
-                .and_modify(|t: &mut u64| *t = (*t).min(child.enqueued_ns))
-                .or_insert(child.enqueued_ns);
+    /// For each of `listeners` (inodes) with counters in `queues`, how long the oldest
+    /// connection still in its accept queue has waited, nanoseconds: the
+    /// `oldest_queued` program run once per listener on its sock (`BPF_PROG_TEST_RUN`,
+    /// a syscall each; no per-connection state). Listeners it cannot tell (a Unix
+    /// listener, an empty queue, a listener closed meanwhile) are left out.
+    pub fn oldest_waits(
+        &self,
+        queues: &std::collections::HashMap<u64, ListenerQueue>,
+        listeners: impl Iterator<Item = u64>,
+    ) -> std::collections::HashMap<u64, u64> {
+        use aya::programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _};
+        let mut waits = std::collections::HashMap::new();
+        let Some(program) = self
+            ._ebpf
+            .program(OLDEST_QUEUED)
+            .and_then(|p| <&RawTracePoint>::try_from(p).ok())
+        else {
+            return waits;
+        };
+        for inode in listeners {
+            let Some(sk) = queues.get(&inode).map(|q| q.sk).filter(|&sk| sk != 0) else {
+                continue;
+            };
+            let mut args = [0u64; 12];
+            args[0] = sk;
+            args[1] = inode;
+            match program.test_run(RawTracePointRunOptions { args, cpu: None }) {
+                Ok(r) if r.return_value != 0 => {
+                    waits.insert(inode, u64::from(r.return_value) * 1000);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("oldest_queued: {e}");
+                    break;
+                }
+            }
         }
-        oldest
+        waits
     }
 
     /// Whether the programs key namespaces by cookie (never reused) rather than inode.

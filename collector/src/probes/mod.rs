@@ -192,18 +192,24 @@ impl Probes {
 
         // In table order: what attached decides which later probes are needed.
         let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
+        let mut programs: Vec<&'static str> = Vec::with_capacity(PROBES.len());
         for spec in &PROBES {
-            let s = match not_wanted(spec, kernel, options, &status) {
+            let s = match not_wanted(spec, kernel, options, &status, &programs) {
                 Some(why) => ProbeStatus {
                     name: spec.name,
                     attached: false,
                     detail: why,
                 },
-                None => attach::attach(&mut ebpf, spec, kernel, tracefs_root),
+                None => {
+                    let (s, program) = attach::attach(&mut ebpf, spec, kernel, tracefs_root);
+                    programs.extend(program);
+                    s
+                }
             };
             status.push(s);
         }
         mark_accept_entry(&mut ebpf, &status)?;
+        load_oldest_queued(&mut ebpf);
         if status.iter().all(|s| !s.attached) {
             let why = status
                 .iter()
@@ -265,6 +271,23 @@ impl Probes {
     }
 }
 
+/// The program userspace runs to read the oldest wait of a listener's accept queue
+/// (never attached).
+pub const OLDEST_QUEUED: &str = "oldest_queued";
+
+/// Loads [`OLDEST_QUEUED`]; without it (a kernel that refuses it) there is no oldest
+/// wait, said once here.
+fn load_oldest_queued(ebpf: &mut Ebpf) {
+    let loaded = ebpf
+        .program_mut(OLDEST_QUEUED)
+        .ok_or_else(|| "missing from the object".to_owned())
+        .and_then(|p| <&mut aya::programs::RawTracePoint>::try_from(p).map_err(|e| e.to_string()))
+        .and_then(|p| p.load().map_err(|e| crate::error_chain(&e)));
+    if let Err(e) = loaded {
+        tracing::warn!("no oldest accept-queue wait on this kernel: {OLDEST_QUEUED}: {e}");
+    }
+}
+
 /// Tells the accept exit programs whether the entry programs run (`ACCEPT_ENTRY_ON`):
 /// only then do they look for the listener's fd in `ACCEPTING`.
 fn mark_accept_entry(ebpf: &mut Ebpf, status: &[ProbeStatus]) -> Result<(), ProbeError> {
@@ -284,13 +307,12 @@ fn not_wanted(
     kernel: &KernelInfo,
     options: LoadOptions,
     so_far: &[ProbeStatus],
+    programs: &[&str],
 ) -> Option<String> {
     let attached = |name: &str| so_far.iter().any(|s| s.name == name && s.attached);
-    if let Some(r) = spec
-        .replaced_by
-        .iter()
-        .find(|r| r.probes.iter().all(|p| attached(p)))
-    {
+    if let Some(r) = spec.replaced_by.iter().find(|r| {
+        r.probes.iter().all(|p| attached(p)) && r.programs.iter().all(|p| programs.contains(p))
+    }) {
         return Some(format!("{NOT_NEEDED}: {}", r.because));
     }
     match (spec.family, &kernel.nagle) {

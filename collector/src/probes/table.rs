@@ -31,24 +31,41 @@ pub enum Hook {
     },
 }
 
+impl Hook {
+    /// The program this hook attaches.
+    pub fn program(&self) -> &'static str {
+        match *self {
+            Self::Raw { program, .. }
+            | Self::Classic { program, .. }
+            | Self::KProbe { program, .. }
+            | Self::FExit { program, .. } => program,
+        }
+    }
+}
+
 /// Other probes that, once all attached, do this one's work.
 #[derive(Debug, Clone, Copy)]
 pub struct Replacement {
     pub probes: &'static [&'static str],
+    /// ... and the programs they must have attached with (empty: any).
+    pub programs: &'static [&'static str],
     /// Why this one is then not needed (after "not needed: ").
     pub because: &'static str,
 }
 
-/// The accept entries keep the listener fd only for want of `sk_data_ready`.
-const BY_SK_DATA_READY: Replacement = Replacement {
-    probes: &["sk_data_ready"],
-    because: "sk_data_ready names each accepted child's listener",
+/// The accept entries keep the listener fd only for exits that cannot read it from
+/// the syscall's registers.
+const BY_REGS: Replacement = Replacement {
+    probes: &["sys_exit_accept4", "sys_exit_accept"],
+    programs: &["sys_exit_accept4_regs", "sys_exit_accept_regs"],
+    because: "the accept exits read the listener's fd from the syscall's registers",
 };
 
 /// fexit on `inet_csk_accept` and `unix_accept` sees every accept, TCP and Unix,
 /// with its listener and child.
 const BY_FEXIT: Replacement = Replacement {
     probes: &["inet_csk_accept", "unix_accept"],
+    programs: &[],
     because: "fexit on inet_csk_accept and unix_accept counts every accept, io_uring's included",
 };
 
@@ -174,31 +191,15 @@ pub const PROBES: [ProbeSpec; 21] = [
         family: Family::Core,
     },
     ProbeSpec {
-        name: "sys_enter_accept4",
-        hooks: &[Hook::Classic {
-            program: "sys_enter_accept4",
-            category: "syscalls",
-            name: "sys_enter_accept4",
-        }],
-        needs_queue_offsets: true,
-        replaced_by: &[BY_FEXIT, BY_SK_DATA_READY],
-        family: Family::Core,
-    },
-    ProbeSpec {
-        name: "sys_enter_accept",
-        hooks: &[Hook::Classic {
-            program: "sys_enter_accept",
-            category: "syscalls",
-            name: "sys_enter_accept",
-        }],
-        needs_queue_offsets: true,
-        replaced_by: &[BY_FEXIT, BY_SK_DATA_READY],
-        family: Family::Core,
-    },
-    ProbeSpec {
         name: "sys_exit_accept4",
-        // Typed loads of the file table first (5.11+), probe reads where refused.
+        // The listener fd from the registers with typed loads (5.15+), typed loads
+        // alone (5.11+), probe reads: the first the kernel takes.
         hooks: &[
+            Hook::Classic {
+                program: "sys_exit_accept4_regs",
+                category: "syscalls",
+                name: "sys_exit_accept4",
+            },
             Hook::Classic {
                 program: "sys_exit_accept4_btf",
                 category: "syscalls",
@@ -216,8 +217,14 @@ pub const PROBES: [ProbeSpec; 21] = [
     },
     ProbeSpec {
         name: "sys_exit_accept",
-        // Typed loads of the file table first (5.11+), probe reads where refused.
+        // The listener fd from the registers with typed loads (5.15+), typed loads
+        // alone (5.11+), probe reads: the first the kernel takes.
         hooks: &[
+            Hook::Classic {
+                program: "sys_exit_accept_regs",
+                category: "syscalls",
+                name: "sys_exit_accept",
+            },
             Hook::Classic {
                 program: "sys_exit_accept_btf",
                 category: "syscalls",
@@ -231,6 +238,29 @@ pub const PROBES: [ProbeSpec; 21] = [
         ],
         needs_queue_offsets: true,
         replaced_by: &[BY_FEXIT],
+        family: Family::Core,
+    },
+    // After the exits, which make them unnecessary where they read the registers.
+    ProbeSpec {
+        name: "sys_enter_accept4",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_accept4",
+            category: "syscalls",
+            name: "sys_enter_accept4",
+        }],
+        needs_queue_offsets: true,
+        replaced_by: &[BY_FEXIT, BY_REGS],
+        family: Family::Core,
+    },
+    ProbeSpec {
+        name: "sys_enter_accept",
+        hooks: &[Hook::Classic {
+            program: "sys_enter_accept",
+            category: "syscalls",
+            name: "sys_enter_accept",
+        }],
+        needs_queue_offsets: true,
+        replaced_by: &[BY_FEXIT, BY_REGS],
         family: Family::Core,
     },
     ProbeSpec {
