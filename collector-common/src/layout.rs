@@ -131,12 +131,18 @@ pub struct KernelOffsets {
     /// (x86_64), `orig_x0` (arm64); 0 elsewhere. At `sys_exit_accept4` it is the
     /// listener's fd.
     pub pt_regs_arg0: u32,
+    /// ... the second (`si`; arm64: `regs[1]`) and third (`dx`; `regs[2]`), 0 where the
+    /// first is.
+    pub pt_regs_arg1: u32,
+    pub pt_regs_arg2: u32,
     /// `struct sock` (as `inet_connection_sock`) -> `icsk_accept_queue.rskq_accept_head`
     /// (the oldest child still queued).
     pub icsk_accept_head: u32,
+    /// Classic tracepoint `syscalls/sys_exit_listen` record: offset of `ret`.
+    pub tp_listen_ret: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 200);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 212);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -159,27 +159,28 @@ fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) ->
         return Ok(());
     };
     // The listener's inode only for a TCP child: a Unix child's stamp names it.
-    account_accept(child, pid_tgid, |_| {
-        let inode = files.socket_inode(listen_fd?, o);
-        (inode != 0).then_some(inode)
-    });
+    let inet = is_inet(child);
+    let listener = if inet {
+        listen_fd.map_or(0, |fd| files.socket_inode(fd, o))
+    } else {
+        0
+    };
+    account_accept(child, pid_tgid, inet, listener);
     Ok(())
 }
 
-/// Counts the accept of `child` by thread `pid_tgid`, with its wait: a TCP child's
-/// from the kernel's own note of its handshake's completion, for the listener
-/// `tcp_listener` finds (called only for a TCP child); a Unix child's from its
-/// `QUEUED` stamp, which names its listener.
+/// Counts the accept of `child` by thread `pid_tgid`, with its wait: an `inet`
+/// (TCP) child's from the kernel's own note of its handshake's completion, for
+/// `listener` (its inode, 0: unknown); a Unix child's from its `QUEUED` stamp, which
+/// names its listener (`listener` is not read).
 #[inline(always)]
-pub fn account_accept(
-    child: *const u8,
-    pid_tgid: u64,
-    tcp_listener: impl FnOnce(*const u8) -> Option<u64>,
-) {
+pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64) {
     let o = offsets();
-    let inet = is_inet(child);
     let (listener, queued_ns) = if inet {
-        (tcp_listener(child), tcp_established_ns(child, o))
+        (
+            (listener != 0).then_some(listener),
+            tcp_established_ns(child, o),
+        )
     } else {
         let key = child as u64;
         // SAFETY: the value is copied out at once.
@@ -228,7 +229,7 @@ pub fn account_accept(
 
 /// Whether `sk` is an IPv4 or IPv6 socket.
 #[inline(always)]
-fn is_inet(sk: *const u8) -> bool {
+pub fn is_inet(sk: *const u8) -> bool {
     read::<u16>(sk, offsets().sk_family).is_ok_and(is_inet_family)
 }
 

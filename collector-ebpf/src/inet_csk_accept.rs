@@ -50,8 +50,11 @@ fn on_accepted(listener: *const u8, child: *const u8) {
     if o.queue_valid == 0 || child.is_null() {
         return; // nothing accepted (EAGAIN, a signal, an error)
     }
-    account_accept(child, bpf_get_current_pid_tgid(), |_| {
-        let inode = sock_inode(listener, o);
-        (inode != 0).then_some(inode)
-    });
+    // Every child here is TCP.
+    account_accept(
+        child,
+        bpf_get_current_pid_tgid(),
+        true,
+        sock_inode(listener, o),
+    );
 }

@@ -56,7 +56,7 @@ use collector_common::{
 };
 
 use crate::{
-    accept::account_accept,
+    accept::{account_accept, is_inet},
     kernel::{fd_sock, file_sock, offsets, read, sock_inode, sock_netns},
     maps::listener_queue,
     stats::count_failure,
@@ -218,13 +218,11 @@ fn on_complete(
     // queued since sockq started): they are created here. With no listener (a
     // multishot accept armed before its file was seen) the accept is counted
     // unattributed; a Unix child's stamp names its own.
-    account_accept(child, bpf_get_current_pid_tgid(), |child| {
-        if listener == 0 {
-            return None;
-        }
+    let inet = is_inet(child);
+    if inet && listener != 0 {
         let _ = listener_queue(listener, sock_netns(child, o));
-        Some(listener)
-    });
+    }
+    account_accept(child, bpf_get_current_pid_tgid(), inet, listener);
     Ok(())
 }
 

@@ -60,7 +60,10 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     sk_prot: 0,
     tcp_rcvq_time: 0,
     pt_regs_arg0: 0,
+    pt_regs_arg1: 0,
+    pt_regs_arg2: 0,
     icsk_accept_head: 0,
+    tp_listen_ret: 0,
 };
 
 #[inline(always)]
@@ -303,7 +306,14 @@ impl FdTable {
 /// `None` where this kernel's `struct pt_regs` has no such field sockq knows.
 #[inline(always)]
 pub fn syscall_arg0(o: &KernelOffsets) -> Option<u64> {
-    if o.pt_regs_arg0 == 0 {
+    syscall_arg(o.pt_regs_arg0)
+}
+
+/// [`syscall_arg0`]'s like for the argument whose `struct pt_regs` offset is `offset`
+/// (`KernelOffsets::pt_regs_arg*`).
+#[inline(always)]
+pub fn syscall_arg(offset: u32) -> Option<u64> {
+    if offset == 0 {
         return None;
     }
     // SAFETY: helpers without preconditions; bpf_task_pt_regs takes the typed task and
@@ -312,7 +322,7 @@ pub fn syscall_arg0(o: &KernelOffsets) -> Option<u64> {
         let task = aya_ebpf::helpers::bpf_get_current_task_btf();
         aya_ebpf::helpers::generated::bpf_task_pt_regs(task) as *const u8
     };
-    walk::<true, u64>(regs, o.pt_regs_arg0)
+    walk::<true, u64>(regs, offset)
 }
 
 /// When TCP socket `sk`'s handshake completed, `CLOCK_MONOTONIC` ns

@@ -1,9 +1,16 @@
-//! Hook: `syscalls:sys_enter_listen`, classic tracepoint: records the backlog the
-//! application asked for. The kernel keeps only min(backlog, somaxconn) as the
-//! queue limit; knowing both tells whether the application or the sysctl is the
-//! bottleneck when the queue overflows.
+//! Hooks: `syscalls:sys_exit_listen` (5.15+) or else `syscalls:sys_enter_listen`,
+//! classic tracepoints: record the backlog the application asked for. The kernel
+//! keeps only min(backlog, somaxconn) as the queue limit; knowing both tells whether
+//! the application or the sysctl is the bottleneck when the queue overflows.
 //!
-//! The syscall has not been validated yet here (the fd may not be a socket, or not a
+//! At the exit of a `listen()` that succeeded, its arguments (fd, backlog) are read
+//! from the registers the syscall saved, and the backlog is written into the
+//! counters `inet_sock_set_state` created for the socket when it entered LISTEN
+//! (Unix listeners have none yet: nothing). A second `listen()` changing the backlog
+//! is seen too. No entry program: a syscall entry tracepoint would slow every
+//! syscall on the host (`unix_connect.rs`).
+//!
+//! Where the registers cannot be read, the entry program does it: the syscall has not been validated yet here (the fd may not be a socket, or not a
 //! TCP one, or the call may fail), so nothing is created for the socket: the backlog
 //! waits per thread in `LISTEN_BACKLOG` until `inet_sock_set_state` sees this thread's
 //! socket enter LISTEN (inside the same `listen()` call, after the kernel accepted
@@ -18,9 +25,49 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{offsets, read},
-    maps::LISTEN_BACKLOG,
+    kernel::{FdTable, offsets, read, record_u64, syscall_arg, syscall_arg0},
+    maps::{LISTEN_BACKLOG, LISTENER_QUEUES},
 };
+
+#[tracepoint(category = "syscalls", name = "sys_exit_listen")]
+pub fn sys_exit_listen_regs(ctx: TracePointContext) -> u32 {
+    let _ = on_listen_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_listen_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let o = offsets();
+    if o.queue_valid == 0 || o.tp_listen_ret == 0 {
+        return Ok(());
+    }
+    if record_u64(ctx.as_ptr() as *const u8, o.tp_listen_ret)? != 0 {
+        return Ok(());
+    }
+    let (Some(fd), Some(backlog)) = (syscall_arg0(o), syscall_arg(o.pt_regs_arg1)) else {
+        return Ok(());
+    };
+    let Some(files) = FdTable::current::<true>(o) else {
+        return Ok(());
+    };
+    let inode = files.socket_inode(fd, o);
+    if let Some(q) = LISTENER_QUEUES.get_ptr_mut(&inode) {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*q).backlog_arg = backlog_value(backlog) };
+    }
+    Ok(())
+}
+
+/// The kernel reads backlog as an int; negative values mean "the maximum".
+#[inline(always)]
+fn backlog_value(arg: u64) -> u32 {
+    let backlog = arg as i32;
+    if backlog < 0 {
+        u32::MAX
+    } else {
+        backlog as u32
+    }
+}
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
@@ -34,14 +81,7 @@ fn try_listen(ctx: &TracePointContext) -> Result<(), i64> {
     if o.queue_valid == 0 || o.tp_listen_backlog == 0 {
         return Ok(());
     }
-    let backlog: u64 = read(ctx.as_ptr() as *const u8, o.tp_listen_backlog)?;
-    // The kernel reads backlog as an int; negative values mean "the maximum".
-    let backlog = backlog as i32;
-    let backlog = if backlog < 0 {
-        u32::MAX
-    } else {
-        backlog as u32
-    };
+    let backlog = backlog_value(read(ctx.as_ptr() as *const u8, o.tp_listen_backlog)?);
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = LISTEN_BACKLOG.insert(&tid, &backlog, 0);
     Ok(())

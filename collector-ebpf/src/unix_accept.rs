@@ -18,7 +18,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExit
 
 use crate::{
     accept::account_accept,
-    kernel::{offsets, read, sock_inode},
+    kernel::{offsets, read},
 };
 
 #[fexit(function = "unix_accept")]
@@ -39,11 +39,8 @@ fn on_accepted(listener: *const u8, newsock: *const u8) -> Result<(), i64> {
     if child.is_null() {
         return Ok(()); // nothing accepted
     }
-    // A Unix child's stamp names its listener; a TCP one (not through here) would
-    // have it read.
-    account_accept(child, bpf_get_current_pid_tgid(), |_| {
-        let inode = read::<*const u8>(listener, o.socket_sk).map_or(0, |sk| sock_inode(sk, o));
-        (inode != 0).then_some(inode)
-    });
+    // Every child here is a Unix one: its stamp names its listener.
+    let _ = listener;
+    account_accept(child, bpf_get_current_pid_tgid(), false, 0);
     Ok(())
 }

@@ -1,9 +1,18 @@
-//! Hooks: `syscalls:sys_enter_connect` and `syscalls:sys_exit_connect`, classic
-//! tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`); they fire in the
-//! connecting thread. No kprobe or fentry: `unix_stream_connect` has no tracepoint,
-//! and these work everywhere syscall tracepoints do.
+//! Hooks: `syscalls:sys_exit_connect` and, where the waits of blocking clients are
+//! asked for (`sockq run --unix-connect-waits`) or the exit cannot read the syscall's
+//! registers (before 5.15), `syscalls:sys_enter_connect`: classic tracepoints (need
+//! tracefs and `CONFIG_FTRACE_SYSCALLS`); they fire in the connecting thread. No
+//! kprobe or fentry: `unix_stream_connect` has no tracepoint, and these work
+//! everywhere syscall tracepoints do.
 //!
-//! At entry, only connects whose `sockaddr` says `AF_UNIX` (one 2-byte user read for
+//! By default only the exit runs (`sys_exit_connect_regs`): a connect that returns
+//! anything but `-EAGAIN` leaves at once; a refused one has its arguments read from
+//! the registers the syscall saved (`kernel::syscall_arg`), and is counted as below
+//! if it was aimed at a Unix address. An entry program on a syscall tracepoint would
+//! cost every syscall of every process on the host (the kernel then takes the slow
+//! path of each), not only connects: see BENCHMARKS.md.
+//!
+//! With the entry program, at entry only connects whose `sockaddr` says `AF_UNIX` (one 2-byte user read for
 //! every connect) are noted per thread in `UNIX_CONNECTING`: where the name is, its
 //! length, the descriptor and the time. At exit the entry is taken; `-EAGAIN` (the
 //! listener's queue was full, `unix_stream_connect` with a non-blocking client;
@@ -23,7 +32,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::TracePointContext,
 };
 use collector_common::{
@@ -37,7 +46,10 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{backlog_and_inode, fd_sock, offsets, read, record_u64, sock_net_key},
+    kernel::{
+        backlog_and_inode, fd_sock, offsets, read, record_u64, sock_net_key, syscall_arg,
+        syscall_arg0,
+    },
     maps::{QUEUED, atomic_add, count_enqueue, get_or_insert, insert_or_count},
 };
 
@@ -90,6 +102,62 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let _ = on_connect_exit(&ctx);
     0
+}
+
+/// The exit that needs no entry program for refusals (5.15+); with the entry
+/// attached (`CONNECT_ENTRY_ON`), it does what [`sys_exit_connect`] does.
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect_regs(ctx: TracePointContext) -> u32 {
+    let _ = if CONNECT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
+        on_connect_exit(&ctx)
+    } else {
+        on_refused_exit(&ctx)
+    };
+    0
+}
+
+/// 1 when `sys_enter_connect` runs, set by userspace after attaching it.
+#[map]
+pub static CONNECT_ENTRY_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn on_refused_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let u = unix_offsets();
+    if u.valid == 0 {
+        return Ok(());
+    }
+    let ret = record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret)? as i64;
+    if ret != EAGAIN_RET {
+        return Ok(());
+    }
+    let o = offsets();
+    let (Some(fd), Some(addr), Some(addrlen)) = (
+        syscall_arg0(o),
+        syscall_arg(o.pt_regs_arg1),
+        syscall_arg(o.pt_regs_arg2),
+    ) else {
+        return Ok(());
+    };
+    let addr = addr as *const u8;
+    if (addrlen as i32) < 3 || addr.is_null() {
+        return Ok(());
+    }
+    // SAFETY: bpf_probe_read_user validates the user address; a bad one is an error.
+    let family: u16 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast::<u16>()) }.map_err(i64::from)?;
+    if family != AF_UNIX {
+        return Ok(());
+    }
+    let len = (addrlen as u32 - 2).min(SUN_PATH_LEN as u32);
+    let mut key = UnixConnectKey::ZERO;
+    key.len = len;
+    key.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    read_name(addr, len, &mut key.path)?;
+    if let Some(sk) = fd_sock::<true>(fd, o) {
+        key.net = sock_net_key(sk, o);
+    }
+    count(&key, true, 0);
+    Ok(())
 }
 
 #[inline(always)]

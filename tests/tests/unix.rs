@@ -378,7 +378,10 @@ fn block_result(first_line: &str) -> (f64, bool, bool) {
 fn blocking_connects_wait_for_room_or_time_out_refused() {
     let ns = Netns::new("unixwait");
     let netns = ns.inode().to_string();
-    let daemon = Daemon::start("1");
+    // Blocking connects are timed only with the connect entry program; a daemon
+    // without it, beside, counts the refusal all the same and shows no waits.
+    let daemon = Daemon::start_with(&["--interval", "1", "--unix-connect-waits"]);
+    let plain = Daemon::start("1");
     let bin = test_bin("sockq-unixsrv");
     let name = format!("@sockq-wait-{}", std::process::id());
     // listen(0): one queued connection fills the queue; the server accepts from
@@ -413,6 +416,17 @@ fn blocking_connects_wait_for_room_or_time_out_refused() {
         }
     });
     eprintln!("sockq: {refused} refused, {waits} wait of {wait_seconds:.3} s");
+    plain.wait_for(Duration::from_secs(10), |m| {
+        let refused = m.one("sockq_unix_listen_refused_connects_total", &labels)?;
+        let waits = m.find("sockq_unix_listen_connect_waits_total", &labels);
+        if refused == 1.0 && waits.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "without --unix-connect-waits: {refused} refused, {waits:?}"
+            ))
+        }
+    });
     // The kernel-side wait is inside the client's own measurement of connect().
     assert!(
         wait_seconds <= waited && wait_seconds > waited - 0.05,

@@ -44,6 +44,7 @@ pub struct Settings {
     pub fine_buckets: bool,
     pub interval: Duration,
     pub nagle: bool,
+    pub unix_connect_waits: bool,
     pub conn_track_entries: u32,
     pub listeners: ListenerFilter,
 }
@@ -58,6 +59,7 @@ impl Default for Settings {
             fine_buckets: false,
             interval: Duration::from_secs(1),
             nagle: false,
+            unix_connect_waits: false,
             conn_track_entries: collector_common::nagle::CONNS_MAX_ENTRIES,
             listeners: ListenerFilter::default(),
         }
@@ -111,6 +113,7 @@ struct PollSection {
 #[serde(default, deny_unknown_fields)]
 struct ProbesSection {
     nagle: Option<bool>,
+    unix_connect_waits: Option<bool>,
     #[serde(deserialize_with = "conn_track_entries")]
     conn_track_entries: Option<u32>,
 }
@@ -224,6 +227,10 @@ fn merge(file: File, args: &RunArgs) -> Settings {
             .unwrap_or(d.fine_buckets),
         interval: args.interval.or(file.poll.interval).unwrap_or(d.interval),
         nagle: args.nagle.or(file.probes.nagle).unwrap_or(d.nagle),
+        unix_connect_waits: args
+            .unix_connect_waits
+            .or(file.probes.unix_connect_waits)
+            .unwrap_or(d.unix_connect_waits),
         conn_track_entries: args
             .conn_track_entries
             .or(file.probes.conn_track_entries)
@@ -319,6 +326,13 @@ const KEYS: &[Key] = &[
         key: "nagle",
         arg: "nagle",
         value: |s| Some(toml::Value::Boolean(s.nagle)),
+        example: "",
+    },
+    Key {
+        section: "probes",
+        key: "unix_connect_waits",
+        arg: "unix_connect_waits",
+        value: |s| Some(toml::Value::Boolean(s.unix_connect_waits)),
         example: "",
     },
     Key {

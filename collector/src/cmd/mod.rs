@@ -99,6 +99,16 @@ pub struct RunArgs {
           require_equals = true, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub nagle: Option<bool>,
+    /// Also time blocking connects to Unix listeners that waited for room in a full
+    /// queue (`sockq_unix_listen_connect_waits_total`, `..._connect_wait_seconds_total`). Off by
+    /// default: it attaches `syscalls:sys_enter_connect`, and any syscall entry
+    /// tracepoint makes every syscall of every process on the host take the kernel's
+    /// slow path (about 15 ns each here, BENCHMARKS.md). Refused connects are counted
+    /// either way. Kernels before 5.15 always attach it.
+    #[arg(long, env = "SOCKQ_UNIX_CONNECT_WAITS", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub unix_connect_waits: Option<bool>,
     /// Connections whose Nagle / delayed-ACK state the kernel tracks at once (an LRU
     /// map, about 150 bytes each); the least recently active are forgotten first.
     #[arg(long, env = "SOCKQ_CONN_TRACK_ENTRIES", value_name = "N",

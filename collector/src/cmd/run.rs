@@ -123,6 +123,7 @@ impl From<super::config::Settings> for RunConfig {
             interval: s.interval,
             probes: probes::LoadOptions {
                 nagle: s.nagle,
+                unix_connect_waits: s.unix_connect_waits,
                 conn_track_entries: s.conn_track_entries,
             },
             web_config_file: s.web_config_file,

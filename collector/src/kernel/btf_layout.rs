@@ -385,11 +385,11 @@ impl Layout {
             sk_prot: self.offset("sock", "__sk_common.skc_prot").unwrap_or(0),
             // Optional: without it, TCP accepts are counted but not timed.
             tcp_rcvq_time: self.offset("tcp_sock", "rcvq_space.time").unwrap_or(0),
-            // Optional: without it the accept entry programs keep the listener's fd.
-            pt_regs_arg0: self
-                .offset("pt_regs", "di")
-                .or_else(|_| self.offset("pt_regs", "orig_x0"))
-                .unwrap_or(0),
+            // Optional: without them the accept and connect entry programs keep the
+            // syscalls' arguments.
+            pt_regs_arg0: self.offset("pt_regs", "di").unwrap_or(0),
+            pt_regs_arg1: self.offset("pt_regs", "si").unwrap_or(0),
+            pt_regs_arg2: self.offset("pt_regs", "dx").unwrap_or(0),
             // Optional: without it no oldest wait.
             icsk_accept_head: self
                 .offset("inet_connection_sock", "icsk_accept_queue.rskq_accept_head")

@@ -15,11 +15,14 @@
 //!   listener;
 //! - `sock_recv_length`: raw tracepoint (6.4+): which threads read a sample of the
 //!   accepted connections (the execution pattern);
-//! - `sys_enter_accept4`/`sys_exit_accept4`, `sys_enter_accept`/`sys_exit_accept`,
-//!   `sys_enter_listen`: classic syscall tracepoints (need tracefs and
-//!   `CONFIG_FTRACE_SYSCALLS`);
-//! - `sys_enter_connect`/`sys_exit_connect`: classic syscall tracepoints, connects to
-//!   Unix listeners refused with `EAGAIN` (queue full) or that waited for room;
+//! - `sys_exit_accept4`, `sys_exit_accept`, `sys_exit_listen`: classic syscall
+//!   tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`), reading the syscall's
+//!   arguments from its saved registers (5.15+); the entries (`sys_enter_accept4`,
+//!   `sys_enter_accept`, `sys_enter_listen`) only where they cannot: any syscall entry
+//!   tracepoint slows every syscall on the host;
+//! - `sys_exit_connect` (and `sys_enter_connect` with `--unix-connect-waits`, or
+//!   before 5.15): classic syscall tracepoints, connects to Unix listeners refused
+//!   with `EAGAIN` (queue full) or that waited for room;
 //! - `io_uring_complete`, `io_uring_submit_req` (`io_uring_submit_sqe` up to 6.1),
 //!   `io_uring_task_add` (`Family::IoUring`): raw tracepoints, accepts made through
 //!   io_uring (both `io_uring_complete` prototypes, before and since 6.13, chosen
@@ -109,6 +112,9 @@ pub enum ProbeError {
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
     pub nagle: bool,
+    /// Times blocking Unix connects (the connect entry program, whose syscall
+    /// tracepoint slows every syscall on the host).
+    pub unix_connect_waits: bool,
     /// Size of the per-connection map of the Nagle family.
     pub conn_track_entries: u32,
 }
@@ -117,6 +123,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             nagle: false,
+            unix_connect_waits: false,
             conn_track_entries: collector_common::nagle::CONNS_MAX_ENTRIES,
         }
     }
@@ -208,7 +215,18 @@ impl Probes {
             };
             status.push(s);
         }
-        mark_accept_entry(&mut ebpf, &status)?;
+        mark_entry(
+            &mut ebpf,
+            &status,
+            "ACCEPT_ENTRY_ON",
+            &["sys_enter_accept4", "sys_enter_accept"],
+        )?;
+        mark_entry(
+            &mut ebpf,
+            &status,
+            "CONNECT_ENTRY_ON",
+            &["sys_enter_connect"],
+        )?;
         load_oldest_queued(&mut ebpf);
         if status.iter().all(|s| !s.attached) {
             let why = status
@@ -288,17 +306,21 @@ fn load_oldest_queued(ebpf: &mut Ebpf) {
     }
 }
 
-/// Tells the accept exit programs whether the entry programs run (`ACCEPT_ENTRY_ON`):
-/// only then do they look for the listener's fd in `ACCEPTING`.
-fn mark_accept_entry(ebpf: &mut Ebpf, status: &[ProbeStatus]) -> Result<(), ProbeError> {
-    const NAME: &str = "ACCEPT_ENTRY_ON";
+/// Sets the flag map `name` to whether any of the `entries` probes attached: the
+/// exits look in what the entries keep (`ACCEPTING`, `UNIX_CONNECTING`) only then.
+fn mark_entry(
+    ebpf: &mut Ebpf,
+    status: &[ProbeStatus],
+    name: &'static str,
+    entries: &[&str],
+) -> Result<(), ProbeError> {
     let on = status
         .iter()
-        .any(|s| s.attached && matches!(s.name, "sys_enter_accept4" | "sys_enter_accept"));
-    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
-    let mut flag = aya::maps::Array::<_, u32>::try_from(map).map_err(|e| map_error(NAME, e))?;
+        .any(|s| s.attached && entries.contains(&s.name));
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut flag = aya::maps::Array::<_, u32>::try_from(map).map_err(|e| map_error(name, e))?;
     flag.set(0, u32::from(on), 0)
-        .map_err(|e| map_error(NAME, e))
+        .map_err(|e| map_error(name, e))
 }
 
 /// Why `spec` is not even tried on this kernel with these options, if it is not.
@@ -335,7 +357,19 @@ fn not_wanted(
                 .into(),
         );
     }
-    if spec.family == Family::UnixConnect && kernel.unix.valid == 0 {
+    if spec.family == Family::UnixConnectWaits
+        && !options.unix_connect_waits
+        && programs.contains(&"sys_exit_connect_regs")
+    {
+        return Some(format!(
+            "{NOT_NEEDED}: sys_exit_connect reads refused connects' arguments from the \
+             syscall's registers; `--unix-connect-waits` attaches it to time blocking \
+             connects (a syscall entry tracepoint slows every syscall on the host)"
+        ));
+    }
+    if matches!(spec.family, Family::UnixConnect | Family::UnixConnectWaits)
+        && kernel.unix.valid == 0
+    {
         return Some(
             "the record layout of syscalls:sys_enter_connect / sys_exit_connect is unknown \
              (tracefs not mounted, or no syscall tracepoints)"

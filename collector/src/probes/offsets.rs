@@ -64,6 +64,7 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         o.tp_accept_fd = field("syscalls", "sys_enter_accept", "fd");
         o.tp_listen_fd = field("syscalls", "sys_enter_listen", "fd");
         o.tp_listen_backlog = field("syscalls", "sys_enter_listen", "backlog");
+        o.tp_listen_ret = field("syscalls", "sys_exit_listen", "ret");
         unix.tp_connect_fd = field("syscalls", "sys_enter_connect", "fd");
         unix.tp_connect_addr = field("syscalls", "sys_enter_connect", "uservaddr");
         unix.tp_connect_addrlen = field("syscalls", "sys_enter_connect", "addrlen");

@@ -61,6 +61,13 @@ const BY_REGS: Replacement = Replacement {
     because: "the accept exits read the listener's fd from the syscall's registers",
 };
 
+/// The listen entry keeps the backlog only for an exit that cannot read it.
+const BY_LISTEN_REGS: Replacement = Replacement {
+    probes: &["sys_exit_listen"],
+    programs: &["sys_exit_listen_regs"],
+    because: "the listen exit reads the backlog from the syscall's registers",
+};
+
 /// fexit on `inet_csk_accept` and `unix_accept` sees every accept, TCP and Unix,
 /// with its listener and child.
 const BY_FEXIT: Replacement = Replacement {
@@ -93,10 +100,13 @@ pub enum Family {
     /// Connects to Unix listeners refused (or kept waiting) by a full queue: on where
     /// tracefs gave the connect tracepoints' record layout (`UnixOffsets::valid`).
     UnixConnect,
+    /// The connect entry: blocking connects' waits (`--unix-connect-waits`), and
+    /// refusals where the exit cannot read the syscall's registers.
+    UnixConnectWaits,
 }
 
 /// Every probe sockq attaches.
-pub const PROBES: [ProbeSpec; 21] = [
+pub const PROBES: [ProbeSpec; 22] = [
     ProbeSpec {
         name: "inet_sock_set_state",
         hooks: &[
@@ -264,6 +274,18 @@ pub const PROBES: [ProbeSpec; 21] = [
         family: Family::Core,
     },
     ProbeSpec {
+        name: "sys_exit_listen",
+        hooks: &[Hook::Classic {
+            program: "sys_exit_listen_regs",
+            category: "syscalls",
+            name: "sys_exit_listen",
+        }],
+        needs_queue_offsets: true,
+        replaced_by: &[],
+        family: Family::Core,
+    },
+    // Only where the exit cannot read the syscall's registers (before 5.15).
+    ProbeSpec {
         name: "sys_enter_listen",
         hooks: &[Hook::Classic {
             program: "sys_enter_listen",
@@ -271,11 +293,35 @@ pub const PROBES: [ProbeSpec; 21] = [
             name: "sys_enter_listen",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[],
+        replaced_by: &[BY_LISTEN_REGS],
         family: Family::Core,
     },
     // Unix-domain connects refused by a full listener queue (or that waited for
     // room): the tracepoint records' layout comes from tracefs (`UnixOffsets`).
+    ProbeSpec {
+        name: "sys_exit_connect",
+        // Refusals from the registers alone (5.15+), else with the entry's help.
+        hooks: &[
+            Hook::Classic {
+                program: "sys_exit_connect_regs",
+                category: "syscalls",
+                name: "sys_exit_connect",
+            },
+            Hook::Classic {
+                program: "sys_exit_connect",
+                category: "syscalls",
+                name: "sys_exit_connect",
+            },
+        ],
+        needs_queue_offsets: true,
+        replaced_by: &[],
+        family: Family::UnixConnect,
+    },
+    // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
+    // program reads five arguments, so the kernel refuses it on the three-argument
+    // tracepoint of 6.13 on, where the next one attaches.
+    // After the exit: needed only where it cannot read the registers, or to time
+    // blocking connects.
     ProbeSpec {
         name: "sys_enter_connect",
         hooks: &[Hook::Classic {
@@ -285,22 +331,8 @@ pub const PROBES: [ProbeSpec; 21] = [
         }],
         needs_queue_offsets: true,
         replaced_by: &[],
-        family: Family::UnixConnect,
+        family: Family::UnixConnectWaits,
     },
-    ProbeSpec {
-        name: "sys_exit_connect",
-        hooks: &[Hook::Classic {
-            program: "sys_exit_connect",
-            category: "syscalls",
-            name: "sys_exit_connect",
-        }],
-        needs_queue_offsets: true,
-        replaced_by: &[],
-        family: Family::UnixConnect,
-    },
-    // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
-    // program reads five arguments, so the kernel refuses it on the three-argument
-    // tracepoint of 6.13 on, where the next one attaches.
     ProbeSpec {
         name: "io_uring_complete",
         hooks: &[

@@ -41,6 +41,7 @@ fn a_printed_configuration_reads_back_as_itself() {
         fine_buckets: true,
         interval: Duration::from_millis(250),
         nagle: true,
+        unix_connect_waits: true,
         conn_track_entries: 1000,
         listeners: ListenerFilter {
             include: rules(&["netns=web,port=8000-8999", "comm=nginx*"]),

@@ -30,19 +30,21 @@ const HELP_MAX_DEPTH: &str = "Deepest accept queue seen right after an enqueue s
 const HELP_DEPTH: &str = "Accept queue depth right after each enqueue (sk_ack_backlog at \
     sock:sk_data_ready): catches spikes between scrapes.";
 const HELP_ACCEPTS: &str = "Connections accept()/accept4() returned from this listener \
-    (syscalls:sys_enter/exit_accept4) and io_uring accepts completed \
+    (syscalls:sys_exit_accept4) and io_uring accepts completed \
     (io_uring:io_uring_complete; not counted: accepts into direct descriptors).";
 const HELP_WAIT: &str = "Time each accepted connection waited to be accepted: from its \
-    handshake completing (the child socket created, sock:inet_sock_set_state LISTEN -> \
-    SYN_RECV) to the accept()/accept4() that returned it (syscalls:sys_exit_accept4) or \
+    handshake completing (the kernel's own time of it in the child, tcp_sock \
+    rcvq_space.time, just before it is queued) to the accept()/accept4() that returned it (syscalls:sys_exit_accept4) or \
     the completion of its io_uring accept (io_uring:io_uring_complete).";
 const HELP_SYNACK: &str = "SYN-ACKs this listener retransmitted (tcp:tcp_retransmit_synack): \
     handshakes whose final ACK did not arrive in time.";
 const HELP_BACKLOG: &str = "The backlog argument the application passed to listen() \
-    (syscalls:sys_enter_listen), before the kernel caps it at net.core.somaxconn. Only for \
-    listen() calls made while sockq ran.";
+    (syscalls:sys_exit_listen, from the syscall's registers; sys_enter_listen before 5.15), \
+    before the kernel caps it at net.core.somaxconn. Only for listen() calls made while \
+    sockq ran.";
 const HELP_OLDEST: &str = "Seconds the oldest connection still in this listener's accept queue \
-    has waited; reported while the queue is full.";
+    has waited (the head of the queue, read at each poll); reported while connections are \
+    queued.";
 const HELP_DROP_REASONS: &str = "Packets dropped by this listener, by skb:kfree_skb drop reason \
     (enum skb_drop_reason; TCP_LISTEN_OVERFLOW is a handshake's final ACK refused by a full \
     accept queue; SYNs refused by a full queue carry no reason and show only in \

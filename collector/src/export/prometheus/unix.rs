@@ -30,7 +30,7 @@ const HELP_REFUSED_BY: &str = "The same refused connects by client process (clie
 
 const HELP_WAITS: &str = "Blocking connect() calls aimed at this Unix listener that took 10 ms \
     or more without being refused: they slept until its queue had room \
-    (syscalls:sys_enter_connect / sys_exit_connect).";
+    (syscalls:sys_enter_connect / sys_exit_connect; only with sockq run --unix-connect-waits).";
 const HELP_WAIT_SECONDS: &str = "Total time those blocking connects waited, seconds (divided by \
     sockq_unix_listen_connect_waits_total: the typical wait).";
 
@@ -64,6 +64,12 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
         HELP_WAIT_SECONDS,
     );
     let mut queue = QueueFamilies::new();
+    // Blocking connects are timed only with the connect entry program attached
+    // (`--unix-connect-waits`): without it their series would say 0 for "unknown".
+    let waits_timed = snapshot
+        .probes
+        .iter()
+        .any(|p| p.name == "sys_enter_connect" && p.attached);
     let mut listeners: Vec<&UnixListener> = snapshot.unix_listeners.iter().collect();
     listeners.sort_by(|a, b| (a.netns, &a.name, a.inode).cmp(&(b.netns, &b.name, b.inode)));
     for l in listeners {
@@ -79,8 +85,10 @@ pub(super) fn families(snapshot: &Snapshot, classic: ClassicBuckets) -> Vec<Fami
         queue.push(snapshot, l, &id, classic);
         let Some(k) = &l.kernel else { continue };
         refused.push(id.clone(), k.refused);
-        waits.push(id.clone(), k.waited);
-        wait_seconds.push_float(id.clone(), k.wait_seconds);
+        if waits_timed {
+            waits.push(id.clone(), k.waited);
+            wait_seconds.push_float(id.clone(), k.wait_seconds);
+        }
         let (listed, rest) = k
             .refused_by
             .split_at(k.refused_by.len().min(MAX_CLIENTS_PER_LISTENER));
