@@ -6,7 +6,7 @@
 //!   same rule decides for the other maps' entries of a listener);
 //! - `ACCEPTORS`: accept counts of listeners that are gone, and of threads that exited
 //!   20 s ago (recycled workers: gunicorn `max_requests`, php-fpm `pm.max_requests`);
-//! - `QUEUED`: handshake stamps of children no longer queued: their listener is gone,
+//! - `QUEUED`: stamps of Unix children no longer queued: their listener is gone,
 //!   or its accept queue was empty at the inventory although they were stamped before
 //!   it (accepted by a path sockq did not see), or never queued after a grace period;
 //! - `TRANSITIONS`: counts of namespaces that died, and their slots (`settle_transitions`).
