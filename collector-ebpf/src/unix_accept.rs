@@ -40,7 +40,6 @@ fn on_accepted(listener: *const u8, newsock: *const u8) -> Result<(), i64> {
         return Ok(()); // nothing accepted
     }
     // Every child here is a Unix one: its stamp names its listener.
-    let _ = listener;
     account_accept(child, bpf_get_current_pid_tgid(), false, 0);
     Ok(())
 }

@@ -139,13 +139,7 @@ fn on_refused_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let addr = addr as *const u8;
-    if (addrlen as i32) < 3 || addr.is_null() {
-        return Ok(());
-    }
-    // SAFETY: bpf_probe_read_user validates the user address; a bad one is an error.
-    let family: u16 =
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast::<u16>()) }.map_err(i64::from)?;
-    if family != AF_UNIX {
+    if !is_unix_address(addr, addrlen)? {
         return Ok(());
     }
     let len = (addrlen as u32 - 2).min(SUN_PATH_LEN as u32);
@@ -170,14 +164,7 @@ fn on_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let record = ctx.as_ptr() as *const u8;
     let addrlen = record_u64(record, u.tp_connect_addrlen)?;
     let addr = record_u64(record, u.tp_connect_addr)? as *const u8;
-    // The family, then at least one byte of name.
-    if (addrlen as i32) < 3 || addr.is_null() {
-        return Ok(());
-    }
-    // SAFETY: bpf_probe_read_user validates the user address; a bad one is an error.
-    let family: u16 =
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast::<u16>()) }.map_err(i64::from)?;
-    if family != AF_UNIX {
+    if !is_unix_address(addr, addrlen)? {
         return Ok(());
     }
     let fd = record_u64(record, u.tp_connect_fd)?;
@@ -191,6 +178,19 @@ fn on_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let tid = bpf_get_current_pid_tgid() as u32;
     insert_or_count(&UNIX_CONNECTING, &tid, &entry, 0, STAT_UNIX_CONNECTING_FULL);
     Ok(())
+}
+
+/// Whether the `sockaddr` a connect passed (`addrlen` bytes at `addr`, the caller's
+/// memory) is a Unix one with at least one byte of name: one 2-byte user read.
+#[inline(always)]
+fn is_unix_address(addr: *const u8, addrlen: u64) -> Result<bool, i64> {
+    if (addrlen as i32) < 3 || addr.is_null() {
+        return Ok(false);
+    }
+    // SAFETY: bpf_probe_read_user validates the user address; a bad one is an error.
+    let family: u16 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast::<u16>()) }.map_err(i64::from)?;
+    Ok(family == AF_UNIX)
 }
 
 /// Copies the `len` name bytes after the family from user memory (no more: the

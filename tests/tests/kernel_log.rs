@@ -4,7 +4,7 @@
 //! The daemon runs with `LISTENER_QUEUES` sized down (`SOCKQ_TEST_MAP_ENTRIES`, a
 //! test-only setting) and a scenario in a namespace of our own opens one listener
 //! more than the map holds: each `listen()` creates its listener's entry
-//! (`sys_enter_listen`), so at least that one fails. The programs log a counter's
+//! (`inet_sock_set_state`, CLOSE -> LISTEN), so at least that one fails. The programs log a counter's
 //! first failure, then only when its count on a CPU grows sixteenfold: the handful
 //! of failures here (ours, plus one per other active listener of the host) is one
 //! line.
@@ -58,7 +58,7 @@ impl LoggedDaemon {
         });
         let daemon = Self { child, addr, log };
         daemon.wait_for("sockq to serve /metrics", Duration::from_secs(20), |m| {
-            m.one("sockq_probe_attached", &[("probe", "sys_enter_listen")])
+            m.one("sockq_probe_attached", &[("probe", "inet_sock_set_state")])
                 .ok()
                 .filter(|&attached| attached == 1.0)
         });
