@@ -3,7 +3,7 @@
 //! classic tracepoints specific to these syscalls. They fire in the accepting thread.
 //!
 //! On a successful return the new fd, and the listener's (the syscall's first
-//! argument, still in its saved registers at the exit: `kernel::syscall_arg0`), are
+//! argument, still in its saved registers at the exit: `kernel::SyscallRegs`), are
 //! followed through the task's file table to their sockets
 //! (task->files->fdt->fd[n]->private_data->sk), one walk to the table for both.
 //! [`account_accept`] counts the accept for the listener and the (listener, thread)
@@ -37,12 +37,12 @@ use collector_common::{
 
 use crate::{
     kernel::{
-        FdTable, is_inet_family, offsets, read, record_u64, sock_inode, syscall_arg0,
+        FdTable, SyscallRegs, is_inet_family, offsets, read, record_u64, sock_inode,
         tcp_established_ns,
     },
     maps::{
-        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, atomic_fetch_add,
-        count_acceptor, insert_or_count,
+        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor,
+        insert_or_count,
     },
     stats::count_failure,
 };
@@ -142,11 +142,6 @@ fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) ->
     if ret < 0 {
         return Ok(());
     }
-    let listen_fd = if MODE == REGS {
-        syscall_arg0(o)
-    } else {
-        listen_fd
-    };
     let files = if MODE == UNTYPED {
         FdTable::current::<false>(o)
     } else {
@@ -160,10 +155,12 @@ fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) ->
     };
     // The listener's inode only for a TCP child: a Unix child's stamp names it.
     let inet = is_inet(child);
-    let listener = if inet {
-        listen_fd.map_or(0, |fd| files.socket_inode(fd, o))
-    } else {
+    let listener = if !inet {
         0
+    } else if MODE == REGS {
+        SyscallRegs::current(o).map_or(0, |regs| files.socket_inode(regs.arg(o.pt_regs_arg0), o))
+    } else {
+        listen_fd.map_or(0, |fd| files.socket_inode(fd, o))
     };
     account_accept(child, pid_tgid, inet, listener);
     Ok(())
@@ -204,8 +201,14 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64
         }
         return;
     };
-    // SAFETY: a valid map value pointer; counters change through atomics only.
-    let accepts = unsafe { atomic_fetch_add(&raw mut (*q).accepts, 1) };
+    // SAFETY: a valid map value pointer; counters change through atomics only. The
+    // count read before the add is this accept's rank for the sampling (adds of other
+    // CPUs in between are not seen: a rank, not a count).
+    let accepts = unsafe {
+        let before = core::ptr::read_volatile(&raw const (*q).accepts);
+        atomic_add(&raw mut (*q).accepts, 1);
+        before
+    };
     let tid = pid_tgid as u32;
     count_acceptor(&AcceptorKey {
         listener,

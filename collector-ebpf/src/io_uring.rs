@@ -34,8 +34,8 @@
 //! for `res` (or names one): its socket is found in the ring's fixed-file table
 //! ([`fixed_file_sock`], the 6.13+ layout; on others such accepts are counted in
 //! `STAT_URING_DIRECT`, not counted as accepts). Accepts whose listener is unknown go
-//! to `STAT_ACCEPTS_UNATTRIBUTED`. CQEs that overflow the completion ring and requests with `IOSQE_CQE_SKIP_SUCCESS` fire no
-//! `io_uring_complete`: unseen. Two multishot accepts with the same `user_data` on
+//! to `STAT_ACCEPTS_UNATTRIBUTED`. CQEs that overflow the completion ring and requests
+//! with `IOSQE_CQE_SKIP_SUCCESS` fire no `io_uring_complete`: unseen. Two multishot accepts with the same `user_data` on
 //! one ring share an entry: when one ends, the other's CQEs are recognised again
 //! from its next wake-up.
 

@@ -220,9 +220,12 @@ pub fn sock_inode(sk: *const u8, o: &KernelOffsets) -> u64 {
     if o.sk_ino != 0 {
         return read::<u64>(sk, o.sk_ino).unwrap_or(0);
     }
-    let Ok(socket) = read::<*const u8>(sk, o.sk_socket) else {
-        return 0;
-    };
+    read::<*const u8>(sk, o.sk_socket).map_or(0, |socket| socket_inode(socket, o))
+}
+
+/// The inode number of `struct socket` `socket` (`SOCK_INODE(socket)->i_ino`), or 0.
+#[inline(always)]
+pub fn socket_inode(socket: *const u8, o: &KernelOffsets) -> u64 {
     if socket.is_null() {
         return 0;
     }
@@ -286,9 +289,7 @@ impl FdTable {
     pub fn socket_inode(self, fd: u64, o: &KernelOffsets) -> u64 {
         self.file(fd)
             .and_then(|file| read::<*const u8>(file, o.file_private_data).ok())
-            .filter(|socket| !socket.is_null())
-            .and_then(|socket| read::<u64>(socket, o.socket_ino).ok())
-            .unwrap_or(0)
+            .map_or(0, |socket| socket_inode(socket, o))
     }
 
     #[inline(always)]
@@ -301,28 +302,37 @@ impl FdTable {
     }
 }
 
-/// The current syscall's first argument as saved at its entry (the registers a
-/// syscall exit still holds: `bpf_task_pt_regs`, Linux 5.15+, on the typed task), or
-/// `None` where this kernel's `struct pt_regs` has no such field sockq knows.
-#[inline(always)]
-pub fn syscall_arg0(o: &KernelOffsets) -> Option<u64> {
-    syscall_arg(o.pt_regs_arg0)
-}
+/// The registers the current syscall saved at its entry, which its exit still holds
+/// (`bpf_task_pt_regs`, Linux 5.15+, on the typed task): its arguments.
+#[derive(Clone, Copy)]
+pub struct SyscallRegs(*const u8);
 
-/// [`syscall_arg0`]'s like for the argument whose `struct pt_regs` offset is `offset`
-/// (`KernelOffsets::pt_regs_arg*`).
-#[inline(always)]
-pub fn syscall_arg(offset: u32) -> Option<u64> {
-    if offset == 0 {
-        return None;
+impl SyscallRegs {
+    /// `None` where this kernel's `struct pt_regs` has no fields sockq knows for the
+    /// arguments (`KernelOffsets::pt_regs_arg*`).
+    #[inline(always)]
+    pub fn current(o: &KernelOffsets) -> Option<Self> {
+        if o.pt_regs_arg0 == 0 || o.pt_regs_arg1 == 0 || o.pt_regs_arg2 == 0 {
+            return None;
+        }
+        // SAFETY: helpers without preconditions; bpf_task_pt_regs takes the typed task
+        // and returns its (typed) saved registers.
+        let regs = unsafe {
+            let task = aya_ebpf::helpers::bpf_get_current_task_btf();
+            aya_ebpf::helpers::generated::bpf_task_pt_regs(task) as *const u8
+        };
+        Some(Self(regs))
     }
-    // SAFETY: helpers without preconditions; bpf_task_pt_regs takes the typed task and
-    // returns its (typed) saved registers.
-    let regs = unsafe {
-        let task = aya_ebpf::helpers::bpf_get_current_task_btf();
-        aya_ebpf::helpers::generated::bpf_task_pt_regs(task) as *const u8
-    };
-    walk::<true, u64>(regs, offset)
+
+    /// The argument whose `struct pt_regs` offset is `offset` (one of
+    /// `KernelOffsets::pt_regs_arg*`, all nonzero once [`Self::current`] gave `self`).
+    /// A plain value rather than an `Option`: LLVM may compute on an `Option`'s
+    /// undefined payload where the result does not matter, and the verifier refuses
+    /// any read of a register never written ("R9 !read_ok").
+    #[inline(always)]
+    pub fn arg(self, offset: u32) -> u64 {
+        walk::<true, u64>(self.0, offset).unwrap_or(0)
+    }
 }
 
 /// When TCP socket `sk`'s handshake completed, `CLOCK_MONOTONIC` ns

@@ -10,8 +10,9 @@
 //! is seen too. No entry program: a syscall entry tracepoint would slow every
 //! syscall on the host (`unix_connect.rs`).
 //!
-//! Where the registers cannot be read, the entry program does it: the syscall has not been validated yet here (the fd may not be a socket, or not a
-//! TCP one, or the call may fail), so nothing is created for the socket: the backlog
+//! Where the registers cannot be read, the entry program does it. The syscall has not
+//! been validated yet there (the fd may not be a socket, or not a TCP one, or the call
+//! may fail), so nothing is created for the socket: the backlog
 //! waits per thread in `LISTEN_BACKLOG` until `inet_sock_set_state` sees this thread's
 //! socket enter LISTEN (inside the same `listen()` call, after the kernel accepted
 //! it) and creates the listener's counters with it. A `listen()` that fails, or one
@@ -25,7 +26,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{FdTable, offsets, read, record_u64, syscall_arg, syscall_arg0},
+    kernel::{FdTable, SyscallRegs, offsets, read, record_u64},
     maps::{LISTEN_BACKLOG, LISTENER_QUEUES},
 };
 
@@ -44,9 +45,10 @@ fn on_listen_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if record_u64(ctx.as_ptr() as *const u8, o.tp_listen_ret)? != 0 {
         return Ok(());
     }
-    let (Some(fd), Some(backlog)) = (syscall_arg0(o), syscall_arg(o.pt_regs_arg1)) else {
+    let Some(regs) = SyscallRegs::current(o) else {
         return Ok(());
     };
+    let (fd, backlog) = (regs.arg(o.pt_regs_arg0), regs.arg(o.pt_regs_arg1));
     let Some(files) = FdTable::current::<true>(o) else {
         return Ok(());
     };

@@ -119,17 +119,6 @@ pub fn atomic_add(counter: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
 }
 
-/// [`atomic_add`], returning the counter as read just before (a plain read: adds of
-/// other CPUs in between are not seen, so only for what tolerates it, such as a
-/// sampling rank; the fetching add needs Linux 5.12+ and BPF v3).
-#[inline(always)]
-pub fn atomic_fetch_add(counter: *mut u64, v: u64) -> u64 {
-    // SAFETY: as for atomic_add.
-    let before = unsafe { core::ptr::read_volatile(counter) };
-    atomic_add(counter, v);
-    before
-}
-
 /// The hash maps entries are created in (aya-ebpf's map types share no trait).
 pub trait KeyedMap<K, V> {
     fn lookup(&self, key: &K) -> Option<*mut V>;

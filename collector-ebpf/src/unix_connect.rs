@@ -7,7 +7,7 @@
 //!
 //! By default only the exit runs (`sys_exit_connect_regs`): a connect that returns
 //! anything but `-EAGAIN` leaves at once; a refused one has its arguments read from
-//! the registers the syscall saved (`kernel::syscall_arg`), and is counted as below
+//! the registers the syscall saved (`kernel::SyscallRegs`), and is counted as below
 //! if it was aimed at a Unix address. An entry program on a syscall tracepoint would
 //! cost every syscall of every process on the host (the kernel then takes the slow
 //! path of each), not only connects: see BENCHMARKS.md.
@@ -46,10 +46,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{
-        backlog_and_inode, fd_sock, offsets, read, record_u64, sock_net_key, syscall_arg,
-        syscall_arg0,
-    },
+    kernel::{SyscallRegs, backlog_and_inode, fd_sock, offsets, read, record_u64, sock_net_key},
     maps::{QUEUED, atomic_add, count_enqueue, get_or_insert, insert_or_count},
 };
 
@@ -131,13 +128,14 @@ fn on_refused_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let o = offsets();
-    let (Some(fd), Some(addr), Some(addrlen)) = (
-        syscall_arg0(o),
-        syscall_arg(o.pt_regs_arg1),
-        syscall_arg(o.pt_regs_arg2),
-    ) else {
+    let Some(regs) = SyscallRegs::current(o) else {
         return Ok(());
     };
+    let (fd, addr, addrlen) = (
+        regs.arg(o.pt_regs_arg0),
+        regs.arg(o.pt_regs_arg1),
+        regs.arg(o.pt_regs_arg2),
+    );
     let addr = addr as *const u8;
     if !is_unix_address(addr, addrlen)? {
         return Ok(());

@@ -325,17 +325,11 @@ impl Poller {
                 .filter(|l| l.accept_queue_len > 0)
                 .map(|l| l.inode),
         );
-        let now_ns = monotonic_ns();
-        let oldest: HashMap<u64, u64> = oldest
-            .into_iter()
-            .map(|(inode, wait)| (inode, now_ns.saturating_sub(wait)))
-            .collect();
         queue_stats::attach_to_listeners(
             &mut snapshot.listeners,
             &queue_stats::KernelCounters {
                 queues: &view.queues,
-                oldest_enqueue_ns: &oldest,
-                now_ns,
+                oldest_wait_ns: &oldest,
                 drops: &view.drops,
                 reason_names: p.drop_reason_names(),
             },

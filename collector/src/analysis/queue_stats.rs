@@ -56,10 +56,8 @@ pub fn kernel_stats(q: &ListenerQueue, oldest_wait: Option<f64>) -> ListenerKern
 /// What the probes counted, keyed by listener inode, ready to attach.
 pub struct KernelCounters<'a> {
     pub queues: &'a HashMap<u64, ListenerQueue>,
-    /// Listener inode -> enqueue time of its oldest waiting connection
-    /// (`CLOCK_MONOTONIC` ns, the programs' clock).
-    pub oldest_enqueue_ns: &'a HashMap<u64, u64>,
-    pub now_ns: u64,
+    /// Listener inode -> how long its oldest waiting connection has waited, ns.
+    pub oldest_wait_ns: &'a HashMap<u64, u64>,
     /// (listener inode, reason value) -> drops.
     pub drops: &'a [(DropKey, u64)],
     /// `enum skb_drop_reason` value -> name.
@@ -81,14 +79,14 @@ pub fn attach_to_listeners(listeners: &mut [Listener], k: &KernelCounters<'_>) {
             .entry(name)
             .or_default() += n;
     }
-    let (queues, oldest_enqueue_ns, now_ns) = (k.queues, k.oldest_enqueue_ns, k.now_ns);
+    let (queues, oldest_wait_ns) = (k.queues, k.oldest_wait_ns);
     for l in listeners.iter_mut() {
         // An idle listener the probes never saw still has zero counters to show.
         let q = queues.get(&l.inode).copied().unwrap_or(ListenerQueue::ZERO);
         let oldest = (l.accept_queue_len > 0)
-            .then(|| oldest_enqueue_ns.get(&l.inode))
+            .then(|| oldest_wait_ns.get(&l.inode))
             .flatten()
-            .map(|&t| now_ns.saturating_sub(t) as f64 / 1e9);
+            .map(|&w| w as f64 / 1e9);
         let mut stats = kernel_stats(&q, oldest);
         stats.drop_reasons = drops.remove(&l.inode).unwrap_or_default();
         l.kernel = Some(stats);

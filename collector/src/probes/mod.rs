@@ -333,7 +333,9 @@ fn not_wanted(
 ) -> Option<String> {
     let attached = |name: &str| so_far.iter().any(|s| s.name == name && s.attached);
     if let Some(r) = spec.replaced_by.iter().find(|r| {
-        r.probes.iter().all(|p| attached(p)) && r.programs.iter().all(|p| programs.contains(p))
+        r.probes.iter().all(|p| attached(p))
+            && r.programs.iter().all(|p| programs.contains(p))
+            && !(r.wanted_anyway)(&options)
     }) {
         return Some(format!("{NOT_NEEDED}: {}", r.because));
     }
@@ -357,19 +359,7 @@ fn not_wanted(
                 .into(),
         );
     }
-    if spec.family == Family::UnixConnectWaits
-        && !options.unix_connect_waits
-        && programs.contains(&"sys_exit_connect_regs")
-    {
-        return Some(format!(
-            "{NOT_NEEDED}: sys_exit_connect reads refused connects' arguments from the \
-             syscall's registers; `--unix-connect-waits` attaches it to time blocking \
-             connects (a syscall entry tracepoint slows every syscall on the host)"
-        ));
-    }
-    if matches!(spec.family, Family::UnixConnect | Family::UnixConnectWaits)
-        && kernel.unix.valid == 0
-    {
+    if spec.family == Family::UnixConnect && kernel.unix.valid == 0 {
         return Some(
             "the record layout of syscalls:sys_enter_connect / sys_exit_connect is unknown \
              (tracefs not mounted, or no syscall tracepoints)"

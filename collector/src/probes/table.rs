@@ -1,6 +1,8 @@
 //! Every probe sockq attaches and the mechanisms each can use, best first. The order
 //! of the hooks is the fallback order: the first that loads and attaches wins.
 
+use super::LoadOptions;
+
 /// One way to attach a probe.
 #[derive(Debug, Clone, Copy)]
 pub enum Hook {
@@ -51,6 +53,14 @@ pub struct Replacement {
     pub programs: &'static [&'static str],
     /// Why this one is then not needed (after "not needed: ").
     pub because: &'static str,
+    /// Whether these options want this one all the same (it does more than the
+    /// others).
+    pub wanted_anyway: fn(&LoadOptions) -> bool,
+}
+
+/// [`Replacement::wanted_anyway`] of a probe the others replace whatever the options.
+const fn never(_: &LoadOptions) -> bool {
+    false
 }
 
 /// The accept entries keep the listener fd only for exits that cannot read it from
@@ -59,6 +69,18 @@ const BY_REGS: Replacement = Replacement {
     probes: &["sys_exit_accept4", "sys_exit_accept"],
     programs: &["sys_exit_accept4_regs", "sys_exit_accept_regs"],
     because: "the accept exits read the listener's fd from the syscall's registers",
+    wanted_anyway: never,
+};
+
+/// The connect entry keeps a connect's arguments for an exit that cannot read them,
+/// and its start for the waits of blocking connects (`--unix-connect-waits`).
+const BY_CONNECT_REGS: Replacement = Replacement {
+    probes: &["sys_exit_connect"],
+    programs: &["sys_exit_connect_regs"],
+    because: "sys_exit_connect reads refused connects' arguments from the syscall's \
+              registers; `--unix-connect-waits` attaches it to time blocking connects (a \
+              syscall entry tracepoint slows every syscall on the host)",
+    wanted_anyway: |options| options.unix_connect_waits,
 };
 
 /// The listen entry keeps the backlog only for an exit that cannot read it.
@@ -66,6 +88,7 @@ const BY_LISTEN_REGS: Replacement = Replacement {
     probes: &["sys_exit_listen"],
     programs: &["sys_exit_listen_regs"],
     because: "the listen exit reads the backlog from the syscall's registers",
+    wanted_anyway: never,
 };
 
 /// fexit on `inet_csk_accept` and `unix_accept` sees every accept, TCP and Unix,
@@ -74,6 +97,7 @@ const BY_FEXIT: Replacement = Replacement {
     probes: &["inet_csk_accept", "unix_accept"],
     programs: &[],
     because: "fexit on inet_csk_accept and unix_accept counts every accept, io_uring's included",
+    wanted_anyway: never,
 };
 
 /// A probe and its mechanisms, best first.
@@ -100,9 +124,6 @@ pub enum Family {
     /// Connects to Unix listeners refused (or kept waiting) by a full queue: on where
     /// tracefs gave the connect tracepoints' record layout (`UnixOffsets::valid`).
     UnixConnect,
-    /// The connect entry: blocking connects' waits (`--unix-connect-waits`), and
-    /// refusals where the exit cannot read the syscall's registers.
-    UnixConnectWaits,
 }
 
 /// Every probe sockq attaches.
@@ -317,9 +338,6 @@ pub const PROBES: [ProbeSpec; 22] = [
         replaced_by: &[],
         family: Family::UnixConnect,
     },
-    // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
-    // program reads five arguments, so the kernel refuses it on the three-argument
-    // tracepoint of 6.13 on, where the next one attaches.
     // After the exit: needed only where it cannot read the registers, or to time
     // blocking connects.
     ProbeSpec {
@@ -330,9 +348,12 @@ pub const PROBES: [ProbeSpec; 22] = [
             name: "sys_enter_connect",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[],
-        family: Family::UnixConnectWaits,
+        replaced_by: &[BY_CONNECT_REGS],
+        family: Family::UnixConnect,
     },
+    // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its
+    // program reads five arguments, so the kernel refuses it on the three-argument
+    // tracepoint of 6.13 on, where the next one attaches.
     ProbeSpec {
         name: "io_uring_complete",
         hooks: &[
