@@ -140,9 +140,37 @@ pub struct KernelOffsets {
     pub icsk_accept_head: u32,
     /// Classic tracepoint `syscalls/sys_exit_listen` record: offset of `ret`.
     pub tp_listen_ret: u32,
+    /// BTF type ids of the structs the programs read, for `bpf_rdonly_cast` (Linux
+    /// 6.2+): with one, reads of that struct are plain loads (the verifier checks
+    /// them against BTF; the JIT makes a faulting one read 0) instead of
+    /// `bpf_probe_read_kernel` calls. 0 where the kernel has no such kfunc, or sockq
+    /// was told to use probe reads: the programs read as before.
+    /// `struct sock`.
+    pub btf_sock: u32,
+    /// `struct tcp_sock`.
+    pub btf_tcp_sock: u32,
+    /// `struct net`.
+    pub btf_net: u32,
+    /// `struct file`.
+    pub btf_file: u32,
+    /// `struct socket_alloc` (a `struct socket` and its inode).
+    pub btf_socket_alloc: u32,
+    /// `struct sk_buff`.
+    pub btf_sk_buff: u32,
+    /// `struct socket` -> `file` (`struct file *`): a slot of the descriptor array,
+    /// seen as this member of a `struct socket` (`btf_socket_alloc`), is loaded as a
+    /// typed file pointer. 0: probe reads.
+    pub socket_file: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 212);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 240);
+
+/// The immediate of the placeholder call (`call RDONLY_CAST_PLACEHOLDER`, a helper
+/// number no kernel has) the programs make where they cast a pointer with
+/// `bpf_rdonly_cast`. Userspace rewrites each before loading: into the kfunc call
+/// where the kernel has it, else into `r0 = r1`, never reached then (the programs
+/// cast only with a nonzero BTF id, `KernelOffsets::btf_*`).
+pub const RDONLY_CAST_PLACEHOLDER: i32 = 0x5c0c_ca57;
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding; any bit pattern is valid.

@@ -37,7 +37,7 @@ use collector_common::{
 
 use crate::{
     kernel::{
-        FdTable, SyscallRegs, is_inet_family, offsets, read, record_u64, sock_inode,
+        FdTable, Kptr, SyscallRegs, is_inet_family, offsets, record_u64, sock_inode,
         tcp_established_ns,
     },
     maps::{
@@ -173,6 +173,7 @@ fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) ->
 #[inline(always)]
 pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64) {
     let o = offsets();
+    // `queued_ns` 0: not known (see `tcp_established_ns` for why not an Option).
     let (listener, queued_ns) = if inet {
         (
             (listener != 0).then_some(listener),
@@ -187,7 +188,7 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64
         }
         (
             stamp.map(|s| s.listener).filter(|&l| l != 0),
-            stamp.map(|s| s.enqueued_ns),
+            stamp.map_or(0, |s| s.enqueued_ns),
         )
     };
     // Only listeners with counters: those sockq saw listen or enqueue.
@@ -215,7 +216,7 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64
         pid: (pid_tgid >> 32) as u32,
         tid,
     });
-    if let Some(queued_ns) = queued_ns {
+    if queued_ns != 0 {
         // SAFETY: a helper without preconditions.
         let wait_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_ns);
         // SAFETY: as above.
@@ -233,7 +234,10 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64
 /// Whether `sk` is an IPv4 or IPv6 socket.
 #[inline(always)]
 pub fn is_inet(sk: *const u8) -> bool {
-    read::<u16>(sk, offsets().sk_family).is_ok_and(is_inet_family)
+    let o = offsets();
+    Kptr::new(sk, o.btf_sock)
+        .read::<u16>(o.sk_family)
+        .is_ok_and(is_inet_family)
 }
 
 /// Watches who reads a sample of the accepted connections (`sock_recv_length`): every

@@ -64,6 +64,13 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     pt_regs_arg2: 0,
     icsk_accept_head: 0,
     tp_listen_ret: 0,
+    btf_sock: 0,
+    btf_tcp_sock: 0,
+    btf_net: 0,
+    btf_file: 0,
+    btf_socket_alloc: 0,
+    btf_sk_buff: 0,
+    socket_file: 0,
 };
 
 #[inline(always)]
@@ -91,6 +98,89 @@ pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     }
 }
 
+/// A pointer to a kernel struct, read with plain loads where `bpf_rdonly_cast` (Linux
+/// 6.2+) gave it the struct's BTF type, else with `bpf_probe_read_kernel` ([`read`]).
+///
+/// A probe read is a helper call (about 50 ns here, `copy_from_kernel_nofault`); a
+/// load through a cast pointer is one instruction, which the verifier checks against
+/// BTF (the offset must fall in the struct, a pointer member be read whole) and the
+/// JIT guards (a faulting load reads 0, like a failed probe read but uncounted).
+/// Userspace gives a nonzero BTF id (`KernelOffsets::btf_*`) only where the kfunc
+/// exists; the verifier knows the id (read-only data) and checks only the path it
+/// selects, so one program serves kernels with and without it.
+#[derive(Clone, Copy)]
+pub struct Kptr {
+    /// The address, untyped.
+    raw: *const u8,
+    /// The same address as `bpf_rdonly_cast` returned it, when `typed`.
+    cast: *const u8,
+    typed: bool,
+}
+
+impl Kptr {
+    /// `raw` as a pointer to the struct of BTF id `btf_id` (0: read by probe reads).
+    #[inline(always)]
+    pub fn new(raw: *const u8, btf_id: u32) -> Self {
+        if btf_id == 0 {
+            return Self {
+                raw,
+                cast: raw,
+                typed: false,
+            };
+        }
+        Self {
+            raw,
+            cast: rdonly_cast(raw, btf_id),
+            typed: true,
+        }
+    }
+
+    /// Reads the `T` at `offset` (a whole scalar or pointer member, or part of a
+    /// scalar one).
+    #[inline(always)]
+    pub fn read<T>(self, offset: u32) -> Result<T, i64> {
+        if self.typed {
+            // SAFETY: a typed pointer: the verifier checks the load against BTF and the
+            // JIT makes a load that faults read 0.
+            return Ok(unsafe {
+                core::ptr::read_volatile(self.cast.wrapping_add(offset as usize).cast::<T>())
+            });
+        }
+        read(self.raw, offset)
+    }
+
+    /// A pointer member at `offset`, null when it is null or unreadable.
+    #[inline(always)]
+    pub fn ptr(self, offset: u32) -> *const u8 {
+        self.read::<*const u8>(offset).unwrap_or(core::ptr::null())
+    }
+}
+
+/// `bpf_rdonly_cast(ptr, btf_id)`: Rust cannot name a kfunc, so the program calls a
+/// placeholder helper number that userspace rewrites into the kfunc call before
+/// loading (`RDONLY_CAST_PLACEHOLDER`). r1-r5 are clobbered as by any call. Not
+/// `pure`: it must not be moved above the test of `btf_id` that guards it.
+#[inline(always)]
+fn rdonly_cast(ptr: *const u8, btf_id: u32) -> *const u8 {
+    let cast: *const u8;
+    // SAFETY: the kfunc (or, where the kernel has none, `r0 = r1`) only returns its
+    // first argument, typed; it reads and writes nothing.
+    unsafe {
+        core::arch::asm!(
+            "call {placeholder}",
+            placeholder = const collector_common::layout::RDONLY_CAST_PLACEHOLDER,
+            inlateout("r1") ptr => _,
+            inlateout("r2") u64::from(btf_id) => _,
+            lateout("r0") cast,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(nomem, nostack),
+        );
+    }
+    cast
+}
+
 /// The 8-byte field at `offset` of a tracepoint program's record (`ctx`): a plain load
 /// at the offsets syscall records put their arguments and return value at (16, 24,
 /// 32: after the 8-byte common header and the syscall number), else a probe read.
@@ -116,23 +206,20 @@ pub fn record_u64(ctx: *const u8, offset: u32) -> Result<u64, i64> {
 /// or 0 when it cannot be read.
 #[inline(always)]
 pub fn sock_netns(sk: *const u8, o: &KernelOffsets) -> u32 {
-    let Ok(net) = read::<*const u8>(sk, o.sk_net) else {
-        return 0;
-    };
+    let net = Kptr::new(sk, o.btf_sock).ptr(o.sk_net);
     if net.is_null() {
         return 0;
     }
-    read::<u32>(net, o.net_ns_inum).unwrap_or(0)
+    Kptr::new(net, o.btf_net)
+        .read::<u32>(o.net_ns_inum)
+        .unwrap_or(0)
 }
 
 /// The key of `sk`'s network namespace in kernel state: its cookie where the kernel
 /// has one (never reused), else its inode; 0 when unreadable.
 #[inline(always)]
 pub fn sock_net_key(sk: *const u8, o: &KernelOffsets) -> u64 {
-    let Ok(net) = read::<*const u8>(sk, o.sk_net) else {
-        return 0;
-    };
-    net_key(net, o)
+    net_key(Kptr::new(sk, o.btf_sock).ptr(o.sk_net), o)
 }
 
 /// [`sock_net_key`] of the `struct net` itself.
@@ -141,19 +228,21 @@ pub fn net_key(net: *const u8, o: &KernelOffsets) -> u64 {
     if net.is_null() {
         return 0;
     }
+    let net = Kptr::new(net, o.btf_net);
     if o.net_cookie != 0 {
-        read::<u64>(net, o.net_cookie).unwrap_or(0)
+        net.read::<u64>(o.net_cookie).unwrap_or(0)
     } else {
-        read::<u32>(net, o.net_ns_inum).map_or(0, u64::from)
+        net.read::<u32>(o.net_ns_inum).map_or(0, u64::from)
     }
 }
 
 /// `sk->sk_protocol`, or `None` when this kernel's layout does not let us read it.
 #[inline(always)]
 pub fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
+    let sk = Kptr::new(sk, o.btf_sock);
     match o.sk_protocol_size {
-        2 => read::<u16>(sk, o.sk_protocol).ok(),
-        1 => read::<u8>(sk, o.sk_protocol).ok().map(u16::from),
+        2 => sk.read::<u16>(o.sk_protocol).ok(),
+        1 => sk.read::<u8>(o.sk_protocol).ok().map(u16::from),
         _ => None,
     }
 }
@@ -162,7 +251,8 @@ pub fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
 /// report through the same tracepoint; every socket counts when the protocol cannot
 /// be read, as before the filter).
 ///
-/// Where `skc_prot` comes right before `skc_net`, one 16-byte read gives both, and a
+/// Where `skc_prot` comes right before `skc_net`, one 16-byte read gives both (two
+/// loads where the sock is typed, [`Kptr`]), and a
 /// `skc_prot` already seen on a TCP socket (`TCP_PROTS`) says TCP without reading
 /// `sk_protocol`. A `struct proto` belongs to one protocol: every socket whose
 /// `sk_prot` points at `tcp_prot`, `tcpv6_prot` or a TCP wrapper (kTLS, sockmap) is a
@@ -173,12 +263,16 @@ pub fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
 /// `struct proto` is later placed at that very address.
 #[inline(always)]
 pub fn tcp_sock_net(sk: *const u8, o: &KernelOffsets) -> Option<*const u8> {
-    if o.sk_prot == 0 || o.sk_prot + 8 != o.sk_net {
-        let net = read::<*const u8>(sk, o.sk_net).unwrap_or(core::ptr::null());
-        return is_tcp(sock_protocol(sk, o)).then_some(net);
+    let s = Kptr::new(sk, o.btf_sock);
+    if o.sk_prot == 0 || (!s.typed && o.sk_prot + 8 != o.sk_net) {
+        return is_tcp(sock_protocol(sk, o)).then_some(s.ptr(o.sk_net));
     }
-    let [prot, net]: [u64; 2] = read(sk, o.sk_prot).unwrap_or([0, 0]);
-    let net = net as *const u8;
+    let (prot, net) = if s.typed {
+        (s.read::<u64>(o.sk_prot).unwrap_or(0), s.ptr(o.sk_net))
+    } else {
+        let [prot, net]: [u64; 2] = read(sk, o.sk_prot).unwrap_or([0, 0]);
+        (prot, net as *const u8)
+    };
     // One scan: a known pointer answers at once; else the first empty slot is where
     // a pointer the protocol read says is TCP's is learned.
     let mut empty = None;
@@ -217,10 +311,11 @@ fn is_tcp(protocol: Option<u16>) -> bool {
 #[inline(always)]
 pub fn sock_inode(sk: *const u8, o: &KernelOffsets) -> u64 {
     // Kernels that keep the inode in the sock itself (`sk_ino`, 6.18): one read.
+    let s = Kptr::new(sk, o.btf_sock);
     if o.sk_ino != 0 {
-        return read::<u64>(sk, o.sk_ino).unwrap_or(0);
+        return s.read::<u64>(o.sk_ino).unwrap_or(0);
     }
-    read::<*const u8>(sk, o.sk_socket).map_or(0, |socket| socket_inode(socket, o))
+    socket_inode(s.ptr(o.sk_socket), o)
 }
 
 /// The inode number of `struct socket` `socket` (`SOCK_INODE(socket)->i_ino`), or 0.
@@ -229,7 +324,9 @@ pub fn socket_inode(socket: *const u8, o: &KernelOffsets) -> u64 {
     if socket.is_null() {
         return 0;
     }
-    read::<u64>(socket, o.socket_ino).unwrap_or(0)
+    Kptr::new(socket, o.btf_socket_alloc)
+        .read::<u64>(o.socket_ino)
+        .unwrap_or(0)
 }
 
 /// The `struct sock` behind file descriptor `fd` of the current task
@@ -287,9 +384,9 @@ impl FdTable {
     /// fewer than through the sock), or 0.
     #[inline(always)]
     pub fn socket_inode(self, fd: u64, o: &KernelOffsets) -> u64 {
-        self.file(fd)
-            .and_then(|file| read::<*const u8>(file, o.file_private_data).ok())
-            .map_or(0, |socket| socket_inode(socket, o))
+        self.file(fd).map_or(0, |file| {
+            socket_inode(Kptr::new(file, o.btf_file).ptr(o.file_private_data), o)
+        })
     }
 
     #[inline(always)]
@@ -297,7 +394,20 @@ impl FdTable {
         if fd >= u64::from(self.max_fds) || fd > 0x0fff_ffff {
             return None;
         }
-        let file: *const u8 = read(self.fd_array, (fd * 8) as u32).ok()?;
+        let slot = self.fd_array.wrapping_add((fd * 8) as usize);
+        let o = offsets();
+        let file = if o.socket_file != 0 && o.btf_socket_alloc != 0 {
+            // The array's slots are untyped (`struct file **`); one seen as the `file`
+            // member of a `struct socket` around it loads as a typed file pointer: a
+            // plain load instead of a probe read ([`Kptr`]: any address may be cast).
+            Kptr::new(
+                slot.wrapping_sub(o.socket_file as usize),
+                o.btf_socket_alloc,
+            )
+            .ptr(o.socket_file)
+        } else {
+            read::<*const u8>(slot, 0).ok()?
+        };
         (!file.is_null()).then_some(file)
     }
 }
@@ -336,15 +446,19 @@ impl SyscallRegs {
 }
 
 /// When TCP socket `sk`'s handshake completed, `CLOCK_MONOTONIC` ns
-/// (`tcp_sock.rcvq_space.time`: see [`KernelOffsets::tcp_rcvq_time`]); `None` where
-/// unknown.
+/// (`tcp_sock.rcvq_space.time`: see [`KernelOffsets::tcp_rcvq_time`]); 0 where
+/// unknown. A plain value, not an `Option`: LLVM computed on a `None`'s undefined
+/// payload after the failure count's call, and the verifier refused the read of the
+/// register the call had clobbered ("R2 !read_ok").
 #[inline(always)]
-pub fn tcp_established_ns(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
+pub fn tcp_established_ns(sk: *const u8, o: &KernelOffsets) -> u64 {
     if o.tcp_rcvq_time == 0 {
-        return None;
+        return 0;
     }
-    let us: u64 = read(sk, o.tcp_rcvq_time).ok()?;
-    (us != 0).then(|| us.wrapping_mul(1000))
+    let us: u64 = Kptr::new(sk, o.btf_tcp_sock)
+        .read(o.tcp_rcvq_time)
+        .unwrap_or(0);
+    us.wrapping_mul(1000)
 }
 
 /// A field on [`fd_sock`]'s walk: with `TYPED` a plain load (`None` for a null
@@ -375,11 +489,11 @@ pub fn file_sock(file: *const u8, o: &KernelOffsets) -> Option<*const u8> {
     if file.is_null() {
         return None;
     }
-    let socket: *const u8 = read(file, o.file_private_data).ok()?;
+    let socket = Kptr::new(file, o.btf_file).ptr(o.file_private_data);
     if socket.is_null() {
         return None;
     }
-    let sk: *const u8 = read(socket, o.socket_sk).ok()?;
+    let sk = Kptr::new(socket, o.btf_socket_alloc).ptr(o.socket_sk);
     (!sk.is_null()).then_some(sk)
 }
 
@@ -398,15 +512,16 @@ pub fn listener_inode(sk: *const u8, o: &KernelOffsets) -> Option<u64> {
 #[inline(always)]
 pub fn listening_family(sk: *const u8, o: &KernelOffsets) -> Option<u16> {
     let listen = collector_common::tcp_state::TCP_LISTEN;
-    if o.sk_state == o.sk_family + 2 {
+    let s = Kptr::new(sk, o.btf_sock);
+    if !s.typed && o.sk_state == o.sk_family + 2 {
         let both: u32 = read(sk, o.sk_family).ok()?;
         return ((both >> 16) as u8 == listen).then_some(both as u16);
     }
-    let state: u8 = read(sk, o.sk_state).ok()?;
+    let state: u8 = s.read(o.sk_state).ok()?;
     if state != listen {
         return None;
     }
-    read(sk, o.sk_family).ok()
+    s.read(o.sk_family).ok()
 }
 
 /// `sk_ack_backlog`, `sk_max_ack_backlog` and `sk_ino` as they lie in 6.18's
@@ -424,15 +539,17 @@ struct BacklogAndInode {
 /// (6.18), else three.
 #[inline(always)]
 pub fn backlog_and_inode(sk: *const u8, o: &KernelOffsets) -> Result<(u32, u32, u64), i64> {
-    if o.sk_ino != 0
+    let s = Kptr::new(sk, o.btf_sock);
+    if !s.typed
+        && o.sk_ino != 0
         && o.sk_max_ack_backlog == o.sk_ack_backlog + 4
         && o.sk_ino == o.sk_ack_backlog + 8
     {
         let b: BacklogAndInode = read(sk, o.sk_ack_backlog)?;
         return Ok((b.depth, b.limit, b.inode));
     }
-    let depth: u32 = read(sk, o.sk_ack_backlog)?;
-    let limit: u32 = read(sk, o.sk_max_ack_backlog)?;
+    let depth: u32 = s.read(o.sk_ack_backlog)?;
+    let limit: u32 = s.read(o.sk_max_ack_backlog)?;
     Ok((depth, limit, sock_inode(sk, o)))
 }
 

@@ -9,7 +9,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds on shared map values (`maps::atomic_add`); the eBPF build runs with
 // RUSTC_BOOTSTRAP for -Z build-std anyway.
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd"))]
 
 #[cfg(target_arch = "bpf")]

@@ -43,7 +43,10 @@ fn oldest_wait_us(sk: *const u8, inode: u64) -> Option<u32> {
     if child.is_null() {
         return None;
     }
-    let queued_ns = tcp_established_ns(child, o)?;
+    let queued_ns = tcp_established_ns(child, o);
+    if queued_ns == 0 {
+        return None;
+    }
     // SAFETY: a helper without preconditions.
     let us = unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_ns) / 1000;
     // 0 means "none": a wait under a microsecond reads 1.

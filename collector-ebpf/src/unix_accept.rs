@@ -18,7 +18,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExit
 
 use crate::{
     accept::account_accept,
-    kernel::{offsets, read},
+    kernel::{Kptr, offsets},
 };
 
 #[fexit(function = "unix_accept")]
@@ -35,7 +35,7 @@ fn on_accepted(listener: *const u8, newsock: *const u8) -> Result<(), i64> {
     if o.queue_valid == 0 || listener.is_null() || newsock.is_null() {
         return Ok(());
     }
-    let child: *const u8 = read(newsock, o.socket_sk)?;
+    let child = Kptr::new(newsock, o.btf_socket_alloc).ptr(o.socket_sk);
     if child.is_null() {
         return Ok(()); // nothing accepted
     }

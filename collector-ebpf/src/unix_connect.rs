@@ -46,7 +46,7 @@ use collector_common::{
 };
 
 use crate::{
-    kernel::{SyscallRegs, backlog_and_inode, fd_sock, offsets, read, record_u64, sock_net_key},
+    kernel::{Kptr, SyscallRegs, backlog_and_inode, fd_sock, offsets, record_u64, sock_net_key},
     maps::{QUEUED, atomic_add, count_enqueue, get_or_insert, insert_or_count},
 };
 
@@ -281,7 +281,8 @@ pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
     if inode == 0 {
         return Ok(());
     }
-    let depth: u32 = read(sk, u.sk_receive_queue_qlen)?;
+    let s = Kptr::new(sk, o.btf_sock);
+    let depth: u32 = s.read(u.sk_receive_queue_qlen)?;
     let Some(q) = count_enqueue(sk, inode, depth) else {
         return Ok(());
     };
@@ -289,12 +290,12 @@ pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
         // SAFETY: a valid map value pointer; counters change through atomics only.
         unsafe { atomic_add(&raw mut (*q).full_enqueues, 1) };
     }
-    let skb: *const u8 = read(sk, u.sk_receive_queue_prev)?;
+    let skb = s.ptr(u.sk_receive_queue_prev);
     // An empty queue's tail is the queue head itself.
     if skb.is_null() || skb == sk.wrapping_add(u.sk_receive_queue_prev as usize) {
         return Ok(());
     }
-    let child: *const u8 = read(skb, u.skb_sk)?;
+    let child = Kptr::new(skb, o.btf_sk_buff).ptr(u.skb_sk);
     if child.is_null() {
         return Ok(());
     }

@@ -229,8 +229,10 @@ fn probe_checks(checks: &mut Vec<Check>, tracefs_root: Option<&std::path::Path>)
         nagle: true,
         ..probes::LoadOptions::default()
     };
-    let loaded = probes::kernel_info(tracefs_root)
-        .and_then(|k| probes::Probes::load(&k, tracefs_root, options));
+    let loaded = probes::kernel_info(tracefs_root).and_then(|k| {
+        checks.push(struct_reads_check(k.rdonly_cast));
+        probes::Probes::load(&k, tracefs_root, options)
+    });
     match loaded {
         Ok((loaded, _events)) => {
             for s in loaded.status() {
@@ -250,6 +252,32 @@ fn probe_checks(checks: &mut Vec<Check>, tracefs_root: Option<&std::path::Path>)
         }
         Err(e) => checks.push(Check::new(Verdict::Fail, "probes", crate::error_chain(&e))),
     }
+}
+
+/// How the programs read kernel structs here.
+fn struct_reads_check(cast: probes::rdonly_cast::CastCall) -> Check {
+    let detail = match cast {
+        probes::rdonly_cast::CastCall::Kfunc(_) => {
+            "plain loads through bpf_rdonly_cast (Linux 6.2+), each a helper call cheaper \
+             than a probe read"
+                .to_owned()
+        }
+        probes::rdonly_cast::CastCall::Identity
+            if std::env::var_os(probes::offsets::PROBE_READS_ENV).is_some() =>
+        {
+            format!(
+                "bpf_probe_read_kernel, as {} asks (unset it for plain loads where the kernel \
+                 has bpf_rdonly_cast)",
+                probes::offsets::PROBE_READS_ENV
+            )
+        }
+        probes::rdonly_cast::CastCall::Identity => {
+            "bpf_probe_read_kernel: this kernel has no bpf_rdonly_cast (Linux 6.2+), so each \
+             read is a helper call (the connection hooks cost more, BENCHMARKS.md)"
+                .to_owned()
+        }
+    };
+    Check::new(Verdict::Ok, "kernel struct reads", detail)
 }
 
 /// The inventory: TCP listeners (sock_diag), and Unix ones (unix_diag, a module of

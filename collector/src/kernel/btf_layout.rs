@@ -182,6 +182,23 @@ impl Layout {
         self.member(strukt, path)?.byte_offset(strukt, path)
     }
 
+    /// The BTF type id of `struct name`, if the kernel has one.
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.id_of(name, |t| matches!(t, Type::Struct(_)))
+    }
+
+    /// The BTF id of kernel function `name` (a kfunc's: what a call to it names), if
+    /// the kernel has one.
+    pub fn function_id(&self, name: &str) -> Option<u32> {
+        self.id_of(name, |t| matches!(t, Type::Func(_)))
+    }
+
+    fn id_of(&self, name: &str, kind: impl Fn(&Type) -> bool) -> Option<u32> {
+        let ids = self.btf.resolve_ids_by_name(name).ok()?;
+        ids.into_iter()
+            .find(|&id| self.btf.resolve_type_by_id(id).is_ok_and(|t| kind(&t)))
+    }
+
     /// The value of an enumerator (`SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`), if present.
     pub fn enum_value(&self, enumerator: &str) -> Result<Option<i64>, LayoutError> {
         let mut types = self.btf.type_iter();

@@ -46,6 +46,7 @@ pub mod maps;
 pub mod netns_slots;
 pub mod offsets;
 pub mod prune;
+pub mod rdonly_cast;
 pub mod ring;
 pub mod table;
 pub mod unix;
@@ -91,6 +92,8 @@ pub enum ProbeError {
     NoObject,
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    #[error("the embedded eBPF object is malformed: {0}")]
+    Patch(String),
     #[error("loading the eBPF object into the kernel failed")]
     Load {
         #[source]
@@ -192,8 +195,14 @@ impl Probes {
             tracing::warn!("test setting {TEST_MAP_ENTRIES_ENV}: map {name} holds {entries}");
             loader.map_max_entries(name, *entries);
         }
+        let (object, casts) = rdonly_cast::patch(EBPF_OBJECT, kernel.rdonly_cast)
+            .map_err(|e| ProbeError::Patch(crate::error_chain(&e)))?;
+        tracing::debug!(
+            "{casts} bpf_rdonly_cast calls made {:?}",
+            kernel.rdonly_cast
+        );
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .map_err(|source| ProbeError::Load { source })?;
         let kernel_log = kernel_log::init(&mut ebpf);
 

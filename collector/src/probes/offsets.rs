@@ -6,7 +6,7 @@ use std::path::Path;
 
 use collector_common::{layout::KernelOffsets, nagle::NagleOffsets, unix::UnixOffsets};
 
-use super::ProbeError;
+use super::{ProbeError, rdonly_cast::CastCall};
 use crate::kernel::{btf_layout::Layout, kallsyms, netns_cookie, sysctl, tracefs};
 
 /// What the programs and their readers need to know about this kernel, from one
@@ -22,6 +22,45 @@ pub struct KernelInfo {
     pub function_args: std::collections::HashMap<&'static str, usize>,
     /// The connect tracepoints' record layout (all zero without tracefs).
     pub unix: UnixOffsets,
+    /// What the programs' `bpf_rdonly_cast` calls become (`rdonly_cast`).
+    pub rdonly_cast: CastCall,
+}
+
+/// Set (to anything) in the environment, the programs read kernel structs with probe
+/// reads even where the kernel has `bpf_rdonly_cast`: the way to compare the two, and
+/// a way out should a kernel's verifier refuse the typed loads.
+pub const PROBE_READS_ENV: &str = "SOCKQ_PROBE_READS";
+
+/// Where the kernel has `bpf_rdonly_cast` (Linux 6.2+), the BTF ids of the structs the
+/// programs read (`KernelOffsets::btf_*`: their reads become plain loads) and the
+/// kfunc's call; else `Identity` and the ids left 0.
+fn typed_reads(layout: &Layout, o: &mut KernelOffsets) -> CastCall {
+    if std::env::var_os(PROBE_READS_ENV).is_some() {
+        tracing::info!("{PROBE_READS_ENV} is set: kernel structs are read with probe reads");
+        return CastCall::Identity;
+    }
+    let Some(kfunc) = layout.function_id("bpf_rdonly_cast") else {
+        tracing::debug!(
+            "no bpf_rdonly_cast (Linux 6.2+): kernel structs are read with probe reads"
+        );
+        return CastCall::Identity;
+    };
+    let id = |name: &str| layout.struct_id(name).unwrap_or(0);
+    o.btf_sock = id("sock");
+    o.btf_tcp_sock = id("tcp_sock");
+    o.btf_net = id("net");
+    o.btf_file = id("file");
+    // The programs read a socket through `struct socket_alloc` at the offsets of its
+    // `struct socket`: only where that comes first, as in every kernel so far.
+    if layout
+        .offset("socket_alloc", "socket")
+        .is_ok_and(|at| at == 0)
+    {
+        o.btf_socket_alloc = id("socket_alloc");
+        o.socket_file = layout.offset("socket", "file").unwrap_or(0);
+    }
+    o.btf_sk_buff = id("sk_buff");
+    CastCall::Kfunc(kfunc)
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
@@ -29,6 +68,7 @@ pub struct KernelInfo {
 pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError> {
     let layout = Layout::from_running_kernel()?;
     let mut o = layout.kernel_offsets()?;
+    let rdonly_cast = typed_reads(&layout, &mut o);
     let mut unix = UnixOffsets::default();
     if let (Ok(prev), Ok(qlen), Ok(skb_sk)) = (
         layout.offset("sock", "sk_receive_queue.prev"),
@@ -93,5 +133,6 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         nagle,
         function_args,
         unix,
+        rdonly_cast,
     })
 }
