@@ -345,7 +345,8 @@ pub fn fd_sock<const TYPED: bool>(fd: u64, o: &KernelOffsets) -> Option<*const u
 /// `TYPED`: the task pointer of `bpf_get_current_task_btf` (Linux 5.11+) is typed, and
 /// the verifier lets a program load its fields, and those of the structs they point
 /// to, directly (task->files->fdt, the table's size and its array); the array holds
-/// untyped `struct file *`, so from there on it is probe reads either way. A kernel
+/// untyped `struct file *`, so from there on it is [`Kptr`]'s reads (plain loads only
+/// where `bpf_rdonly_cast` exists). A kernel
 /// without the helper refuses a program built with `TYPED`: the other one is attached
 /// there instead.
 #[derive(Clone, Copy)]
