@@ -110,10 +110,8 @@ pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
 /// selects, so one program serves kernels with and without it.
 #[derive(Clone, Copy)]
 pub struct Kptr {
-    /// The address, untyped.
-    raw: *const u8,
-    /// The same address as `bpf_rdonly_cast` returned it, when `typed`.
-    cast: *const u8,
+    /// The address: as `bpf_rdonly_cast` returned it when `typed`, else untyped.
+    ptr: *const u8,
     typed: bool,
 }
 
@@ -123,14 +121,12 @@ impl Kptr {
     pub fn new(raw: *const u8, btf_id: u32) -> Self {
         if btf_id == 0 {
             return Self {
-                raw,
-                cast: raw,
+                ptr: raw,
                 typed: false,
             };
         }
         Self {
-            raw,
-            cast: rdonly_cast(raw, btf_id),
+            ptr: rdonly_cast(raw, btf_id),
             typed: true,
         }
     }
@@ -143,10 +139,10 @@ impl Kptr {
             // SAFETY: a typed pointer: the verifier checks the load against BTF and the
             // JIT makes a load that faults read 0.
             return Ok(unsafe {
-                core::ptr::read_volatile(self.cast.wrapping_add(offset as usize).cast::<T>())
+                core::ptr::read_volatile(self.ptr.wrapping_add(offset as usize).cast::<T>())
             });
         }
-        read(self.raw, offset)
+        read(self.ptr, offset)
     }
 
     /// A pointer member at `offset`, null when it is null or unreadable.
@@ -378,25 +374,24 @@ impl FdTable {
     /// The sock behind descriptor `fd`, if it is an open socket's.
     #[inline(always)]
     pub fn sock(self, fd: u64, o: &KernelOffsets) -> Option<*const u8> {
-        file_sock(self.file(fd)?, o)
+        file_sock(self.file(fd, o)?, o)
     }
 
     /// The inode of the socket behind descriptor `fd` (its `struct socket`'s, one read
     /// fewer than through the sock), or 0.
     #[inline(always)]
     pub fn socket_inode(self, fd: u64, o: &KernelOffsets) -> u64 {
-        self.file(fd).map_or(0, |file| {
+        self.file(fd, o).map_or(0, |file| {
             socket_inode(Kptr::new(file, o.btf_file).ptr(o.file_private_data), o)
         })
     }
 
     #[inline(always)]
-    fn file(self, fd: u64) -> Option<*const u8> {
+    fn file(self, fd: u64, o: &KernelOffsets) -> Option<*const u8> {
         if fd >= u64::from(self.max_fds) || fd > 0x0fff_ffff {
             return None;
         }
         let slot = self.fd_array.wrapping_add((fd * 8) as usize);
-        let o = offsets();
         let file = if o.socket_file != 0 && o.btf_socket_alloc != 0 {
             // The array's slots are untyped (`struct file **`); one seen as the `file`
             // member of a `struct socket` around it loads as a typed file pointer: a

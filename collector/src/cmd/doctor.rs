@@ -230,7 +230,7 @@ fn probe_checks(checks: &mut Vec<Check>, tracefs_root: Option<&std::path::Path>)
         ..probes::LoadOptions::default()
     };
     let loaded = probes::kernel_info(tracefs_root).and_then(|k| {
-        checks.push(struct_reads_check(k.rdonly_cast));
+        checks.push(struct_reads_check(k.struct_reads));
         probes::Probes::load(&k, tracefs_root, options)
     });
     match loaded {
@@ -255,27 +255,21 @@ fn probe_checks(checks: &mut Vec<Check>, tracefs_root: Option<&std::path::Path>)
 }
 
 /// How the programs read kernel structs here.
-fn struct_reads_check(cast: probes::rdonly_cast::CastCall) -> Check {
-    let detail = match cast {
-        probes::rdonly_cast::CastCall::Kfunc(_) => {
-            "plain loads through bpf_rdonly_cast (Linux 6.2+), each a helper call cheaper \
-             than a probe read"
-                .to_owned()
-        }
-        probes::rdonly_cast::CastCall::Identity
-            if std::env::var_os(probes::offsets::PROBE_READS_ENV).is_some() =>
-        {
-            format!(
-                "bpf_probe_read_kernel, as {} asks (unset it for plain loads where the kernel \
-                 has bpf_rdonly_cast)",
-                probes::offsets::PROBE_READS_ENV
-            )
-        }
-        probes::rdonly_cast::CastCall::Identity => {
-            "bpf_probe_read_kernel: this kernel has no bpf_rdonly_cast (Linux 6.2+), so each \
-             read is a helper call (the connection hooks cost more, BENCHMARKS.md)"
-                .to_owned()
-        }
+fn struct_reads_check(reads: probes::offsets::StructReads) -> Check {
+    use probes::offsets::{PROBE_READS_ENV, StructReads};
+    let detail = match reads {
+        StructReads::Typed { .. } => "plain loads through bpf_rdonly_cast (Linux 6.2+): one \
+                                      helper call fewer per read than probe reads"
+            .to_owned(),
+        StructReads::ProbeReadsAsked => format!(
+            "bpf_probe_read_kernel, as {PROBE_READS_ENV} asks (unset it for plain loads where \
+             the kernel has bpf_rdonly_cast)"
+        ),
+        StructReads::ProbeReadsNoKfunc => "bpf_probe_read_kernel: this kernel has no \
+                                           bpf_rdonly_cast (Linux 6.2+), so each read is a \
+                                           helper call (the connection hooks cost more, \
+                                           BENCHMARKS.md)"
+            .to_owned(),
     };
     Check::new(Verdict::Ok, "kernel struct reads", detail)
 }

@@ -195,12 +195,10 @@ impl Probes {
             tracing::warn!("test setting {TEST_MAP_ENTRIES_ENV}: map {name} holds {entries}");
             loader.map_max_entries(name, *entries);
         }
-        let (object, casts) = rdonly_cast::patch(EBPF_OBJECT, kernel.rdonly_cast)
+        let cast_call = kernel.struct_reads.cast_call();
+        let (object, casts) = rdonly_cast::patch(EBPF_OBJECT, cast_call)
             .map_err(|e| ProbeError::Patch(crate::error_chain(&e)))?;
-        tracing::debug!(
-            "{casts} bpf_rdonly_cast calls made {:?}",
-            kernel.rdonly_cast
-        );
+        tracing::debug!("{casts} bpf_rdonly_cast calls made {cast_call:?}");
         let mut ebpf = loader
             .load(object.bytes())
             .map_err(|source| ProbeError::Load { source })?;

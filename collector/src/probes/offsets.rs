@@ -22,8 +22,29 @@ pub struct KernelInfo {
     pub function_args: std::collections::HashMap<&'static str, usize>,
     /// The connect tracepoints' record layout (all zero without tracefs).
     pub unix: UnixOffsets,
+    /// How the programs read kernel structs here.
+    pub struct_reads: StructReads,
+}
+
+/// How the programs read kernel structs on this kernel, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StructReads {
+    /// Plain loads through `bpf_rdonly_cast`, the kfunc of this BTF id.
+    Typed { kfunc: u32 },
+    /// Probe reads: [`PROBE_READS_ENV`] asks for them.
+    ProbeReadsAsked,
+    /// Probe reads: the kernel has no `bpf_rdonly_cast` (before 6.2).
+    ProbeReadsNoKfunc,
+}
+
+impl StructReads {
     /// What the programs' `bpf_rdonly_cast` calls become (`rdonly_cast`).
-    pub rdonly_cast: CastCall,
+    pub fn cast_call(self) -> CastCall {
+        match self {
+            Self::Typed { kfunc } => CastCall::Kfunc(kfunc),
+            Self::ProbeReadsAsked | Self::ProbeReadsNoKfunc => CastCall::Identity,
+        }
+    }
 }
 
 /// Set (to anything) in the environment, the programs read kernel structs with probe
@@ -33,17 +54,17 @@ pub const PROBE_READS_ENV: &str = "SOCKQ_PROBE_READS";
 
 /// Where the kernel has `bpf_rdonly_cast` (Linux 6.2+), the BTF ids of the structs the
 /// programs read (`KernelOffsets::btf_*`: their reads become plain loads) and the
-/// kfunc's call; else `Identity` and the ids left 0.
-fn typed_reads(layout: &Layout, o: &mut KernelOffsets) -> CastCall {
+/// kfunc; else probe reads, and the ids left 0.
+fn typed_reads(layout: &Layout, o: &mut KernelOffsets) -> StructReads {
     if std::env::var_os(PROBE_READS_ENV).is_some() {
         tracing::info!("{PROBE_READS_ENV} is set: kernel structs are read with probe reads");
-        return CastCall::Identity;
+        return StructReads::ProbeReadsAsked;
     }
     let Some(kfunc) = layout.function_id("bpf_rdonly_cast") else {
         tracing::debug!(
             "no bpf_rdonly_cast (Linux 6.2+): kernel structs are read with probe reads"
         );
-        return CastCall::Identity;
+        return StructReads::ProbeReadsNoKfunc;
     };
     let id = |name: &str| layout.struct_id(name).unwrap_or(0);
     o.btf_sock = id("sock");
@@ -60,7 +81,7 @@ fn typed_reads(layout: &Layout, o: &mut KernelOffsets) -> CastCall {
         o.socket_file = layout.offset("socket", "file").unwrap_or(0);
     }
     o.btf_sk_buff = id("sk_buff");
-    CastCall::Kfunc(kfunc)
+    StructReads::Typed { kfunc }
 }
 
 /// Resolves the offsets the programs need on this kernel: struct layout from BTF,
@@ -68,7 +89,7 @@ fn typed_reads(layout: &Layout, o: &mut KernelOffsets) -> CastCall {
 pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError> {
     let layout = Layout::from_running_kernel()?;
     let mut o = layout.kernel_offsets()?;
-    let rdonly_cast = typed_reads(&layout, &mut o);
+    let struct_reads = typed_reads(&layout, &mut o);
     let mut unix = UnixOffsets::default();
     if let (Ok(prev), Ok(qlen), Ok(skb_sk)) = (
         layout.offset("sock", "sk_receive_queue.prev"),
@@ -133,6 +154,6 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
         nagle,
         function_args,
         unix,
-        rdonly_cast,
+        struct_reads,
     })
 }
