@@ -1,13 +1,17 @@
 //! The state the poller and the HTTP handlers share: the latest snapshot, build
 //! information, the event log, and the latest snapshot's rendered bodies.
 //!
-//! A snapshot is rendered at most once per kind of body (format, gzip): by the first
-//! scrape that wants it, or, when the [`ScrapeClock`] expects a scrape before the
-//! next poll, as soon as it is published ([`SharedState::start_prerender`], on a
-//! thread of its own at a lower priority than the poller's), so that the scrape finds
-//! its body made. A scrape that comes while its kind is being rendered is served the
-//! body of the snapshot before (one poll old) rather than wait; only when there is
-//! none does it wait for the render.
+//! A snapshot is rendered once per kind of body (format, gzip) by the first scrape
+//! that wants it, or, when the [`ScrapeClock`] expects a scrape before the next
+//! poll, as soon as it is published ([`SharedState::start_prerender`], on a thread
+//! of its own at the lowest priority, so that it takes only CPU the poller does not
+//! want), so that the scrape finds its body made. A scrape that comes while its kind
+//! is being rendered is served the body of the snapshot before (one poll old) rather
+//! than wait; when there is none, it waits for another scrape's render, never for
+//! the pre-render thread's (which a busy machine may leave without CPU for long): it
+//! renders itself. Bodies are kept newest first: a render that ends after a newer
+//! snapshot's was kept is served to its scrape and dropped, so no scraper is served
+//! an older body after a newer one (counters never go back).
 
 use std::{
     net::IpAddr,
@@ -37,7 +41,7 @@ pub struct SharedState {
 pub(super) struct Inner {
     /// Swapped whole by the poller, under the lock only for the swap; readers clone
     /// the `Arc` and render without holding it.
-    pub(super) snapshot: RwLock<Arc<Snapshot>>,
+    pub(super) snapshot: RwLock<Published>,
     build: BuildInfo,
     /// The classic histogram buckets served (`--fine-buckets`).
     classic: ClassicBuckets,
@@ -56,6 +60,13 @@ pub(super) struct Inner {
     due_changed: Condvar,
 }
 
+/// A snapshot and its rank among those published (0: the empty one of the start).
+#[derive(Debug)]
+pub(super) struct Published {
+    snapshot: Arc<Snapshot>,
+    number: u64,
+}
+
 #[derive(Debug, Default)]
 struct Schedule {
     clock: ScrapeClock,
@@ -65,10 +76,11 @@ struct Schedule {
     stop: bool,
 }
 
-/// The niceness of the pre-render thread: below the poller (0), so that a render
-/// ahead of a scrape never takes the CPU a poll needs; a scrape that comes meanwhile
-/// is served the previous snapshot's body.
-const PRERENDER_NICE: libc::c_int = 10;
+/// The niceness of the pre-render thread: the lowest, far below the poller (0), so
+/// that a render ahead of a scrape takes only the CPU a poll leaves (at 19 a thread
+/// weighs 15 against a normal one's 1,024). Nothing waits for it: a scrape that
+/// comes meanwhile is served the previous snapshot's body, or renders itself.
+const PRERENDER_NICE: libc::c_int = 19;
 
 /// Stops the pre-render thread when dropped (it ends once its render is done).
 #[derive(Debug)]
@@ -90,8 +102,21 @@ struct Body {
     /// while compared). Of the current snapshot or the one before (a render that
     /// outlived two polls leaves an older one until the next poll).
     made: Option<(Weak<Snapshot>, Bytes)>,
-    /// A render of this kind is under way.
+    /// The number of the newest snapshot a body of this kind was kept of (it stays
+    /// when `made` goes): a render of an older one is not kept.
+    newest: u64,
+    /// A scrape's render of this kind is under way: scrapes with no body wait for it.
     rendering: bool,
+    /// The pre-render thread's render of this kind is under way: nothing waits for
+    /// it.
+    ahead: bool,
+}
+
+/// Who renders a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renderer {
+    Scrape,
+    Ahead,
 }
 
 impl SharedState {
@@ -104,7 +129,10 @@ impl SharedState {
     pub fn with_buckets(build: BuildInfo, classic: ClassicBuckets) -> Self {
         Self {
             inner: Arc::new(Inner {
-                snapshot: RwLock::new(Arc::new(Snapshot::default())),
+                snapshot: RwLock::new(Published {
+                    snapshot: Arc::new(Snapshot::default()),
+                    number: 0,
+                }),
                 build,
                 classic,
                 events: EventLog::default(),
@@ -121,16 +149,17 @@ impl SharedState {
     /// previous one is freed when the last request still rendering it is done.
     pub fn replace(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
-        // A writer that panicked left a whole Arc behind (assignment is not torn), so
-        // the poison flag carries no information: ignore it.
-        let previous = std::mem::replace(
-            &mut *self
+        let previous = {
+            // A writer that panicked left a whole value behind (assignments are not
+            // torn), so the poison flag carries no information: ignore it.
+            let mut published = self
                 .inner
                 .snapshot
                 .write()
-                .unwrap_or_else(PoisonError::into_inner),
-            snapshot,
-        );
+                .unwrap_or_else(PoisonError::into_inner);
+            published.number += 1;
+            std::mem::replace(&mut published.snapshot, snapshot)
+        };
         // Bodies older than the snapshot replaced go: those of the one replaced stay
         // to be served while the new one renders.
         let replaced = Arc::downgrade(&previous);
@@ -189,8 +218,8 @@ impl SharedState {
             }
             let kinds = std::mem::take(&mut schedule.due);
             drop(schedule);
-            for (format, gzip) in kinds {
-                if let Err(e) = self.render(format, gzip) {
+            for kind in kinds {
+                if let Err(e) = self.render_ahead(kind) {
                     tracing::debug!("rendering /metrics ahead of a scrape: {e}");
                 }
             }
@@ -213,13 +242,17 @@ impl SharedState {
 
     /// The current snapshot, shared: no copy of its listeners.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(
-            &self
-                .inner
-                .snapshot
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        self.published().0
+    }
+
+    /// The current snapshot and its number.
+    fn published(&self) -> (Arc<Snapshot>, u64) {
+        let published = self
+            .inner
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        (Arc::clone(&published.snapshot), published.number)
     }
 
     pub fn build(&self) -> &BuildInfo {
@@ -237,42 +270,87 @@ impl SharedState {
     pub fn render(&self, format: Format, gzip: bool) -> Result<Bytes, ExpositionError> {
         let kind = (format, gzip);
         let mut bodies = lock(&self.inner.bodies);
-        // The snapshot is taken under the bodies' lock, each time round: a render
-        // then always starts from a snapshot at least as new as the last one made of
-        // its kind (renders of a kind take turns), so no scraper is ever served an
-        // older body after a newer one (counters never go back).
-        let (snapshot, current) = loop {
-            let snapshot = self.snapshot();
+        // The snapshot is taken under the bodies' lock, each time round: a scrape that
+        // waited renders the snapshot current when it wakes.
+        let (snapshot, number) = loop {
+            let (snapshot, number) = self.published();
             let current = Arc::downgrade(&snapshot);
             let body = body_of(&mut bodies, kind);
-            match (&body.made, body.rendering) {
-                (Some((from, made)), _) if from.ptr_eq(&current) => return Ok(made.clone()),
+            match &body.made {
+                Some((from, made)) if from.ptr_eq(&current) => return Ok(made.clone()),
                 // Under way: the previous snapshot's body rather than a wait.
-                (Some((_, made)), true) => return Ok(made.clone()),
-                (None, true) => {
+                Some((_, made)) if body.rendering || body.ahead => return Ok(made.clone()),
+                None if body.rendering => {
                     bodies = self
                         .inner
                         .made
                         .wait(bodies)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                (_, false) => {
+                // Nothing under way, or only the pre-render thread: this scrape renders.
+                _ => {
                     body.rendering = true;
-                    break (snapshot, current);
+                    break (snapshot, number);
                 }
             }
         };
         drop(bodies);
         // Whatever happens to the render, the flag comes down and waiters wake.
-        let _rendering = Rendering { state: self, kind };
-        let plain =
-            prometheus::render_as(&snapshot, &self.inner.build, self.inner.classic, format)?;
+        let _rendering = Rendering {
+            state: self,
+            kind,
+            by: Renderer::Scrape,
+        };
+        self.make(kind, &snapshot, number)
+    }
+
+    /// Renders the current snapshot as `kind` ahead of a scrape, unless it is made
+    /// already or a scrape is rendering it.
+    fn render_ahead(&self, kind: Kind) -> Result<(), ExpositionError> {
+        let (snapshot, number) = {
+            let mut bodies = lock(&self.inner.bodies);
+            let (snapshot, number) = self.published();
+            let current = Arc::downgrade(&snapshot);
+            let body = body_of(&mut bodies, kind);
+            let made = body
+                .made
+                .as_ref()
+                .is_some_and(|(from, _)| from.ptr_eq(&current));
+            if made || body.rendering || body.ahead {
+                return Ok(());
+            }
+            body.ahead = true;
+            (snapshot, number)
+        };
+        let _rendering = Rendering {
+            state: self,
+            kind,
+            by: Renderer::Ahead,
+        };
+        self.make(kind, &snapshot, number).map(drop)
+    }
+
+    /// `snapshot` (number `number`) rendered as `kind`; kept to be served unless a
+    /// body of a newer snapshot was kept meanwhile.
+    fn make(
+        &self,
+        kind: Kind,
+        snapshot: &Arc<Snapshot>,
+        number: u64,
+    ) -> Result<Bytes, ExpositionError> {
+        let (format, gzip) = kind;
+        let plain = prometheus::render_as(snapshot, &self.inner.build, self.inner.classic, format)?;
         let made = Bytes::from(if gzip {
             prometheus::gzip(&plain)
         } else {
             plain
         });
-        body_of(&mut lock(&self.inner.bodies), kind).made = Some((current, made.clone()));
+        let mut bodies = lock(&self.inner.bodies);
+        let body = body_of(&mut bodies, kind);
+        if number >= body.newest {
+            body.newest = number;
+            body.made = Some((Arc::downgrade(snapshot), made.clone()));
+        }
         Ok(made)
     }
 }
@@ -281,11 +359,18 @@ impl SharedState {
 struct Rendering<'a> {
     state: &'a SharedState,
     kind: Kind,
+    by: Renderer,
 }
 
 impl Drop for Rendering<'_> {
     fn drop(&mut self) {
-        body_of(&mut lock(&self.state.inner.bodies), self.kind).rendering = false;
+        let mut bodies = lock(&self.state.inner.bodies);
+        let body = body_of(&mut bodies, self.kind);
+        match self.by {
+            Renderer::Scrape => body.rendering = false,
+            Renderer::Ahead => body.ahead = false,
+        }
+        drop(bodies);
         self.state.inner.made.notify_all();
     }
 }
@@ -298,7 +383,9 @@ fn body_of(bodies: &mut Vec<Body>, kind: Kind) -> &mut Body {
             bodies.push(Body {
                 kind,
                 made: None,
+                newest: 0,
                 rendering: false,
+                ahead: false,
             });
             bodies.len() - 1
         }
@@ -323,12 +410,33 @@ impl SharedState {
     }
 
     /// Marks `kind` as being rendered, or no longer (waking the waiters), as a
-    /// render in another thread would.
+    /// scrape's render in another thread would.
     pub(super) fn set_rendering(&self, kind: Kind, rendering: bool) {
         body_of(&mut lock(&self.inner.bodies), kind).rendering = rendering;
         if !rendering {
             self.inner.made.notify_all();
         }
+    }
+
+    /// Marks `kind` as being rendered by the pre-render thread, or no longer.
+    pub(super) fn set_rendering_ahead(&self, kind: Kind, ahead: bool) {
+        body_of(&mut lock(&self.inner.bodies), kind).ahead = ahead;
+    }
+
+    /// The current snapshot, rendered as `kind` by the pre-render thread.
+    pub(super) fn render_ahead_now(&self, kind: Kind) {
+        self.render_ahead(kind).expect("render ahead");
+    }
+
+    /// Renders `snapshot`, number `number`, as `kind`, as a render that started
+    /// before later publishes would when it ends.
+    pub(super) fn make_of(&self, kind: Kind, snapshot: &Arc<Snapshot>, number: u64) -> Bytes {
+        self.make(kind, snapshot, number).expect("render")
+    }
+
+    /// The current snapshot's number.
+    pub(super) fn number(&self) -> u64 {
+        self.published().1
     }
 
     /// Whether a body of `kind`, of any snapshot, is kept.

@@ -536,6 +536,59 @@ fn a_scrape_with_no_body_waits_then_renders_the_snapshot_current_when_it_wakes()
 }
 
 #[test]
+fn a_scrape_with_no_body_renders_itself_rather_than_wait_for_the_prerender_thread() {
+    let state = state();
+    let kind = (Format::Text, true);
+    // The pre-render thread is at it (and, on a busy machine, may get no CPU for
+    // long): the scrape does not wait for it.
+    state.set_rendering_ahead(kind, true);
+    let scrape = {
+        let state = state.clone();
+        std::thread::spawn(move || state.render(kind.0, kind.1))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !scrape.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrape waited for the pre-render thread"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let body = scrape.join().expect("scrape").expect("render");
+    assert!(gunzip(&body).contains("sockq_build_info"));
+    assert_eq!(state.rendered_kinds(), [kind], "the scrape's body is kept");
+    // The pre-render thread renders nothing already made.
+    state.set_rendering_ahead(kind, false);
+    state.render_ahead_now(kind);
+    let again = state.render(kind.0, kind.1).expect("render");
+    assert_eq!(again.as_ptr(), body.as_ptr(), "rendered again ahead");
+}
+
+#[test]
+fn a_render_that_ends_after_a_newer_one_is_served_but_not_kept() {
+    let state = state();
+    let kind = (Format::Text, false);
+    let (old, old_number) = (state.snapshot(), state.number());
+    state.replace(Snapshot::default());
+    let newer = state.render(kind.0, kind.1).expect("render");
+    // A render of the snapshot before, started before the publish, ends now.
+    let late = state.make_of(kind, &old, old_number);
+    assert!(String::from_utf8_lossy(&late).contains("127.0.0.1:9750"));
+    let served = state.render(kind.0, kind.1).expect("render");
+    assert_eq!(
+        served.as_ptr(),
+        newer.as_ptr(),
+        "an older body replaced a newer one"
+    );
+    // Nor once the newer body is gone (two polls later): nothing older comes back.
+    state.replace(Snapshot::default());
+    state.replace(Snapshot::default());
+    assert!(!state.keeps(kind));
+    let _ = state.make_of(kind, &old, old_number);
+    assert!(!state.keeps(kind), "a body older than one served was kept");
+}
+
+#[test]
 fn a_snapshot_is_rendered_once_per_kind_and_again_after_a_poll() {
     let state = state();
     let first = state.render(Format::Text, false).expect("render");
