@@ -409,11 +409,23 @@ impl FdTable {
 }
 
 /// The registers the current syscall saved at its entry, which its exit still holds
-/// (`bpf_task_pt_regs`, Linux 5.15+, on the typed task): its arguments.
+/// (`bpf_task_pt_regs`, Linux 5.15+, on the typed task): its arguments. Or those an
+/// fexit program on a syscall's own function (`__x64_sys_listen`...) is given.
 #[derive(Clone, Copy)]
 pub struct SyscallRegs(*const u8);
 
 impl SyscallRegs {
+    /// The registers at `regs`: the one argument of a syscall's function
+    /// (`const struct pt_regs *`), typed in an fexit program. `None` as
+    /// [`Self::current`], or for a null pointer.
+    #[inline(always)]
+    pub fn at(regs: *const u8, o: &KernelOffsets) -> Option<Self> {
+        if o.pt_regs_arg0 == 0 || o.pt_regs_arg1 == 0 || o.pt_regs_arg2 == 0 || regs.is_null() {
+            return None;
+        }
+        Some(Self(regs))
+    }
+
     /// `None` where this kernel's `struct pt_regs` has no fields sockq knows for the
     /// arguments (`KernelOffsets::pt_regs_arg*`).
     #[inline(always)]

@@ -1,5 +1,8 @@
-//! Hooks: `syscalls:sys_exit_listen` (5.15+) or else `syscalls:sys_enter_listen`,
-//! classic tracepoints: record the backlog the application asked for. The kernel
+//! Hooks: fexit on the syscall's own function (`__x64_sys_listen`, `__arm64_sys_listen`)
+//! where the kernel has BPF trampolines, else `syscalls:sys_exit_listen` (5.15+), else
+//! `syscalls:sys_enter_listen`, classic tracepoints: record the backlog the
+//! application asked for (`inet_listen` is given it clamped to somaxconn, so not
+//! there). The kernel
 //! keeps only min(backlog, somaxconn) as the queue limit; knowing both tells whether
 //! the application or the sysctl is the bottleneck when the queue overflows.
 //!
@@ -8,7 +11,9 @@
 //! counters `inet_sock_set_state` created for the socket when it entered LISTEN
 //! (Unix listeners have none yet: nothing). A second `listen()` changing the backlog
 //! is seen too. No entry program: a syscall entry tracepoint would slow every
-//! syscall on the host (`unix_connect.rs`).
+//! syscall on the host (`unix_connect.rs`), and so does any syscall tracepoint: the
+//! fexit program, given the registers and the return value, does the exit's work
+//! without one.
 //!
 //! Where the registers cannot be read, the entry program does it. The syscall has not
 //! been validated yet there (the fd may not be a socket, or not a TCP one, or the call
@@ -21,9 +26,13 @@
 //! backlog change without a state change) is not seen.
 
 use aya_ebpf::{
-    EbpfContext as _, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
-    programs::TracePointContext,
+    EbpfContext as _,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fexit, tracepoint},
+    programs::{FExitContext, TracePointContext},
 };
+
+use collector_common::layout::KernelOffsets;
 
 use crate::{
     kernel::{FdTable, SyscallRegs, offsets, read, record_u64},
@@ -36,18 +45,39 @@ pub fn sys_exit_listen_regs(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `long __x64_sys_listen(const struct pt_regs *regs)`: the registers, then the
+/// return value. Userspace names the function of its architecture.
+#[fexit(function = "__x64_sys_listen")]
+pub fn sys_listen_fexit(ctx: FExitContext) -> i32 {
+    let o = offsets();
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    if let Some(regs) = SyscallRegs::at(regs, o) {
+        let _ = listened(ret, regs, o);
+    }
+    0
+}
+
 #[inline(always)]
 fn on_listen_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
-    if o.queue_valid == 0 || o.tp_listen_ret == 0 {
+    if o.tp_listen_ret == 0 {
         return Ok(());
     }
-    if record_u64(ctx.as_ptr() as *const u8, o.tp_listen_ret)? != 0 {
-        return Ok(());
-    }
+    let ret = record_u64(ctx.as_ptr() as *const u8, o.tp_listen_ret)? as i64;
     let Some(regs) = SyscallRegs::current(o) else {
         return Ok(());
     };
+    listened(ret, regs, o)
+}
+
+/// A `listen()` returned `ret`, its arguments in `regs`: on success, its backlog goes
+/// into the listener's counters.
+#[inline(always)]
+fn listened(ret: i64, regs: SyscallRegs, o: &KernelOffsets) -> Result<(), i64> {
+    if o.queue_valid == 0 || ret != 0 {
+        return Ok(());
+    }
     let (fd, backlog) = (regs.arg(o.pt_regs_arg0), regs.arg(o.pt_regs_arg1));
     let Some(files) = FdTable::current::<true>(o) else {
         return Ok(());

@@ -1,9 +1,13 @@
-//! Hooks: `syscalls:sys_exit_connect` and, where the waits of blocking clients are
+//! Hooks: the exit of `connect()`, by fexit on the syscall's own function
+//! (`__x64_sys_connect`, `__arm64_sys_connect`) where the kernel has BPF trampolines,
+//! else `syscalls:sys_exit_connect`; and, where the waits of blocking clients are
 //! asked for (`sockq run --unix-connect-waits`) or the exit cannot read the syscall's
-//! registers (before 5.15), `syscalls:sys_enter_connect`: classic tracepoints (need
-//! tracefs and `CONFIG_FTRACE_SYSCALLS`); they fire in the connecting thread. No
-//! kprobe or fentry: `unix_stream_connect` has no tracepoint, and these work
-//! everywhere syscall tracepoints do.
+//! registers (before 5.15), `syscalls:sys_enter_connect`. The classic tracepoints
+//! need tracefs and `CONFIG_FTRACE_SYSCALLS`; all fire in the connecting thread.
+//! `unix_stream_connect` has no tracepoint; the syscall's exit is where a refusal
+//! and the caller's arguments meet. The fexit program, given the registers and the
+//! return value, does what the tracepoint exit does without a syscall tracepoint:
+//! any one of those sends every syscall on the host through the kernel's slow path.
 //!
 //! By default only the exit runs (`sys_exit_connect_regs`): a connect that returns
 //! anything but `-EAGAIN` leaves at once; a refused one has its arguments read from
@@ -31,9 +35,9 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    macros::{fexit, map, tracepoint},
     maps::{Array, HashMap},
-    programs::TracePointContext,
+    programs::{FExitContext, TracePointContext},
 };
 use collector_common::{
     layout::KernelOffsets,
@@ -105,10 +109,42 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 /// attached (`CONNECT_ENTRY_ON`), it does what [`sys_exit_connect`] does.
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect_regs(ctx: TracePointContext) -> u32 {
+    let u = unix_offsets();
+    if u.valid == 0 {
+        return 0;
+    }
+    let Ok(ret) = record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret) else {
+        return 0;
+    };
+    let ret = ret as i64;
     let _ = if CONNECT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
-        on_connect_exit(&ctx)
+        connect_returned(ret)
     } else {
-        on_refused_exit(&ctx)
+        match SyscallRegs::current(offsets()) {
+            Some(regs) => refused(ret, regs),
+            None => Ok(()),
+        }
+    };
+    0
+}
+
+/// `long __x64_sys_connect(const struct pt_regs *regs)`: the registers, then the
+/// return value; what [`sys_exit_connect_regs`] does. Userspace names the function
+/// of its architecture.
+#[fexit(function = "__x64_sys_connect")]
+pub fn sys_connect_fexit(ctx: FExitContext) -> i32 {
+    if unix_offsets().valid == 0 {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let _ = if CONNECT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
+        connect_returned(ret)
+    } else {
+        match SyscallRegs::at(regs, offsets()) {
+            Some(regs) => refused(ret, regs),
+            None => Ok(()),
+        }
     };
     0
 }
@@ -117,20 +153,14 @@ pub fn sys_exit_connect_regs(ctx: TracePointContext) -> u32 {
 #[map]
 pub static CONNECT_ENTRY_ON: Array<u32> = Array::with_max_entries(1, 0);
 
+/// A connect returned `ret`, its arguments in `regs`: counted if it was refused
+/// (`-EAGAIN`) and aimed at a Unix address.
 #[inline(always)]
-fn on_refused_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let u = unix_offsets();
-    if u.valid == 0 {
-        return Ok(());
-    }
-    let ret = record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret)? as i64;
+fn refused(ret: i64, regs: SyscallRegs) -> Result<(), i64> {
     if ret != EAGAIN_RET {
         return Ok(());
     }
     let o = offsets();
-    let Some(regs) = SyscallRegs::current(o) else {
-        return Ok(());
-    };
     let (fd, addr, addrlen) = (
         regs.arg(o.pt_regs_arg0),
         regs.arg(o.pt_regs_arg1),
@@ -217,6 +247,13 @@ fn on_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if u.valid == 0 {
         return Ok(());
     }
+    connect_returned(record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret)? as i64)
+}
+
+/// A connect that `sys_enter_connect` noted returned `ret`: a refusal, or a wait if
+/// it took long.
+#[inline(always)]
+fn connect_returned(ret: i64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: the map value is copied out at once.
@@ -224,7 +261,6 @@ fn on_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = UNIX_CONNECTING.remove(&tid);
-    let ret = record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret)? as i64;
     // SAFETY: a helper without preconditions.
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.started_ns);
     let refused = ret == EAGAIN_RET;

@@ -18,11 +18,15 @@
 //! - `sys_exit_accept4`, `sys_exit_accept`, `sys_exit_listen`: classic syscall
 //!   tracepoints (need tracefs and `CONFIG_FTRACE_SYSCALLS`), reading the syscall's
 //!   arguments from its saved registers (5.15+); the entries (`sys_enter_accept4`,
-//!   `sys_enter_accept`, `sys_enter_listen`) only where they cannot: any syscall entry
-//!   tracepoint slows every syscall on the host;
+//!   `sys_enter_accept`, `sys_enter_listen`) only where they cannot: any syscall
+//!   tracepoint sends every syscall on the host through the kernel's slow path. Where
+//!   the kernel has BPF trampolines, `sys_exit_listen` is an fexit program on the
+//!   syscall's own function (`__x64_sys_listen`), given the registers;
 //! - `sys_exit_connect` (and `sys_enter_connect` with `--unix-connect-waits`, or
-//!   before 5.15): classic syscall tracepoints, connects to Unix listeners refused
-//!   with `EAGAIN` (queue full) or that waited for room;
+//!   before 5.15): fexit on `__x64_sys_connect` where the kernel has trampolines, else
+//!   classic syscall tracepoints: connects to Unix listeners refused with `EAGAIN`
+//!   (queue full) or that waited for room. With trampolines, the default set then has
+//!   no syscall tracepoint at all;
 //! - `io_uring_complete`, `io_uring_submit_req` (`io_uring_submit_sqe` up to 6.1),
 //!   `io_uring_task_add` (`Family::IoUring`): raw tracepoints, accepts made through
 //!   io_uring (both `io_uring_complete` prototypes, before and since 6.13, chosen

@@ -83,12 +83,24 @@ const BY_CONNECT_REGS: Replacement = Replacement {
     wanted_anyway: |options| options.unix_connect_waits,
 };
 
+/// ... or an fexit exit, given the registers.
+const BY_CONNECT_FEXIT: Replacement = Replacement {
+    programs: &["sys_connect_fexit"],
+    ..BY_CONNECT_REGS
+};
+
 /// The listen entry keeps the backlog only for an exit that cannot read it.
 const BY_LISTEN_REGS: Replacement = Replacement {
     probes: &["sys_exit_listen"],
     programs: &["sys_exit_listen_regs"],
     because: "the listen exit reads the backlog from the syscall's registers",
     wanted_anyway: never,
+};
+
+/// ... nor where the exit is an fexit program, given the registers.
+const BY_LISTEN_FEXIT: Replacement = Replacement {
+    programs: &["sys_listen_fexit"],
+    ..BY_LISTEN_REGS
 };
 
 /// fexit on `inet_csk_accept` and `unix_accept` sees every accept, TCP and Unix,
@@ -296,11 +308,25 @@ pub const PROBES: [ProbeSpec; 22] = [
     },
     ProbeSpec {
         name: "sys_exit_listen",
-        hooks: &[Hook::Classic {
-            program: "sys_exit_listen_regs",
-            category: "syscalls",
-            name: "sys_exit_listen",
-        }],
+        // fexit on the syscall's function where the kernel has trampolines (no
+        // syscall tracepoint: see `sys_exit_connect`), else the tracepoint.
+        hooks: &[
+            Hook::FExit {
+                program: "sys_listen_fexit",
+                function: "__x64_sys_listen",
+                args: 1,
+            },
+            Hook::FExit {
+                program: "sys_listen_fexit",
+                function: "__arm64_sys_listen",
+                args: 1,
+            },
+            Hook::Classic {
+                program: "sys_exit_listen_regs",
+                category: "syscalls",
+                name: "sys_exit_listen",
+            },
+        ],
         needs_queue_offsets: true,
         replaced_by: &[],
         family: Family::Core,
@@ -314,15 +340,29 @@ pub const PROBES: [ProbeSpec; 22] = [
             name: "sys_enter_listen",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[BY_LISTEN_REGS],
+        replaced_by: &[BY_LISTEN_REGS, BY_LISTEN_FEXIT],
         family: Family::Core,
     },
     // Unix-domain connects refused by a full listener queue (or that waited for
     // room): the tracepoint records' layout comes from tracefs (`UnixOffsets`).
     ProbeSpec {
         name: "sys_exit_connect",
-        // Refusals from the registers alone (5.15+), else with the entry's help.
+        // fexit on the syscall's function where the kernel has trampolines: any
+        // syscall tracepoint sends every syscall on the host through the kernel's
+        // slow path (about 64 ns each, BENCHMARKS.md), and with fexit on the accept
+        // functions and on listen, this one was the last. Else refusals from the
+        // registers alone (5.15+), else with the entry's help.
         hooks: &[
+            Hook::FExit {
+                program: "sys_connect_fexit",
+                function: "__x64_sys_connect",
+                args: 1,
+            },
+            Hook::FExit {
+                program: "sys_connect_fexit",
+                function: "__arm64_sys_connect",
+                args: 1,
+            },
             Hook::Classic {
                 program: "sys_exit_connect_regs",
                 category: "syscalls",
@@ -348,7 +388,7 @@ pub const PROBES: [ProbeSpec; 22] = [
             name: "sys_enter_connect",
         }],
         needs_queue_offsets: true,
-        replaced_by: &[BY_CONNECT_REGS],
+        replaced_by: &[BY_CONNECT_REGS, BY_CONNECT_FEXIT],
         family: Family::UnixConnect,
     },
     // io_uring accepts. The pre-6.13 prototype of io_uring_complete first: its

@@ -344,6 +344,24 @@ fn overflow(ctx: &Ctx) -> Result<String, String> {
     {
         return Err("drop reasons exported although kfree_skb did not attach".into());
     }
+    // The backlog listen() asked for, from the listen exit (fexit or tracepoint) or
+    // entry: 2.
+    let listened = ctx.has_any(&["sys_exit_listen", "sys_enter_listen"]);
+    let backlog = match measured(ctx, listened, &m, "sockq_listen_backlog", &listener)? {
+        Some(b) if b != 2.0 => return Err(format!("sockq_listen_backlog {b}, listen() said 2")),
+        Some(b) => {
+            let how = ctx
+                .doctor
+                .as_ref()
+                .and_then(|d| {
+                    d.get("sys_exit_listen")
+                        .or_else(|| d.get("sys_enter_listen"))
+                })
+                .map_or(String::new(), |(_, detail)| format!(" ({detail})"));
+            format!("; backlog {b} = listen()'s{how}")
+        }
+        None => "; no backlog series (listen probes absent)".to_owned(),
+    };
     let seen = match (enqueues, deepest) {
         (Some(n), Some(d)) if n < f64::from(len) || d != f64::from(len) => {
             return Err(format!(
@@ -354,7 +372,7 @@ fn overflow(ctx: &Ctx) -> Result<String, String> {
         _ => "no enqueue series (sk_data_ready absent)".to_owned(),
     };
     Ok(format!(
-        "{drops} drops = ListenDrops; queue {len} = /proc/net/tcp, limit {limit}; {seen}"
+        "{drops} drops = ListenDrops; queue {len} = /proc/net/tcp, limit {limit}; {seen}{backlog}"
     ))
 }
 
