@@ -167,10 +167,18 @@ fn full_queue_matches_ss_and_refused_connects_match_the_clients() {
         Some(u64::from(server.pid())),
         "{episode}"
     );
+    // A poll reads the kernel's counts before it lists the sockets, so the depth an
+    // episode starts with is never older than its refusals: it is the full queue.
     assert_eq!(episode["depth"], u64::from(ss_len), "{episode}");
     assert_eq!(episode["limit"], u64::from(ss_limit), "{episode}");
-    // The 12 connects take well under a millisecond: one poll sees all refusals.
-    assert_eq!(episode["drops_since_start"], refused, "{episode}");
+    // The 12 connects take well under a millisecond: the poll that starts the episode
+    // counted all of the refusals, or none of them when they came between its read
+    // of the counts and its listing (the full queue revealed the episode).
+    let at_start = episode["drops_since_start"].as_u64();
+    assert!(
+        at_start == Some(refused) || at_start == Some(0),
+        "{refused} refused, {episode}"
+    );
     let fix = episode["fix"].as_str().expect("fix");
     for setting in [
         "listen.backlog",

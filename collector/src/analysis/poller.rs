@@ -1,5 +1,5 @@
-//! The poller: builds each [`Snapshot`] from one inventory (every namespace visited
-//! once) and one read of the probes' maps, then runs the analyses over it (queue
+//! The poller: builds each [`Snapshot`] from one read of the probes' maps and one
+//! inventory after it (every namespace visited once), then runs the analyses over it (queue
 //! statistics, episodes, patterns, Nagle series). It owns the state that lives across
 //! polls: the episode tracker, the Nagle accumulator, the last inventory.
 
@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use collector_common::{nagle::StallEvent, queue::AcceptorKey};
+use collector_common::{
+    nagle::StallEvent,
+    queue::AcceptorKey,
+    unix::{UnixConnectKey, UnixConnectStats},
+};
 
 use super::{
     episodes::{EpisodeEvent, EpisodeTracker, Limits},
@@ -26,7 +30,7 @@ use crate::{
         Acceptor, Health, Histogram, Listener, MapOccupancy, NetnsStats, ProbeStatus, Snapshot,
         unix::{UnixListener, UnixQueueStats},
     },
-    probes::{KernelView, Probes, prune::Live, ring::RingCounters},
+    probes::{KernelView, ProbeError, Probes, prune::Live, ring::RingCounters},
     text,
 };
 
@@ -123,6 +127,10 @@ impl Poller {
 
     pub async fn poll(&mut self) -> Poll {
         let started = Instant::now();
+        // The kernel's counts are read before the sockets are listed, so each depth a
+        // poll reports is at least as new as the counts beside it: an episode that
+        // refusals or full enqueues reveal never shows the queue from before them.
+        let counted = self.probes.as_ref().map(KernelRead::of);
         let inventory_started_ns = monotonic_ns();
         let (listeners, unix_listeners, netns) = self.inventory().await;
         self.log_changes(&listeners);
@@ -133,7 +141,7 @@ impl Poller {
             polling: self.polling.clone(),
             ..Snapshot::default()
         };
-        self.add_kernel_view(&mut snapshot, inventory_started_ns);
+        self.add_kernel_view(&mut snapshot, counted, inventory_started_ns);
         // The whole inventory, before filtering: what the next poll carries over or
         // falls back to, so the kernel's counts of excluded listeners are not pruned.
         self.last_listeners.clone_from(&snapshot.listeners);
@@ -285,7 +293,12 @@ impl Poller {
     }
 
     /// What the probes measured, attached to the inventory's listeners.
-    fn add_kernel_view(&mut self, snapshot: &mut Snapshot, inventory_started_ns: u64) {
+    fn add_kernel_view(
+        &mut self,
+        snapshot: &mut Snapshot,
+        counted: Option<Result<KernelRead, ProbeError>>,
+        inventory_started_ns: u64,
+    ) {
         let Some(p) = &mut self.probes else {
             return;
         };
@@ -309,12 +322,16 @@ impl Poller {
             },
             threads::exists,
         );
-        let view = match p.read() {
-            Ok(view) => view,
-            Err(e) => {
+        let KernelRead {
+            view,
+            unix_connects,
+        } = match counted {
+            Some(Ok(read)) => read,
+            Some(Err(e)) => {
                 tracing::warn!("reading the probes' maps: {}", crate::error_chain(&e));
                 return;
             }
+            None => return,
         };
         // One program run per listener with connections waiting (a syscall each).
         let oldest = p.oldest_waits(
@@ -334,7 +351,13 @@ impl Poller {
                 reason_names: p.drop_reason_names(),
             },
         );
-        let unix = unix_view(p, &mut snapshot.unix_listeners, &self.visited, &view);
+        let unix = unix_view(
+            p,
+            &mut snapshot.unix_listeners,
+            &self.visited,
+            &view,
+            &unix_connects,
+        );
         snapshot.maps.push(unix);
         snapshot.lost_by_cause = events_lost(&view, &self.ring);
         snapshot.events_lost = snapshot
@@ -467,11 +490,27 @@ fn carry_over_unix(last: &[UnixListener], report: &mut ScanReport) {
 
 /// The Unix listeners' enqueues and accepts, their refused and waiting connects,
 /// and the pruning of the refusals' map; returns its occupancy.
+/// What the probes' maps held at the start of a poll, before its inventory.
+struct KernelRead {
+    view: KernelView,
+    unix_connects: Vec<(UnixConnectKey, UnixConnectStats)>,
+}
+
+impl KernelRead {
+    fn of(p: &Probes) -> Result<Self, ProbeError> {
+        Ok(Self {
+            view: p.read()?,
+            unix_connects: p.unix_connects(),
+        })
+    }
+}
+
 fn unix_view(
     p: &mut Probes,
     listeners: &mut [UnixListener],
     visited: &[VisitedNetns],
     view: &KernelView,
+    entries: &[(UnixConnectKey, UnixConnectStats)],
 ) -> MapOccupancy {
     for l in listeners.iter_mut() {
         l.queue = view.queues.get(&l.inode).map(|q| UnixQueueStats {
@@ -495,7 +534,6 @@ fn unix_view(
             Some(key)
         }
     };
-    let entries = p.unix_connects();
     // Without the connect probes, no listener gets counts: zeros would claim that
     // nothing was refused.
     if !p
@@ -505,7 +543,7 @@ fn unix_view(
     {
         return p.prune_unix(std::collections::HashSet::new(), |_| true);
     }
-    let unmatched = unix_refusals::attach(listeners, &entries, netns_of, threads::cwd);
+    let unmatched = unix_refusals::attach(listeners, entries, netns_of, threads::cwd);
     p.prune_unix(unmatched, |tgid| threads::exists(tgid, tgid))
 }
 
