@@ -1,7 +1,8 @@
 //! The poller: builds each [`Snapshot`] from one read of the probes' maps and one
-//! inventory after it (every namespace visited once), then runs the analyses over it (queue
-//! statistics, episodes, patterns, Nagle series). It owns the state that lives across
-//! polls: the episode tracker, the Nagle accumulator, the last inventory.
+//! inventory after it (every namespace visited once), then runs the analyses over
+//! it (queue statistics, episodes, patterns, Nagle series). It owns the state that
+//! lives across polls: the episode tracker, the Nagle accumulator, the last
+//! inventory.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -488,8 +489,6 @@ fn carry_over_unix(last: &[UnixListener], report: &mut ScanReport) {
     }
 }
 
-/// The Unix listeners' enqueues and accepts, their refused and waiting connects,
-/// and the pruning of the refusals' map; returns its occupancy.
 /// What the probes' maps held at the start of a poll, before its inventory.
 struct KernelRead {
     view: KernelView,
@@ -505,6 +504,8 @@ impl KernelRead {
     }
 }
 
+/// The Unix listeners' enqueues and accepts, their refused and waiting connects,
+/// and the pruning of the refusals' map; returns its occupancy.
 fn unix_view(
     p: &mut Probes,
     listeners: &mut [UnixListener],
