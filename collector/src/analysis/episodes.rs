@@ -58,7 +58,8 @@ pub struct EpisodeEvent {
     /// Socket inode.
     pub socket: u64,
     pub owners: Vec<Owner>,
-    /// Accept queue length at this poll.
+    /// Accept queue length at this poll, listed after the poll read the kernel's
+    /// counts: never older than `drops_since_start`.
     pub depth: u32,
     pub limit: u32,
     /// Drops counted since the episode began (at the start: those that revealed it).
