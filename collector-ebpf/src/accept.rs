@@ -15,8 +15,9 @@
 //! before it is queued), and nothing changes it before the application reads from the
 //! accepted socket. So no stamp is kept per connection in a map, connections queued
 //! before sockq started are timed too, and so are children reset while queued. A Unix
-//! connection has no such time: `sk_data_ready` stamps it in `QUEUED` with its
-//! listener (`unix_connect::on_unix_enqueue`), and the accept takes the stamp.
+//! connection has no such time: `sk_data_ready` stamps it with its listener
+//! (`unix_connect::on_unix_enqueue`: in `UNIX_STAMPS`, else `QUEUED`), and the accept
+//! takes the stamp.
 //!
 //! Where the registers cannot be read (before 5.15), the entry programs keep the
 //! listener fd per thread (`ACCEPTING`); `ACCEPT_ENTRY_ON` says they run (userspace
@@ -41,8 +42,8 @@ use crate::{
         tcp_established_ns,
     },
     maps::{
-        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, QUEUED, READERS, atomic_add, count_acceptor,
-        insert_or_count,
+        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, READERS, atomic_add, count_acceptor,
+        insert_or_count, take_unix_stamp,
     },
     stats::count_failure,
 };
@@ -168,7 +169,7 @@ fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) ->
 
 /// Counts the accept of `child` by thread `pid_tgid`, with its wait: an `inet`
 /// (TCP) child's from the kernel's own note of its handshake's completion, for
-/// `listener` (its inode, 0: unknown); a Unix child's from its `QUEUED` stamp, which
+/// `listener` (its inode, 0: unknown); a Unix child's from its stamp, which
 /// names its listener (`listener` is not read).
 #[inline(always)]
 pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64) {
@@ -180,12 +181,7 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64
             tcp_established_ns(child, o),
         )
     } else {
-        let key = child as u64;
-        // SAFETY: the value is copied out at once.
-        let stamp = (unsafe { QUEUED.get(&key) }).copied();
-        if stamp.is_some() {
-            let _ = QUEUED.remove(&key);
-        }
+        let stamp = take_unix_stamp(child);
         (
             stamp.map(|s| s.listener).filter(|&l| l != 0),
             stamp.map_or(0, |s| s.enqueued_ns),

@@ -177,6 +177,26 @@ fn rdonly_cast(ptr: *const u8, btf_id: u32) -> *const u8 {
     cast
 }
 
+/// The low 32 bits of kernel pointer `p` as a number, to compute with: the verifier
+/// refuses arithmetic on a pointer (a typed one is no number to it), but turns a
+/// 32-bit copy of one into an unknown scalar for a program allowed to see kernel
+/// addresses (`CAP_PERFMON`, which every tracing program needs). A 32-bit move in
+/// assembly, so that LLVM emits no mask (an AND on a pointer is refused too).
+#[inline(always)]
+pub fn pointer_low_bits(p: *const u8) -> u32 {
+    let low: u64;
+    // SAFETY: a register move; reads and writes no memory.
+    unsafe {
+        core::arch::asm!(
+            "w0 = w1",
+            in("r1") p,
+            lateout("r0") low,
+            options(pure, nomem, nostack),
+        );
+    }
+    low as u32
+}
+
 /// The 8-byte field at `offset` of a tracepoint program's record (`ctx`): a plain load
 /// at the offsets syscall records put their arguments and return value at (16, 24,
 /// 32: after the 8-byte common header and the syscall number), else a probe read.

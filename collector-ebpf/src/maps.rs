@@ -18,14 +18,15 @@ use collector_common::{
     queue::{
         ACCEPTING_MAX_ENTRIES, ACCEPTORS_MAX_ENTRIES, AcceptorKey, DROP_REASONS_MAX_ENTRIES,
         DropKey, LISTEN_BACKLOG_MAX_ENTRIES, LISTENERS_MAX_ENTRIES, ListenerQueue,
-        QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES, ReaderTrack, depth_bucket,
+        QUEUED_MAX_ENTRIES, QueuedChild, READERS_MAX_ENTRIES, ReaderTrack, UNIX_STAMP_SLOTS,
+        UnixStamp, depth_bucket,
     },
-    stats::{STAT_ACCEPTORS_FULL, STAT_LISTENERS_FULL},
+    stats::{STAT_ACCEPTORS_FULL, STAT_LISTENERS_FULL, STAT_QUEUED_FULL},
     tcp_state::{NETNS_SLOTS, SlotCounts, SlotKeys, TRANSITIONS_MAX_ENTRIES, TransitionKey},
 };
 
 use crate::{
-    kernel::{offsets, sock_netns},
+    kernel::{offsets, pointer_low_bits, sock_netns},
     stats::count_failure,
 };
 
@@ -63,10 +64,78 @@ pub static LISTENER_QUEUES: HashMap<u64, ListenerQueue> =
 static ZERO_QUEUE: Array<ListenerQueue> = Array::with_max_entries(1, 0);
 
 /// Unix connections queued for accept() and not yet accepted, by child socket
-/// address, with their listener (TCP children need no stamp: `accept.rs`). Removed at
-/// accept(); a full map is counted (`STAT_QUEUED_FULL`).
+/// address, with their listener, whose `UNIX_STAMPS` slot another child held (TCP
+/// children need no stamp: `accept.rs`). Removed at accept(); a full map is counted
+/// (`STAT_QUEUED_FULL`).
 #[map]
 pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_MAX_ENTRIES, 0);
+
+/// Unix connections queued for accept(), in the slot their child address chooses
+/// (`UnixStamp::slot`): most stamps live here, written and taken with plain stores
+/// and loads (an array lookup is inlined), and only those whose slot another child
+/// holds go to `QUEUED`. Slots of children never accepted (their listener closed
+/// with them queued) are freed by userspace, with the `QUEUED` rules.
+#[map]
+pub static UNIX_STAMPS: Array<UnixStamp> = Array::with_max_entries(UNIX_STAMP_SLOTS, 0);
+
+/// Stamps the Unix `child` queued on listener `listener` at `now`: in its
+/// `UNIX_STAMPS` slot if free (or already its own: a child stamped twice, or one whose
+/// address an unaccepted child had), else in `QUEUED`.
+#[inline(always)]
+pub fn stamp_unix_child(child: *const u8, listener: u64, now: u64) {
+    let low = pointer_low_bits(child);
+    let child = child as u64;
+    if let Some(slot) = UNIX_STAMPS.get_ptr_mut(UnixStamp::slot(low)) {
+        // SAFETY: a valid map value pointer; volatile so the stores stay in this
+        // order (the child last: a reader matching it finds the rest written).
+        unsafe {
+            let held = core::ptr::read_volatile(&raw const (*slot).child);
+            if held == 0 || held == child {
+                core::ptr::write_volatile(&raw mut (*slot).enqueued_ns, now);
+                core::ptr::write_volatile(&raw mut (*slot).listener, listener);
+                core::ptr::write_volatile(
+                    &raw mut (*slot).check,
+                    UnixStamp::check_of(low, now, listener),
+                );
+                core::ptr::write_volatile(&raw mut (*slot).child, child);
+                return;
+            }
+        }
+    }
+    let stamp = QueuedChild {
+        enqueued_ns: now,
+        listener,
+    };
+    insert_or_count(&QUEUED, &child, &stamp, 0, STAT_QUEUED_FULL);
+}
+
+/// Takes the stamp of Unix `child` (its listener and when it was queued), from its
+/// `UNIX_STAMPS` slot or else `QUEUED`; `None` for a child nobody stamped.
+#[inline(always)]
+pub fn take_unix_stamp(child: *const u8) -> Option<QueuedChild> {
+    let low = pointer_low_bits(child);
+    let child = child as u64;
+    if let Some(slot) = UNIX_STAMPS.get_ptr_mut(UnixStamp::slot(low)) {
+        // SAFETY: a valid map value pointer; the copy is checked whole (`holds`)
+        // before use, and the slot freed only if it still names this child.
+        unsafe {
+            let stamp = core::ptr::read_volatile(slot);
+            if stamp.holds(child) {
+                core::ptr::write_volatile(&raw mut (*slot).child, 0);
+                return Some(QueuedChild {
+                    enqueued_ns: stamp.enqueued_ns,
+                    listener: stamp.listener,
+                });
+            }
+        }
+    }
+    // SAFETY: the value is copied out at once.
+    let stamp = (unsafe { QUEUED.get(&child) }).copied();
+    if stamp.is_some() {
+        let _ = QUEUED.remove(&child);
+    }
+    stamp
+}
 
 /// The listener fd of each thread inside accept()/accept4(), by tid.
 #[map]

@@ -41,8 +41,7 @@ use aya_ebpf::{
 };
 use collector_common::{
     layout::KernelOffsets,
-    queue::QueuedChild,
-    stats::{STAT_QUEUED_FULL, STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL},
+    stats::{STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL},
     unix::{
         AF_UNIX, BLOCKED_CONNECT_NS, EAGAIN_RET, SUN_PATH_LEN, UNIX_CONNECTING_MAX_ENTRIES,
         UNIX_REFUSED_MAX_ENTRIES, UnixConnectKey, UnixConnectStats, UnixConnecting, UnixOffsets,
@@ -51,7 +50,7 @@ use collector_common::{
 
 use crate::{
     kernel::{Kptr, SyscallRegs, backlog_and_inode, fd_sock, offsets, record_u64, sock_net_key},
-    maps::{QUEUED, atomic_add, count_enqueue, get_or_insert, insert_or_count},
+    maps::{atomic_add, count_enqueue, get_or_insert, insert_or_count, stamp_unix_child},
 };
 
 /// Filled by userspace before loading (read-only); all zero: the programs do nothing.
@@ -302,8 +301,8 @@ fn count(key: &UnixConnectKey, refused: bool, took: u64) {
 /// A connect queued on Unix listener `sk` (`sock:sk_data_ready` in
 /// `unix_stream_connect`, after the skb carrying the new socket was queued): counts
 /// the enqueue and its depth in `LISTENER_QUEUES`, as for TCP, and stamps the new
-/// socket in `QUEUED` with its listener, so the accept programs count its accept,
-/// its wait and its thread. The queue's tail is the connection just queued unless
+/// socket with its listener (`maps::stamp_unix_child`), so the accept programs count
+/// its accept, its wait and its thread. The queue's tail is the connection just queued unless
 /// another connect queued in between (then that one is stamped, and this one's
 /// accept is not timed).
 #[inline(always)]
@@ -335,11 +334,7 @@ pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
     if child.is_null() {
         return Ok(());
     }
-    let stamp = QueuedChild {
-        // SAFETY: a helper without preconditions.
-        enqueued_ns: unsafe { bpf_ktime_get_ns() },
-        listener: inode,
-    };
-    insert_or_count(&QUEUED, &(child as u64), &stamp, 0, STAT_QUEUED_FULL);
+    // SAFETY: a helper without preconditions.
+    stamp_unix_child(child, inode, unsafe { bpf_ktime_get_ns() });
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sockq_tests::{Daemon, Metrics, Netns};
+use sockq_tests::{Daemon, Metrics, Netns, test_bin};
 
 fn entries(m: &Metrics, map: &str) -> f64 {
     m.one("sockq_map_entries", &[("map", map)])
@@ -37,6 +37,7 @@ fn maps_return_to_baseline_and_a_fresh_namespace_is_exact() {
 
     namespace_churn();
     let dir = tempdir();
+    unix_listener_closed_with_queued_children(&daemon, &base, &dir);
     let bad = Netns::new("chbad");
     bad.scenario(&["bad-listen", &dir, "300"]);
     // Thousands of listeners opened and closed, in bursts the ring buffer holds
@@ -132,13 +133,61 @@ fn maps_return_to_baseline_and_a_fresh_namespace_is_exact() {
     );
     eprintln!(
         "map entries before/after: {:?}",
-        ["TRANSITIONS", "LISTENER_QUEUES", "ACCEPTORS", "QUEUED"].map(|m| (
-            m,
-            entries(&base, m),
-            entries(&after, m)
-        ))
+        [
+            "TRANSITIONS",
+            "LISTENER_QUEUES",
+            "ACCEPTORS",
+            "QUEUED",
+            "UNIX_STAMPS"
+        ]
+        .map(|m| (m, entries(&base, m), entries(&after, m)))
     );
     drop(dir_guard(dir));
+}
+
+/// A Unix listener (backlog 4) that never accepts, 12 clients: the connections it
+/// queued (as many as `ss -xl` shows) are stamped, and once it closes with them
+/// queued their stamps are freed: `UNIX_STAMPS` and `QUEUED` back to their baseline.
+fn unix_listener_closed_with_queued_children(daemon: &Daemon, base: &Metrics, dir: &str) {
+    let stamps = |m: &Metrics| entries(m, "UNIX_STAMPS") + entries(m, "QUEUED");
+    let ns = Netns::new("chunix");
+    let bin = test_bin("sockq-unixsrv");
+    let path = format!("{dir}/never-accepts.sock");
+    let server = ns.program(&bin, &["listen", &path, "4", "stream"]);
+    let clients = ns.program(&bin, &["connect", &path, "12", "stream"]);
+    let queued: f64 = clients
+        .first_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("connected=")?.parse().ok())
+        .unwrap_or_else(|| panic!("clients said {:?}", clients.first_line));
+    // Netid State Recv-Q Send-Q Local ...: Recv-Q is the queue.
+    let out = ns.output("ss", &["-xlnH"]);
+    let ss_queued: f64 = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&path.as_str()))
+        .and_then(|f| f[2].parse().ok())
+        .unwrap_or_else(|| panic!("{path} not in ss -xlnH: {out:?}"));
+    assert_eq!(ss_queued, queued, "ss counts the queued clients");
+    // Stamped, seen by a scan (every tenth poll: 5 s here).
+    daemon.wait_for(Duration::from_secs(15), |m| {
+        let (b, a) = (stamps(base), stamps(m));
+        if a >= b + queued {
+            Ok(())
+        } else {
+            Err(format!("stamps {b} -> {a}, {queued} connections queued"))
+        }
+    });
+    drop(clients);
+    server.finish();
+    daemon.wait_for(Duration::from_secs(30), |m| {
+        let (b, a) = (stamps(base), stamps(m));
+        if a <= b {
+            Ok(())
+        } else {
+            Err(format!("stamps {b} -> {a} after the listener closed"))
+        }
+    });
 }
 
 /// A fresh directory for Unix socket paths.

@@ -64,7 +64,7 @@ use aya::{
 use collector_common::{
     layout::KERNEL_OFFSETS_SYMBOL,
     nagle::{ConnKey, ConnStats, NAGLE_OFFSETS_SYMBOL, NagleOffsets},
-    queue::{AcceptorKey, DropKey, ListenerQueue, QueuedChild},
+    queue::{AcceptorKey, DropKey, ListenerQueue, QueuedChild, UnixStamp},
     tcp_state::{SlotCounts, SlotKeys, TransitionKey as RawTransitionKey},
     unix::{UNIX_OFFSETS_SYMBOL, UnixConnectKey, UnixConnectStats},
 };
@@ -149,6 +149,14 @@ pub struct Probes {
     stats: PerCpuArray<MapData, u64>,
     queues: HashMap<MapData, u64, ListenerQueue>,
     queued: HashMap<MapData, u64, QueuedChild>,
+    unix_stamps: Array<MapData, UnixStamp>,
+    /// Polls until `unix_stamps` is scanned again (`prune`), and the slots in use it
+    /// found the last time.
+    stamp_scan_countdown: u32,
+    slots_in_use: u64,
+    /// Listeners `unix_stamps` referred to that the inventory did not list, at the
+    /// last scan.
+    absent_slot_listeners: std::collections::HashSet<u64>,
     acceptors: HashMap<MapData, AcceptorKey, u64>,
     drops: HashMap<MapData, DropKey, u64>,
     conn_stats: HashMap<MapData, ConnKey, ConnStats>,
@@ -281,6 +289,10 @@ impl Probes {
             stats: map(&mut ebpf, "STATS")?,
             queues: map(&mut ebpf, "LISTENER_QUEUES")?,
             queued: map(&mut ebpf, "QUEUED")?,
+            unix_stamps: map(&mut ebpf, "UNIX_STAMPS")?,
+            stamp_scan_countdown: 0,
+            slots_in_use: 0,
+            absent_slot_listeners: std::collections::HashSet::new(),
             acceptors: map(&mut ebpf, "ACCEPTORS")?,
             drops: map(&mut ebpf, "DROP_REASONS")?,
             conn_stats: map(&mut ebpf, "CONN_STATS")?,

@@ -9,6 +9,10 @@
 //! - `QUEUED`: stamps of Unix children no longer queued: their listener is gone,
 //!   or its accept queue was empty at the inventory although they were stamped before
 //!   it (accepted by a path sockq did not see), or never queued after a grace period;
+//! - `UNIX_STAMPS`: the same, every [`STAMP_SCAN_EVERY`] polls (a read per slot: a
+//!   stale slot costs only speed, the stamps that would have used it going to
+//!   `QUEUED`), a slot's listener being gone when two scans in a row found it
+//!   unlisted;
 //! - `TRANSITIONS`: counts of namespaces that died, and their slots (`settle_transitions`).
 //!
 //! It also counts what remains, for `sockq_map_entries{map}`.
@@ -17,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 
 use collector_common::queue::{
     ACCEPTORS_MAX_ENTRIES, AcceptorKey, LISTENERS_MAX_ENTRIES, QUEUED_MAX_ENTRIES, QueuedChild,
+    UNIX_STAMP_SLOTS, UnixStamp,
 };
 use collector_common::tcp_state::TRANSITIONS_MAX_ENTRIES;
 
@@ -25,6 +30,9 @@ use crate::model::MapOccupancy;
 
 /// A stamp no `sk_data_ready` gave a listener is dropped after this long.
 const UNQUEUED_STAMP_GRACE_NS: u64 = 10_000_000_000;
+/// `UNIX_STAMPS` is scanned once in this many polls (10 s at the default interval:
+/// 4,096 reads, a few milliseconds).
+pub const STAMP_SCAN_EVERY: u32 = 10;
 /// The accept counts of a thread that exited are kept this long (its final count
 /// stays visible to a few scrapes), then removed.
 const EXITED_THREAD_GRACE_NS: u64 = 20_000_000_000;
@@ -49,6 +57,21 @@ impl Probes {
         let queues: Vec<u64> = self.queues.keys().filter_map(Result::ok).collect();
         let acceptors: Vec<AcceptorKey> = self.acceptors.keys().filter_map(Result::ok).collect();
         let stamps: Vec<(u64, QueuedChild)> = self.queued.iter().filter_map(Result::ok).collect();
+        // The slots' stamps join the same rules, tagged with their slot.
+        let scan = self.stamp_scan_countdown == 0;
+        self.stamp_scan_countdown = if scan {
+            STAMP_SCAN_EVERY - 1
+        } else {
+            self.stamp_scan_countdown - 1
+        };
+        let slots: Vec<(u32, UnixStamp)> = if scan {
+            (0..UNIX_STAMP_SLOTS)
+                .filter_map(|i| Some((i, self.unix_stamps.get(&i, 0).ok()?)))
+                .filter(|(_, s)| s.child != 0)
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Listeners any map refers to that the inventory does not list; those not
         // listed the previous time either are gone (one absence may be a listener
         // opened after the inventory ran).
@@ -73,11 +96,28 @@ impl Probes {
         }
         let left_acceptors = self.prune_acceptors(acceptors, &gone, live.now_ns, thread_alive);
         let left_stamps = self.prune_stamps(stamps, &gone, live);
+        if scan {
+            // Slots are read only at scans: a listener of theirs is gone when no
+            // inventory listed it at this scan nor at the previous one.
+            let absent: HashSet<u64> = slots
+                .iter()
+                .map(|(_, s)| s.listener)
+                .filter(|l| *l != 0 && !live.queue_len.contains_key(l))
+                .collect();
+            let gone: HashSet<u64> = absent
+                .intersection(&self.absent_slot_listeners)
+                .copied()
+                .chain(gone.iter().copied())
+                .collect();
+            self.absent_slot_listeners = absent;
+            self.slots_in_use = self.prune_slots(slots, &gone, live);
+        }
         let transitions = self.transitions.keys().filter_map(Result::ok).count() as u64;
         vec![
             occupancy("LISTENER_QUEUES", left_queues, LISTENERS_MAX_ENTRIES),
             occupancy("ACCEPTORS", left_acceptors, ACCEPTORS_MAX_ENTRIES),
             occupancy("QUEUED", left_stamps, QUEUED_MAX_ENTRIES),
+            occupancy("UNIX_STAMPS", self.slots_in_use, UNIX_STAMP_SLOTS),
             occupancy("TRANSITIONS", transitions, TRANSITIONS_MAX_ENTRIES),
         ]
     }
@@ -118,20 +158,50 @@ impl Probes {
     ) -> u64 {
         let mut left = stamps.len() as u64;
         for (child, stamp) in stamps {
-            let stale = match live.queue_len.get(&stamp.listener) {
-                // Stamped before an inventory that found the queue empty: not queued.
-                Some(0) => stamp.enqueued_ns < live.inventory_started_ns,
-                Some(_) => false,
-                None if stamp.listener == 0 => {
-                    live.now_ns.saturating_sub(stamp.enqueued_ns) > UNQUEUED_STAMP_GRACE_NS
-                }
-                None => gone.contains(&stamp.listener),
-            };
-            if stale && self.queued.remove(&child).is_ok() {
+            if stale(&stamp, gone, live) && self.queued.remove(&child).is_ok() {
                 left -= 1;
             }
         }
         left
+    }
+
+    /// Frees the stale slots of `UNIX_STAMPS` (those in use, as read); returns how
+    /// many stay in use. A slot the programs wrote again between the read and the
+    /// clear (only a new child at a stale one's address can) loses that stamp: its
+    /// accept is counted, its wait not.
+    fn prune_slots(
+        &mut self,
+        slots: Vec<(u32, UnixStamp)>,
+        gone: &HashSet<u64>,
+        live: &Live<'_>,
+    ) -> u64 {
+        let mut left = slots.len() as u64;
+        for (slot, stamp) in slots {
+            let queued = QueuedChild {
+                enqueued_ns: stamp.enqueued_ns,
+                listener: stamp.listener,
+            };
+            if stale(&queued, gone, live)
+                && self.unix_stamps.set(slot, UnixStamp::default(), 0).is_ok()
+            {
+                left -= 1;
+            }
+        }
+        left
+    }
+}
+
+/// Whether a Unix child's stamp is of a connection no longer queued (see the module
+/// doc).
+fn stale(stamp: &QueuedChild, gone: &HashSet<u64>, live: &Live<'_>) -> bool {
+    match live.queue_len.get(&stamp.listener) {
+        // Stamped before an inventory that found the queue empty: not queued.
+        Some(0) => stamp.enqueued_ns < live.inventory_started_ns,
+        Some(_) => false,
+        None if stamp.listener == 0 => {
+            live.now_ns.saturating_sub(stamp.enqueued_ns) > UNQUEUED_STAMP_GRACE_NS
+        }
+        None => gone.contains(&stamp.listener),
     }
 }
 
