@@ -156,13 +156,9 @@ impl Probes {
         gone: &HashSet<u64>,
         live: &Live<'_>,
     ) -> u64 {
-        let mut left = stamps.len() as u64;
-        for (child, stamp) in stamps {
-            if stale(&stamp, gone, live) && self.queued.remove(&child).is_ok() {
-                left -= 1;
-            }
-        }
-        left
+        remove_stale(stamps, gone, live, |child| {
+            self.queued.remove(child).is_ok()
+        })
     }
 
     /// Frees the stale slots of `UNIX_STAMPS` (those in use, as read); returns how
@@ -175,20 +171,37 @@ impl Probes {
         gone: &HashSet<u64>,
         live: &Live<'_>,
     ) -> u64 {
-        let mut left = slots.len() as u64;
-        for (slot, stamp) in slots {
-            let queued = QueuedChild {
-                enqueued_ns: stamp.enqueued_ns,
-                listener: stamp.listener,
-            };
-            if stale(&queued, gone, live)
-                && self.unix_stamps.set(slot, UnixStamp::default(), 0).is_ok()
-            {
-                left -= 1;
-            }
-        }
-        left
+        let slots = slots
+            .into_iter()
+            .map(|(slot, s)| {
+                let stamp = QueuedChild {
+                    enqueued_ns: s.enqueued_ns,
+                    listener: s.listener,
+                };
+                (slot, stamp)
+            })
+            .collect();
+        remove_stale(slots, gone, live, |slot| {
+            self.unix_stamps.set(*slot, UnixStamp::default(), 0).is_ok()
+        })
     }
+}
+
+/// Removes (`remove`: whether it did) the stale ones of `stamps`; returns how many
+/// are left.
+fn remove_stale<K>(
+    stamps: Vec<(K, QueuedChild)>,
+    gone: &HashSet<u64>,
+    live: &Live<'_>,
+    mut remove: impl FnMut(&K) -> bool,
+) -> u64 {
+    let mut left = stamps.len() as u64;
+    for (key, stamp) in stamps {
+        if stale(&stamp, gone, live) && remove(&key) {
+            left -= 1;
+        }
+    }
+    left
 }
 
 /// Whether a Unix child's stamp is of a connection no longer queued (see the module
