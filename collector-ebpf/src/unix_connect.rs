@@ -112,18 +112,9 @@ pub fn sys_exit_connect_regs(ctx: TracePointContext) -> u32 {
     if u.valid == 0 {
         return 0;
     }
-    let Ok(ret) = record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret) else {
-        return 0;
-    };
-    let ret = ret as i64;
-    let _ = if CONNECT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
-        connect_returned(ret)
-    } else {
-        match SyscallRegs::current(offsets()) {
-            Some(regs) => refused(ret, regs),
-            None => Ok(()),
-        }
-    };
+    if let Ok(ret) = record_u64(ctx.as_ptr() as *const u8, u.tp_connect_ret) {
+        let _ = connect_exited(ret as i64, core::ptr::null());
+    }
     0
 }
 
@@ -135,17 +126,30 @@ pub fn sys_connect_fexit(ctx: FExitContext) -> i32 {
     if unix_offsets().valid == 0 {
         return 0;
     }
-    let regs: *const u8 = ctx.arg(0);
-    let ret: i64 = ctx.arg(1);
-    let _ = if CONNECT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
-        connect_returned(ret)
-    } else {
-        match SyscallRegs::at(regs, offsets()) {
-            Some(regs) => refused(ret, regs),
-            None => Ok(()),
-        }
-    };
+    let _ = connect_exited(ctx.arg(1), ctx.arg(0));
     0
+}
+
+/// A connect returned `ret`: what the entry program noted is taken where it runs,
+/// else the arguments are read from `regs`, the registers the syscall saved (null:
+/// the current task's, `bpf_task_pt_regs`). Plain values, not an `Option` or a
+/// closure for the registers: LLVM may compute on an `Option`'s undefined payload,
+/// which the verifier refuses (see `SyscallRegs::arg`).
+#[inline(always)]
+fn connect_exited(ret: i64, regs: *const u8) -> Result<(), i64> {
+    if CONNECT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
+        return connect_returned(ret);
+    }
+    let o = offsets();
+    let regs = if regs.is_null() {
+        SyscallRegs::current(o)
+    } else {
+        SyscallRegs::at(regs, o)
+    };
+    match regs {
+        Some(regs) => refused(ret, regs),
+        None => Ok(()),
+    }
 }
 
 /// 1 when `sys_enter_connect` runs, set by userspace after attaching it.
