@@ -64,10 +64,17 @@ impl Probes {
         } else {
             self.stamp_scan_countdown - 1
         };
-        let slots: Vec<(u32, UnixStamp)> = if scan {
+        let slots: Vec<(u32, QueuedChild)> = if scan {
             (0..UNIX_STAMP_SLOTS)
                 .filter_map(|i| Some((i, self.unix_stamps.get(&i, 0).ok()?)))
                 .filter(|(_, s)| s.child != 0)
+                .map(|(i, s)| {
+                    let stamp = QueuedChild {
+                        enqueued_ns: s.enqueued_ns,
+                        listener: s.listener,
+                    };
+                    (i, stamp)
+                })
                 .collect()
         } else {
             Vec::new()
@@ -75,18 +82,15 @@ impl Probes {
         // Listeners any map refers to that the inventory does not list; those not
         // listed the previous time either are gone (one absence may be a listener
         // opened after the inventory ran).
-        let absent: HashSet<u64> = queues
-            .iter()
-            .copied()
-            .chain(acceptors.iter().map(|k| k.listener))
-            .chain(stamps.iter().map(|(_, s)| s.listener))
-            .filter(|l| *l != 0 && !live.queue_len.contains_key(l))
-            .collect();
-        let gone: HashSet<u64> = absent
-            .intersection(&self.absent_listeners)
-            .copied()
-            .collect();
-        self.absent_listeners = absent;
+        let absent = unlisted(
+            queues
+                .iter()
+                .copied()
+                .chain(acceptors.iter().map(|k| k.listener))
+                .chain(stamps.iter().map(|(_, s)| s.listener)),
+            live,
+        );
+        let gone = still_absent(absent, &mut self.absent_listeners);
 
         let mut left_queues = queues.len() as u64;
         for key in queues.iter().filter(|k| gone.contains(k)) {
@@ -99,18 +103,10 @@ impl Probes {
         if scan {
             // Slots are read only at scans: a listener of theirs is gone when no
             // inventory listed it at this scan nor at the previous one.
-            let absent: HashSet<u64> = slots
-                .iter()
-                .map(|(_, s)| s.listener)
-                .filter(|l| *l != 0 && !live.queue_len.contains_key(l))
-                .collect();
-            let gone: HashSet<u64> = absent
-                .intersection(&self.absent_slot_listeners)
-                .copied()
-                .chain(gone.iter().copied())
-                .collect();
-            self.absent_slot_listeners = absent;
-            self.slots_in_use = self.prune_slots(slots, &gone, live);
+            let absent = unlisted(slots.iter().map(|(_, s)| s.listener), live);
+            let mut gone_too = still_absent(absent, &mut self.absent_slot_listeners);
+            gone_too.extend(gone.iter().copied());
+            self.slots_in_use = self.prune_slots(slots, &gone_too, live);
         }
         let transitions = self.transitions.keys().filter_map(Result::ok).count() as u64;
         vec![
@@ -167,24 +163,29 @@ impl Probes {
     /// accept is counted, its wait not.
     fn prune_slots(
         &mut self,
-        slots: Vec<(u32, UnixStamp)>,
+        slots: Vec<(u32, QueuedChild)>,
         gone: &HashSet<u64>,
         live: &Live<'_>,
     ) -> u64 {
-        let slots = slots
-            .into_iter()
-            .map(|(slot, s)| {
-                let stamp = QueuedChild {
-                    enqueued_ns: s.enqueued_ns,
-                    listener: s.listener,
-                };
-                (slot, stamp)
-            })
-            .collect();
         remove_stale(slots, gone, live, |slot| {
             self.unix_stamps.set(*slot, UnixStamp::default(), 0).is_ok()
         })
     }
+}
+
+/// The listeners of `listeners` (0: none) that the inventory does not list.
+fn unlisted(listeners: impl Iterator<Item = u64>, live: &Live<'_>) -> HashSet<u64> {
+    listeners
+        .filter(|l| *l != 0 && !live.queue_len.contains_key(l))
+        .collect()
+}
+
+/// Those of `absent` that `previous` (the last time's absent, replaced by `absent`)
+/// held too: gone, one absence being possibly a listener opened after the inventory.
+fn still_absent(absent: HashSet<u64>, previous: &mut HashSet<u64>) -> HashSet<u64> {
+    let gone = absent.intersection(previous).copied().collect();
+    *previous = absent;
+    gone
 }
 
 /// Removes (`remove`: whether it did) the stale ones of `stamps`; returns how many
