@@ -68,6 +68,12 @@ pub fn http_body_bytes(addr: &str, path: &str, headers: &str) -> Result<usize> {
 /// The body of a 200 answer to `GET path` with these extra header lines, as sent
 /// (still compressed if it was).
 pub fn http_get_bytes(addr: &str, path: &str, headers: &str) -> Result<Vec<u8>> {
+    http_get_answer(addr, path, headers).map(|(_, body)| body)
+}
+
+/// The head (lowercase) and body of a 200 answer to `GET path` with these extra
+/// header lines, the body as sent.
+pub fn http_get_answer(addr: &str, path: &str, headers: &str) -> Result<(String, Vec<u8>)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n")?;
@@ -83,7 +89,8 @@ pub fn http_get_bytes(addr: &str, path: &str, headers: &str) -> Result<Vec<u8>> 
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .with_context(|| format!("GET {path}: no whole head"))?;
-    Ok(answer.split_off(head_end + 4))
+    let body = answer.split_off(head_end + 4);
+    Ok((String::from_utf8_lossy(&answer).to_ascii_lowercase(), body))
 }
 
 pub fn http_get(addr: &str, path: &str) -> Result<String> {

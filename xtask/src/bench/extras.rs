@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    daemon::{Daemon, http_body_bytes, http_get, http_get_bytes},
+    daemon::{Daemon, http_body_bytes, http_get, http_get_answer, http_get_bytes},
     machine::{self, TempNetns},
     report::fmt_ratio,
     stats::{LEVEL, Rng, mean, quantile, ratio},
@@ -141,8 +141,30 @@ pub struct Interference {
     pub with: Vec<Option<f64>>,
     /// The mean scrape (seconds) of each round's block with the scraper.
     pub scrape_means: Vec<Option<f64>>,
+    /// The same, of the scrapes served a body already made (the daemon's
+    /// `sockq-body` header: `made` or `previous`): what is left of a scrape's time
+    /// once renders are taken out.
+    pub served_means: Vec<Option<f64>>,
     /// Every scrape of those blocks, seconds, sorted (failed ones infinite).
     pub scrapes: Vec<f64>,
+    /// Those served a body already made, seconds, sorted.
+    pub served: Vec<f64>,
+    /// How many scrapes were served each way (`sockq-body`; `failed` for none).
+    pub ways: std::collections::BTreeMap<String, usize>,
+}
+
+/// One scrape of [`scrape_every_100ms`]: its time in seconds (infinite if it
+/// failed) and how the daemon said its body came to be.
+struct Scrape {
+    secs: f64,
+    body: String,
+}
+
+impl Scrape {
+    /// Served a body made before it came.
+    fn from_memory(&self) -> bool {
+        matches!(self.body.as_str(), "made" | "previous")
+    }
 }
 
 /// Rounds of [`scrapes_against_polls`], and the length of each of its blocks.
@@ -171,7 +193,10 @@ pub fn scrapes_against_polls(
         without: Vec::new(),
         with: Vec::new(),
         scrape_means: Vec::new(),
+        served_means: Vec::new(),
         scrapes: Vec::new(),
+        served: Vec::new(),
+        ways: Default::default(),
     });
     for _ in 0..INTERFERENCE_ROUNDS {
         let mut order = [(0, false), (0, true), (1, false), (1, true)];
@@ -206,8 +231,14 @@ pub fn scrapes_against_polls(
             let c = &mut cases[case];
             if scraper {
                 c.with.push(mean_poll);
-                c.scrape_means.push(mean(scrapes.iter().copied()));
-                c.scrapes.extend(scrapes);
+                c.scrape_means.push(mean(scrapes.iter().map(|s| s.secs)));
+                let served = scrapes.iter().filter(|s| s.from_memory()).map(|s| s.secs);
+                c.served_means.push(mean(served.clone()));
+                c.served.extend(served);
+                for s in &scrapes {
+                    *c.ways.entry(s.body.clone()).or_default() += 1;
+                }
+                c.scrapes.extend(scrapes.iter().map(|s| s.secs));
             } else {
                 c.without.push(mean_poll);
             }
@@ -217,6 +248,7 @@ pub fn scrapes_against_polls(
     drop(holder);
     for c in &mut cases {
         c.scrapes.sort_by(f64::total_cmp);
+        c.served.sort_by(f64::total_cmp);
     }
     Ok(cases.into())
 }
@@ -231,30 +263,44 @@ fn poll_totals(addr: &str) -> Result<(f64, u64)> {
     ))
 }
 
-/// Starts a gzip scrape every 100 ms for `window`; their times, sorted (failed
-/// scrapes as infinite).
-fn scrape_every_100ms(addr: &str, window: Duration) -> Vec<f64> {
+/// Starts a gzip scrape every 100 ms for `window`; each one's time and how its body
+/// came to be (failed scrapes infinite, `failed`).
+fn scrape_every_100ms(addr: &str, window: Duration) -> Vec<Scrape> {
     let started = Instant::now();
     let mut scrapers = Vec::new();
     let mut next = started;
+    let failed = || Scrape {
+        secs: f64::INFINITY,
+        body: "failed".to_owned(),
+    };
     while next < started + window {
         let addr = addr.to_owned();
         scrapers.push(std::thread::spawn(move || {
             let t = Instant::now();
-            match http_get_bytes(&addr, "/metrics", GZIP) {
-                Ok(_) => t.elapsed().as_secs_f64(),
-                Err(_) => f64::INFINITY,
+            match http_get_answer(&addr, "/metrics", GZIP) {
+                Ok((head, _)) => Scrape {
+                    secs: t.elapsed().as_secs_f64(),
+                    body: header_value(&head, "sockq-body")
+                        .unwrap_or("unsaid")
+                        .to_owned(),
+                },
+                Err(_) => failed(),
             }
         }));
         next += Duration::from_millis(100);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    let mut times: Vec<f64> = scrapers
+    scrapers
         .into_iter()
-        .map(|s| s.join().unwrap_or(f64::INFINITY))
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times
+        .map(|s| s.join().unwrap_or_else(|_| failed()))
+        .collect()
+}
+
+/// The value of header `name` (lowercase) in a lowercased answer head.
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix(':'))
+        .map(str::trim)
 }
 
 /// The daemon's RSS with 1,000 listeners after five gzip scrapes, KiB: (RSS, peak).
@@ -366,10 +412,28 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Resu
             c.scrapes.len()
         );
     }
+    for c in &cases {
+        let ms = |q| quantile(&c.served, q) * 1e3;
+        let ways: Vec<String> = c.ways.iter().map(|(w, n)| format!("{n} {w}")).collect();
+        println!(
+            "{:<7} bodies: {}; those served a body already made p50 {:.1} ms, p90 {:.1} ms, \
+             p99 {:.1} ms, max {:.1} ms",
+            c.case,
+            ways.join(", "),
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(1.0)
+        );
+    }
     if let [steady, churn] = &cases[..] {
         println!(
             "mean scrape, churn against steady: {}",
             fmt_ratio(ratio(&churn.scrape_means, &steady.scrape_means, rng).as_ref())
+        );
+        println!(
+            "mean scrape served a body already made, churn against steady: {}",
+            fmt_ratio(ratio(&churn.served_means, &steady.served_means, rng).as_ref())
         );
     }
     println!();
@@ -382,6 +446,13 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::sample;
+
+    #[test]
+    fn a_header_is_found_by_its_whole_name() {
+        let head = "http/1.1 200 ok\r\nsockq-body-x: no\r\nsockq-body:  made \r\n";
+        assert_eq!(super::header_value(head, "sockq-body"), Some("made"));
+        assert_eq!(super::header_value(head, "content-type"), None);
+    }
 
     #[test]
     fn a_sample_is_found_by_its_whole_name() {

@@ -18,7 +18,11 @@ use axum::{
 };
 use tower_http::compression::CompressionLayer;
 
-use super::{SharedState, connection::Peer};
+use super::{
+    SharedState,
+    connection::Peer,
+    state::SERVED_HEADER,
+};
 use crate::export::{prometheus::Format, status_page};
 
 /// Whether this request may see process details; set by the access layer.
@@ -207,12 +211,16 @@ async fn metrics(
             .and_then(|v| v.to_str().ok()),
     );
     match state.scrape(who, format, gzip) {
-        Ok(body) => {
+        Ok((body, served)) => {
             let mut response =
                 ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                SERVED_HEADER,
+                header::HeaderValue::from_static(served.as_str()),
+            );
             // The answer depends on both: caches must not serve one scraper's answer
             // to another.
-            let headers = response.headers_mut();
             headers.append(header::VARY, header::HeaderValue::from_static("Accept"));
             headers.append(
                 header::VARY,

@@ -6,12 +6,14 @@
 //! poll, as soon as it is published ([`SharedState::start_prerender`], on a thread
 //! of its own at the lowest priority, so that it takes only CPU the poller does not
 //! want), so that the scrape finds its body made. A scrape that comes while its kind
-//! is being rendered is served the body of the snapshot before (one poll old) rather
-//! than wait; when there is none, it waits for another scrape's render, never for
+//! is being rendered, or is asked of the pre-render thread and not started yet, is
+//! served the body of the snapshot before (one poll old) rather than wait; when
+//! there is none, it waits for another scrape's render, never for
 //! the pre-render thread's (which a busy machine may leave without CPU for long): it
 //! renders itself. Bodies are kept newest first: a render that ends after a newer
 //! snapshot's was kept is served to its scrape and dropped, so no scraper is served
-//! an older body after a newer one (counters never go back).
+//! an older body after a newer one (counters never go back). Each answer says which
+//! of these it was ([`Served`], in the [`SERVED_HEADER`] header).
 
 use std::{
     net::IpAddr,
@@ -74,6 +76,8 @@ struct Schedule {
     due: Vec<Kind>,
     /// The server the pre-render thread renders for has stopped.
     stop: bool,
+    /// A pre-render thread is running: publishes mark the kinds due as asked of it.
+    running: bool,
 }
 
 /// The niceness of the pre-render thread: the lowest, far below the poller (0), so
@@ -88,8 +92,16 @@ pub(super) struct Prerender(SharedState);
 
 impl Drop for Prerender {
     fn drop(&mut self) {
-        lock(&self.0.inner.schedule).stop = true;
+        {
+            let mut schedule = lock(&self.0.inner.schedule);
+            schedule.stop = true;
+            schedule.running = false;
+        }
         self.0.inner.due_changed.notify_all();
+        // What was asked of it will not be done: scrapes render for themselves.
+        for body in lock(&self.0.inner.bodies).iter_mut() {
+            body.asked = false;
+        }
     }
 }
 
@@ -110,6 +122,11 @@ struct Body {
     /// The pre-render thread's render of this kind is under way: nothing waits for
     /// it.
     ahead: bool,
+    /// The pre-render thread was asked for this kind of the current snapshot at its
+    /// publish and has not started it yet (at niceness 19 on a busy machine, that
+    /// can take long): scrapes are served the previous body meanwhile, as while it
+    /// renders.
+    asked: bool,
 }
 
 /// Who renders a body.
@@ -118,6 +135,36 @@ enum Renderer {
     Scrape,
     Ahead,
 }
+
+/// How a scrape's body came to be, told to the scraper in the [`SERVED_HEADER`]
+/// header: only [`Rendered`](Self::Rendered) and [`Waited`](Self::Waited) scrapes
+/// spent time on a render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The current snapshot's body, made before (ahead, or by an earlier scrape).
+    Made,
+    /// The body of the snapshot before, while the current one's was being made.
+    Previous,
+    /// Made by another scrape's render, which this one waited for.
+    Waited,
+    /// Rendered by this scrape.
+    Rendered,
+}
+
+impl Served {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Made => "made",
+            Self::Previous => "previous",
+            Self::Waited => "waited",
+            Self::Rendered => "rendered",
+        }
+    }
+}
+
+/// The response header that says how a `/metrics` body came to be ([`Served`]):
+/// what tells a scrape slowed by a render from one slowed by anything else.
+pub const SERVED_HEADER: &str = "sockq-body";
 
 impl SharedState {
     /// Starts with an empty snapshot; histograms get the short classic buckets.
@@ -176,6 +223,17 @@ impl SharedState {
         drop(previous);
         let mut schedule = lock(&self.inner.schedule);
         schedule.due = schedule.clock.published(Instant::now());
+        // Marked before the pre-render thread can take them (the schedule's lock is
+        // held: it is only ever taken before the bodies'); what was asked of the
+        // snapshot replaced is asked no longer.
+        let mut bodies = lock(&self.inner.bodies);
+        for kind in &schedule.due {
+            body_of(&mut bodies, *kind);
+        }
+        for body in bodies.iter_mut() {
+            body.asked = schedule.running && schedule.due.contains(&body.kind);
+        }
+        drop(bodies);
         if !schedule.due.is_empty() {
             self.inner.due_changed.notify_all();
         }
@@ -190,6 +248,7 @@ impl SharedState {
         std::thread::Builder::new()
             .name("sockq-http-pre".to_owned())
             .spawn(move || state.prerender_loop())?;
+        lock(&self.inner.schedule).running = true;
         Ok(Prerender(self.clone()))
     }
 
@@ -227,17 +286,17 @@ impl SharedState {
     }
 
     /// A scrape by `who` (its IP address): noted on the clock, then served as
-    /// [`render`](Self::render) does.
+    /// [`render`](Self::render) does; with how its body came to be.
     pub fn scrape(
         &self,
         who: IpAddr,
         format: Format,
         gzip: bool,
-    ) -> Result<Bytes, ExpositionError> {
+    ) -> Result<(Bytes, Served), ExpositionError> {
         lock(&self.inner.schedule)
             .clock
             .scraped(who, (format, gzip), Instant::now());
-        self.render(format, gzip)
+        self.serve((format, gzip))
     }
 
     /// The current snapshot, shared: no copy of its listeners.
@@ -268,19 +327,31 @@ impl SharedState {
     /// snapshot and kind, then served from memory. The snapshot lock is held only to
     /// clone the `Arc`.
     pub fn render(&self, format: Format, gzip: bool) -> Result<Bytes, ExpositionError> {
-        let kind = (format, gzip);
+        self.serve((format, gzip)).map(|(body, _)| body)
+    }
+
+    /// The body of `kind` for a scrape, and how it came to be.
+    fn serve(&self, kind: Kind) -> Result<(Bytes, Served), ExpositionError> {
         let mut bodies = lock(&self.inner.bodies);
+        let mut waited = false;
         // The snapshot is taken under the bodies' lock, each time round: a scrape that
         // waited renders the snapshot current when it wakes.
         let (snapshot, number) = loop {
             let (snapshot, number) = self.published();
             let current = Arc::downgrade(&snapshot);
             let body = body_of(&mut bodies, kind);
+            let under_way = body.rendering || body.ahead || body.asked;
+            let served = |as_made| if waited { Served::Waited } else { as_made };
             match &body.made {
-                Some((from, made)) if from.ptr_eq(&current) => return Ok(made.clone()),
+                Some((from, made)) if from.ptr_eq(&current) => {
+                    return Ok((made.clone(), served(Served::Made)));
+                }
                 // Under way: the previous snapshot's body rather than a wait.
-                Some((_, made)) if body.rendering || body.ahead => return Ok(made.clone()),
+                Some((_, made)) if under_way => {
+                    return Ok((made.clone(), served(Served::Previous)));
+                }
                 None if body.rendering => {
+                    waited = true;
                     bodies = self
                         .inner
                         .made
@@ -301,7 +372,7 @@ impl SharedState {
             kind,
             by: Renderer::Scrape,
         };
-        self.make(kind, &snapshot, number)
+        self.make(kind, &snapshot, number).map(|body| (body, Served::Rendered))
     }
 
     /// Renders the current snapshot as `kind` ahead of a scrape, unless it is made
@@ -312,6 +383,7 @@ impl SharedState {
             let (snapshot, number) = self.published();
             let current = Arc::downgrade(&snapshot);
             let body = body_of(&mut bodies, kind);
+            body.asked = false;
             let made = body
                 .made
                 .as_ref()
@@ -386,6 +458,7 @@ fn body_of(bodies: &mut Vec<Body>, kind: Kind) -> &mut Body {
                 newest: 0,
                 rendering: false,
                 ahead: false,
+                asked: false,
             });
             bodies.len() - 1
         }
@@ -416,6 +489,11 @@ impl SharedState {
         if !rendering {
             self.inner.made.notify_all();
         }
+    }
+
+    /// Has publishes ask a pre-render thread that never comes (one that gets no CPU).
+    pub(super) fn pretend_prerender_thread(&self) {
+        lock(&self.inner.schedule).running = true;
     }
 
     /// Marks `kind` as being rendered by the pre-render thread, or no longer.

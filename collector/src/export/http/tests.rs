@@ -472,6 +472,8 @@ async fn a_snapshot_a_scrape_is_expected_of_is_rendered_when_published() {
         answer.ends_with(&ahead),
         "the scrape was not served the body rendered ahead"
     );
+    let (head, _) = split_answer(&answer);
+    assert!(head.contains("\r\nsockq-body: made\r\n"), "{head}");
     let _ = server.stop.send(());
     server.task.await.expect("server task").expect("serve");
 }
@@ -501,6 +503,41 @@ fn a_scrape_while_its_kind_renders_is_served_the_previous_snapshot() {
     );
     state.replace(Snapshot::default());
     assert!(!state.keeps(kind), "a body two polls old is kept");
+}
+
+#[test]
+fn a_scrape_while_the_prerender_thread_is_asked_is_served_the_previous_snapshot() {
+    use super::state::Served;
+    let state = state();
+    state.pretend_prerender_thread();
+    let kind = (Format::Text, true);
+    let who = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (first, served) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    assert_eq!(served, Served::Rendered);
+    let (again, served) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    assert_eq!((again.as_ptr(), served), (first.as_ptr(), Served::Made));
+    // A publish (the clock has the poll gap from `state()`'s): a scrape is expected
+    // before the next, so it asks the pre-render thread, which (starved) has not
+    // started: the scrape gets the body before, at once.
+    let before = again;
+    state.replace(Snapshot::default());
+    let (during, served) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    assert_eq!(
+        (during.as_ptr(), served),
+        (before.as_ptr(), Served::Previous),
+        "not served the previous body while the pre-render thread was asked"
+    );
+    // The pre-render thread makes it: served as made.
+    state.render_ahead_now(kind);
+    let (made, served) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    assert_ne!(made.as_ptr(), before.as_ptr());
+    assert_eq!(served, Served::Made);
+    // A publish with no scrape expected (the scraper stopped) asks nothing: the
+    // next scrape renders the current snapshot rather than be served an old body.
+    std::thread::sleep(Duration::from_millis(200));
+    state.replace(Snapshot::default());
+    let (_, served) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    assert_eq!(served, Served::Rendered, "a stale ask was kept");
 }
 
 #[test]
