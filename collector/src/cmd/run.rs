@@ -291,7 +291,11 @@ async fn run_async(
         config.interval,
     );
     let mut poller = poller.with_listener_filter(config.listeners.clone());
-    let state = http::SharedState::with_buckets(BuildInfo::detect(), config.classic_buckets);
+    let state = http::SharedState::with_options(
+        BuildInfo::detect(),
+        config.classic_buckets,
+        config.interval,
+    );
     // Until the first poll: no listeners yet, but which probes are attached.
     state.replace(Snapshot {
         probes: poller.probe_status(),

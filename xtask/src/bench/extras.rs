@@ -151,6 +151,12 @@ pub struct Interference {
     pub served: Vec<f64>,
     /// How many scrapes were served each way (`sockq-body`; `failed` for none).
     pub ways: std::collections::BTreeMap<String, usize>,
+    /// The mean time of the control's requests in each block with the scraper: the
+    /// same body from a static server in this process ([`StaticServer`]), fetched
+    /// beside each scrape. What the machine's load alone does to such a request.
+    pub control_means: Vec<Option<f64>>,
+    /// Every control request of those blocks, seconds, sorted.
+    pub control: Vec<f64>,
 }
 
 /// One scrape of [`scrape_every_100ms`]: its time in seconds (infinite if it
@@ -162,7 +168,7 @@ struct Scrape {
 
 impl Scrape {
     /// Served a body made before it came.
-    fn from_memory(&self) -> bool {
+    fn was_made_before(&self) -> bool {
         matches!(self.body.as_str(), "made" | "previous")
     }
 }
@@ -197,7 +203,11 @@ pub fn scrapes_against_polls(
         scrapes: Vec::new(),
         served: Vec::new(),
         ways: Default::default(),
+        control_means: Vec::new(),
+        control: Vec::new(),
     });
+    // The control serves the body the daemon serves, to the same scraper.
+    let control = StaticServer::start(http_get_bytes(&d.addr, "/metrics", GZIP)?)?;
     for _ in 0..INTERFERENCE_ROUNDS {
         let mut order = [(0, false), (0, true), (1, false), (1, true)];
         rng.shuffle(&mut order);
@@ -216,11 +226,11 @@ pub fn scrapes_against_polls(
                 None
             };
             let (sum0, count0) = poll_totals(&d.addr)?;
-            let scrapes = if scraper {
-                scrape_every_100ms(&d.addr, BLOCK)
+            let (scrapes, controls) = if scraper {
+                scrape_every_100ms(&d.addr, &control.addr, BLOCK)
             } else {
                 std::thread::sleep(BLOCK);
-                Vec::new()
+                (Vec::new(), Vec::new())
             };
             let (sum1, count1) = poll_totals(&d.addr)?;
             if let Some(mut c) = churner {
@@ -232,13 +242,18 @@ pub fn scrapes_against_polls(
             if scraper {
                 c.with.push(mean_poll);
                 c.scrape_means.push(mean(scrapes.iter().map(|s| s.secs)));
-                let served = scrapes.iter().filter(|s| s.from_memory()).map(|s| s.secs);
+                let served = scrapes
+                    .iter()
+                    .filter(|s| s.was_made_before())
+                    .map(|s| s.secs);
                 c.served_means.push(mean(served.clone()));
                 c.served.extend(served);
                 for s in &scrapes {
                     *c.ways.entry(s.body.clone()).or_default() += 1;
                 }
                 c.scrapes.extend(scrapes.iter().map(|s| s.secs));
+                c.control_means.push(mean(controls.iter().copied()));
+                c.control.extend(controls);
             } else {
                 c.without.push(mean_poll);
             }
@@ -249,6 +264,7 @@ pub fn scrapes_against_polls(
     for c in &mut cases {
         c.scrapes.sort_by(f64::total_cmp);
         c.served.sort_by(f64::total_cmp);
+        c.control.sort_by(f64::total_cmp);
     }
     Ok(cases.into())
 }
@@ -263,37 +279,127 @@ fn poll_totals(addr: &str) -> Result<(f64, u64)> {
     ))
 }
 
-/// Starts a gzip scrape every 100 ms for `window`; each one's time and how its body
-/// came to be (failed scrapes infinite, `failed`).
-fn scrape_every_100ms(addr: &str, window: Duration) -> Vec<Scrape> {
+/// Starts a gzip scrape of the daemon at `addr` every 100 ms for `window`, and the
+/// same request to the control at `control` beside it (each on its own thread and
+/// connection, in an order that alternates): each scrape's time and how its body
+/// came to be (failed scrapes infinite, `failed`), and the control's times.
+fn scrape_every_100ms(addr: &str, control: &str, window: Duration) -> (Vec<Scrape>, Vec<f64>) {
     let started = Instant::now();
-    let mut scrapers = Vec::new();
+    let (mut scrapers, mut controls) = (Vec::new(), Vec::new());
     let mut next = started;
     let failed = || Scrape {
         secs: f64::INFINITY,
         body: "failed".to_owned(),
     };
+    let mut tick = 0;
     while next < started + window {
-        let addr = addr.to_owned();
-        scrapers.push(std::thread::spawn(move || {
-            let t = Instant::now();
-            match http_get_answer(&addr, "/metrics", GZIP) {
-                Ok((head, _)) => Scrape {
-                    secs: t.elapsed().as_secs_f64(),
-                    body: header_value(&head, "sockq-body")
-                        .unwrap_or("unsaid")
-                        .to_owned(),
-                },
-                Err(_) => failed(),
+        let scrape = {
+            let addr = addr.to_owned();
+            move || {
+                let t = Instant::now();
+                match http_get_answer(&addr, "/metrics", GZIP) {
+                    Ok((head, _)) => Scrape {
+                        secs: t.elapsed().as_secs_f64(),
+                        body: header_value(&head, "sockq-body")
+                            .unwrap_or("unsaid")
+                            .to_owned(),
+                    },
+                    Err(_) => failed(),
+                }
             }
-        }));
+        };
+        let fetch = {
+            let control = control.to_owned();
+            move || {
+                let t = Instant::now();
+                match http_get_bytes(&control, "/metrics", GZIP) {
+                    Ok(_) => t.elapsed().as_secs_f64(),
+                    Err(_) => f64::INFINITY,
+                }
+            }
+        };
+        if tick % 2 == 0 {
+            scrapers.push(std::thread::spawn(scrape));
+            controls.push(std::thread::spawn(fetch));
+        } else {
+            controls.push(std::thread::spawn(fetch));
+            scrapers.push(std::thread::spawn(scrape));
+        }
+        tick += 1;
         next += Duration::from_millis(100);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    scrapers
+    let scrapes = scrapers
         .into_iter()
         .map(|s| s.join().unwrap_or_else(|_| failed()))
-        .collect()
+        .collect();
+    let controls = controls
+        .into_iter()
+        .map(|c| c.join().unwrap_or(f64::INFINITY))
+        .collect();
+    (scrapes, controls)
+}
+
+/// An HTTP server in this process that answers every request with one body, a
+/// thread per connection as the daemon's server has a task per connection: the
+/// control of [`scrapes_against_polls`]. Stops when dropped.
+struct StaticServer {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StaticServer {
+    fn start(body: Vec<u8>) -> Result<Self> {
+        use std::{
+            io::Write as _,
+            sync::{Arc, atomic::Ordering},
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("control server")?;
+        let addr = listener.local_addr()?.to_string();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answer: Arc<[u8]> = [
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: gzip\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes(),
+            body,
+        ]
+        .concat()
+        .into();
+        let stopping = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let (Ok(mut stream), answer) = (stream, Arc::clone(&answer)) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(&answer);
+                });
+            }
+        });
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accept loop to see it.
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
 }
 
 /// The value of header `name` (lowercase) in a lowercased answer head.
@@ -413,6 +519,19 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Resu
         );
     }
     for c in &cases {
+        let ms = |q| quantile(&c.control, q) * 1e3;
+        println!(
+            "{:<7} control (the same body from a static server in the bench) p50 {:.1} ms, \
+             p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({})",
+            c.case,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(1.0),
+            c.control.len()
+        );
+    }
+    for c in &cases {
         let ms = |q| quantile(&c.served, q) * 1e3;
         let ways: Vec<String> = c.ways.iter().map(|(w, n)| format!("{n} {w}")).collect();
         println!(
@@ -434,6 +553,22 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Resu
         println!(
             "mean scrape served a body already made, churn against steady: {}",
             fmt_ratio(ratio(&churn.served_means, &steady.served_means, rng).as_ref())
+        );
+        println!(
+            "mean control request, churn against steady: {} (the machine's load alone)",
+            fmt_ratio(ratio(&churn.control_means, &steady.control_means, rng).as_ref())
+        );
+        let over_control = |c: &Interference| -> Vec<Option<f64>> {
+            c.served_means
+                .iter()
+                .zip(&c.control_means)
+                .map(|(s, k)| Some((*s)? / (*k)?))
+                .collect()
+        };
+        println!(
+            "mean scrape served a body already made over the control's, churn against \
+             steady: {} (what the daemon adds under churn beyond the machine's load)",
+            fmt_ratio(ratio(&over_control(churn), &over_control(steady), rng).as_ref())
         );
     }
     println!();

@@ -18,11 +18,7 @@ use axum::{
 };
 use tower_http::compression::CompressionLayer;
 
-use super::{
-    SharedState,
-    connection::Peer,
-    state::SERVED_HEADER,
-};
+use super::{SharedState, connection::Peer, state::SERVED_HEADER};
 use crate::export::{prometheus::Format, status_page};
 
 /// Whether this request may see process details; set by the access layer.

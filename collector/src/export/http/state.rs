@@ -16,9 +16,10 @@
 //! of these it was ([`Served`], in the [`SERVED_HEADER`] header).
 
 use std::{
+    collections::VecDeque,
     net::IpAddr,
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak},
-    time::Instant,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock},
+    time::{Duration, Instant},
 };
 
 use axum::body::Bytes;
@@ -47,9 +48,15 @@ pub(super) struct Inner {
     build: BuildInfo,
     /// The classic histogram buckets served (`--fine-buckets`).
     classic: ClassicBuckets,
+    /// How long after its snapshot was replaced a body may still be served while
+    /// the current one's is made (the poll interval: [`with_options`]).
+    ///
+    /// [`with_options`]: SharedState::with_options
+    stale_for: Duration,
     events: EventLog,
-    /// The bodies made, one per (format, gzip), of the current or the previous
-    /// snapshot: every scrape until the next poll is served from them. With 10,000
+    /// The bodies made, one per (format, gzip), of the current snapshot or of one
+    /// still [`servable`](Published::servable): every scrape until the next poll is
+    /// served from them. With 10,000
     /// listeners a render and its gzip take a few hundred ms of CPU; ten scrapers a
     /// second would otherwise queue behind each other and take the CPU the poller
     /// needs. Held only to look and to store, never while rendering.
@@ -67,6 +74,27 @@ pub(super) struct Inner {
 pub(super) struct Published {
     snapshot: Arc<Snapshot>,
     number: u64,
+    /// The numbers of the last [`SUPERSEDED_KEPT`] snapshots replaced, each with
+    /// when it was, newest last.
+    superseded: VecDeque<(u64, Instant)>,
+}
+
+/// How many replaced snapshots [`Published`] remembers the time of.
+const SUPERSEDED_KEPT: usize = 16;
+
+impl Published {
+    /// Whether a body of snapshot `number` may be served now while the current
+    /// one's is made: it is the one just before the current one (whenever that was
+    /// replaced), or one replaced at most `stale_for` ago. On a busy machine the
+    /// event-driven polls can come faster than the pre-render thread renders: the
+    /// time bound keeps scrapes served at once without serving older data than a
+    /// poll interval's worth.
+    fn servable(&self, number: u64, now: Instant, stale_for: Duration) -> bool {
+        number + 1 == self.number
+            || self.superseded.iter().any(|&(replaced, at)| {
+                replaced == number && now.saturating_duration_since(at) <= stale_for
+            })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -109,11 +137,10 @@ impl Drop for Prerender {
 #[derive(Debug)]
 struct Body {
     kind: Kind,
-    /// The last one made and the snapshot it was made from (a `Weak`: it keeps the
-    /// allocation, not the listeners, so a freed snapshot's address is never reused
-    /// while compared). Of the current snapshot or the one before (a render that
-    /// outlived two polls leaves an older one until the next poll).
-    made: Option<(Weak<Snapshot>, Bytes)>,
+    /// The last one made and the number of the snapshot it was made from: of the
+    /// current snapshot or of one still servable ([`Published::servable`]; a render
+    /// that outlived that leaves an unservable one until the next poll).
+    made: Option<(u64, Bytes)>,
     /// The number of the newest snapshot a body of this kind was kept of (it stays
     /// when `made` goes): a render of an older one is not kept.
     newest: u64,
@@ -128,6 +155,9 @@ struct Body {
     /// renders.
     asked: bool,
 }
+
+/// [`Inner::stale_for`] unless told: the daemon's default poll interval.
+const DEFAULT_STALE_FOR: Duration = Duration::from_secs(1);
 
 /// Who renders a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,14 +204,23 @@ impl SharedState {
 
     /// Starts with an empty snapshot; histograms get the `classic` buckets.
     pub fn with_buckets(build: BuildInfo, classic: ClassicBuckets) -> Self {
+        Self::with_options(build, classic, DEFAULT_STALE_FOR)
+    }
+
+    /// Starts with an empty snapshot; histograms get the `classic` buckets; a body
+    /// is served up to `stale_for` after its snapshot was replaced, while the new
+    /// one's is made (the daemon passes its poll interval).
+    pub fn with_options(build: BuildInfo, classic: ClassicBuckets, stale_for: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 snapshot: RwLock::new(Published {
                     snapshot: Arc::new(Snapshot::default()),
                     number: 0,
+                    superseded: VecDeque::new(),
                 }),
                 build,
                 classic,
+                stale_for,
                 events: EventLog::default(),
                 bodies: Mutex::new(Vec::new()),
                 made: Condvar::new(),
@@ -204,21 +243,27 @@ impl SharedState {
                 .snapshot
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            published.number += 1;
-            std::mem::replace(&mut published.snapshot, snapshot)
-        };
-        // Bodies older than the snapshot replaced go: those of the one replaced stay
-        // to be served while the new one renders.
-        let replaced = Arc::downgrade(&previous);
-        for body in lock(&self.inner.bodies).iter_mut() {
-            if body
-                .made
-                .as_ref()
-                .is_some_and(|(from, _)| !from.ptr_eq(&replaced))
-            {
-                body.made = None;
+            let now = Instant::now();
+            let replaced = published.number;
+            if published.superseded.len() == SUPERSEDED_KEPT {
+                published.superseded.pop_front();
             }
-        }
+            published.superseded.push_back((replaced, now));
+            published.number += 1;
+            let previous = std::mem::replace(&mut published.snapshot, snapshot);
+            // Bodies no longer servable go: that of the one replaced stays to be
+            // served while the new one renders, and any other still fresh enough.
+            for body in lock(&self.inner.bodies).iter_mut() {
+                if body
+                    .made
+                    .as_ref()
+                    .is_some_and(|&(of, _)| !published.servable(of, now, self.inner.stale_for))
+                {
+                    body.made = None;
+                }
+            }
+            previous
+        };
         // Dropped outside the locks: freeing 10,000 listeners takes a while.
         drop(previous);
         let mut schedule = lock(&self.inner.schedule);
@@ -306,12 +351,27 @@ impl SharedState {
 
     /// The current snapshot and its number.
     fn published(&self) -> (Arc<Snapshot>, u64) {
-        let published = self
-            .inner
+        let published = self.read_published();
+        (Arc::clone(&published.snapshot), published.number)
+    }
+
+    fn read_published(&self) -> std::sync::RwLockReadGuard<'_, Published> {
+        self.inner
             .snapshot
             .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        (Arc::clone(&published.snapshot), published.number)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current snapshot, its number, and whether the body of `kind` kept in
+    /// `bodies`, if not of it, may be served meanwhile.
+    fn published_servable(&self, bodies: &[Body], kind: Kind) -> (Arc<Snapshot>, u64, bool) {
+        let published = self.read_published();
+        let servable = bodies
+            .iter()
+            .find(|b| b.kind == kind)
+            .and_then(|b| b.made.as_ref())
+            .is_some_and(|&(of, _)| published.servable(of, Instant::now(), self.inner.stale_for));
+        (Arc::clone(&published.snapshot), published.number, servable)
     }
 
     pub fn build(&self) -> &BuildInfo {
@@ -337,20 +397,19 @@ impl SharedState {
         // The snapshot is taken under the bodies' lock, each time round: a scrape that
         // waited renders the snapshot current when it wakes.
         let (snapshot, number) = loop {
-            let (snapshot, number) = self.published();
-            let current = Arc::downgrade(&snapshot);
+            let (snapshot, number, servable) = self.published_servable(&bodies, kind);
             let body = body_of(&mut bodies, kind);
             let under_way = body.rendering || body.ahead || body.asked;
             let served = |as_made| if waited { Served::Waited } else { as_made };
             match &body.made {
-                Some((from, made)) if from.ptr_eq(&current) => {
+                Some((of, made)) if *of == number => {
                     return Ok((made.clone(), served(Served::Made)));
                 }
-                // Under way: the previous snapshot's body rather than a wait.
-                Some((_, made)) if under_way => {
+                // Under way: an earlier snapshot's body rather than a wait.
+                Some((_, made)) if under_way && servable => {
                     return Ok((made.clone(), served(Served::Previous)));
                 }
-                None if body.rendering => {
+                _ if body.rendering => {
                     waited = true;
                     bodies = self
                         .inner
@@ -372,7 +431,8 @@ impl SharedState {
             kind,
             by: Renderer::Scrape,
         };
-        self.make(kind, &snapshot, number).map(|body| (body, Served::Rendered))
+        self.make(kind, &snapshot, number)
+            .map(|body| (body, Served::Rendered))
     }
 
     /// Renders the current snapshot as `kind` ahead of a scrape, unless it is made
@@ -381,13 +441,9 @@ impl SharedState {
         let (snapshot, number) = {
             let mut bodies = lock(&self.inner.bodies);
             let (snapshot, number) = self.published();
-            let current = Arc::downgrade(&snapshot);
             let body = body_of(&mut bodies, kind);
             body.asked = false;
-            let made = body
-                .made
-                .as_ref()
-                .is_some_and(|(from, _)| from.ptr_eq(&current));
+            let made = body.made.as_ref().is_some_and(|&(of, _)| of == number);
             if made || body.rendering || body.ahead {
                 return Ok(());
             }
@@ -421,7 +477,7 @@ impl SharedState {
         let body = body_of(&mut bodies, kind);
         if number >= body.newest {
             body.newest = number;
-            body.made = Some((Arc::downgrade(snapshot), made.clone()));
+            body.made = Some((number, made.clone()));
         }
         Ok(made)
     }
@@ -470,14 +526,10 @@ fn body_of(bodies: &mut Vec<Body>, kind: Kind) -> &mut Body {
 impl SharedState {
     /// The kinds of body made from the current snapshot.
     pub(super) fn rendered_kinds(&self) -> Vec<Kind> {
-        let current = Arc::downgrade(&self.snapshot());
+        let current = self.number();
         lock(&self.inner.bodies)
             .iter()
-            .filter(|b| {
-                b.made
-                    .as_ref()
-                    .is_some_and(|(from, _)| from.ptr_eq(&current))
-            })
+            .filter(|b| b.made.as_ref().is_some_and(|&(of, _)| of == current))
             .map(|b| b.kind)
             .collect()
     }

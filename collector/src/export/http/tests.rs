@@ -13,11 +13,20 @@ use crate::{
 };
 
 fn state() -> SharedState {
-    let state = SharedState::new(BuildInfo {
-        version: "9.9.9".to_owned(),
-        git_commit: "feed".to_owned(),
-        kernel_release: "6.1.0-test".to_owned(),
-    });
+    state_stale_for(Duration::from_secs(1))
+}
+
+/// [`state`], with bodies servable `stale_for` after their snapshot was replaced.
+fn state_stale_for(stale_for: Duration) -> SharedState {
+    let state = SharedState::with_options(
+        BuildInfo {
+            version: "9.9.9".to_owned(),
+            git_commit: "feed".to_owned(),
+            kernel_release: "6.1.0-test".to_owned(),
+        },
+        crate::export::prometheus::ClassicBuckets::Short,
+        stale_for,
+    );
     state.replace(Snapshot {
         listeners: vec![Listener {
             netns: 1,
@@ -480,7 +489,7 @@ async fn a_snapshot_a_scrape_is_expected_of_is_rendered_when_published() {
 
 #[test]
 fn a_scrape_while_its_kind_renders_is_served_the_previous_snapshot() {
-    let state = state();
+    let state = state_stale_for(Duration::ZERO);
     let kind = (Format::Text, false);
     let before = state.render(kind.0, kind.1).expect("render");
     state.replace(Snapshot::default());
@@ -503,6 +512,49 @@ fn a_scrape_while_its_kind_renders_is_served_the_previous_snapshot() {
     );
     state.replace(Snapshot::default());
     assert!(!state.keeps(kind), "a body two polls old is kept");
+}
+
+#[test]
+fn a_body_is_served_while_rendering_up_to_the_poll_interval_after_its_snapshot_went() {
+    use super::state::Served;
+    let state = state_stale_for(Duration::from_millis(300));
+    let kind = (Format::Text, false);
+    let who = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let (old, _) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    // Two polls in quick succession (event-driven ones under churn), while the
+    // render is under way: the body of two snapshots back is still served.
+    state.replace(Snapshot::default());
+    state.replace(Snapshot::default());
+    assert!(state.keeps(kind), "dropped within the interval");
+    state.set_rendering(kind, true);
+    let (during, served) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    assert_eq!((during.as_ptr(), served), (old.as_ptr(), Served::Previous));
+    // Once it went more than the interval ago, it is not: the scrape waits for the
+    // render under way, then renders the current snapshot (the other made nothing).
+    std::thread::sleep(Duration::from_millis(400));
+    let waiter = {
+        let state = state.clone();
+        std::thread::spawn(move || state.scrape(who, kind.0, kind.1))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!waiter.is_finished(), "served a body older than allowed");
+    state.set_rendering(kind, false);
+    let (after, served) = waiter.join().expect("waiter").expect("scrape");
+    assert_eq!(served, Served::Rendered);
+    assert!(!String::from_utf8_lossy(&after).contains("127.0.0.1:9750"));
+    // The body of the snapshot just before is served however long ago that went;
+    // a publish drops what is no longer servable.
+    state.replace(Snapshot::default());
+    std::thread::sleep(Duration::from_millis(400));
+    state.set_rendering(kind, true);
+    let (during, served) = state.scrape(who, kind.0, kind.1).expect("scrape");
+    assert_eq!(
+        (during.as_ptr(), served),
+        (after.as_ptr(), Served::Previous)
+    );
+    state.set_rendering(kind, false);
+    state.replace(Snapshot::default());
+    assert!(!state.keeps(kind), "a body replaced 400 ms ago was kept");
 }
 
 #[test]
@@ -603,7 +655,7 @@ fn a_scrape_with_no_body_renders_itself_rather_than_wait_for_the_prerender_threa
 
 #[test]
 fn a_render_that_ends_after_a_newer_one_is_served_but_not_kept() {
-    let state = state();
+    let state = state_stale_for(Duration::ZERO);
     let kind = (Format::Text, false);
     let (old, old_number) = (state.snapshot(), state.number());
     state.replace(Snapshot::default());
