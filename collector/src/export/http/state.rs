@@ -7,8 +7,9 @@
 //! of its own at the lowest priority, so that it takes only CPU the poller does not
 //! want), so that the scrape finds its body made. A scrape that comes while its kind
 //! is being rendered, or is asked of the pre-render thread and not started yet, is
-//! served the body of the snapshot before (one poll old) rather than wait; when
-//! there is none, it waits for another scrape's render, never for
+//! served the newest body made rather than wait, if still servable: that of the
+//! snapshot before, or of one replaced at most a poll interval ago
+//! ([`Published::servable`]); when there is none, it waits for another scrape's render, never for
 //! the pre-render thread's (which a busy machine may leave without CPU for long): it
 //! renders itself. Bodies are kept newest first: a render that ends after a newer
 //! snapshot's was kept is served to its scrape and dropped, so no scraper is served
@@ -156,8 +157,10 @@ struct Body {
     asked: bool,
 }
 
-/// [`Inner::stale_for`] unless told: the daemon's default poll interval.
-const DEFAULT_STALE_FOR: Duration = Duration::from_secs(1);
+/// The longest [`Inner::stale_for`], and its value unless told: the daemon's
+/// default poll interval. With `--interval 30` and listener events asking for polls
+/// every few hundred ms, a body 30 s old would otherwise be served.
+const MAX_STALE_FOR: Duration = Duration::from_secs(1);
 
 /// Who renders a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +176,8 @@ enum Renderer {
 pub enum Served {
     /// The current snapshot's body, made before (ahead, or by an earlier scrape).
     Made,
-    /// The body of the snapshot before, while the current one's was being made.
+    /// The body of an earlier snapshot (one still servable), while the current one's
+    /// is being made.
     Previous,
     /// Made by another scrape's render, which this one waited for.
     Waited,
@@ -204,12 +208,12 @@ impl SharedState {
 
     /// Starts with an empty snapshot; histograms get the `classic` buckets.
     pub fn with_buckets(build: BuildInfo, classic: ClassicBuckets) -> Self {
-        Self::with_options(build, classic, DEFAULT_STALE_FOR)
+        Self::with_options(build, classic, MAX_STALE_FOR)
     }
 
     /// Starts with an empty snapshot; histograms get the `classic` buckets; a body
-    /// is served up to `stale_for` after its snapshot was replaced, while the new
-    /// one's is made (the daemon passes its poll interval).
+    /// is served up to `stale_for` (at most [`MAX_STALE_FOR`]) after its snapshot was
+    /// replaced, while the new one's is made (the daemon passes its poll interval).
     pub fn with_options(build: BuildInfo, classic: ClassicBuckets, stale_for: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -220,7 +224,7 @@ impl SharedState {
                 }),
                 build,
                 classic,
-                stale_for,
+                stale_for: stale_for.min(MAX_STALE_FOR),
                 events: EventLog::default(),
                 bodies: Mutex::new(Vec::new()),
                 made: Condvar::new(),
