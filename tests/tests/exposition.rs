@@ -60,6 +60,15 @@ fn gzip_body_has_the_plain_body_series() {
     assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
     assert!(head.contains("\r\ncontent-encoding: gzip\r\n"), "{head}");
     assert!(head.contains("\r\nvary: accept-encoding\r\n"), "{head}");
+    // How the body came to be: one of the four the README lists.
+    let body_said = head
+        .lines()
+        .find_map(|l| l.strip_prefix("sockq-body: "))
+        .unwrap_or_else(|| panic!("no sockq-body header: {head}"));
+    assert!(
+        ["made", "previous", "rendered", "waited"].contains(&body_said),
+        "sockq-body: {body_said}"
+    );
     let mut text = String::new();
     flate2::read::GzDecoder::new(gzipped.as_slice())
         .read_to_string(&mut text)

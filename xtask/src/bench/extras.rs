@@ -174,7 +174,7 @@ impl Scrape {
 }
 
 /// Rounds of [`scrapes_against_polls`], and the length of each of its blocks.
-const INTERFERENCE_ROUNDS: usize = 6;
+const INTERFERENCE_ROUNDS: usize = 10;
 const BLOCK: Duration = Duration::from_secs(10);
 /// The cases of [`scrapes_against_polls`], in the order it returns them.
 const CASES: [&str; 2] = ["steady", "churn"];
