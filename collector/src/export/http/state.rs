@@ -9,9 +9,9 @@
 //! is being rendered, or is asked of the pre-render thread and not started yet, is
 //! served the newest body made rather than wait, if still servable: that of the
 //! snapshot before, or of one replaced at most a poll interval ago
-//! ([`Published::servable`]); when there is none, it waits for another scrape's render, never for
-//! the pre-render thread's (which a busy machine may leave without CPU for long): it
-//! renders itself. Bodies are kept newest first: a render that ends after a newer
+//! ([`Published::servable`]). When there is none, it waits for another scrape's
+//! render, never for the pre-render thread's (which a busy machine may leave without
+//! CPU for long): it renders itself. Bodies are kept newest first: a render that ends after a newer
 //! snapshot's was kept is served to its scrape and dropped, so no scraper is served
 //! an older body after a newer one (counters never go back). Each answer says which
 //! of these it was ([`Served`], in the [`SERVED_HEADER`] header).
@@ -57,10 +57,11 @@ pub(super) struct Inner {
     events: EventLog,
     /// The bodies made, one per (format, gzip), of the current snapshot or of one
     /// still [`servable`](Published::servable): every scrape until the next poll is
-    /// served from them. With 10,000
-    /// listeners a render and its gzip take a few hundred ms of CPU; ten scrapers a
-    /// second would otherwise queue behind each other and take the CPU the poller
-    /// needs. Held only to look and to store, never while rendering.
+    /// served from them. With 10,000 listeners a render and its gzip take a few
+    /// hundred ms of CPU; ten scrapers a second would otherwise queue behind each
+    /// other and take the CPU the poller needs. Held only to look and to store, never
+    /// while rendering; taken before `snapshot`'s lock when both are held, and after
+    /// `schedule`'s.
     bodies: Mutex<Vec<Body>>,
     /// Raised when a render ends, for the scrapes that had no body to be served.
     made: Condvar,
@@ -247,17 +248,22 @@ impl SharedState {
                 .snapshot
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            let now = Instant::now();
             let replaced = published.number;
             if published.superseded.len() == SUPERSEDED_KEPT {
                 published.superseded.pop_front();
             }
-            published.superseded.push_back((replaced, now));
+            published.superseded.push_back((replaced, Instant::now()));
             published.number += 1;
-            let previous = std::mem::replace(&mut published.snapshot, snapshot);
-            // Bodies no longer servable go: that of the one replaced stays to be
-            // served while the new one renders, and any other still fresh enough.
-            for body in lock(&self.inner.bodies).iter_mut() {
+            std::mem::replace(&mut published.snapshot, snapshot)
+        };
+        // Bodies no longer servable go: that of the one replaced stays to be served
+        // while the new one renders, and any other still fresh enough. The bodies'
+        // lock is taken before the snapshot's, as a scrape does.
+        {
+            let mut bodies = lock(&self.inner.bodies);
+            let published = self.read_published();
+            let now = Instant::now();
+            for body in bodies.iter_mut() {
                 if body
                     .made
                     .as_ref()
@@ -266,8 +272,7 @@ impl SharedState {
                     body.made = None;
                 }
             }
-            previous
-        };
+        }
         // Dropped outside the locks: freeing 10,000 listeners takes a while.
         drop(previous);
         let mut schedule = lock(&self.inner.schedule);

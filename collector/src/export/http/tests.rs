@@ -593,6 +593,49 @@ fn a_scrape_while_the_prerender_thread_is_asked_is_served_the_previous_snapshot(
 }
 
 #[test]
+fn publishes_and_scrapes_at_once_never_deadlock() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let state = state();
+    state.pretend_prerender_thread();
+    let stop = Arc::new(AtomicBool::new(false));
+    let who = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (state, stop) = (state.clone(), Arc::clone(&stop));
+        workers.push(std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if worker == 0 {
+                    state.replace(Snapshot::default());
+                } else if worker == 1 {
+                    state.render_ahead_now((Format::Text, worker % 2 == 0));
+                } else {
+                    let _ = state.scrape(who, Format::Text, worker % 2 == 0);
+                }
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !workers.iter().all(|w| w.is_finished()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publishes, renders ahead and scrapes deadlocked"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for w in workers {
+        assert!(w.join().expect("worker") > 0, "a worker never ran");
+    }
+}
+
+#[test]
 fn a_scrape_with_no_body_waits_then_renders_the_snapshot_current_when_it_wakes() {
     let state = state();
     let kind = (Format::Text, true);
