@@ -139,24 +139,49 @@ pub struct Interference {
     /// the block with it; `None` where a block saw no poll.
     pub without: Vec<Option<f64>>,
     pub with: Vec<Option<f64>>,
-    /// The mean scrape (seconds) of each round's block with the scraper.
-    pub scrape_means: Vec<Option<f64>>,
-    /// The same, of the scrapes served a body already made (the daemon's
-    /// `sockq-body` header: `made` or `previous`): what is left of a scrape's time
-    /// once renders are taken out.
-    pub served_means: Vec<Option<f64>>,
-    /// Every scrape of those blocks, seconds, sorted (failed ones infinite).
-    pub scrapes: Vec<f64>,
-    /// Those served a body already made, seconds, sorted.
-    pub served: Vec<f64>,
+    /// The scrapes of the blocks with the scraper (failed ones infinite).
+    pub scrapes: Timings,
+    /// Those served a body already made (the daemon's `sockq-body` header: `made`
+    /// or `previous`): what is left of a scrape's time once renders are taken out.
+    pub served: Timings,
     /// How many scrapes were served each way (`sockq-body`; `failed` for none).
     pub ways: std::collections::BTreeMap<String, usize>,
-    /// The mean time of the control's requests in each block with the scraper: the
-    /// same body from a static server in this process ([`StaticServer`]), fetched
-    /// beside each scrape. What the machine's load alone does to such a request.
-    pub control_means: Vec<Option<f64>>,
-    /// Every control request of those blocks, seconds, sorted.
-    pub control: Vec<f64>,
+    /// The control's requests: the same body from a static server in this process
+    /// ([`StaticServer`]), fetched beside each scrape. What the machine's load alone
+    /// does to such a request.
+    pub control: Timings,
+}
+
+/// Request times of the blocks with the scraper, in seconds.
+#[derive(Default)]
+pub struct Timings {
+    /// The mean of each block (`None`: none in it), for the ratios between cases.
+    pub means: Vec<Option<f64>>,
+    /// All of them, sorted once [`sort`](Self::sort)ed, for the quantiles.
+    pub all: Vec<f64>,
+}
+
+impl Timings {
+    fn push_block(&mut self, times: impl Iterator<Item = f64> + Clone) {
+        self.means.push(mean(times.clone()));
+        self.all.extend(times);
+    }
+
+    fn sort(&mut self) {
+        self.all.sort_by(f64::total_cmp);
+    }
+
+    /// "p50 .. ms, p90 .. ms, p99 .. ms, max .. ms".
+    fn quantiles_ms(&self) -> String {
+        let ms = |q| quantile(&self.all, q) * 1e3;
+        format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(1.0)
+        )
+    }
 }
 
 /// One scrape of [`scrape_every_100ms`]: its time in seconds (infinite if it
@@ -198,13 +223,10 @@ pub fn scrapes_against_polls(
         case,
         without: Vec::new(),
         with: Vec::new(),
-        scrape_means: Vec::new(),
-        served_means: Vec::new(),
-        scrapes: Vec::new(),
-        served: Vec::new(),
+        scrapes: Timings::default(),
+        served: Timings::default(),
         ways: Default::default(),
-        control_means: Vec::new(),
-        control: Vec::new(),
+        control: Timings::default(),
     });
     // The control serves the body the daemon serves, to the same scraper.
     let control = StaticServer::start(http_get_bytes(&d.addr, "/metrics", GZIP)?)?;
@@ -241,19 +263,17 @@ pub fn scrapes_against_polls(
             let c = &mut cases[case];
             if scraper {
                 c.with.push(mean_poll);
-                c.scrape_means.push(mean(scrapes.iter().map(|s| s.secs)));
-                let served = scrapes
-                    .iter()
-                    .filter(|s| s.was_made_before())
-                    .map(|s| s.secs);
-                c.served_means.push(mean(served.clone()));
-                c.served.extend(served);
+                c.scrapes.push_block(scrapes.iter().map(|s| s.secs));
+                c.served.push_block(
+                    scrapes
+                        .iter()
+                        .filter(|s| s.was_made_before())
+                        .map(|s| s.secs),
+                );
                 for s in &scrapes {
                     *c.ways.entry(s.body.clone()).or_default() += 1;
                 }
-                c.scrapes.extend(scrapes.iter().map(|s| s.secs));
-                c.control_means.push(mean(controls.iter().copied()));
-                c.control.extend(controls);
+                c.control.push_block(controls.into_iter());
             } else {
                 c.without.push(mean_poll);
             }
@@ -262,9 +282,9 @@ pub fn scrapes_against_polls(
     }
     drop(holder);
     for c in &mut cases {
-        c.scrapes.sort_by(f64::total_cmp);
-        c.served.sort_by(f64::total_cmp);
-        c.control.sort_by(f64::total_cmp);
+        c.scrapes.sort();
+        c.served.sort();
+        c.control.sort();
     }
     Ok(cases.into())
 }
@@ -507,61 +527,43 @@ pub fn print_all(sockq: &Path, scenario: &Path, seconds: f64, seed: u64) -> Resu
         );
     }
     for c in &cases {
-        let ms = |q| quantile(&c.scrapes, q) * 1e3;
+        let (scrapes, n) = (c.scrapes.quantiles_ms(), c.scrapes.all.len());
+        println!("{:<7} scrapes {scrapes} ({n})", c.case);
+    }
+    for c in &cases {
+        let (control, n) = (c.control.quantiles_ms(), c.control.all.len());
         println!(
-            "{:<7} scrapes p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({})",
-            c.case,
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(1.0),
-            c.scrapes.len()
+            "{:<7} control (the same body from a static server in the bench) {control} ({n})",
+            c.case
         );
     }
     for c in &cases {
-        let ms = |q| quantile(&c.control, q) * 1e3;
-        println!(
-            "{:<7} control (the same body from a static server in the bench) p50 {:.1} ms, \
-             p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({})",
-            c.case,
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(1.0),
-            c.control.len()
-        );
-    }
-    for c in &cases {
-        let ms = |q| quantile(&c.served, q) * 1e3;
         let ways: Vec<String> = c.ways.iter().map(|(w, n)| format!("{n} {w}")).collect();
         println!(
-            "{:<7} bodies: {}; those served a body already made p50 {:.1} ms, p90 {:.1} ms, \
-             p99 {:.1} ms, max {:.1} ms",
+            "{:<7} bodies: {}; those served a body already made {}",
             c.case,
             ways.join(", "),
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(1.0)
+            c.served.quantiles_ms()
         );
     }
     if let [steady, churn] = &cases[..] {
         println!(
             "mean scrape, churn against steady: {}",
-            fmt_ratio(ratio(&churn.scrape_means, &steady.scrape_means, rng).as_ref())
+            fmt_ratio(ratio(&churn.scrapes.means, &steady.scrapes.means, rng).as_ref())
         );
         println!(
             "mean scrape served a body already made, churn against steady: {}",
-            fmt_ratio(ratio(&churn.served_means, &steady.served_means, rng).as_ref())
+            fmt_ratio(ratio(&churn.served.means, &steady.served.means, rng).as_ref())
         );
         println!(
             "mean control request, churn against steady: {} (the machine's load alone)",
-            fmt_ratio(ratio(&churn.control_means, &steady.control_means, rng).as_ref())
+            fmt_ratio(ratio(&churn.control.means, &steady.control.means, rng).as_ref())
         );
         let over_control = |c: &Interference| -> Vec<Option<f64>> {
-            c.served_means
+            c.served
+                .means
                 .iter()
-                .zip(&c.control_means)
+                .zip(&c.control.means)
                 .map(|(s, k)| Some((*s)? / (*k)?))
                 .collect()
         };
