@@ -38,5 +38,13 @@ pub const STAT_URING_DIRECT: u32 = 12;
 pub const STAT_UNIX_CONNECTING_FULL: u32 = 13;
 /// A refused or waiting Unix connect could not be counted (`UNIX_REFUSED` full).
 pub const STAT_UNIX_REFUSED_FULL: u32 = 14;
+/// A Unix enqueue stamped [`UNIX_LOOKBACK`](crate::queue::UNIX_LOOKBACK) connections
+/// of its listener's queue without reaching one stamped before: connections queued
+/// before those may go unstamped (their accepts then count as unattributed).
+pub const STAT_UNIX_LOOKBACK_SHORT: u32 = 15;
+/// A Unix connection accepted before any enqueue stamped it (its connecting thread
+/// was preempted between queueing it and `sk_data_ready`, and the acceptor took it
+/// meanwhile): its accept is counted, its wait is not.
+pub const STAT_UNIX_UNSTAMPED: u32 = 16;
 /// Number of slots in `STATS` (room to grow).
-pub const STATS_LEN: u32 = 16;
+pub const STATS_LEN: u32 = 20;

@@ -47,12 +47,17 @@ pub struct UnixOffsets {
     pub sk_receive_queue_qlen: u32,
     /// `struct sk_buff` -> `sk`.
     pub skb_sk: u32,
-    /// Nonzero when the three fields above resolved: `sk_data_ready` then counts a
-    /// Unix listener's enqueues and stamps its children for the accept programs.
+    /// Nonzero when the fields around resolved: `sk_data_ready` then counts a Unix
+    /// listener's enqueues and stamps its children for the accept programs.
     pub accept_valid: u32,
+    /// `struct sock` -> `sk_receive_queue`: the queue's head, which an empty queue's
+    /// `prev` and its first skb's `prev` point at.
+    pub sk_receive_queue_head: u32,
+    /// `struct sk_buff` -> `prev`: the connection queued before.
+    pub skb_prev: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<UnixOffsets>() == 36);
+const _: () = assert!(core::mem::size_of::<UnixOffsets>() == 44);
 
 /// Who connected to which name: the key of `UNIX_REFUSED`.
 #[repr(C)]

@@ -33,7 +33,9 @@ use aya_ebpf::{
 };
 use collector_common::{
     queue::{AcceptorKey, ReaderTrack, SAMPLE_ALL_FIRST, SAMPLE_ONE_IN, wait_bucket},
-    stats::{STAT_ACCEPTING_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_READERS_FULL},
+    stats::{
+        STAT_ACCEPTING_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_READERS_FULL, STAT_UNIX_UNSTAMPED,
+    },
 };
 
 use crate::{
@@ -154,48 +156,81 @@ fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) ->
     let Some(child) = files.sock(ret as u64, o) else {
         return Ok(());
     };
-    // The listener's inode only for a TCP child: a Unix child's stamp names it.
+    // The listener's inode for a TCP child, and for a Unix child only if no enqueue
+    // stamped it (the stamp names its listener).
     let inet = is_inet(child);
-    let listener = if !inet {
-        0
-    } else if MODE == REGS {
+    if !inet {
+        match take_unix_stamp(child) {
+            Some(stamp) => count_accept(child, pid_tgid, stamp.listener, stamp.enqueued_ns),
+            None => {
+                let listener = if MODE == REGS {
+                    SyscallRegs::current(o)
+                        .map_or(0, |regs| files.socket_inode(regs.arg(o.pt_regs_arg0), o))
+                } else {
+                    listen_fd.map_or(0, |fd| files.socket_inode(fd, o))
+                };
+                unix_unstamped(child, pid_tgid, listener);
+            }
+        }
+        return Ok(());
+    }
+    let listener = if MODE == REGS {
         SyscallRegs::current(o).map_or(0, |regs| files.socket_inode(regs.arg(o.pt_regs_arg0), o))
     } else {
         listen_fd.map_or(0, |fd| files.socket_inode(fd, o))
     };
-    account_accept(child, pid_tgid, inet, listener);
+    count_accept(child, pid_tgid, listener, tcp_established_ns(child, o));
     Ok(())
 }
 
 /// Counts the accept of `child` by thread `pid_tgid`, with its wait: an `inet`
 /// (TCP) child's from the kernel's own note of its handshake's completion, for
-/// `listener` (its inode, 0: unknown); a Unix child's from its stamp, which
-/// names its listener (`listener` is not read).
+/// `listener` (its inode, 0: unknown); a Unix child's from its stamp, which names its
+/// listener (`listener`, if known, serves a child no enqueue stamped).
 #[inline(always)]
 pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64) {
-    let o = offsets();
-    // `queued_ns` 0: not known (see `tcp_established_ns` for why not an Option).
-    let (listener, queued_ns) = if inet {
-        (
-            (listener != 0).then_some(listener),
-            tcp_established_ns(child, o),
-        )
+    if inet {
+        count_accept(
+            child,
+            pid_tgid,
+            listener,
+            tcp_established_ns(child, offsets()),
+        );
     } else {
-        let stamp = take_unix_stamp(child);
-        (
-            stamp.map(|s| s.listener).filter(|&l| l != 0),
-            stamp.map_or(0, |s| s.enqueued_ns),
-        )
-    };
-    // Only listeners with counters: those sockq saw listen or enqueue.
-    let Some((listener, q)) =
-        listener.and_then(|l| LISTENER_QUEUES.get_ptr_mut(&l).map(|q| (l, q)))
-    else {
-        // A TCP connection whose listener is unknown is counted; a Unix one nobody
-        // stamped is not sockq's.
-        if inet {
-            count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
+        match take_unix_stamp(child) {
+            Some(stamp) => count_accept(child, pid_tgid, stamp.listener, stamp.enqueued_ns),
+            None => unix_unstamped(child, pid_tgid, listener),
         }
+    }
+}
+
+/// The accept of a Unix `child` no enqueue stamped, from `listener` (0: unknown):
+/// one queued before sockq started, or whose enqueue the acceptor overtook (its
+/// connecting thread preempted between queueing it and `sk_data_ready`). Its accept
+/// is counted where the listener is known and has counters; its wait is lost, and
+/// counted as lost.
+#[inline(always)]
+fn unix_unstamped(child: *const u8, pid_tgid: u64, listener: u64) {
+    if listener != 0 && LISTENER_QUEUES.get_ptr_mut(&listener).is_some() {
+        count_failure(STAT_UNIX_UNSTAMPED, 0);
+        count_accept(child, pid_tgid, listener, 0);
+    } else {
+        count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
+    }
+}
+
+/// Counts the accept of `child` from `listener` (0: unknown) by thread `pid_tgid`,
+/// with its wait if `queued_ns` (when it was queued; 0: not known, see
+/// `tcp_established_ns` for why not an Option).
+#[inline(always)]
+fn count_accept(child: *const u8, pid_tgid: u64, listener: u64, queued_ns: u64) {
+    // Only listeners with counters: those sockq saw listen or enqueue.
+    let Some(q) = (if listener != 0 {
+        LISTENER_QUEUES.get_ptr_mut(&listener)
+    } else {
+        None
+    }) else {
+        count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
         return;
     };
     // SAFETY: a valid map value pointer; counters change through atomics only. The

@@ -79,34 +79,54 @@ pub static QUEUED: HashMap<u64, QueuedChild> = HashMap::with_max_entries(QUEUED_
 pub static UNIX_STAMPS: Array<UnixStamp> = Array::with_max_entries(UNIX_STAMP_SLOTS, 0);
 
 /// Stamps the Unix `child` queued on listener `listener` at `now`: in its
-/// `UNIX_STAMPS` slot if free (or already its own: a child stamped twice, or one whose
-/// address an unaccepted child had), else in `QUEUED`.
+/// `UNIX_STAMPS` slot if free (or already its own, or an earlier child's at its
+/// address, which an accept never took: two live children never share one), else
+/// in `QUEUED`. With `IF_UNSTAMPED`, only if it is not stamped already (by an enqueue
+/// that found it in the queue); returns whether it was.
 #[inline(always)]
-pub fn stamp_unix_child(child: *const u8, listener: u64, now: u64) {
+pub fn stamp_unix_child<const IF_UNSTAMPED: bool>(
+    child: *const u8,
+    listener: u64,
+    now: u64,
+) -> bool {
     let low = pointer_low_bits(child);
     let child = child as u64;
     if let Some(slot) = UNIX_STAMPS.get_ptr_mut(UnixStamp::slot(low)) {
         // SAFETY: a valid map value pointer; volatile so the stores stay in this
         // order (the child last: a reader matching it finds the rest written).
         unsafe {
-            let held = core::ptr::read_volatile(&raw const (*slot).child);
-            if held == 0 || held == child {
+            let held = core::ptr::read_volatile(slot);
+            // Checked with `low`, not `holds`: LLVM would compute the check from the
+            // register holding the pointer, arithmetic the verifier refuses.
+            if IF_UNSTAMPED
+                && held.child == child
+                && held.listener == listener
+                && held.check == UnixStamp::check_of(low, listener)
+            {
+                return true;
+            }
+            if held.child == 0 || held.child == child {
                 core::ptr::write_volatile(&raw mut (*slot).enqueued_ns, now);
                 core::ptr::write_volatile(&raw mut (*slot).listener, listener);
                 core::ptr::write_volatile(
                     &raw mut (*slot).check,
-                    UnixStamp::check_of(low, now, listener),
+                    UnixStamp::check_of(low, listener),
                 );
                 core::ptr::write_volatile(&raw mut (*slot).child, child);
-                return;
+                return false;
             }
         }
+    }
+    // SAFETY: the value is read at once.
+    if IF_UNSTAMPED && unsafe { QUEUED.get(&child) }.is_some_and(|s| s.listener == listener) {
+        return true;
     }
     let stamp = QueuedChild {
         enqueued_ns: now,
         listener,
     };
     insert_or_count(&QUEUED, &child, &stamp, 0, STAT_QUEUED_FULL);
+    false
 }
 
 /// Takes the stamp of Unix `child` (its listener and when it was queued), from its

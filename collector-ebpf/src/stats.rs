@@ -14,7 +14,8 @@ use collector_common::stats::{
     STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_CONN_STATS_FULL,
     STAT_CONNS_FULL, STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL,
     STAT_QUEUED_FULL, STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL,
-    STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL, STAT_URING_DIRECT, STATS_LEN,
+    STAT_UNIX_CONNECTING_FULL, STAT_UNIX_LOOKBACK_SHORT, STAT_UNIX_REFUSED_FULL,
+    STAT_UNIX_UNSTAMPED, STAT_URING_DIRECT, STATS_LEN,
 };
 
 /// The programs' own counters (`collector_common::stats`), summed by userspace.
@@ -108,6 +109,8 @@ static WHAT_FAILED: [[u8; WHAT_WIDTH]; STATS_LEN as usize] = {
     what[STAT_URING_DIRECT as usize] = padded("io_uring accept into a direct descriptor");
     what[STAT_UNIX_CONNECTING_FULL as usize] = padded("map UNIX_CONNECTING (LRU) refused entry");
     what[STAT_UNIX_REFUSED_FULL as usize] = padded("map UNIX_REFUSED full");
+    what[STAT_UNIX_LOOKBACK_SHORT as usize] = padded("Unix queue longer than the look-back");
+    what[STAT_UNIX_UNSTAMPED as usize] = padded("a Unix accept before its stamp");
     what
 };
 

@@ -18,7 +18,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExit
 
 use crate::{
     accept::account_accept,
-    kernel::{Kptr, offsets},
+    kernel::{Kptr, offsets, socket_inode},
 };
 
 #[fexit(function = "unix_accept")]
@@ -39,7 +39,13 @@ fn on_accepted(listener: *const u8, newsock: *const u8) -> Result<(), i64> {
     if child.is_null() {
         return Ok(()); // nothing accepted
     }
-    // Every child here is a Unix one: its stamp names its listener.
-    account_accept(child, bpf_get_current_pid_tgid(), false, 0);
+    // Every child here is a Unix one: its stamp names its listener (the socket's
+    // inode serves one no enqueue stamped).
+    account_accept(
+        child,
+        bpf_get_current_pid_tgid(),
+        false,
+        socket_inode(listener, o),
+    );
     Ok(())
 }

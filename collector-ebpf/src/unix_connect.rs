@@ -41,7 +41,8 @@ use aya_ebpf::{
 };
 use collector_common::{
     layout::KernelOffsets,
-    stats::{STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL},
+    queue::UNIX_LOOKBACK,
+    stats::{STAT_UNIX_CONNECTING_FULL, STAT_UNIX_LOOKBACK_SHORT, STAT_UNIX_REFUSED_FULL},
     unix::{
         AF_UNIX, BLOCKED_CONNECT_NS, EAGAIN_RET, SUN_PATH_LEN, UNIX_CONNECTING_MAX_ENTRIES,
         UNIX_REFUSED_MAX_ENTRIES, UnixConnectKey, UnixConnectStats, UnixConnecting, UnixOffsets,
@@ -51,6 +52,7 @@ use collector_common::{
 use crate::{
     kernel::{Kptr, SyscallRegs, backlog_and_inode, fd_sock, offsets, record_u64, sock_net_key},
     maps::{atomic_add, count_enqueue, get_or_insert, insert_or_count, stamp_unix_child},
+    stats::count_failure,
 };
 
 /// Filled by userspace before loading (read-only); all zero: the programs do nothing.
@@ -65,6 +67,8 @@ static UNIX_OFFSETS: UnixOffsets = UnixOffsets {
     sk_receive_queue_qlen: 0,
     skb_sk: 0,
     accept_valid: 0,
+    sk_receive_queue_head: 0,
+    skb_prev: 0,
 };
 
 /// Threads inside an `AF_UNIX` connect(), by tid. A plain hash (an LRU map's insert
@@ -139,6 +143,10 @@ pub fn sys_connect_fexit(ctx: FExitContext) -> i32 {
 fn connect_exited(ret: i64, regs: *const u8) -> Result<(), i64> {
     if CONNECT_ENTRY_ON.get(0).is_some_and(|on| *on != 0) {
         return connect_returned(ret);
+    }
+    // Only a refusal needs the arguments: the registers are not fetched otherwise.
+    if ret != EAGAIN_RET {
+        return Ok(());
     }
     let o = offsets();
     let regs = if regs.is_null() {
@@ -306,9 +314,11 @@ fn count(key: &UnixConnectKey, refused: bool, took: u64) {
 /// `unix_stream_connect`, after the skb carrying the new socket was queued): counts
 /// the enqueue and its depth in `LISTENER_QUEUES`, as for TCP, and stamps the new
 /// socket with its listener (`maps::stamp_unix_child`), so the accept programs count
-/// its accept, its wait and its thread. The queue's tail is the connection just queued unless
-/// another connect queued in between (then that one is stamped, and this one's
-/// accept is not timed).
+/// its accept, its wait and its thread. The queue's tail is the connection just
+/// queued unless other connects queued in between (before this `sk_data_ready`):
+/// the connections before it are looked at too, up to `UNIX_LOOKBACK` of them, so
+/// that whichever of those enqueues comes first stamps them all. A connection is thus
+/// stamped at most a few microseconds after it was queued.
 #[inline(always)]
 pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
     let u = unix_offsets();
@@ -329,16 +339,33 @@ pub fn on_unix_enqueue(sk: *const u8, o: &KernelOffsets) -> Result<(), i64> {
         // SAFETY: a valid map value pointer; counters change through atomics only.
         unsafe { atomic_add(&raw mut (*q).full_enqueues, 1) };
     }
-    let skb = s.ptr(u.sk_receive_queue_prev);
-    // An empty queue's tail is the queue head itself.
-    if skb.is_null() || skb == sk.wrapping_add(u.sk_receive_queue_prev as usize) {
-        return Ok(());
-    }
-    let child = Kptr::new(skb, o.btf_sk_buff).ptr(u.skb_sk);
-    if child.is_null() {
-        return Ok(());
-    }
+    // The tail, always (as it is the connection just queued, an earlier stamp at its
+    // address is not its own); then, back from it, each connection not yet stamped:
+    // the first one already stamped was stamped with those before it. An empty
+    // queue's tail, and the first skb's `prev`, is the queue's head; an skb unlinked
+    // meanwhile (accepted) has none.
+    let head = sk.wrapping_add(u.sk_receive_queue_head as usize);
     // SAFETY: a helper without preconditions.
-    stamp_unix_child(child, inode, unsafe { bpf_ktime_get_ns() });
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut skb = s.ptr(u.sk_receive_queue_prev);
+    for i in 0..UNIX_LOOKBACK {
+        if skb.is_null() || skb == head {
+            return Ok(());
+        }
+        let b = Kptr::new(skb, o.btf_sk_buff);
+        let child = b.ptr(u.skb_sk);
+        if child.is_null() {
+            return Ok(());
+        }
+        if i == 0 {
+            stamp_unix_child::<false>(child, inode, now);
+        } else if stamp_unix_child::<true>(child, inode, now) {
+            return Ok(());
+        }
+        skb = b.ptr(u.skb_prev);
+    }
+    if !skb.is_null() && skb != head {
+        count_failure(STAT_UNIX_LOOKBACK_SHORT, 0);
+    }
     Ok(())
 }

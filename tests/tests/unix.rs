@@ -764,3 +764,72 @@ fn gunicorn_workers_accept_shares_sum_to_requests_served() {
         "gunicorn's workers all accept: {info:?}"
     );
 }
+
+/// A storm of Unix connections, each accepted and closed at once by the server while
+/// two threads connect: the slab hands each new socket the address of one just freed,
+/// so the children fall in the same few `UNIX_STAMPS` slots again and again, and two
+/// connects often meet on the listener's queue (the second queued before the first's
+/// `sk_data_ready`). sockq counts every accept the server made; each has its wait,
+/// but for those the acceptor took before any enqueue stamped them, which are
+/// counted as lost (`unix_accept_unstamped`); no wait is longer than the storm.
+#[test]
+fn a_unix_storm_counts_every_accept_the_server_made() {
+    let ns = Netns::new("unixstorm");
+    let netns = ns.inode().to_string();
+    let daemon = Daemon::start("1");
+    let bin = test_bin("sockq-unixsrv");
+    let started = Instant::now();
+    let storm = ns.program(&bin, &["storm", "@sockq-test-storm", "20000", "2"]);
+    let took = started.elapsed().as_secs_f64();
+    // "done INODE accepted=A connected=C"
+    let words: Vec<&str> = storm.first_line.split_whitespace().collect();
+    let number = |key: &str| -> f64 {
+        words
+            .iter()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {:?}", storm.first_line))
+    };
+    let (accepted, connected) = (number("accepted="), number("connected="));
+    assert_eq!(accepted, connected, "the server: {}", storm.first_line);
+    let inode = words.get(1).copied().unwrap_or_default().to_owned();
+    let labels = [("netns", netns.as_str()), ("socket", inode.as_str())];
+    let lost = |m: &sockq_tests::Metrics, cause: &str| {
+        m.one("sockq_events_lost_by_cause_total", &[("cause", cause)])
+    };
+    let (count, sum, unstamped) = daemon.wait_for(Duration::from_secs(10), |m| {
+        let accepts = m.one("sockq_unix_listen_accepts_total", &labels)?;
+        let count = m.one("sockq_unix_accept_wait_seconds_count", &labels)?;
+        let sum = m.one("sockq_unix_accept_wait_seconds_sum", &labels)?;
+        let unstamped = lost(m, "unix_accept_unstamped")?;
+        if accepts == accepted && count + unstamped == accepted {
+            Ok((count, sum, unstamped))
+        } else {
+            Err(format!(
+                "{accepts} accepts, {count} waits, {unstamped} accepted unstamped; the server \
+                 accepted {accepted}; look-back short {:?}, unattributed {:?}",
+                lost(m, "unix_lookback_short"),
+                lost(m, "accept_unattributed")
+            ))
+        }
+    });
+    eprintln!(
+        "{accepted} connections in {took:.3} s: {count} waits, mean {:.1} us; {unstamped} \
+         accepted before their enqueue stamped them",
+        sum / count * 1e6
+    );
+    assert!(
+        sum / count < took,
+        "mean wait {} s, storm {took} s",
+        sum / count
+    );
+    let le_took = daemon
+        .metrics()
+        .find("sockq_unix_accept_wait_seconds_bucket", &labels)
+        .iter()
+        .filter(|b| b.labels["le"].parse::<f64>().is_ok_and(|le| le >= took))
+        .map(|b| b.value)
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(le_took, count, "waits longer than the storm ({took:.3} s)");
+    storm.finish();
+}

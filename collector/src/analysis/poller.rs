@@ -583,6 +583,8 @@ fn events_lost(view: &KernelView, ring: &RingCounters) -> Vec<(&'static str, u64
         ("map_full:UNIX_CONNECTING", s.unix_connecting_full),
         ("map_full:UNIX_REFUSED", s.unix_refused_full),
         ("accept_unattributed", s.accepts_unattributed),
+        ("unix_lookback_short", s.unix_lookback_short),
+        ("unix_accept_unstamped", s.unix_unstamped),
         ("accept_direct_descriptor", s.uring_direct),
     ]
 }

@@ -9,7 +9,8 @@ use collector_common::{
         STAT_ACCEPTING_FULL, STAT_ACCEPTORS_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_CONN_STATS_FULL,
         STAT_CONNS_FULL, STAT_DROP_REASONS_FULL, STAT_EVENTS_LOST, STAT_LISTENERS_FULL,
         STAT_QUEUED_FULL, STAT_READ_ERRORS, STAT_READERS_FULL, STAT_TRANSITIONS_FULL,
-        STAT_UNIX_CONNECTING_FULL, STAT_UNIX_REFUSED_FULL, STAT_URING_DIRECT,
+        STAT_UNIX_CONNECTING_FULL, STAT_UNIX_LOOKBACK_SHORT, STAT_UNIX_REFUSED_FULL,
+        STAT_UNIX_UNSTAMPED, STAT_URING_DIRECT,
     },
 };
 
@@ -50,6 +51,12 @@ pub struct ProgramStats {
     pub unix_connecting_full: u64,
     /// Refused or waiting Unix connects not counted (`UNIX_REFUSED` full).
     pub unix_refused_full: u64,
+    /// Unix enqueues that stamped as many connections as they look back over and
+    /// left some unchecked (`STAT_UNIX_LOOKBACK_SHORT`).
+    pub unix_lookback_short: u64,
+    /// Unix accepts of connections no enqueue had stamped yet: counted, their waits
+    /// not (`STAT_UNIX_UNSTAMPED`).
+    pub unix_unstamped: u64,
 }
 
 /// A TCP state transition as the kernel counts it: per namespace *key*, the
@@ -260,6 +267,8 @@ impl Probes {
             uring_direct: read(STAT_URING_DIRECT)?,
             unix_connecting_full: read(STAT_UNIX_CONNECTING_FULL)?,
             unix_refused_full: read(STAT_UNIX_REFUSED_FULL)?,
+            unix_lookback_short: read(STAT_UNIX_LOOKBACK_SHORT)?,
+            unix_unstamped: read(STAT_UNIX_UNSTAMPED)?,
         })
     }
 }

@@ -91,14 +91,18 @@ pub fn kernel_info(tracefs_root: Option<&Path>) -> Result<KernelInfo, ProbeError
     let mut o = layout.kernel_offsets()?;
     let struct_reads = typed_reads(&layout, &mut o);
     let mut unix = UnixOffsets::default();
-    if let (Ok(prev), Ok(qlen), Ok(skb_sk)) = (
+    if let (Ok(head), Ok(prev), Ok(qlen), Ok(skb_sk), Ok(skb_prev)) = (
+        layout.offset("sock", "sk_receive_queue"),
         layout.offset("sock", "sk_receive_queue.prev"),
         layout.offset("sock", "sk_receive_queue.qlen"),
         layout.offset("sk_buff", "sk"),
+        layout.offset("sk_buff", "prev"),
     ) {
+        unix.sk_receive_queue_head = head;
         unix.sk_receive_queue_prev = prev;
         unix.sk_receive_queue_qlen = qlen;
         unix.skb_sk = skb_sk;
+        unix.skb_prev = skb_prev;
         unix.accept_valid = 1;
     }
     // Between 5.7 and 5.11 `net_cookie` exists but stays 0 until asked for, and the

@@ -11,6 +11,13 @@
 //!   sockq-unixsrv connect NAME COUNT TYPE    COUNT non-blocking connects, one after
 //!                                            another; prints `done refused=R
 //!                                            connected=C other=O`
+//!   sockq-unixsrv storm NAME COUNT THREADS   listen(4096) on a stream socket, accept and
+//!                                            close at once, while THREADS threads
+//!                                            connect and close COUNT connections in
+//!                                            all (the slab hands each new socket a
+//!                                            freed one's address); when all are
+//!                                            accepted (or after 10 s), prints `done
+//!                                            INODE accepted=A connected=C`
 //!   sockq-unixsrv block-connect NAME TYPE [TIMEOUT_MS]
 //!                                            one blocking connect (SO_SNDTIMEO
 //!                                            TIMEOUT_MS if given); prints `done
@@ -27,6 +34,7 @@ fn main() -> ExitCode {
         ["listen", name, backlog, kind] => listen(name, backlog, kind, None),
         ["listen", name, backlog, kind, ms] => listen(name, backlog, kind, Some(ms)),
         ["connect", name, count, kind] => connect(name, count, kind),
+        ["storm", name, count, threads] => storm(name, count, threads),
         ["block-connect", name, kind] => block_connect(name, kind, None),
         ["block-connect", name, kind, ms] => block_connect(name, kind, Some(ms)),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
@@ -112,14 +120,7 @@ fn listen(name: &str, backlog: &str, kind: &str, accept_after: Option<&str>) -> 
         .bind(&address(name)?)
         .map_err(|e| format!("bind {name:?}: {e}"))?;
     socket.listen(backlog).map_err(|e| format!("listen: {e}"))?;
-    let fd = socket.as_raw_fd();
-    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|e| e.to_string())?;
-    let inode = link
-        .to_string_lossy()
-        .trim_start_matches("socket:[")
-        .trim_end_matches(']')
-        .to_owned();
-    println!("ready {inode}");
+    println!("ready {}", socket_inode(&socket)?);
     if let Some(ms) = accept_after {
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -134,6 +135,74 @@ fn listen(name: &str, backlog: &str, kind: &str, accept_after: Option<&str>) -> 
     }
     wait_for_stdin_close();
     Ok(())
+}
+
+fn storm(name: &str, count: &str, threads: &str) -> Result<(), String> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let count: u64 = count.parse().map_err(|e| format!("count: {e}"))?;
+    let threads: u64 = threads.parse().map_err(|e| format!("threads: {e}"))?;
+    let addr = address(name)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| e.to_string())?;
+    socket
+        .bind(&addr)
+        .map_err(|e| format!("bind {name:?}: {e}"))?;
+    socket.listen(4096).map_err(|e| format!("listen: {e}"))?;
+    let inode = socket_inode(&socket)?;
+    let accepted = Arc::new(AtomicU64::new(0));
+    {
+        let accepted = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            while let Ok((conn, _)) = socket.accept() {
+                drop(conn);
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let connected = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..threads)
+        .map(|t| {
+            let (addr, connected) = (addr.clone(), Arc::clone(&connected));
+            let share = count / threads + u64::from(t < count % threads);
+            std::thread::spawn(move || {
+                for _ in 0..share {
+                    let Ok(client) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
+                        continue;
+                    };
+                    if client.connect(&addr).is_ok() {
+                        connected.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        let _ = c.join();
+    }
+    // Every connect returned once its connection was queued; wait for the acceptor.
+    let connected = connected.load(Ordering::SeqCst);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while accepted.load(Ordering::SeqCst) < connected && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    println!(
+        "done {inode} accepted={} connected={connected}",
+        accepted.load(Ordering::SeqCst)
+    );
+    wait_for_stdin_close();
+    Ok(())
+}
+
+fn socket_inode(socket: &Socket) -> Result<String, String> {
+    let fd = socket.as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|e| e.to_string())?;
+    Ok(link
+        .to_string_lossy()
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_owned())
 }
 
 fn connect(name: &str, count: &str, kind: &str) -> Result<(), String> {
