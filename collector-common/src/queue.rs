@@ -135,7 +135,8 @@ pub const UNIX_STAMP_SLOTS: u32 = 4096;
 /// (each found it in the queue), or two whose children share the slot, both finding
 /// it free. The fields may then mix the two stamps. `check`
 /// ([`UnixStamp::check_of`]) ties the child to its listener, and a slot whose child
-/// and listener do not match is not taken (that accept is counted as unattributed).
+/// and listener do not match is not taken (that accept is counted for the listener
+/// its descriptor names, its wait as lost: `STAT_UNIX_UNSTAMPED`).
 /// The time is left out of it: two writers stamped at the same instant, so either's
 /// time is the connection's to within the race, and a child two enqueues stamped
 /// at once keeps its stamp.

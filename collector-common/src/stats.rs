@@ -40,7 +40,8 @@ pub const STAT_UNIX_CONNECTING_FULL: u32 = 13;
 pub const STAT_UNIX_REFUSED_FULL: u32 = 14;
 /// A Unix enqueue stamped [`UNIX_LOOKBACK`](crate::queue::UNIX_LOOKBACK) connections
 /// of its listener's queue without reaching one stamped before: connections queued
-/// before those may go unstamped (their accepts then count as unattributed).
+/// before those may go unstamped (their accepts then have no wait:
+/// [`STAT_UNIX_UNSTAMPED`]).
 pub const STAT_UNIX_LOOKBACK_SHORT: u32 = 15;
 /// A Unix connection accepted before any enqueue stamped it (its connecting thread
 /// was preempted between queueing it and `sk_data_ready`, and the acceptor took it
