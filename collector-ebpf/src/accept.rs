@@ -32,6 +32,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use collector_common::{
+    layout::KernelOffsets,
     queue::{AcceptorKey, ReaderTrack, SAMPLE_ALL_FIRST, SAMPLE_ONE_IN, wait_bucket},
     stats::{
         STAT_ACCEPTING_FULL, STAT_ACCEPTS_UNATTRIBUTED, STAT_READERS_FULL, STAT_UNIX_UNSTAMPED,
@@ -158,29 +159,32 @@ fn on_accept_return<const MODE: u8>(ctx: &TracePointContext, ret_offset: u32) ->
     };
     // The listener's inode for a TCP child, and for a Unix child only if no enqueue
     // stamped it (the stamp names its listener).
-    let inet = is_inet(child);
-    if !inet {
-        match take_unix_stamp(child) {
-            Some(stamp) => count_accept(child, pid_tgid, stamp.listener, stamp.enqueued_ns),
-            None => {
-                let listener = if MODE == REGS {
-                    SyscallRegs::current(o)
-                        .map_or(0, |regs| files.socket_inode(regs.arg(o.pt_regs_arg0), o))
-                } else {
-                    listen_fd.map_or(0, |fd| files.socket_inode(fd, o))
-                };
-                unix_unstamped(child, pid_tgid, listener);
-            }
-        }
-        return Ok(());
+    if is_inet(child) {
+        let listener = syscall_listener::<MODE>(files, listen_fd, o);
+        count_accept(child, pid_tgid, listener, tcp_established_ns(child, o));
+    } else if !account_stamped_unix(child, pid_tgid) {
+        unix_unstamped(
+            child,
+            pid_tgid,
+            syscall_listener::<MODE>(files, listen_fd, o),
+        );
     }
-    let listener = if MODE == REGS {
+    Ok(())
+}
+
+/// The inode of the listener an accept syscall was given: its first argument, from
+/// the registers (`REGS`) or as the entry program noted it (`listen_fd`); 0 if unknown.
+#[inline(always)]
+fn syscall_listener<const MODE: u8>(
+    files: FdTable,
+    listen_fd: Option<u64>,
+    o: &KernelOffsets,
+) -> u64 {
+    if MODE == REGS {
         SyscallRegs::current(o).map_or(0, |regs| files.socket_inode(regs.arg(o.pt_regs_arg0), o))
     } else {
         listen_fd.map_or(0, |fd| files.socket_inode(fd, o))
-    };
-    count_accept(child, pid_tgid, listener, tcp_established_ns(child, o));
-    Ok(())
+    }
 }
 
 /// Counts the accept of `child` by thread `pid_tgid`, with its wait: an `inet`
@@ -196,12 +200,20 @@ pub fn account_accept(child: *const u8, pid_tgid: u64, inet: bool, listener: u64
             listener,
             tcp_established_ns(child, offsets()),
         );
-    } else {
-        match take_unix_stamp(child) {
-            Some(stamp) => count_accept(child, pid_tgid, stamp.listener, stamp.enqueued_ns),
-            None => unix_unstamped(child, pid_tgid, listener),
-        }
+    } else if !account_stamped_unix(child, pid_tgid) {
+        unix_unstamped(child, pid_tgid, listener);
     }
+}
+
+/// Counts the accept of Unix `child` by thread `pid_tgid` from its stamp (listener
+/// and wait); false if no enqueue stamped it.
+#[inline(always)]
+fn account_stamped_unix(child: *const u8, pid_tgid: u64) -> bool {
+    let Some(stamp) = take_unix_stamp(child) else {
+        return false;
+    };
+    count_accept(child, pid_tgid, stamp.listener, stamp.enqueued_ns);
+    true
 }
 
 /// The accept of a Unix `child` no enqueue stamped, from `listener` (0: unknown):
