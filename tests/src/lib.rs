@@ -16,7 +16,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -208,9 +208,9 @@ impl Netns {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting scenario {args:?}: {e}"));
-        let stdout = child.stdout.take().expect("scenario stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("scenario stdout"));
         let mut line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .unwrap_or_else(|e| panic!("reading scenario {args:?}: {e}"));
         assert!(
@@ -222,6 +222,7 @@ impl Netns {
             watch: watched::scenario_started(self.inode()),
             child,
             stdin,
+            stdout,
             first_line: line.trim().to_owned(),
         }
     }
@@ -246,6 +247,7 @@ pub struct Scenario {
     watch: u64,
     child: Child,
     stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
     pub first_line: String,
 }
 
@@ -253,6 +255,19 @@ impl Scenario {
     /// The scenario's pid (`ip netns exec` execs the program in place).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Writes `line` to the program's stdin and returns the next line it prints.
+    pub fn tell(&mut self, line: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("scenario stdin still open");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .expect("writing to the scenario");
+        let mut answer = String::new();
+        self.stdout
+            .read_line(&mut answer)
+            .expect("reading the scenario");
+        answer.trim().to_owned()
     }
 
     /// Closes stdin and waits for the program to exit.

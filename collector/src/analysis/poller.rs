@@ -323,6 +323,23 @@ impl Poller {
             },
             threads::exists,
         );
+        // Listeners new to this inventory that listened before the programs were
+        // attached have no counters yet (the programs make them at `listen()`); the
+        // first poll lists every such listener.
+        let known: HashSet<u64> = self
+            .last_listeners
+            .iter()
+            .map(|l| l.inode)
+            .chain(self.last_unix.iter().map(|l| l.inode))
+            .collect();
+        p.seed_listeners(
+            snapshot
+                .listeners
+                .iter()
+                .map(|l| (l.inode, l.netns))
+                .chain(snapshot.unix_listeners.iter().map(|l| (l.inode, l.netns)))
+                .filter(|(inode, _)| !known.contains(inode)),
+        );
         let KernelRead {
             view,
             unix_connects,

@@ -27,6 +27,7 @@ use crate::{
         http,
         prometheus::{BuildInfo, ClassicBuckets},
     },
+    inventory,
     kernel::{capabilities, tracefs},
     model::Snapshot,
     probes::{self, Family, Probes, ring},
@@ -231,7 +232,10 @@ fn start_privileged(config: &RunConfig) -> Result<Started, DaemonError> {
     };
     // Try even with a capability missing: a container may grant just what eBPF needs.
     let (probes, events, polling) = match load_probes(tracefs_root, config.probes) {
-        Ok((probes, events)) => (Some(probes), Some(events), None),
+        Ok((mut probes, events)) => {
+            seed_own_listener(&mut probes, &listener);
+            (Some(probes), Some(events), None)
+        }
         Err(why) => (None, None, Some(why)),
     };
     if let Some(why) = &polling {
@@ -545,6 +549,18 @@ fn raise_fd_limit() {
 
 /// Loads and attaches the probes; the error says why none could be. Probes left off
 /// by choice (the Nagle family without `--nagle`) are one info line, not warnings.
+/// Creates the counters of the metrics listener, bound before the programs were
+/// attached: a scraper's first connection, queued meanwhile, is then counted for it
+/// when the server accepts it, not as unattributed (the first poll seeds every other
+/// listener that predates the programs, `Probes::seed_listeners`).
+fn seed_own_listener(probes: &mut Probes, listener: &std::net::TcpListener) {
+    let inode = nix::sys::stat::fstat(listener).map(|st| st.st_ino);
+    let netns = inventory::netns::Netns::host().map(|ns| ns.inode());
+    if let (Ok(inode), Ok(netns)) = (inode, netns) {
+        probes.seed_listeners([(inode, netns)]);
+    }
+}
+
 fn load_probes(
     tracefs_root: Option<PathBuf>,
     options: probes::LoadOptions,

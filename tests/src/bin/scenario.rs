@@ -72,6 +72,11 @@
 //!   sockq-scenario thread-accepts ADDR COUNT      COUNT threads in turn, each accepting one
 //!                                                 connection (its own client's) and exiting;
 //!                                                 ready when done, then hold
+//!   sockq-scenario queued ADDR COUNT              listen(128), COUNT connects left queued
+//!                                                 (ADDR `@NAME`: Unix stream, abstract);
+//!                                                 `ready`; on a line from stdin accepts
+//!                                                 all COUNT, `done ACCEPTED`; then holds
+//!                                                 everything until stdin closes
 //!   sockq-scenario accept-every ADDR MS           listen(128); a thread accepts one
 //!                                                 connection every MS ms (blocked in
 //!                                                 accept while none is queued), keeping
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
         ["bad-listen", dir, count] => bad_listen_scenario(dir, count),
         ["thread-accepts", addr, count] => thread_accepts_scenario(addr, count),
         ["reset-queued", addr, count] => reset_queued_scenario(addr, count),
+        ["queued", addr, count] => queued_scenario(addr, count),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
     };
     match result {
@@ -506,6 +512,28 @@ fn storm_scenario(addr: &str, seconds: &str, threads: &str, rate: &str) -> Resul
     Ok(())
 }
 
+/// Connections queued before the test starts its daemon, accepted when the test says
+/// so: what a listener that predates sockq holds.
+fn queued_scenario(addr: &str, count: &str) -> Result<(), String> {
+    let count: usize = parse(count, "count")?;
+    let (acceptor, target) = StormTarget::listen(addr)?;
+    let clients: Vec<Box<dyn std::any::Any>> = (0..count)
+        .map(|i| target.connect().map_err(|e| format!("connect {i}: {e}")))
+        .collect::<Result<_, _>>()?;
+    say("ready");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("stdin: {e}"))?;
+    let accepted: Vec<Box<dyn std::any::Any>> = (0..count)
+        .map(|i| acceptor.accept().map_err(|e| format!("accept {i}: {e}")))
+        .collect::<Result<_, _>>()?;
+    say(&format!("done {}", accepted.len()));
+    wait_for_stdin_close();
+    drop((clients, accepted));
+    Ok(())
+}
+
 /// The storm's listener: TCP, or Unix stream on an abstract name (`@NAME`, so that
 /// nothing is left in the filesystem; abstract names belong to the namespace).
 enum StormAcceptor {
@@ -539,6 +567,14 @@ impl StormTarget {
         Ok((StormAcceptor::Tcp(listener.into()), Self::Tcp(local)))
     }
 
+    /// One connection, kept.
+    fn connect(&self) -> std::io::Result<Box<dyn std::any::Any>> {
+        Ok(match self {
+            Self::Tcp(local) => Box::new(std::net::TcpStream::connect(local)?),
+            Self::Unix(at) => Box::new(std::os::unix::net::UnixStream::connect_addr(at)?),
+        })
+    }
+
     /// One connection, closed at once; whether the connect succeeded.
     fn connect_and_close(&self) -> bool {
         match self {
@@ -559,6 +595,14 @@ impl StormTarget {
 }
 
 impl StormAcceptor {
+    /// One connection, kept.
+    fn accept(&self) -> std::io::Result<Box<dyn std::any::Any>> {
+        Ok(match self {
+            Self::Tcp(l) => Box::new(l.accept()?.0),
+            Self::Unix(l) => Box::new(l.accept()?.0),
+        })
+    }
+
     fn accept_and_close(&self) {
         match self {
             Self::Tcp(l) => drop(l.accept()),
