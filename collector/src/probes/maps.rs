@@ -104,8 +104,8 @@ impl Probes {
     /// create a listener's counters at its `listen()` or its first enqueue, and
     /// count accepts only for listeners with counters; without this, the accepts of
     /// connections queued before sockq started were counted as unattributed. Existing
-    /// counters are left alone (`BPF_NOEXIST`). Returns how many were created; a full
-    /// map is said once per call.
+    /// counters are left alone (`BPF_NOEXIST`). Returns how many were created; a
+    /// failure (the map full) ends the call, and is said once per daemon.
     pub fn seed_listeners(&mut self, listeners: impl IntoIterator<Item = (u64, u64)>) -> usize {
         let mut created = 0;
         for (inode, netns) in listeners {
@@ -119,11 +119,14 @@ impl Probes {
                 Err(MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => {
-                    tracing::warn!(
-                        "cannot create the accept-queue counters of a listener that predates \
-                         sockq (its accepts count as unattributed): {}",
-                        crate::error_chain(&e)
-                    );
+                    if !self.seed_failed {
+                        self.seed_failed = true;
+                        tracing::warn!(
+                            "cannot create the accept-queue counters of a listener that \
+                             predates sockq (its accepts count as unattributed; said once): {}",
+                            crate::error_chain(&e)
+                        );
+                    }
                     break;
                 }
             }
