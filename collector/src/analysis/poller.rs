@@ -334,7 +334,7 @@ impl Poller {
             .map(|l| l.inode)
             .chain(self.last_unix.iter().map(|l| l.inode))
             .collect();
-        p.seed_listeners(
+        let seeded = p.seed_listeners(
             snapshot
                 .listeners
                 .iter()
@@ -349,6 +349,12 @@ impl Poller {
                 )
                 .filter(|(inode, _)| !known.contains(inode)),
         );
+        if seeded > 0 {
+            tracing::info!(
+                "{seeded} listeners older than sockq's programs had connections queued: \
+                 their counters were created, so their accepts count for them"
+            );
+        }
         let KernelRead {
             view,
             unix_connects,

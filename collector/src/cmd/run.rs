@@ -547,12 +547,11 @@ fn raise_fd_limit() {
     }
 }
 
-/// Loads and attaches the probes; the error says why none could be. Probes left off
-/// by choice (the Nagle family without `--nagle`) are one info line, not warnings.
 /// Creates the counters of the metrics listener, bound before the programs were
 /// attached: a scraper's first connection, queued meanwhile, is then counted for it
-/// when the server accepts it, not as unattributed (the first poll seeds every other
-/// listener that predates the programs, `Probes::seed_listeners`).
+/// when the server accepts it, not as unattributed (the first poll seeds the other
+/// listeners that predate the programs with connections queued,
+/// `Probes::seed_listeners`).
 fn seed_own_listener(probes: &mut Probes, listener: &std::net::TcpListener) {
     let inode = nix::sys::stat::fstat(listener).map(|st| st.st_ino);
     let netns = inventory::netns::Netns::host().map(|ns| ns.inode());
@@ -561,6 +560,8 @@ fn seed_own_listener(probes: &mut Probes, listener: &std::net::TcpListener) {
     }
 }
 
+/// Loads and attaches the probes; the error says why none could be. Probes left off
+/// by choice (the Nagle family without `--nagle`) are one info line, not warnings.
 fn load_probes(
     tracefs_root: Option<PathBuf>,
     options: probes::LoadOptions,
