@@ -41,12 +41,12 @@ use collector_common::{
 
 use crate::{
     kernel::{
-        FdTable, Kptr, SyscallRegs, is_inet_family, offsets, record_u64, sock_inode,
+        FdTable, Kptr, SyscallRegs, is_inet_family, offsets, record_u64, sock_inode, sock_netns,
         tcp_established_ns,
     },
     maps::{
         ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, READERS, atomic_add, count_acceptor,
-        insert_or_count, take_unix_stamp,
+        insert_or_count, listener_queue, take_unix_stamp,
     },
     stats::count_failure,
 };
@@ -219,31 +219,34 @@ fn account_stamped_unix(child: *const u8, pid_tgid: u64) -> bool {
 /// The accept of a Unix `child` no enqueue stamped, from `listener` (0: unknown):
 /// one queued before sockq started, or whose enqueue the acceptor overtook (its
 /// connecting thread preempted between queueing it and `sk_data_ready`). Its accept
-/// is counted where the listener is known and has counters; its wait is lost, and
-/// counted as lost.
+/// is counted where the listener is known; its wait is lost, and counted as lost.
 #[inline(always)]
 fn unix_unstamped(child: *const u8, pid_tgid: u64, listener: u64) {
-    if listener != 0 && LISTENER_QUEUES.get_ptr_mut(&listener).is_some() {
+    if count_accept(child, pid_tgid, listener, 0) {
         count_failure(STAT_UNIX_UNSTAMPED, 0);
-        count_accept(child, pid_tgid, listener, 0);
-    } else {
-        count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
     }
 }
 
 /// Counts the accept of `child` from `listener` (0: unknown) by thread `pid_tgid`,
 /// with its wait if `queued_ns` (when it was queued; 0: not known, see
-/// `tcp_established_ns` for why not an Option).
+/// `tcp_established_ns` for why not an Option); false if it could only be counted
+/// as unattributed.
 #[inline(always)]
-fn count_accept(child: *const u8, pid_tgid: u64, listener: u64, queued_ns: u64) {
-    // Only listeners with counters: those sockq saw listen or enqueue.
+fn count_accept(child: *const u8, pid_tgid: u64, listener: u64, queued_ns: u64) -> bool {
+    // A listener's counters exist from its listen() or first enqueue that sockq saw;
+    // one older than sockq, whose connections were queued before it started, gets
+    // them at its first accept (in the child's namespace, which is the listener's
+    // for TCP).
     let Some(q) = (if listener != 0 {
-        LISTENER_QUEUES.get_ptr_mut(&listener)
+        match LISTENER_QUEUES.get_ptr_mut(&listener) {
+            Some(q) => Some(q),
+            None => listener_queue(listener, sock_netns(child, offsets())),
+        }
     } else {
         None
     }) else {
         count_failure(STAT_ACCEPTS_UNATTRIBUTED, 0);
-        return;
+        return false;
     };
     // SAFETY: a valid map value pointer; counters change through atomics only. The
     // count read before the add is this accept's rank for the sampling (adds of other
@@ -272,6 +275,7 @@ fn count_accept(child: *const u8, pid_tgid: u64, listener: u64, queued_ns: u64) 
         }
     }
     sample_readers(child, listener, tid, accepts);
+    true
 }
 
 /// Whether `sk` is an IPv4 or IPv6 socket.

@@ -57,8 +57,7 @@ use collector_common::{
 
 use crate::{
     accept::{account_accept, is_inet},
-    kernel::{fd_sock, file_sock, offsets, read, sock_inode, sock_netns},
-    maps::listener_queue,
+    kernel::{fd_sock, file_sock, offsets, read, sock_inode},
     stats::count_failure,
 };
 
@@ -214,15 +213,10 @@ fn on_complete(
     let Some(child) = child else {
         return Ok(());
     };
-    // The request names a TCP child's listener; it may have no counters yet (nothing
-    // queued since sockq started): they are created here. With no listener (a
-    // multishot accept armed before its file was seen) the accept is counted
-    // unattributed; a Unix child's stamp names its own.
-    let inet = is_inet(child);
-    if inet && listener != 0 {
-        let _ = listener_queue(listener, sock_netns(child, o));
-    }
-    account_accept(child, bpf_get_current_pid_tgid(), inet, listener);
+    // The request names the child's listener. With no listener (a multishot accept
+    // armed before its file was seen) a TCP accept is counted unattributed; a Unix
+    // child's stamp names its own.
+    account_accept(child, bpf_get_current_pid_tgid(), is_inet(child), listener);
     Ok(())
 }
 

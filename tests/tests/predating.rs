@@ -1,12 +1,11 @@
 //! Listeners that were there before sockq started, with connections already queued:
-//! the programs create a listener's counters at its `listen()` or its first enqueue,
-//! so these have none until the daemon's first inventory seeds them. Their accepts
-//! must still be counted for their listener, not as unattributed; and a fresh
-//! daemon's own metrics listener, bound before the programs attach, is no loss either.
+//! neither their `listen()` nor those enqueues ran under sockq's programs, which
+//! create a listener's counters at either. Their accepts must still be counted for
+//! their listener, not as unattributed; and a fresh daemon's own metrics listener,
+//! bound before the programs attach, is no loss either.
 //!
-//! One test in this file: the loss counters are the daemon's whole, and another test
-//! running beside it (another file's are in another process, run after this one)
-//! could accept on a listener older than this daemon.
+//! One test in this file: the loss counters are the daemon's whole, and no other test
+//! may run beside it (another file's run in another process, one after another).
 
 use std::time::{Duration, Instant};
 
@@ -54,7 +53,7 @@ fn accepts_of_connections_queued_before_sockq_started_are_counted_for_their_list
     let lost = |m: &sockq_tests::Metrics, cause: &str| {
         m.one("sockq_events_lost_by_cause_total", &[("cause", cause)])
     };
-    // Until a poll listed both (the one that seeds them), nothing was accepted.
+    // Nothing is accepted until a poll listed both, queues full.
     let unstamped_before = daemon.wait_for(Duration::from_secs(10), |m| {
         let tcp_len = m.one("sockq_listen_accept_queue_length", &tcp_labels)?;
         let unix_len = m.one("sockq_unix_listen_queue_length", &unix_labels)?;

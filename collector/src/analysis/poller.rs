@@ -323,38 +323,6 @@ impl Poller {
             },
             threads::exists,
         );
-        // Listeners new to this inventory that listened before the programs were
-        // attached have no counters yet (the programs make them at `listen()` or at
-        // an enqueue); the first poll lists every such listener. Only those with
-        // connections queued need them now: any other gets them at its next enqueue,
-        // before it can accept, and the map's room stays for listeners in use.
-        let known: HashSet<u64> = self
-            .last_listeners
-            .iter()
-            .map(|l| l.inode)
-            .chain(self.last_unix.iter().map(|l| l.inode))
-            .collect();
-        let seeded = p.seed_listeners(
-            snapshot
-                .listeners
-                .iter()
-                .filter(|l| l.accept_queue_len > 0)
-                .map(|l| (l.inode, l.netns))
-                .chain(
-                    snapshot
-                        .unix_listeners
-                        .iter()
-                        .filter(|l| l.queue_len > 0)
-                        .map(|l| (l.inode, l.netns)),
-                )
-                .filter(|(inode, _)| !known.contains(inode)),
-        );
-        if seeded > 0 {
-            tracing::info!(
-                "{seeded} listeners older than sockq's programs had connections queued: \
-                 their counters were created, so their accepts count for them"
-            );
-        }
         let KernelRead {
             view,
             unix_connects,

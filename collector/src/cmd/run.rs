@@ -27,7 +27,6 @@ use crate::{
         http,
         prometheus::{BuildInfo, ClassicBuckets},
     },
-    inventory,
     kernel::{capabilities, tracefs},
     model::Snapshot,
     probes::{self, Family, Probes, ring},
@@ -232,10 +231,7 @@ fn start_privileged(config: &RunConfig) -> Result<Started, DaemonError> {
     };
     // Try even with a capability missing: a container may grant just what eBPF needs.
     let (probes, events, polling) = match load_probes(tracefs_root, config.probes) {
-        Ok((mut probes, events)) => {
-            seed_own_listener(&mut probes, &listener);
-            (Some(probes), Some(events), None)
-        }
+        Ok((probes, events)) => (Some(probes), Some(events), None),
         Err(why) => (None, None, Some(why)),
     };
     if let Some(why) = &polling {
@@ -544,19 +540,6 @@ fn raise_fd_limit() {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
-    }
-}
-
-/// Creates the counters of the metrics listener, bound before the programs were
-/// attached: a scraper's first connection, queued meanwhile, is then counted for it
-/// when the server accepts it, not as unattributed (the first poll seeds the other
-/// listeners that predate the programs with connections queued,
-/// `Probes::seed_listeners`).
-fn seed_own_listener(probes: &mut Probes, listener: &std::net::TcpListener) {
-    let inode = nix::sys::stat::fstat(listener).map(|st| st.st_ino);
-    let netns = inventory::netns::Netns::host().map(|ns| ns.inode());
-    if let (Ok(inode), Ok(netns)) = (inode, netns) {
-        probes.seed_listeners([(inode, netns)]);
     }
 }
 

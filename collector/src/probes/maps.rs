@@ -1,6 +1,5 @@
-//! Reading what the programs aggregated, creating the counters of listeners that
-//! predate the programs, and removing what userspace owns: the per-thread accept
-//! counts of listeners that closed.
+//! Reading what the programs aggregated, and removing what userspace owns: the
+//! per-thread accept counts of listeners that closed.
 
 use aya::{Ebpf, maps::MapError};
 use collector_common::{
@@ -17,10 +16,6 @@ use collector_common::{
 
 use super::{OLDEST_QUEUED, ProbeError, Probes};
 use crate::model::ProbeStatus;
-
-/// The map-update flag that creates an entry only where none exists (uapi
-/// `linux/bpf.h`; aya exports no constant for it).
-const BPF_NOEXIST: u64 = 1;
 
 /// Counters the programs keep about themselves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,41 +92,6 @@ impl Probes {
     /// This kernel's `enum skb_drop_reason` names, by value.
     pub fn drop_reason_names(&self) -> &std::collections::HashMap<u32, String> {
         &self.drop_reasons
-    }
-
-    /// Creates zeroed counters for `listeners` (socket inode, netns inode) that have
-    /// none: those that listened before the programs were attached. The programs
-    /// create a listener's counters at its `listen()` or its first enqueue, and
-    /// count accepts only for listeners with counters; without this, the accepts of
-    /// connections queued before sockq started were counted as unattributed. Existing
-    /// counters are left alone (`BPF_NOEXIST`). Returns how many were created; a
-    /// failure (the map full) ends the call, and is said once per daemon.
-    pub fn seed_listeners(&mut self, listeners: impl IntoIterator<Item = (u64, u64)>) -> usize {
-        let mut created = 0;
-        for (inode, netns) in listeners {
-            let counters = ListenerQueue {
-                // The programs record the namespace's inode number, a u32.
-                netns: u32::try_from(netns).unwrap_or(0),
-                ..ListenerQueue::ZERO
-            };
-            match self.queues.insert(inode, counters, BPF_NOEXIST) {
-                Ok(()) => created += 1,
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    if !self.seed_failed {
-                        self.seed_failed = true;
-                        tracing::warn!(
-                            "cannot create the accept-queue counters of a listener that \
-                             predates sockq (its accepts count as unattributed; said once): {}",
-                            crate::error_chain(&e)
-                        );
-                    }
-                    break;
-                }
-            }
-        }
-        created
     }
 
     /// Everything the programs aggregated, read in one go.

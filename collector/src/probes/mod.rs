@@ -148,8 +148,6 @@ pub struct Probes {
     slots: netns_slots::SlotTable,
     stats: PerCpuArray<MapData, u64>,
     queues: HashMap<MapData, u64, ListenerQueue>,
-    /// Whether `seed_listeners` failed once (it says so once).
-    seed_failed: bool,
     queued: HashMap<MapData, u64, QueuedChild>,
     unix_stamps: Array<MapData, UnixStamp>,
     /// Polls until `unix_stamps` is scanned again (`prune`), and the slots in use it
@@ -290,7 +288,6 @@ impl Probes {
             slots: netns_slots::SlotTable::default(),
             stats: map(&mut ebpf, "STATS")?,
             queues: map(&mut ebpf, "LISTENER_QUEUES")?,
-            seed_failed: false,
             queued: map(&mut ebpf, "QUEUED")?,
             unix_stamps: map(&mut ebpf, "UNIX_STAMPS")?,
             stamp_scan_countdown: 0,
