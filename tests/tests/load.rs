@@ -402,7 +402,9 @@ fn ten_thousand_listeners_come_and_go() {
         if closes == COUNT as f64 {
             Ok(())
         } else {
-            Err(format!("{closes} LISTEN -> CLOSE transitions, want {COUNT}"))
+            Err(format!(
+                "{closes} LISTEN -> CLOSE transitions, want {COUNT}"
+            ))
         }
     });
 
