@@ -72,7 +72,7 @@
 //!   sockq-scenario thread-accepts ADDR COUNT      COUNT threads in turn, each accepting one
 //!                                                 connection (its own client's) and exiting;
 //!                                                 ready when done, then hold
-//!   sockq-scenario queued ADDR COUNT              listen(128), COUNT connects left queued
+//!   sockq-scenario queued ADDR COUNT              listen(4096), COUNT connects left queued
 //!                                                 (ADDR `@NAME`: Unix stream, abstract);
 //!                                                 `ready`; on a line from stdin accepts
 //!                                                 all COUNT, `done ACCEPTED`; then holds
