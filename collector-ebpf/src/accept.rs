@@ -41,12 +41,12 @@ use collector_common::{
 
 use crate::{
     kernel::{
-        FdTable, Kptr, SyscallRegs, is_inet_family, offsets, record_u64, sock_inode, sock_netns,
+        FdTable, Kptr, SyscallRegs, is_inet_family, offsets, record_u64, sock_inode,
         tcp_established_ns,
     },
     maps::{
-        ACCEPT_ENTRY_ON, ACCEPTING, LISTENER_QUEUES, READERS, atomic_add, count_acceptor,
-        insert_or_count, listener_queue, take_unix_stamp,
+        ACCEPT_ENTRY_ON, ACCEPTING, READERS, atomic_add, count_acceptor, insert_or_count,
+        listener_counters, take_unix_stamp,
     },
     stats::count_failure,
 };
@@ -233,15 +233,10 @@ fn unix_unstamped(child: *const u8, pid_tgid: u64, listener: u64) {
 /// as unattributed.
 #[inline(always)]
 fn count_accept(child: *const u8, pid_tgid: u64, listener: u64, queued_ns: u64) -> bool {
-    // A listener's counters exist from its listen() or first enqueue that sockq saw;
-    // one older than sockq, whose connections were queued before it started, gets
-    // them at its first accept (in the child's namespace, which is the listener's
-    // for TCP).
+    // A listener older than sockq, whose connections were queued before it started,
+    // gets its counters at its first accept.
     let Some(q) = (if listener != 0 {
-        match LISTENER_QUEUES.get_ptr_mut(&listener) {
-            Some(q) => Some(q),
-            None => listener_queue(listener, sock_netns(child, offsets())),
-        }
+        listener_counters(listener, child)
     } else {
         None
     }) else {

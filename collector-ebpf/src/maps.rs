@@ -290,19 +290,25 @@ pub fn listener_queue(inode: u64, netns: u32) -> Option<*mut ListenerQueue> {
     Some(q)
 }
 
-/// Adds one accept to (listener, thread), creating the entry on first use.
+/// The counters of listener `inode`, created with `sk`'s namespace (the listener's,
+/// or a child's: the same for TCP) if it has none yet. They usually exist since its
+/// `listen()`: the namespace is read only to create them, for a listener older than
+/// sockq at its first enqueue or accept seen.
+#[inline(always)]
+pub fn listener_counters(inode: u64, sk: *const u8) -> Option<*mut ListenerQueue> {
+    match LISTENER_QUEUES.get_ptr_mut(&inode) {
+        Some(q) => Some(q),
+        None => listener_queue(inode, sock_netns(sk, offsets())),
+    }
+}
+
 /// Counts one enqueue of `depth` on the listener `inode` (its counters created, with
 /// `sk`'s namespace, if it has none yet): enqueues, depth sum and histogram, max
 /// depth. Shared by the TCP and Unix enqueue paths (`sk_data_ready`); returns the
 /// counters for what each adds.
 #[inline(always)]
 pub fn count_enqueue(sk: *const u8, inode: u64, depth: u32) -> Option<*mut ListenerQueue> {
-    // The counters exist since the listener's listen() (or its first enqueue seen):
-    // its namespace is read only to create them.
-    let q = match LISTENER_QUEUES.get_ptr_mut(&inode) {
-        Some(q) => q,
-        None => listener_queue(inode, sock_netns(sk, offsets()))?,
-    };
+    let q = listener_counters(inode, sk)?;
     // SAFETY: a valid map value pointer; counters change through atomics only,
     // `max_depth` is best-effort (a lost race loses a max).
     unsafe {
@@ -318,6 +324,7 @@ pub fn count_enqueue(sk: *const u8, inode: u64, depth: u32) -> Option<*mut Liste
     Some(q)
 }
 
+/// Adds one accept to (listener, thread), creating the entry on first use.
 #[inline(always)]
 pub fn count_acceptor(key: &AcceptorKey) {
     if let Some(n) = get_or_insert(&ACCEPTORS, key, STAT_ACCEPTORS_FULL, || Some(0u64)) {
