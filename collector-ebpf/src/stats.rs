@@ -18,6 +18,8 @@ use collector_common::stats::{
     STAT_UNIX_UNSTAMPED, STAT_URING_DIRECT, STATS_LEN,
 };
 
+use crate::maps::atomic_add;
+
 /// The programs' own counters (`collector_common::stats`), summed by userspace.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
@@ -49,11 +51,13 @@ pub extern "C" fn sockq_count_failure(stat: u32, err: i64) -> i32 {
     let Some(slot) = STATS.get_ptr_mut(stat) else {
         return 0;
     };
-    // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
-    let count = unsafe {
-        *slot += 1;
-        *slot
-    };
+    // An atomic add although the slot is this CPU's: a program in process context
+    // (a syscall's exit) can be interrupted on its CPU by one in softirq context (a
+    // ring buffer full for both), and a plain load-add-store would then lose one of
+    // the two counts.
+    atomic_add(slot, 1);
+    // SAFETY: a valid map value pointer.
+    let count = unsafe { core::ptr::read_volatile(slot) };
     if stat >= STATS_LEN {
         return 0;
     }
