@@ -91,6 +91,8 @@ pub fn stamp_unix_child<const IF_UNSTAMPED: bool>(
 ) -> bool {
     let low = pointer_low_bits(child);
     let child = child as u64;
+    // SAFETY: the value is read at once.
+    let in_queued = || unsafe { QUEUED.get(&child) }.is_some_and(|s| s.listener == listener);
     if let Some(slot) = UNIX_STAMPS.get_ptr_mut(UnixStamp::slot(low)) {
         // SAFETY: a valid map value pointer; volatile so the stores stay in this
         // order (the child last: a reader matching it finds the rest written).
@@ -105,6 +107,15 @@ pub fn stamp_unix_child<const IF_UNSTAMPED: bool>(
             {
                 return true;
             }
+            // A child the look-back finds may have its stamp in `QUEUED` (its slot
+            // was held when it was stamped, and may have been freed since): it is
+            // stamped, and not to be stamped twice. The accept would take the slot's
+            // copy and leave the other in `QUEUED` until an inventory found the
+            // queue empty, which a queue under load may never be (about 20 a second
+            // in a Unix saturation storm, 2026-12-06).
+            if IF_UNSTAMPED && held.child != child && in_queued() {
+                return true;
+            }
             if held.child == 0 || held.child == child {
                 core::ptr::write_volatile(&raw mut (*slot).enqueued_ns, now);
                 core::ptr::write_volatile(&raw mut (*slot).listener, listener);
@@ -117,10 +128,11 @@ pub fn stamp_unix_child<const IF_UNSTAMPED: bool>(
             }
         }
     }
-    // SAFETY: the value is read at once.
-    if IF_UNSTAMPED && unsafe { QUEUED.get(&child) }.is_some_and(|s| s.listener == listener) {
-        return true;
-    }
+    // Its slot is held by another child (with `IF_UNSTAMPED`, `QUEUED` was looked in
+    // above), or the table had no slot (never: the index is masked). A tail whose
+    // stamp went to `QUEUED` and whose slot is free again gets both (a concurrent
+    // enqueue found it as its own tail); left, as a `QUEUED` lookup on every tail
+    // would cost every connection a hash lookup.
     let stamp = QueuedChild {
         enqueued_ns: now,
         listener,
