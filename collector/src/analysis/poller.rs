@@ -586,6 +586,7 @@ fn events_lost(view: &KernelView, ring: &RingCounters) -> Vec<(&'static str, u64
         ("unix_lookback_short", s.unix_lookback_short),
         ("unix_accept_unstamped", s.unix_unstamped),
         ("accept_direct_descriptor", s.uring_direct),
+        ("program_recursion", s.recursion_misses),
     ]
 }
 

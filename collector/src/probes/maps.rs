@@ -57,6 +57,12 @@ pub struct ProgramStats {
     /// Unix accepts of connections no enqueue had stamped yet: counted, their waits
     /// not (`STAT_UNIX_UNSTAMPED`).
     pub unix_unstamped: u64,
+    /// Runs of sockq's programs the kernel skipped, all programs summed: a hook that
+    /// fires on a CPU where the same program is running (an interrupt or a softirq
+    /// inside it) does not run it again, and the kernel counts the run it skipped
+    /// (`recursion_misses` in the program's fdinfo, Linux 5.12+; 0 before). Each is an
+    /// event no counter saw.
+    pub recursion_misses: u64,
 }
 
 /// A TCP state transition as the kernel counts it: per namespace *key*, the
@@ -269,8 +275,34 @@ impl Probes {
             unix_refused_full: read(STAT_UNIX_REFUSED_FULL)?,
             unix_lookback_short: read(STAT_UNIX_LOOKBACK_SHORT)?,
             unix_unstamped: read(STAT_UNIX_UNSTAMPED)?,
+            recursion_misses: self.recursion_misses(),
         })
     }
+
+    /// The runs the kernel skipped, summed over the programs sockq loaded (one
+    /// fdinfo read each; a program that failed to load has no descriptor).
+    fn recursion_misses(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self._ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                std::fs::read_to_string(path).ok()
+            })
+            .map(|info| fdinfo_recursion_misses(&info))
+            .fold(0, u64::saturating_add)
+    }
+}
+
+/// The `recursion_misses` a BPF program's fdinfo reports (0 where the kernel prints
+/// none).
+fn fdinfo_recursion_misses(fdinfo: &str) -> u64 {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub(super) fn map_error(name: &'static str, source: MapError) -> ProbeError {
@@ -279,4 +311,25 @@ pub(super) fn map_error(name: &'static str, source: MapError) -> ProbeError {
 
 pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fdinfo_recursion_misses;
+
+    #[test]
+    fn recursion_misses_are_read_from_a_programs_fdinfo() {
+        // As 6.18 prints it for a raw tracepoint program.
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\n\
+            prog_type:\t17\nprog_jited:\t1\nprog_tag:\t1b2c3d4e5f607182\n\
+            memlock:\t4096\nprog_id:\t173\nrun_time_ns:\t0\nrun_cnt:\t0\n\
+            recursion_misses:\t42\nverified_insns:\t301\n";
+        assert_eq!(fdinfo_recursion_misses(fdinfo), 42);
+        // Before 5.12 there is no such line.
+        assert_eq!(
+            fdinfo_recursion_misses("prog_type:\t17\nprog_id:\t9\nrun_cnt:\t3\n"),
+            0
+        );
+        assert_eq!(fdinfo_recursion_misses("recursion_misses:\tmany\n"), 0);
+    }
 }

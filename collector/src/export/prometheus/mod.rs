@@ -276,7 +276,10 @@ const HELP_LOST_BY_CAUSE: &str = "sockq_events_lost_total by cause: ring_buffer_
     events), map_full:<MAP> (an in-kernel map had no room for a new entry; see \
     sockq_map_entries), accept_unattributed (an accepted connection whose listener could not \
     be told), accept_direct_descriptor (an io_uring accept into a fixed-file slot, on a kernel \
-    whose fixed-file table sockq cannot read).";
+    whose fixed-file table sockq cannot read), unix_lookback_short and unix_accept_unstamped \
+    (Unix accepts whose wait could not be measured), program_recursion (runs of sockq's \
+    programs the kernel skipped because the same program was running on that CPU when an \
+    interrupt fired its hook again).";
 const HELP_READ_ERRORS: &str = "Kernel reads the eBPF programs could not make \
     (bpf_probe_read_kernel failed): a steady rise means the struct offsets sockq resolved \
     from BTF do not match this kernel.";
