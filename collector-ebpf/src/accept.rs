@@ -217,9 +217,11 @@ fn account_stamped_unix(child: *const u8, pid_tgid: u64) -> bool {
 }
 
 /// The accept of a Unix `child` no enqueue stamped, from `listener` (0: unknown):
-/// one queued before sockq started, or whose enqueue the acceptor overtook (its
-/// connecting thread preempted between queueing it and `sk_data_ready`). Its accept
-/// is counted where the listener is known; its wait is lost, and counted as lost.
+/// one queued before sockq started, or whose enqueue the acceptor overtook (it took
+/// the connection between its queueing and `sk_data_ready`'s read of the queue's
+/// tail: about 1% of the accepts at saturation, where the acceptor waits on the
+/// queue's lock). Its accept is counted where the listener is known; its wait is
+/// lost, and counted as lost.
 #[inline(always)]
 fn unix_unstamped(child: *const u8, pid_tgid: u64, listener: u64) {
     if count_accept(child, pid_tgid, listener, 0) {
