@@ -91,11 +91,10 @@ pub fn stamp_unix_child<const IF_UNSTAMPED: bool>(
 ) -> bool {
     let low = pointer_low_bits(child);
     let child = child as u64;
-    // SAFETY: the value is read at once.
-    let in_queued = || unsafe { QUEUED.get(&child) }.is_some_and(|s| s.listener == listener);
     if let Some(slot) = UNIX_STAMPS.get_ptr_mut(UnixStamp::slot(low)) {
         // SAFETY: a valid map value pointer; volatile so the stores stay in this
-        // order (the child last: a reader matching it finds the rest written).
+        // order (the child last: a reader matching it finds the rest written). The
+        // `QUEUED` value is read at once.
         unsafe {
             let held = core::ptr::read_volatile(slot);
             // Checked with `low`, not `holds`: LLVM would compute the check from the
@@ -113,7 +112,10 @@ pub fn stamp_unix_child<const IF_UNSTAMPED: bool>(
             // copy and leave the other in `QUEUED` until an inventory found the
             // queue empty, which a queue under load may never be (about 20 a second
             // in a Unix saturation storm, 2026-12-06).
-            if IF_UNSTAMPED && held.child != child && in_queued() {
+            if IF_UNSTAMPED
+                && held.child != child
+                && QUEUED.get(&child).is_some_and(|s| s.listener == listener)
+            {
                 return true;
             }
             if held.child == 0 || held.child == child {

@@ -79,6 +79,19 @@ fn transitions(m: &Metrics, netns: &str, from: &str, to: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// Waits up to 3 s for the daemon to report `want` transitions `from` -> `to` in
+/// `netns` (the poll that lists a change first may have read the counts before it).
+fn wait_for_transitions(daemon: &Daemon, netns: &str, (from, to): (&str, &str), want: usize) {
+    daemon.wait_for(Duration::from_secs(3), |m| {
+        let n = transitions(m, netns, from, to);
+        if n == want as f64 {
+            Ok(())
+        } else {
+            Err(format!("{n} {from} -> {to} transitions, want {want}"))
+        }
+    });
+}
+
 fn assert_daemon_healthy(daemon: &Daemon) {
     assert!(alive(daemon.pid()), "sockq run (pid {}) died", daemon.pid());
     let m = daemon.metrics();
@@ -379,14 +392,7 @@ fn ten_thousand_listeners_come_and_go() {
     // counts before its inventory, so the poll that first lists all COUNT listeners
     // may have counted only the ones open when it began (6,148 of 10,000 once, on
     // CI): the next poll has them all.
-    daemon.wait_for(Duration::from_secs(3), |m| {
-        let opens = transitions(m, &netns, "CLOSE", "LISTEN");
-        if opens == COUNT as f64 {
-            Ok(())
-        } else {
-            Err(format!("{opens} CLOSE -> LISTEN transitions, want {COUNT}"))
-        }
-    });
+    wait_for_transitions(&daemon, &netns, ("CLOSE", "LISTEN"), COUNT);
     let t0 = Instant::now();
     let body = daemon.metrics_text();
     let scrape = t0.elapsed();
@@ -406,16 +412,7 @@ fn ten_thousand_listeners_come_and_go() {
     eprintln!("the {COUNT} listeners' series after the process exited: {after}");
     // The poll whose inventory found them gone read the kernel's counts first, maybe
     // while the last ones were still closing: the next one has them all.
-    daemon.wait_for(Duration::from_secs(3), |m| {
-        let closes = transitions(m, &netns, "LISTEN", "CLOSE");
-        if closes == COUNT as f64 {
-            Ok(())
-        } else {
-            Err(format!(
-                "{closes} LISTEN -> CLOSE transitions, want {COUNT}"
-            ))
-        }
-    });
+    wait_for_transitions(&daemon, &netns, ("LISTEN", "CLOSE"), COUNT);
 
     // Memory comes back: the daemon keeps nothing of the listeners that went, and
     // gives glibc's free memory back whenever enough was freed (33-34 MB after a
